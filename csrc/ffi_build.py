@@ -1,0 +1,44 @@
+"""Describes the cffi extension `_pysafemax_kernel`; setup.py's cffi_modules builds it.
+
+Nothing is compiled on import: this module only configures the builder.  The
+cdef is the public header's declaration block, read verbatim, so the two cannot
+drift apart.
+"""
+import os
+import sys
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEADER = os.path.join(HERE, "softmax_loss.h")
+
+
+def _public_declarations(header_path):
+    with open(header_path, encoding="utf-8") as f:
+        text = f.read()
+    begin = text.index("/* cdef-begin */") + len("/* cdef-begin */")
+    end = text.index("/* cdef-end */")
+    return text[begin:end]
+
+
+def _compile_args():
+    if sys.platform == "win32":
+        return []
+    # Portable flags only: SIMD is chosen at run time, and -ffast-math would
+    # break the NaN and inf semantics the methods promise.  PYSAFEMAX_CFLAGS
+    # adds flags for checked builds (sanitizers).
+    extra = os.environ.get("PYSAFEMAX_CFLAGS", "").split()
+    return ["-std=c11", "-O3", "-fno-math-errno"] + extra
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_public_declarations(HEADER))
+ffibuilder.set_source(
+    "_pysafemax_kernel",
+    '#include "softmax_loss.h"',
+    sources=[os.path.relpath(os.path.join(HERE, "softmax_loss.c"))],
+    include_dirs=[os.path.relpath(HERE)],
+    libraries=[] if sys.platform == "win32" else ["m"],
+    extra_compile_args=_compile_args(),
+    extra_link_args=os.environ.get("PYSAFEMAX_LDFLAGS", "").split(),
+)

@@ -1,0 +1,24 @@
+"""pysafemax: exact, fast softmax cross-entropy on numpy arrays.
+
+Three methods side by side: "naive" (the textbook formula, which overflows),
+"maxsub" (Caffe's SoftmaxWithLoss, which clamps at 87.3365) and "stable"
+(log-sum-exp, exact).  pysafemax.reference holds numpy versions of each.
+"""
+import numpy as np
+
+from ._core import (ReferenceMismatchError, check_tolerance, log_softmax,
+                    softmax, softmax_loss)
+from ._validation import METHODS, REDUCTIONS
+
+__version__ = "0.1.0"
+
+# What maxsub reports once the label's probability is below the smallest
+# normal number: -ln(FLT_MIN) rounded to float32 (87.3365479), and -ln(DBL_MIN).
+FLT_MIN_LOSS = float(-np.log(np.finfo(np.float32).tiny))
+DBL_MIN_LOSS = float(-np.log(np.finfo(np.float64).tiny))
+
+__all__ = [
+    "softmax_loss", "softmax", "log_softmax", "check_tolerance",
+    "ReferenceMismatchError", "METHODS", "REDUCTIONS", "FLT_MIN_LOSS",
+    "DBL_MIN_LOSS", "__version__",
+]
