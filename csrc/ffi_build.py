@@ -37,6 +37,9 @@ ffibuilder.set_source(
     "_pysafemax_kernel",
     '#include "softmax_loss.h"',
     sources=[os.path.relpath(os.path.join(HERE, "softmax_loss.c"))],
+    # Headers are listed so that an in-tree build/ recompiles when only they change.
+    depends=[os.path.relpath(os.path.join(HERE, name))
+             for name in ("softmax_loss.h", "softmax_loss_impl.h")],
     include_dirs=[os.path.relpath(HERE)],
     libraries=[] if sys.platform == "win32" else ["m"],
     extra_compile_args=_compile_args(),
