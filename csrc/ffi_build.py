@@ -24,9 +24,9 @@ def _public_declarations(header_path):
 def _compile_args():
     if sys.platform == "win32":
         return []
-    # Portable flags only: SIMD is chosen at run time, and -ffast-math would
-    # break the NaN and inf semantics the methods promise.  PYSAFEMAX_CFLAGS
-    # adds flags for checked builds (sanitizers).
+    # Portable flags only: CPU-specific code must be chosen at run time, and
+    # -ffast-math would break the NaN and inf semantics the methods promise.
+    # PYSAFEMAX_CFLAGS adds flags for checked builds (sanitizers).
     extra = os.environ.get("PYSAFEMAX_CFLAGS", "").split()
     return ["-std=c11", "-O3", "-fno-math-errno"] + extra
 
