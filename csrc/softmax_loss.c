@@ -17,6 +17,20 @@ static int shape_ok(const void *logits, int64_t outer, int64_t classes,
     return outer == 0 || inner == 0 || logits != NULL;
 }
 
+static int options_ok(const void *logits, int64_t outer, int64_t classes,
+                      int64_t inner, const int64_t *labels,
+                      const void *target_probs, const psm_options *opt)
+{
+    if (opt == NULL || !shape_ok(logits, outer, classes, inner, opt->method))
+        return 0;
+    if (opt->reduction < PSM_NONE || opt->reduction > PSM_BATCH_SIZE)
+        return 0;
+    if (!(opt->label_smoothing >= 0.0 && opt->label_smoothing <= 1.0))
+        return 0;
+    /* exactly one kind of target, unless there is nothing to compute */
+    return outer == 0 || inner == 0 || (labels == NULL) != (target_probs == NULL);
+}
+
 #define REAL float
 #define FN(name) name##_f32
 #define EXP expf

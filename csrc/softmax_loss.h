@@ -33,25 +33,61 @@ extern "C" {
 /* cdef-begin */
 enum psm_method { PSM_NAIVE = 0, PSM_MAXSUB = 1, PSM_STABLE = 2 };
 
+/*
+ * How per-position losses become the result, and so the gradient's scale.
+ * A normalizer is what the summed loss is divided by.
+ */
+enum psm_reduction {
+    PSM_NONE = 0,       /* per-position losses; the gradient is their sum's */
+    PSM_SUM = 1,
+    PSM_MEAN = 2,       /* PyTorch: the sum of w[label] over non-ignored
+                           positions (their count without weights; with
+                           probability targets, all positions).  0 gives NaN */
+    PSM_VALID = 3,      /* Caffe: max(1, non-ignored positions) */
+    PSM_FULL = 4,       /* Caffe: max(1, outer * inner) */
+    PSM_BATCH_SIZE = 5  /* Caffe: max(1, outer) */
+};
+
 /* Status codes.  A positive status is 1 + the flat position (o * inner + i)
- * of the first label outside [0, classes). */
+ * of the first label outside [0, classes) that is not ignored. */
 enum psm_status { PSM_OK = 0, PSM_BAD_ARGUMENT = -1 };
 
 /*
- * Softmax loss and, optionally, its gradient.
- *   losses    per-position losses, outer * inner of them, or NULL
- *   loss_sum  the sum of the per-position losses accumulated in double, or NULL
- *   grad      d loss / d logits, the logits' shape, or NULL; each entry is
- *             (p_j - [j == y]) * grad_scale with p from the same method
+ * Options with PyTorch's semantics.  Each position has a target distribution
+ *   hard label y:       q_c = (1 - eps) w_y [c == y] + (eps / C) w_c
+ *   probabilities t_c:  q_c = w_c ((1 - eps) t_c + eps / C)
+ * with eps the label smoothing and w_c the class weight (1 without weights),
+ * and its loss is sum_c q_c * -log p_c.  Classes with q_c = 0 add nothing,
+ * even on a -inf logit.
  */
-int64_t psm_softmax_loss_f32(const float *logits, const int64_t *labels,
-                             int64_t outer, int64_t classes, int64_t inner,
-                             int method, float *losses, double *loss_sum,
-                             float *grad, double grad_scale);
-int64_t psm_softmax_loss_f64(const double *logits, const int64_t *labels,
-                             int64_t outer, int64_t classes, int64_t inner,
-                             int method, double *losses, double *loss_sum,
-                             double *grad, double grad_scale);
+typedef struct {
+    int method;                 /* enum psm_method */
+    int reduction;              /* enum psm_reduction */
+    int use_ignore_index;       /* hard labels equal to ignore_index add no */
+    int64_t ignore_index;       /* loss and get an all-zero gradient */
+    const double *class_weight; /* classes of them, or NULL */
+    double label_smoothing;     /* eps, in [0, 1] */
+} psm_options;
+
+/*
+ * Softmax loss and, optionally, its gradient.  Targets are either labels
+ * (hard class indices, outer x inner) or target_probs (the logits' shape);
+ * the other is NULL.
+ *   losses  per-position losses (outer x inner), or NULL
+ *   loss    the reduced loss, accumulated in double (the sum for PSM_NONE)
+ *   grad    d loss / d logits (the logits' shape), or NULL
+ * Labels are all checked before anything is written.
+ */
+int64_t psm_softmax_loss_f32(const float *logits, int64_t outer,
+                             int64_t classes, int64_t inner,
+                             const int64_t *labels, const float *target_probs,
+                             const psm_options *options, float *losses,
+                             double *loss, float *grad);
+int64_t psm_softmax_loss_f64(const double *logits, int64_t outer,
+                             int64_t classes, int64_t inner,
+                             const int64_t *labels, const double *target_probs,
+                             const psm_options *options, double *losses,
+                             double *loss, double *grad);
 
 /* Softmax probabilities by the given method, written to out (logits' shape). */
 int64_t psm_softmax_f32(const float *logits, int64_t outer, int64_t classes,

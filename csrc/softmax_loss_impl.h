@@ -70,76 +70,191 @@ static double FN(stable_prob)(const FN(row_stats) *st, REAL x, int64_t j)
     return e / (1.0 + st->sum);
 }
 
-static double FN(position_loss)(const FN(row_stats) *st, const REAL *x,
-                                int64_t stride, int64_t label, int method)
+/* One position's target distribution q (see psm_options in the header). */
+typedef struct {
+    const double *weight; /* class weights, or NULL */
+    const REAL *probs;    /* t_c at probs[c * stride], or NULL for a label */
+    int64_t label;        /* y, or -1 with probabilities */
+    double label_part;    /* (1 - eps) w_y */
+    double keep;          /* 1 - eps */
+    double smooth;        /* eps / C */
+} FN(target);
+
+static double FN(target_mass)(const FN(target) *t, int64_t c, int64_t stride)
 {
-    if (method == PSM_STABLE) {
-        if (!isfinite(st->shift))
-            return NAN;
-        /* (m - x_y) first: for logits {1e8, 1e8} it is 0 and the loss ln 2. */
-        return ((double)st->shift - (double)x[label * stride]) + log1p(st->sum);
+    double w = t->weight ? t->weight[c] : 1.0;
+    if (t->probs)
+        return w * (t->keep * (double)t->probs[c * stride] + t->smooth);
+    return (c == t->label ? t->label_part : 0.0) + t->smooth * w;
+}
+
+/* q is all on the label: only its term is needed, no pass over classes. */
+static int FN(is_one_hot)(const FN(target) *t)
+{
+    return t->probs == NULL && t->smooth == 0.0;
+}
+
+/* stable: loss = sum_c q_c (m - x_c) + Q log1p(s), with Q = sum_c q_c.  For
+ * a plain label this is (m - x_y) + log1p(s), in that order: for logits
+ * {1e8, 1e8} (m - x_y) is 0 and the loss ln 2. */
+static double FN(stable_position)(const FN(row_stats) *st, const REAL *x,
+                                  int64_t classes, int64_t stride,
+                                  const FN(target) *t, double scale, REAL *grad)
+{
+    int64_t argmax = st->excluded;
+    if (!isfinite(st->shift)) {
+        for (int64_t j = 0; grad && j < classes; j++)
+            grad[j * stride] = (REAL)NAN;
+        return NAN;
     }
-    REAL p = FN(float_prob)(st, x[label * stride]);
-    /* Caffe's loss -= log(std::max(p, TINY)): a NaN p stays NaN, and a
-     * certain prediction gives +0, not -0. */
+    double m = (double)st->shift, s = st->sum;
+    double cross = 0.0, mass = 0.0, rest = 0.0; /* rest: Q without q_argmax */
+    if (FN(is_one_hot)(t)) {
+        if (t->label_part != 0.0)
+            cross = t->label_part * (m - (double)x[t->label * stride]);
+        mass = t->label_part;
+        rest = t->label == argmax ? 0.0 : mass;
+    } else {
+        for (int64_t j = 0; j < classes; j++) {
+            double q = FN(target_mass)(t, j, stride);
+            if (q != 0.0) {  /* NaN passes, and poisons the loss */
+                cross += q * (m - (double)x[j * stride]);
+                mass += q;
+                if (j != argmax)
+                    rest += q;
+            }
+        }
+    }
+    if (grad) {
+        double denom = 1.0 + s;
+        for (int64_t j = 0; j < classes; j++) {
+            double g;
+            if (j != argmax)
+                g = mass * ((double)EXP(x[j * stride] - st->shift) / denom)
+                    - FN(target_mass)(t, j, stride);
+            else if (s < 1.0)
+                /* p_argmax Q - q_argmax = rest - Q s / (1 + s): no
+                 * cancellation when p_argmax is close to 1 */
+                g = rest - mass * (s / denom);
+            else
+                g = mass / denom - FN(target_mass)(t, j, stride);
+            grad[j * stride] = (REAL)(g * scale);
+        }
+    }
+    return cross + mass * log1p(s);
+}
+
+/* naive and maxsub: loss = sum_c q_c * -log(max(p_c, TINY)), each term in
+ * REAL as Caffe computes it; the gradient is (p_j Q - q_j) * scale in REAL,
+ * which for a plain label is Caffe's diff = prob; diff[label] -= 1; scale. */
+static REAL FN(clamped_nll)(const FN(row_stats) *st, REAL x)
+{
+    REAL p = FN(float_prob)(st, x);
+    /* loss -= log(std::max(p, TINY)): a NaN p stays NaN, and a certain
+     * prediction gives +0, not -0. */
     return (REAL)0 - LOG(p < TINY ? TINY : p);
 }
 
-static void FN(position_grad)(const FN(row_stats) *st, const REAL *x,
-                              int64_t classes, int64_t stride, int64_t label,
-                              int method, double scale, REAL *grad)
+static double FN(float_position)(const FN(row_stats) *st, const REAL *x,
+                                 int64_t classes, int64_t stride,
+                                 const FN(target) *t, double scale, REAL *grad)
 {
-    if (method == PSM_STABLE) {
+    double loss = 0.0, mass = 0.0;
+    if (FN(is_one_hot)(t)) {
+        mass = t->label_part;
+        if (mass != 0.0)
+            loss = mass * (double)FN(clamped_nll)(st, x[t->label * stride]);
+    } else {
         for (int64_t j = 0; j < classes; j++) {
-            double g;
-            if (j == label && j == st->excluded && isfinite(st->shift))
-                /* p_y - 1 = -s / (1 + s) without cancelling when s is tiny */
-                g = -st->sum / (1.0 + st->sum);
-            else
-                g = FN(stable_prob)(st, x[j * stride], j) - (j == label);
-            grad[j * stride] = (REAL)(g * scale);
+            double q = FN(target_mass)(t, j, stride);
+            if (q != 0.0) {
+                loss += q * (double)FN(clamped_nll)(st, x[j * stride]);
+                mass += q;
+            }
         }
-        return;
     }
-    /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; all in REAL. */
-    REAL rscale = (REAL)scale;
-    for (int64_t j = 0; j < classes; j++) {
-        REAL g = FN(float_prob)(st, x[j * stride]);
-        if (j == label)
-            g -= 1;
-        grad[j * stride] = g * rscale;
+    if (grad) {
+        REAL rmass = (REAL)mass, rscale = (REAL)scale;
+        for (int64_t j = 0; j < classes; j++) {
+            REAL g = FN(float_prob)(st, x[j * stride]) * rmass
+                     - (REAL)FN(target_mass)(t, j, stride);
+            grad[j * stride] = g * rscale;
+        }
     }
+    return loss;
 }
 
-int64_t FN(psm_softmax_loss)(const REAL *logits, const int64_t *labels,
-                             int64_t outer, int64_t classes, int64_t inner,
-                             int method, REAL *losses, double *loss_sum,
-                             REAL *grad, double grad_scale)
+int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
+                             int64_t classes, int64_t inner,
+                             const int64_t *labels, const REAL *target_probs,
+                             const psm_options *opt, REAL *losses,
+                             double *loss, REAL *grad)
 {
-    if (!shape_ok(logits, outer, classes, inner, method))
+    if (!options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
+        loss == NULL)
         return PSM_BAD_ARGUMENT;
-    if (outer > 0 && inner > 0 && labels == NULL)
-        return PSM_BAD_ARGUMENT;
+    const double *w = opt->class_weight;
+    double eps = opt->label_smoothing;
+
+    /* First pass, over the labels only: check them all before writing
+     * anything, and find the normalizer. */
+    int64_t positions = outer * inner, valid = positions;
+    double label_weight_sum = (double)positions;
+    if (labels) {
+        valid = 0;
+        label_weight_sum = 0.0;
+        for (int64_t pos = 0; pos < positions; pos++) {
+            int64_t y = labels[pos];
+            if (opt->use_ignore_index && y == opt->ignore_index)
+                continue;
+            if (y < 0 || y >= classes)
+                return pos + 1;
+            valid++;
+            label_weight_sum += w ? w[y] : 1.0;
+        }
+    }
+    double normalizer = 1.0;
+    switch (opt->reduction) {
+    case PSM_MEAN:       normalizer = label_weight_sum; break;
+    case PSM_VALID:      normalizer = fmax(1.0, (double)valid); break;
+    case PSM_FULL:       normalizer = fmax(1.0, (double)positions); break;
+    case PSM_BATCH_SIZE: normalizer = fmax(1.0, (double)outer); break;
+    }
+    double scale = 1.0 / normalizer;
+
     double total = 0.0;
     for (int64_t o = 0; o < outer; o++) {
         for (int64_t i = 0; i < inner; i++) {
             int64_t pos = o * inner + i;
             int64_t base = o * classes * inner + i;
-            int64_t label = labels[pos];
-            if (label < 0 || label >= classes)
-                return pos + 1;
-            FN(row_stats) st = FN(reduce_row)(logits + base, classes, inner, method);
-            double loss = FN(position_loss)(&st, logits + base, inner, label, method);
+            const REAL *x = logits + base;
+            double position_loss = 0.0;
+            FN(target) t = {w, NULL, -1, 0.0, 1.0 - eps, eps / (double)classes};
+            if (target_probs) {
+                t.probs = target_probs + base;
+            } else if (opt->use_ignore_index && labels[pos] == opt->ignore_index) {
+                for (int64_t j = 0; grad && j < classes; j++)
+                    grad[base + j * inner] = 0;
+                if (losses)
+                    losses[pos] = 0;
+                continue;
+            } else {
+                t.label = labels[pos];
+                t.label_part = (1.0 - eps) * (w ? w[t.label] : 1.0);
+            }
+            FN(row_stats) st = FN(reduce_row)(x, classes, inner, opt->method);
+            REAL *g = grad ? grad + base : NULL;
+            if (opt->method == PSM_STABLE)
+                position_loss = FN(stable_position)(&st, x, classes, inner, &t, scale, g);
+            else
+                position_loss = FN(float_position)(&st, x, classes, inner, &t, scale, g);
             if (losses)
-                losses[pos] = (REAL)loss;
-            total += loss;
-            if (grad)
-                FN(position_grad)(&st, logits + base, classes, inner, label,
-                                  method, grad_scale, grad + base);
+                losses[pos] = (REAL)position_loss;
+            total += position_loss;
         }
     }
-    if (loss_sum)
-        *loss_sum = total;
+    *loss = (opt->reduction == PSM_NONE || opt->reduction == PSM_SUM)
+        ? total : total / normalizer;
     return PSM_OK;
 }
 

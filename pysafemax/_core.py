@@ -4,6 +4,8 @@ This is the only module that touches the compiled extension.  cffi releases
 the GIL around each kernel call, and the kernel keeps no state, so every
 function here is safe to call from many threads at once.
 """
+import math
+
 import numpy as np
 from _pysafemax_kernel import ffi, lib
 
@@ -44,110 +46,143 @@ def _buffer(array, ctype):
     return ffi.from_buffer(ctype, array, require_writable=array.flags.writeable)
 
 
-def _raise_for_status(status, given_labels, classes):
-    if status == lib.PSM_OK:
-        return
-    if status > 0:
-        raise _validation.label_out_of_range(given_labels, status - 1, classes)
-    raise RuntimeError(f"pysafemax kernel rejected its arguments (status {status})")
+def _raise_for_status(status):
+    if status != lib.PSM_OK:
+        raise RuntimeError(f"pysafemax kernel rejected its arguments (status {status})")
 
 
-def softmax_loss(logits, labels, *, method="stable", reduction="mean",
+_REDUCTION_IDS = {"none": lib.PSM_NONE, "sum": lib.PSM_SUM, "mean": lib.PSM_MEAN,
+                  "valid": lib.PSM_VALID, "full": lib.PSM_FULL,
+                  "batch_size": lib.PSM_BATCH_SIZE}
+
+
+def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
+                 weight=None, ignore_index=None, label_smoothing=0.0,
                  return_grad=False, check=False):
-    """Softmax cross-entropy of `logits` (N, C) against class indices `labels` (N,).
+    """Softmax cross-entropy of `logits` against `labels`, with PyTorch's and
+    Caffe's options.
 
+    logits     (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis
+    labels     class indices shaped like logits without the class axis, or
+               floating class probabilities shaped like logits
     method     "stable" (log-sum-exp, exact), "maxsub" (Caffe: max subtracted,
                clamped at -log(FLT_MIN) = 87.3365) or "naive" (the textbook
                formula, which overflows)
-    reduction  "mean" or "sum" (a Python float, accumulated in double) or
-               "none" (an array of per-row losses in the logits' dtype)
+    reduction  "none" (per-position losses in the logits' dtype), "sum",
+               "mean" (PyTorch's weighted mean over non-ignored positions),
+               or Caffe's normalizations "valid", "full", "batch_size";
+               all but "none" give a Python float, accumulated in double
+    weight     per-class weights (C,), PyTorch's semantics
+    ignore_index  positions with this label add no loss and no gradient
+    label_smoothing  in [0, 1], PyTorch's semantics
     return_grad  also return d loss / d logits, shaped like logits
     check      recompute with pysafemax.reference and raise
                ReferenceMismatchError if the two disagree beyond
                check_tolerance()
     """
-    x, result_dtype = _validation.logits_array(logits)
-    y, given = _validation.labels_array(labels, x.shape[0])
+    x = _validation.logits_array(logits, axis)
+    t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
+                            label_smoothing=label_smoothing)
     method = _validation.choice(method, "method", _validation.METHODS)
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
     return_grad = _validation.flag(return_grad, "return_grad")
     check = _validation.flag(check, "check")
 
-    rows, classes = x.shape
-    ctype, loss_kernel, _, _ = _KERNELS[x.dtype]
-    losses = np.empty(rows, dtype=x.dtype) if reduction == "none" or check else None
-    grad = np.empty_like(x) if return_grad else None
-    scale = 1.0 / rows if reduction == "mean" and rows else 1.0
-    total = ffi.new("double *")
+    ctype, loss_kernel, _, _ = _KERNELS[x.array.dtype]
+    losses = (np.empty(x.position_shape, dtype=x.array.dtype)
+              if reduction == "none" or check else None)
+    grad = np.empty_like(x.array) if return_grad else None
+    weight_buffer = _buffer(t.weight, "double[]")
+    options = ffi.new("psm_options *", {
+        "method": _METHOD_IDS[method],
+        "reduction": _REDUCTION_IDS[reduction],
+        "use_ignore_index": t.ignore_index is not None,
+        "ignore_index": t.ignore_index if t.ignore_index is not None else 0,
+        "class_weight": weight_buffer,
+        "label_smoothing": t.label_smoothing,
+    })
+    result = ffi.new("double *")
     status = loss_kernel(
-        _buffer(x, ctype), _buffer(y, "int64_t[]"), rows, classes, 1,
-        _METHOD_IDS[method], _buffer(losses, ctype), total, _buffer(grad, ctype),
-        scale)
-    _raise_for_status(status, given, classes)
+        _buffer(x.array, ctype), x.outer, x.classes, x.inner,
+        _buffer(t.labels, "int64_t[]"), _buffer(t.probs, ctype), options,
+        _buffer(losses, ctype), result, _buffer(grad, ctype))
+    if status > 0:
+        raise _validation.label_out_of_range(t.given_labels, status - 1,
+                                             x.classes, t.ignore_index)
+    _raise_for_status(status)
 
-    if reduction == "none":
-        loss = losses.astype(result_dtype, copy=False)
-    elif reduction == "sum":
-        loss = total[0]
-    else:
-        loss = total[0] / rows if rows else float("nan")
+    loss = losses.astype(x.result_dtype) if reduction == "none" else result[0]
     if grad is not None:
-        grad = grad.astype(result_dtype, copy=False)
+        grad = grad.astype(x.result_dtype, copy=False)
     if check:
-        _check_against_reference(x, y, method, losses, grad, reduction)
+        _check_against_reference(x, t, method, reduction, losses, grad)
     return (loss, grad) if return_grad else loss
 
 
-def _check_against_reference(x, y, method, losses, grad, reduction):
-    tol = check_tolerance(x.dtype, x.shape[1])
-    expected = reference.softmax_loss(x, y, method=method, reduction="none")
+def _check_against_reference(x, t, method, reduction, losses, grad):
+    tol = check_tolerance(x.array.dtype, x.classes)
+    labels = t.probs if t.labels is None else t.labels
+    options = dict(axis=x.axis, method=method, weight=t.weight,
+                   ignore_index=t.ignore_index, label_smoothing=t.label_smoothing)
+    expected = reference.softmax_loss(x.array, labels, reduction="none", **options)
     _compare("loss", losses, expected, tol, method)
     if grad is not None:
         _, expected_grad = reference.softmax_loss(
-            x, y, method=method, reduction=reduction, return_grad=True)
-        _compare("gradient", grad.astype(x.dtype), expected_grad, tol, method)
+            x.array, labels, reduction=reduction, return_grad=True, **options)
+        # Compare per position: move the class axis last.
+        _compare("gradient", np.moveaxis(grad.astype(x.array.dtype), x.axis, -1),
+                 np.moveaxis(expected_grad, x.axis, -1), tol, method)
 
 
 def _compare(what, got, expected, tol, method):
-    got = np.asarray(got, dtype=np.float64).reshape(len(got), -1)
-    expected = np.asarray(expected, dtype=np.float64).reshape(len(got), -1)
+    """Raise ReferenceMismatchError naming the worst position unless got and
+    expected (positions x classes, any leading shape) agree."""
+    positions = np.asarray(got).shape[:-1] if what == "gradient" else np.shape(got)
+    got = np.asarray(got, dtype=np.float64).reshape(math.prod(positions), -1)
+    expected = np.asarray(expected, dtype=np.float64).reshape(got.shape)
     with np.errstate(invalid="ignore"):
         error = np.abs(got - expected)
         same = (got == expected) | (np.isnan(got) & np.isnan(expected))
         bad = ~same & ~(error <= tol * (1.0 + np.abs(expected)))
     if not bad.any():
         return
-    # The worst row: the first with a special-value mismatch, else the largest error.
-    row_bad = bad.any(axis=1)
-    row_error = np.where(bad, np.nan_to_num(error, nan=np.inf), 0).max(axis=1)
-    row = int(np.argmax(np.where(row_bad, row_error, -1)))
-    col = int(np.argmax(bad[row]))
-    at = f"row {row}" + (f", class {col}" if got.shape[1] > 1 else "")
+    # The worst position: the first with a special-value mismatch, else the
+    # one with the largest error.
+    position_bad = bad.any(axis=1)
+    position_error = np.where(bad, np.nan_to_num(error, nan=np.inf), 0).max(axis=1)
+    flat = int(np.argmax(np.where(position_bad, position_error, -1)))
+    col = int(np.argmax(bad[flat]))
+    index = np.unravel_index(flat, positions) if positions else ()
+    if len(index) == 1:
+        at = f"row {int(index[0])}"
+    else:
+        at = "position [" + ", ".join(str(int(k)) for k in index) + "]"
+    if what == "gradient":
+        at += f", class {col}"
     raise ReferenceMismatchError(
         f"method={method!r} {what} disagrees with pysafemax.reference at {at}: "
-        f"kernel {got[row, col]!r}, reference {expected[row, col]!r} "
+        f"kernel {float(got[flat, col])!r}, reference {float(expected[flat, col])!r} "
         f"(tolerance {tol:.3g} relative and absolute); "
-        f"{int(row_bad.sum())} row(s) disagree")
+        f"{int(position_bad.sum())} position(s) disagree")
 
 
-def softmax(logits, *, method="stable"):
-    """Softmax probabilities of `logits` (N, C) along the class axis, by method."""
-    x, result_dtype = _validation.logits_array(logits)
+def softmax(logits, *, axis=1, method="stable"):
+    """Softmax probabilities of `logits` along the class axis, by method."""
+    x = _validation.logits_array(logits, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
-    ctype, _, softmax_kernel, _ = _KERNELS[x.dtype]
-    out = np.empty_like(x)
-    status = softmax_kernel(_buffer(x, ctype), x.shape[0], x.shape[1], 1,
-                            _METHOD_IDS[method], _buffer(out, ctype))
-    _raise_for_status(status, None, x.shape[1])
-    return out.astype(result_dtype, copy=False)
+    ctype, _, softmax_kernel, _ = _KERNELS[x.array.dtype]
+    out = np.empty_like(x.array)
+    _raise_for_status(softmax_kernel(_buffer(x.array, ctype), x.outer, x.classes,
+                                     x.inner, _METHOD_IDS[method],
+                                     _buffer(out, ctype)))
+    return out.astype(x.result_dtype, copy=False)
 
 
-def log_softmax(logits):
-    """Log-softmax of `logits` (N, C), computed in the log domain (exact)."""
-    x, result_dtype = _validation.logits_array(logits)
-    ctype, _, _, log_softmax_kernel = _KERNELS[x.dtype]
-    out = np.empty_like(x)
-    status = log_softmax_kernel(_buffer(x, ctype), x.shape[0], x.shape[1], 1,
-                                _buffer(out, ctype))
-    _raise_for_status(status, None, x.shape[1])
-    return out.astype(result_dtype, copy=False)
+def log_softmax(logits, *, axis=1):
+    """Log-softmax of `logits` along the class axis, in the log domain (exact)."""
+    x = _validation.logits_array(logits, axis)
+    ctype, _, _, log_softmax_kernel = _KERNELS[x.array.dtype]
+    out = np.empty_like(x.array)
+    _raise_for_status(log_softmax_kernel(_buffer(x.array, ctype), x.outer,
+                                         x.classes, x.inner, _buffer(out, ctype)))
+    return out.astype(x.result_dtype, copy=False)

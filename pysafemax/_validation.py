@@ -6,10 +6,15 @@ raises a TypeError / ValueError that names the argument, and where it helps the
 position and the value.  Arrays that already qualify pass through uncopied;
 nothing here writes to the caller's arrays.
 """
+import math
+import numbers
+from typing import NamedTuple, Optional
+
 import numpy as np
 
 METHODS = ("naive", "maxsub", "stable")
-REDUCTIONS = ("mean", "sum", "none")
+# PyTorch's reductions, then Caffe's normalization modes.
+REDUCTIONS = ("mean", "sum", "none", "valid", "full", "batch_size")
 
 # float16 has no kernel of its own: it is computed in float32 and the results
 # are returned as float16.
@@ -20,56 +25,151 @@ _COMPUTE_DTYPE = {
 }
 
 
+class Logits(NamedTuple):
+    """Logits ready for a kernel, seen as outer x classes x inner."""
+    array: np.ndarray          # compute dtype, C-contiguous, the caller's shape
+    result_dtype: np.dtype     # what results are returned in
+    axis: int                  # the class axis, non-negative
+    outer: int
+    classes: int
+    inner: int
+
+    @property
+    def position_shape(self):
+        """The logits' shape without the class axis: one loss per entry."""
+        return self.array.shape[:self.axis] + self.array.shape[self.axis + 1:]
+
+
+class Targets(NamedTuple):
+    labels: Optional[np.ndarray]   # int64 class indices, position_shape
+    given_labels: Optional[np.ndarray]  # the labels as the caller gave them
+    probs: Optional[np.ndarray]    # probability targets, the logits' shape
+    weight: Optional[np.ndarray]   # float64 (classes,)
+    ignore_index: Optional[int]
+    label_smoothing: float
+
+
 def _as_array(value, name):
     if isinstance(value, np.ndarray):
         return value
     try:
         return np.asarray(value)
-    except (ValueError, OverflowError) as exc:
+    except (ValueError, OverflowError, TypeError) as exc:
         raise ValueError(f"{name} could not be read as an array: {exc}") from None
 
 
-def logits_array(logits):
-    """Return (logits as a computable 2-D array, the dtype results are given in)."""
+def _integer(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def logits_array(logits, axis=1):
+    """Check logits and the class axis; see Logits."""
     x = _as_array(logits, "logits")
     compute = _COMPUTE_DTYPE.get(x.dtype.newbyteorder("="))
     if compute is None:
         raise TypeError(
             f"logits must be float16, float32 or float64, got dtype {x.dtype}")
-    if x.ndim != 2:
+    if x.ndim == 0:
+        raise ValueError("logits must have a class axis, got a 0-d array")
+    axis = _integer(axis, "axis")
+    # 1-D logits are one unbatched position, as in PyTorch: their one axis
+    # holds the classes, and the default axis=1 names it too.
+    if x.ndim == 1 and axis in (-1, 0, 1):
+        axis = 0
+    elif not -x.ndim <= axis < x.ndim:
         raise ValueError(
-            f"logits must be 2-D (N, C), got {x.ndim}-D shape {x.shape}")
-    if x.shape[1] == 0:
-        raise ValueError(f"logits has no classes: shape {x.shape}, C must be >= 1")
-    result_dtype = x.dtype.newbyteorder("=")
-    return np.require(x, dtype=compute, requirements="CA"), result_dtype
+            f"axis {axis} is out of range for logits of shape {x.shape}")
+    axis %= x.ndim
+    classes = x.shape[axis]
+    if classes == 0:
+        raise ValueError(
+            f"logits has no classes: shape {x.shape}, axis {axis}; C must be >= 1")
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + 1:])
+    array = np.require(x, dtype=compute, requirements="CA")
+    return Logits(array, x.dtype.newbyteorder("="), axis, outer, classes, inner)
 
 
-def labels_array(labels, rows):
-    """Return (labels as C-contiguous int64, the labels as given, for messages)."""
+def targets(labels, logits, *, weight=None, ignore_index=None,
+            label_smoothing=0.0):
+    """Check labels (class indices or probabilities) and the options on them."""
+    position_shape = logits.position_shape
     if isinstance(labels, (list, tuple)) and len(labels) == 0:
         given = np.zeros(0, dtype=np.int64)
     else:
         given = _as_array(labels, "labels")
+    if ignore_index is not None:
+        ignore_index = _integer(ignore_index, "ignore_index")
+    weight = class_weight(weight, logits.classes)
+    label_smoothing = smoothing(label_smoothing)
+
+    if given.dtype.kind == "f":
+        if given.shape != logits.array.shape:
+            raise TypeError(
+                f"floating labels are probability targets and must have the "
+                f"logits' shape {logits.array.shape}, got {given.shape}; "
+                f"class indices must be integers")
+        if ignore_index is not None:
+            raise ValueError(
+                "ignore_index applies to class-index labels only; probability "
+                "targets (floating labels) take ignore_index=None")
+        probs = np.require(given, dtype=logits.array.dtype, requirements="CA")
+        return Targets(None, None, probs, weight, None, label_smoothing)
+
     if given.dtype.kind not in "iu":
         raise TypeError(
-            f"labels must be integers (class indices), got dtype {given.dtype}")
-    if given.shape != (rows,):
+            f"labels must be integer class indices or floating probabilities, "
+            f"got dtype {given.dtype}")
+    if given.shape != position_shape:
         raise ValueError(
-            f"labels must have shape ({rows},) to match logits, got {given.shape}")
+            f"labels must have shape {position_shape} (the logits' shape "
+            f"{logits.array.shape} without axis {logits.axis}), got {given.shape}")
     # uint64 labels above 2**63 wrap to negative here; the range check then
     # reports the caller's original value from `given`.
-    return np.require(given, dtype=np.int64, requirements="CA"), given
+    ints = np.require(given, dtype=np.int64, requirements="CA")
+    return Targets(ints, given, None, weight, ignore_index, label_smoothing)
 
 
-def label_out_of_range(given, position, classes):
+def class_weight(weight, classes):
+    if weight is None:
+        return None
+    w = _as_array(weight, "weight")
+    if w.dtype.kind != "f":
+        raise TypeError(f"weight must be a floating array of {classes} class "
+                        f"weights, got dtype {w.dtype}")
+    if w.shape != (classes,):
+        raise ValueError(f"weight must have shape ({classes},), one per class, "
+                         f"got {w.shape}")
+    w = np.require(w, dtype=np.float64, requirements="CA")
+    nan = np.flatnonzero(np.isnan(w))
+    if nan.size:
+        raise ValueError(f"weight[{nan[0]}] is nan; class weights must be numbers")
+    return w
+
+
+def smoothing(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"label_smoothing must be a float in [0, 1], got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {value!r}")
+    return value
+
+
+def label_out_of_range(given, position, classes, ignore_index=None):
     """The ValueError for the label at flat position `position`."""
-    index = np.unravel_index(position, given.shape) if given.ndim > 1 else (position,)
+    index = np.unravel_index(position, given.shape) if given.ndim else ()
     where = "".join(f"[{int(k)}]" for k in index)
-    value = given[index]
+    value = int(given[index])
+    hint = ""
+    if value < 0 and ignore_index is None:
+        hint = (f"; to skip positions labelled {value}, pass "
+                f"ignore_index={value}")
     return ValueError(
-        f"labels{where} = {int(value)} is out of range for C = {classes} "
-        f"classes (valid labels are 0..{classes - 1})")
+        f"labels{where} = {value} is out of range for C = {classes} "
+        f"classes (valid labels are 0..{classes - 1}){hint}")
 
 
 def choice(value, name, allowed):

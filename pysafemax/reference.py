@@ -4,8 +4,9 @@ Each follows its method's float behaviour, not just its mathematics: naive's
 exp overflows here too, and maxsub clamps at -log(TINY) in the logits' dtype.
 They share the kernel's argument checking (pysafemax._validation) and nothing
 else, so they can check it (`softmax_loss(..., check=True)` and the tests).
-All warnings numpy would raise for overflow and NaN are silenced: those values
-are the point of the exercise.
+Where the kernel walks the class axis by stride, these move it last and work
+on a (positions, classes) matrix.  All warnings numpy would raise for
+overflow and NaN are silenced: those values are the point of the exercise.
 """
 import numpy as np
 
@@ -46,79 +47,146 @@ def _probabilities(x, method, stats):
     return p
 
 
-def _losses(x, y, method, stats):
-    """Per-row losses: in x's dtype for naive/maxsub, in double for stable."""
+def _target_mass(x, labels, probs, weight, smoothing, ignored):
+    """q (rows x classes, double): the target distribution of each row; zero
+    on ignored rows.  See psm_options in csrc/softmax_loss.h."""
+    rows, classes = x.shape
+    w = np.ones(classes) if weight is None else weight
+    if probs is not None:
+        return w * ((1.0 - smoothing) * probs.astype(np.float64) + smoothing / classes)
+    q = np.zeros((rows, classes)) + (smoothing / classes) * w
+    keep = np.flatnonzero(~ignored)
+    q[keep, labels[keep]] += (1.0 - smoothing) * w[labels[keep]]
+    q[ignored] = 0.0
+    return q
+
+
+def _losses(x, method, stats, q):
+    """Per-row losses in double: sum over q != 0 of q_c * -log p_c."""
     shift, e, excluded, s = stats
-    rows = np.arange(x.shape[0])
+    used = q != 0                       # NaN counts as used, and poisons
+    mass = np.where(used, q, 0).sum(axis=1)
     if method != "stable":
-        p = e[rows, y] / s
         tiny = np.finfo(x.dtype).tiny
+        p = e / s[:, None]
         # Caffe's loss -= log(std::max(p, TINY)): NaN stays NaN, +0 not -0.
-        return x.dtype.type(0) - np.log(np.where(p < tiny, tiny, p))
-    m = shift[:, 0].astype(np.float64)
-    loss = (m - x[rows, y].astype(np.float64)) + np.log1p(s)
-    loss[~np.isfinite(m)] = np.nan
+        nll = x.dtype.type(0) - np.log(np.where(p < tiny, tiny, p))
+        return np.where(used, q * nll.astype(np.float64), 0).sum(axis=1)
+    m = shift.astype(np.float64)
+    cross = np.where(used, q * (m - x.astype(np.float64)), 0).sum(axis=1)
+    loss = cross + mass * np.log1p(s)
+    loss[~np.isfinite(m[:, 0])] = np.nan
     return loss
 
 
-def _gradient(x, y, method, stats, scale):
+def _gradient(x, method, stats, q, scale):
     shift, e, excluded, s = stats
-    rows = np.arange(x.shape[0])
+    used = q != 0
+    mass = np.where(used, q, 0).sum(axis=1, keepdims=True)
     p = _probabilities(x, method, stats)
     if method != "stable":
-        p[rows, y] -= 1
-        return p * x.dtype.type(scale)
-    p[rows, y] -= 1.0
-    # p_y - 1 where y is the argmax, as -s / (1 + s): no cancellation.
-    at_max = (y == excluded) & np.isfinite(shift[:, 0])
-    p[rows[at_max], y[at_max]] = -s[at_max] / (1.0 + s[at_max])
-    return (p * scale).astype(x.dtype)
+        t = x.dtype.type
+        return (p * mass.astype(x.dtype) - q.astype(x.dtype)) * t(scale)
+    grad = p * mass - q
+    # At the argmax, when p there exceeds 1/2: p Q - q = rest - Q s / (1 + s),
+    # rest being the mass off the argmax; no cancellation as p -> 1.
+    rows = np.arange(x.shape[0])
+    rest = mass[:, 0] - np.where(used[rows, excluded], q[rows, excluded], 0)
+    near_one = (s < 1.0) & np.isfinite(shift[:, 0])
+    r = rows[near_one]
+    grad[r, excluded[r]] = rest[r] - mass[r, 0] * (s[r] / (1.0 + s[r]))
+    return grad * scale
 
 
-def softmax_loss(logits, labels, *, method="stable", reduction="mean",
+def _normalizer(reduction, ignored, labels, weight, outer):
+    positions = ignored.size
+    valid = int((~ignored).sum())
+    if reduction == "mean":
+        if labels is None or weight is None:
+            return float(valid)
+        return float(weight[labels[~ignored]].sum())
+    if reduction == "valid":
+        return max(1.0, float(valid))
+    if reduction == "full":
+        return max(1.0, float(positions))
+    if reduction == "batch_size":
+        return max(1.0, float(outer))
+    return 1.0
+
+
+def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
+                 weight=None, ignore_index=None, label_smoothing=0.0,
                  return_grad=False):
     """numpy twin of pysafemax.softmax_loss (same arguments and results)."""
-    x, result_dtype = _validation.logits_array(logits)
-    y, given = _validation.labels_array(labels, x.shape[0])
+    lg = _validation.logits_array(logits, axis)
+    t = _validation.targets(labels, lg, weight=weight, ignore_index=ignore_index,
+                            label_smoothing=label_smoothing)
     _validation.choice(method, "method", _validation.METHODS)
     _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
     return_grad = _validation.flag(return_grad, "return_grad")
-    classes = x.shape[1]
-    bad = np.flatnonzero((y < 0) | (y >= classes))
-    if bad.size:
-        raise _validation.label_out_of_range(given, int(bad[0]), classes)
+
+    x = _positions_by_classes(lg.array, lg.axis)
+    labels = probs = None
+    ignored = np.zeros(x.shape[0], dtype=bool)
+    if t.labels is not None:
+        labels = t.labels.reshape(-1)
+        if t.ignore_index is not None:
+            ignored = labels == t.ignore_index
+        bad = np.flatnonzero(~ignored & ((labels < 0) | (labels >= lg.classes)))
+        if bad.size:
+            raise _validation.label_out_of_range(t.given_labels, int(bad[0]),
+                                                 lg.classes, t.ignore_index)
+    else:
+        probs = _positions_by_classes(t.probs, lg.axis)
 
     with np.errstate(all="ignore"):
         stats = _row_stats(x, method)
-        losses = _losses(x, y, method, stats)
-        total = float(losses.astype(np.float64).sum())
+        q = _target_mass(x, labels, probs, t.weight, t.label_smoothing, ignored)
+        losses = _losses(x, method, stats, q)
+        losses[ignored] = 0.0
+        total = float(losses.sum())
+        normalizer = _normalizer(reduction, ignored, labels, t.weight, lg.outer)
         if reduction == "none":
-            loss = losses.astype(result_dtype)
+            loss = losses.reshape(lg.position_shape).astype(lg.result_dtype)
         elif reduction == "sum":
             loss = total
         else:
-            loss = total / x.shape[0] if x.shape[0] else float("nan")
+            loss = total / normalizer if normalizer else float("nan")
         if not return_grad:
             return loss
-        scale = 1.0 / x.shape[0] if reduction == "mean" and x.shape[0] else 1.0
-        return loss, _gradient(x, y, method, stats, scale).astype(result_dtype)
+        scale = 1.0 if reduction in ("none", "sum") else 1.0 / normalizer if normalizer else np.inf
+        grad = _gradient(x, method, stats, q, scale)
+        grad[ignored] = 0.0
+        return loss, _from_positions_by_classes(grad, lg).astype(lg.result_dtype)
 
 
-def softmax(logits, *, method="stable"):
+def _positions_by_classes(a, axis):
+    """The array as a (positions, classes) matrix, the class axis moved last."""
+    return np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis])
+
+
+def _from_positions_by_classes(matrix, lg):
+    shape = lg.position_shape + (lg.classes,)
+    return np.moveaxis(matrix.reshape(shape), -1, lg.axis)
+
+
+def softmax(logits, *, axis=1, method="stable"):
     """numpy twin of pysafemax.softmax."""
-    x, result_dtype = _validation.logits_array(logits)
+    lg = _validation.logits_array(logits, axis)
     _validation.choice(method, "method", _validation.METHODS)
+    x = _positions_by_classes(lg.array, lg.axis)
     with np.errstate(all="ignore"):
         p = _probabilities(x, method, _row_stats(x, method))
-    return p.astype(result_dtype)
+    return _from_positions_by_classes(p, lg).astype(lg.result_dtype)
 
 
-def log_softmax(logits):
+def log_softmax(logits, *, axis=1):
     """numpy twin of pysafemax.log_softmax (log domain, stable)."""
-    x, result_dtype = _validation.logits_array(logits)
+    lg = _validation.logits_array(logits, axis)
+    x = _positions_by_classes(lg.array, lg.axis)
     with np.errstate(all="ignore"):
         shift, _, _, s = _row_stats(x, "stable")
         m = shift.astype(np.float64)
         out = (x.astype(np.float64) - m) - np.log1p(s)[:, None]
         out[~np.isfinite(m[:, 0])] = np.nan
-    return out.astype(result_dtype)
+    return _from_positions_by_classes(out, lg).astype(lg.result_dtype)
