@@ -111,12 +111,17 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
                                              x.classes, t.ignore_index)
     _raise_for_status(status)
 
-    loss = losses.astype(x.result_dtype) if reduction == "none" else result[0]
-    if grad is not None:
-        grad = grad.astype(x.result_dtype, copy=False)
-    if check:
+    if check:  # before float16 results are rounded to float16
         _check_against_reference(x, t, method, reduction, losses, grad)
-    return (loss, grad) if return_grad else loss
+    loss = _in_dtype(losses, x) if reduction == "none" else result[0]
+    return (loss, _in_dtype(grad, x)) if return_grad else loss
+
+
+def _in_dtype(result, x):
+    """A result in the dtype the caller's logits had (float16 stays float16;
+    a value beyond float16's range becomes inf, without a warning)."""
+    with np.errstate(over="ignore"):
+        return result.astype(x.result_dtype, copy=False)
 
 
 def _check_against_reference(x, t, method, reduction, losses, grad):
@@ -125,20 +130,20 @@ def _check_against_reference(x, t, method, reduction, losses, grad):
     options = dict(axis=x.axis, method=method, weight=t.weight,
                    ignore_index=t.ignore_index, label_smoothing=t.label_smoothing)
     expected = reference.softmax_loss(x.array, labels, reduction="none", **options)
-    _compare("loss", losses, expected, tol, method)
+    _compare("loss", losses, expected, tol, method, 1)
     if grad is not None:
         _, expected_grad = reference.softmax_loss(
             x.array, labels, reduction=reduction, return_grad=True, **options)
         # Compare per position: move the class axis last.
-        _compare("gradient", np.moveaxis(grad.astype(x.array.dtype), x.axis, -1),
-                 np.moveaxis(expected_grad, x.axis, -1), tol, method)
+        _compare("gradient", np.moveaxis(grad, x.axis, -1),
+                 np.moveaxis(expected_grad, x.axis, -1), tol, method, x.classes)
 
 
-def _compare(what, got, expected, tol, method):
+def _compare(what, got, expected, tol, method, width):
     """Raise ReferenceMismatchError naming the worst position unless got and
-    expected (positions x classes, any leading shape) agree."""
-    positions = np.asarray(got).shape[:-1] if what == "gradient" else np.shape(got)
-    got = np.asarray(got, dtype=np.float64).reshape(math.prod(positions), -1)
+    expected (positions, then `width` values each) agree."""
+    positions = np.shape(got)[:-1] if what == "gradient" else np.shape(got)
+    got = np.asarray(got, dtype=np.float64).reshape(math.prod(positions), width)
     expected = np.asarray(expected, dtype=np.float64).reshape(got.shape)
     with np.errstate(invalid="ignore"):
         error = np.abs(got - expected)
@@ -175,7 +180,7 @@ def softmax(logits, *, axis=1, method="stable"):
     _raise_for_status(softmax_kernel(_buffer(x.array, ctype), x.outer, x.classes,
                                      x.inner, _METHOD_IDS[method],
                                      _buffer(out, ctype)))
-    return out.astype(x.result_dtype, copy=False)
+    return _in_dtype(out, x)
 
 
 def log_softmax(logits, *, axis=1):
@@ -185,4 +190,4 @@ def log_softmax(logits, *, axis=1):
     out = np.empty_like(x.array)
     _raise_for_status(log_softmax_kernel(_buffer(x.array, ctype), x.outer,
                                          x.classes, x.inner, _buffer(out, ctype)))
-    return out.astype(x.result_dtype, copy=False)
+    return _in_dtype(out, x)

@@ -102,6 +102,8 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
         given = _as_array(labels, "labels")
     if ignore_index is not None:
         ignore_index = _integer(ignore_index, "ignore_index")
+    if given.dtype.kind in "fO" and isinstance(labels, (list, tuple)):
+        _reject_python_ints_beyond_int64(labels, logits.classes, ignore_index)
     weight = class_weight(weight, logits.classes)
     label_smoothing = smoothing(label_smoothing)
 
@@ -130,6 +132,23 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
     # reports the caller's original value from `given`.
     ints = np.require(given, dtype=np.int64, requirements="CA")
     return Targets(ints, given, None, weight, ignore_index, label_smoothing)
+
+
+def _reject_python_ints_beyond_int64(labels, classes, ignore_index):
+    """numpy turns a list of ints some of which no int64 holds into float or
+    object arrays; such a list is still class indices, with a label out of
+    range, and gets that ValueError rather than a dtype complaint."""
+    try:
+        values = np.asarray(labels, dtype=object)
+    except ValueError:
+        return
+    flat = values.reshape(-1)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+               for v in flat):
+        return
+    for position, value in enumerate(flat):
+        if value != ignore_index and not 0 <= value < classes:
+            raise label_out_of_range(values, position, classes, ignore_index)
 
 
 def class_weight(weight, classes):

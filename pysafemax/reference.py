@@ -177,7 +177,7 @@ def softmax(logits, *, axis=1, method="stable"):
     x = _positions_by_classes(lg.array, lg.axis)
     with np.errstate(all="ignore"):
         p = _probabilities(x, method, _row_stats(x, method))
-    return _from_positions_by_classes(p, lg).astype(lg.result_dtype)
+        return _from_positions_by_classes(p, lg).astype(lg.result_dtype)
 
 
 def log_softmax(logits, *, axis=1):
@@ -189,4 +189,4 @@ def log_softmax(logits, *, axis=1):
         m = shift.astype(np.float64)
         out = (x.astype(np.float64) - m) - np.log1p(s)[:, None]
         out[~np.isfinite(m[:, 0])] = np.nan
-    return _from_positions_by_classes(out, lg).astype(lg.result_dtype)
+        return _from_positions_by_classes(out, lg).astype(lg.result_dtype)
