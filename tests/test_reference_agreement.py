@@ -135,3 +135,44 @@ def test_check_tolerance_is_documented_and_grows_with_classes():
     assert pysafemax.check_tolerance(np.float32, 10) < 1e-6
     assert pysafemax.check_tolerance(np.float64, 10) < 1e-14
     assert pysafemax.check_tolerance(np.float64, 10**6) > pysafemax.check_tolerance(np.float64, 10)
+
+
+def random_options_case(seed):
+    """Logits of 1 to 4 dims with a random class axis, and random options."""
+    rng = np.random.default_rng(seed)
+    dtype = DTYPES[seed % 2]
+    classes = int(rng.choice([1, 2, 3, 8, 9, 17]))
+    ndim = int(rng.integers(1, 5))
+    shape = [int(rng.integers(1, 4)) for _ in range(ndim)]
+    axis = int(rng.integers(-ndim, ndim))
+    shape[axis] = classes
+    x = (rng.standard_normal(shape) * rng.choice([0.5, 10.0, 60.0])).astype(dtype)
+    position_shape = tuple(np.delete(shape, axis % ndim))
+    options = {"axis": axis,
+               "reduction": str(rng.choice(pysafemax.REDUCTIONS))}
+    if rng.random() < 0.5:
+        options["weight"] = rng.uniform(0.0, 2.0, classes)
+    if rng.random() < 0.5:
+        options["label_smoothing"] = float(rng.choice([0.05, 0.3, 1.0]))
+    if rng.random() < 0.3:
+        labels = rng.random(shape).astype(dtype)
+    else:
+        labels = rng.integers(0, classes, position_shape)
+        if rng.random() < 0.5:
+            options["ignore_index"] = -100
+            labels = np.where(rng.random(position_shape) < 0.4, -100, labels)
+    return x, labels, options
+
+
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+@pytest.mark.parametrize("seed", range(60))
+def test_every_option_matches_the_reference(method, seed):
+    x, labels, options = random_options_case(seed)
+    got = pysafemax.softmax_loss(x, labels, method=method, return_grad=True, **options)
+    want = reference.softmax_loss(x, labels, method=method, return_grad=True, **options)
+    tol = pysafemax.check_tolerance(x.dtype, x.shape[options["axis"]])
+    what = f"{method} {x.shape} {options}"
+    assert_matches(got[0], want[0], tol, what + " loss")
+    assert_matches(got[1], want[1], tol, what + " grad")
+    # check=True runs the same comparison inside the library.
+    pysafemax.softmax_loss(x, labels, method=method, check=True, **options)
