@@ -1,0 +1,201 @@
+/*
+ * C-level edge cases of the kernel, for valgrind and the sanitizers (see
+ * .ci/run): every entry point on the shapes and values where indexing and
+ * special values go wrong.  Arrays are allocated at their exact size so that
+ * any read or write past them is reported.  Exits non-zero on a wrong result.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "softmax_loss.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                        \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+                    #cond);                                                \
+            failures++;                                                    \
+        }                                                                  \
+    } while (0)
+
+/* equal to within tol, relative and absolute, or both NaN */
+static int agree(double a, double b, double tol)
+{
+    return (isnan(a) && isnan(b)) || fabs(a - b) <= tol * (1 + fabs(b));
+}
+
+static float *floats(int64_t n, unsigned seed)
+{
+    float *a = malloc((size_t)(n ? n : 1) * sizeof *a);
+    for (int64_t k = 0; k < n; k++) {
+        seed = seed * 1103515245u + 12345u;
+        a[k] = (float)((int)(seed >> 16) % 2000 - 1000) / 37.0f;
+    }
+    return a;
+}
+
+static double *doubles(int64_t n, unsigned seed)
+{
+    double *a = malloc((size_t)(n ? n : 1) * sizeof *a);
+    float *f = floats(n, seed);
+    for (int64_t k = 0; k < n; k++)
+        a[k] = f[k];
+    free(f);
+    return a;
+}
+
+static int64_t *labels_for(int64_t n, int64_t classes)
+{
+    int64_t *y = malloc((size_t)(n ? n : 1) * sizeof *y);
+    for (int64_t k = 0; k < n; k++)
+        y[k] = (k * 7 + 3) % classes;
+    return y;
+}
+
+static psm_options options(int method, int reduction)
+{
+    psm_options o;
+    memset(&o, 0, sizeof o);
+    o.method = method;
+    o.reduction = reduction;
+    return o;
+}
+
+/* Every method and reduction on one shape, with a gradient, in both types;
+ * float and double must agree to float precision where both are finite. */
+static void shape_sweep(int64_t outer, int64_t classes, int64_t inner)
+{
+    int64_t n = outer * classes * inner, positions = outer * inner;
+    float *x = floats(n, (unsigned)(outer * 131 + classes * 7 + inner));
+    double *xd = doubles(n, (unsigned)(outer * 131 + classes * 7 + inner));
+    int64_t *y = labels_for(positions, classes);
+    float *losses = malloc((size_t)(positions ? positions : 1) * sizeof *losses);
+    double *losses_d = malloc((size_t)(positions ? positions : 1) * sizeof *losses_d);
+    float *grad = malloc((size_t)(n ? n : 1) * sizeof *grad);
+    double *grad_d = malloc((size_t)(n ? n : 1) * sizeof *grad_d);
+    double *weight = malloc((size_t)classes * sizeof *weight);
+    float *probs = malloc((size_t)(n ? n : 1) * sizeof *probs);
+    for (int64_t c = 0; c < classes; c++)
+        weight[c] = 0.5 + (double)c / (double)classes;
+    for (int64_t k = 0; k < n; k++)
+        probs[k] = 1.0f / (float)classes;
+
+    for (int method = PSM_NAIVE; method <= PSM_STABLE; method++) {
+        for (int reduction = PSM_NONE; reduction <= PSM_BATCH_SIZE; reduction++) {
+            psm_options o = options(method, reduction);
+            double loss = 0, loss_d = 0;
+            CHECK(psm_softmax_loss_f32(x, outer, classes, inner, y, NULL, &o,
+                                       losses, &loss, grad) == PSM_OK);
+            CHECK(psm_softmax_loss_f64(xd, outer, classes, inner, y, NULL, &o,
+                                       losses_d, &loss_d, grad_d) == PSM_OK);
+            if (method == PSM_STABLE) {
+                CHECK(agree(loss, loss_d, 1e-5));
+                for (int64_t k = 0; k < n; k++)
+                    CHECK(agree(grad[k], grad_d[k], 1e-6));
+            }
+            /* every option at once, and probability targets */
+            o.class_weight = weight;
+            o.label_smoothing = 0.25;
+            o.use_ignore_index = 1;
+            o.ignore_index = 1;
+            CHECK(psm_softmax_loss_f32(x, outer, classes, inner, y, NULL, &o,
+                                       losses, &loss, grad) == PSM_OK);
+            o.use_ignore_index = 0;
+            CHECK(psm_softmax_loss_f32(x, outer, classes, inner, NULL, probs, &o,
+                                       NULL, &loss, grad) == PSM_OK);
+        }
+        CHECK(psm_softmax_f32(x, outer, classes, inner, method, grad) == PSM_OK);
+        CHECK(psm_softmax_f64(xd, outer, classes, inner, method, grad_d) == PSM_OK);
+    }
+    CHECK(psm_log_softmax_f32(x, outer, classes, inner, grad) == PSM_OK);
+    CHECK(psm_log_softmax_f64(xd, outer, classes, inner, grad_d) == PSM_OK);
+    free(x); free(xd); free(y); free(losses); free(losses_d); free(grad);
+    free(grad_d); free(weight); free(probs);
+}
+
+static void special_values(void)
+{
+    /* rows: {100, 20} (naive overflows), {nan, 1}, {+inf, 1}, {-inf, 1} label 0,
+     * {-inf, -inf} */
+    float x[10] = {100, 20, NAN, 1, INFINITY, 1, -INFINITY, 1, -INFINITY, -INFINITY};
+    int64_t y[5] = {1, 1, 1, 0, 0};
+    float losses[5];
+    double loss;
+    psm_options o = options(PSM_NAIVE, PSM_NONE);
+    CHECK(psm_softmax_loss_f32(x, 5, 2, 1, y, NULL, &o, losses, &loss, NULL) == PSM_OK);
+    CHECK(losses[0] == -logf(1.17549435e-38f));   /* 87.3365 */
+    o.method = PSM_STABLE;
+    CHECK(psm_softmax_loss_f32(x, 5, 2, 1, y, NULL, &o, losses, &loss, NULL) == PSM_OK);
+    CHECK(losses[0] == 80.0f);
+    CHECK(isnan(losses[1]) && isnan(losses[2]) && isnan(losses[4]));
+    CHECK(isinf(losses[3]) && losses[3] > 0);
+}
+
+static void bad_arguments(void)
+{
+    float x[6] = {0, 1, 2, 3, 4, 5};
+    int64_t y[3] = {0, 2, 1};
+    float losses[3], grad[6];
+    double loss;
+    psm_options o = options(PSM_STABLE, PSM_MEAN);
+    /* the first out-of-range label is reported, and nothing is written */
+    memset(grad, 0x7f, sizeof grad);
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == 2);
+    for (int k = 0; k < 6; k++)
+        CHECK(grad[k] != 0);
+    y[1] = -1;
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == 2);
+    o.use_ignore_index = 1;
+    o.ignore_index = -1;
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_OK);
+    CHECK(losses[1] == 0 && grad[2] == 0 && grad[3] == 0);
+    /* arguments a direct C caller could get wrong */
+    CHECK(psm_softmax_loss_f32(x, 3, 0, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_loss_f32(x, -1, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_loss_f32(NULL, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, NULL, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, x, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, NULL, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, NULL, grad) == PSM_BAD_ARGUMENT);
+    o.method = 7;
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    o.method = PSM_STABLE;
+    o.reduction = 9;
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    o.reduction = PSM_SUM;
+    o.label_smoothing = NAN;
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_f32(x, 3, 2, 1, 3, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_log_softmax_f32(x, 3, 0, 1, grad) == PSM_BAD_ARGUMENT);
+    /* empty: nothing is read, the mean is nan, the sum 0 */
+    o.label_smoothing = 0;
+    o.reduction = PSM_MEAN;
+    CHECK(psm_softmax_loss_f32(NULL, 0, 2, 1, NULL, NULL, &o, NULL, &loss, NULL) == PSM_OK);
+    CHECK(isnan(loss));
+    o.reduction = PSM_SUM;
+    CHECK(psm_softmax_loss_f32(NULL, 0, 2, 1, NULL, NULL, &o, NULL, &loss, NULL) == PSM_OK);
+    CHECK(loss == 0);
+}
+
+int main(void)
+{
+    static const int64_t outers[] = {0, 1, 2, 5};
+    static const int64_t classes[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65, 1000};
+    static const int64_t inners[] = {0, 1, 3};
+    for (size_t a = 0; a < sizeof outers / sizeof *outers; a++)
+        for (size_t b = 0; b < sizeof classes / sizeof *classes; b++)
+            for (size_t c = 0; c < sizeof inners / sizeof *inners; c++)
+                shape_sweep(outers[a], classes[b], inners[c]);
+    special_values();
+    bad_arguments();
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("kernel edge cases: all checks passed\n");
+    return 0;
+}
