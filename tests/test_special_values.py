@@ -414,6 +414,237 @@ def test_one_class_non_finite_is_nan_for_stable(module, value):
     assert loss[1] == 0 and g[1, 0] == 0
 
 
+# --- the options of issue 3 ------------------------------------------------------
+# Each position's target is q_c = (1 - eps) w_y [c == y] + (eps / C) w_c (or
+# w_c ((1 - eps) t_c + eps / C) for probabilities t), its loss
+# sum_c q_c * -log p_c, and classes with q_c = 0 add nothing, even on a -inf
+# logit (csrc/softmax_loss.h, psm_options).  Gradients: sum_c q_c p_j - q_j.
+
+MASKED = [0.0, 0.0, -inf]          # p = (1/2, 1/2, 0) for every method
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("label", [0, 1])
+def test_label_smoothing_puts_mass_on_a_neg_inf_class(module, dtype, label):
+    # eps = 0.3, C = 3: q = 0.7 on the label + 0.1 on each class, so the -inf
+    # class gets 0.1 of the target, and -log p there is +inf.
+    x = np.array([MASKED], dtype)
+    kwargs = dict(label_smoothing=0.3, reduction="none", return_grad=True)
+    loss, g = module.softmax_loss(x, [label], method="stable", **kwargs)
+    assert loss[0] == inf
+    for reduction in ("sum", "mean", "valid", "full", "batch_size"):
+        assert module.softmax_loss(x, [label], label_smoothing=0.3,
+                                   reduction=reduction) == inf
+    # The gradient stays finite: p - q = (1/2 - 0.8, 1/2 - 0.1, 0 - 0.1).
+    expected = [0.5 - 0.1, 0.5 - 0.1, -0.1]
+    expected[label] = 0.5 - 0.8
+    np.testing.assert_allclose(g[0], expected, rtol=REL[dtype])
+    # naive and maxsub clamp p = 0 to TINY: 0.9 ln 2 + 0.1 * -log(TINY).
+    for method in ("naive", "maxsub"):
+        loss, g_clamped = module.softmax_loss(x, [label], method=method, **kwargs)
+        assert loss[0] == pytest.approx(0.9 * math.log(2) + 0.1 * CLAMP[dtype],
+                                        rel=REL[dtype])
+        np.testing.assert_allclose(g_clamped[0], expected, rtol=REL[dtype])
+    # Without smoothing the -inf class holds no target and the loss is ln 2.
+    assert module.softmax_loss(x, [label], reduction="none")[0] == dtype(math.log(2))
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_probability_on_a_neg_inf_class_adds_nothing(module, dtype, method):
+    # Target (1/4, 3/4, 0) on p = (1/2, 1/2, 0): loss (1/4 + 3/4) ln 2 = ln 2,
+    # finite.  PyTorch computes 0 * -inf there and gives nan; our documented
+    # choice is that a class with zero target mass contributes nothing.
+    x = np.array([MASKED], dtype)
+    target = np.array([[0.25, 0.75, 0.0]], dtype)
+    loss, g = module.softmax_loss(x, target, method=method, reduction="none",
+                                  return_grad=True)
+    assert loss[0] == pytest.approx(math.log(2), rel=REL[dtype])
+    if method == "stable":
+        assert loss[0] == dtype(math.log(2))       # 0 + 1 * log1p(1), exactly
+    np.testing.assert_array_equal(g, np.array([[0.25, -0.25, 0.0]], dtype))
+    total = module.softmax_loss(x, target, method=method, reduction="sum")
+    assert math.isfinite(total) and total == pytest.approx(math.log(2), rel=REL[dtype])
+    # Any smoothing gives the -inf class mass again: +inf for stable.
+    assert module.softmax_loss(x, target, label_smoothing=0.01,
+                               reduction="none")[0] == inf
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_weight_on_the_label_class_gives_zero_loss_and_gradient(module, dtype,
+                                                                     method):
+    # Row 0 is labelled 1, whose weight is 0: q = 0 everywhere, so loss 0 and
+    # gradient 0, even when the label's logit is -inf (no 0 * inf).  Row 1 is
+    # labelled 0, weight 1: its loss is logsumexp(row) - 0.5.
+    weight = np.array([1.0, 0.0, 1.0])
+    row1 = [0.5, -1.0, 2.0]
+    x = np.array([[1.0, 2.0, 3.0], row1, [1.0, -inf, 3.0]], dtype)
+    labels = [1, 0, 1]
+    loss, g = module.softmax_loss(x, labels, weight=weight, method=method,
+                                  reduction="none", return_grad=True)
+    np.testing.assert_array_equal(loss[[0, 2]], [0.0, 0.0])
+    np.testing.assert_array_equal(g[[0, 2]], np.zeros((2, 3)))
+    row1_loss = logsumexp(row1) - 0.5
+    assert loss[1] == pytest.approx(row1_loss, rel=REL[dtype])
+    for reduction, normalizer in (("sum", 1), ("mean", 1), ("valid", 3),
+                                  ("full", 3), ("batch_size", 3)):
+        # mean is PyTorch's weighted mean: divided by w[1] + w[0] + w[1] = 1.
+        total, g = module.softmax_loss(x, labels, weight=weight, method=method,
+                                       reduction=reduction, return_grad=True)
+        assert total == pytest.approx(row1_loss / normalizer, rel=REL[dtype]), reduction
+        np.testing.assert_array_equal(g[[0, 2]], np.zeros((2, 3)))
+    # Weight 0 for every label: PyTorch's mean is 0 / 0 = nan, Caffe's modes 0.
+    only_zero = x[[0, 2]]
+    assert math.isnan(module.softmax_loss(only_zero, [1, 1], weight=weight,
+                                          method=method))
+    for reduction in ("sum", "valid", "full", "batch_size"):
+        total, g = module.softmax_loss(only_zero, [1, 1], weight=weight,
+                                       method=method, reduction=reduction,
+                                       return_grad=True)
+        assert total == 0.0
+        np.testing.assert_array_equal(g, np.zeros((2, 3)))
+
+
+IGNORED_ROWS = [[nan, 1.0, 2.0], [inf, 0.0, 1.0], [-inf, -inf, -inf],
+                [nan, nan, nan], [1e30, -1e30, 0.0]]
+KEPT_ROW = [0.5, 1.5, -1.0]
+
+
+# 1e30 is past float16's range: numpy's cast says so, and the row is inf there.
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("ignore_index", [-100, 0, 2])
+def test_ignored_positions_are_silent_even_when_nan(module, dtype, method,
+                                                    ignore_index):
+    # Ignored positions (whatever their logits: NaN, +inf, all -inf, a
+    # naive overflow) get loss 0 and an all-zero gradient, and add nothing to
+    # any reduction.  The one kept row is labelled 1: logsumexp - 1.5.
+    x = np.array(IGNORED_ROWS + [KEPT_ROW], dtype)
+    labels = [ignore_index] * len(IGNORED_ROWS) + [1]
+    kept = logsumexp(KEPT_ROW) - 1.5
+    positions = len(labels)
+    for options in ({}, {"weight": np.array([0.5, 1.0, 2.0]), "label_smoothing": 0.3}):
+        kwargs = dict(method=method, ignore_index=ignore_index, **options)
+        loss, g = module.softmax_loss(x, labels, reduction="none",
+                                      return_grad=True, **kwargs)
+        np.testing.assert_array_equal(loss[:-1], np.zeros(positions - 1, dtype))
+        np.testing.assert_array_equal(g[:-1], np.zeros((positions - 1, 3), dtype))
+        assert np.isfinite(loss[-1]) and np.isfinite(g[-1]).all()
+        if not options:
+            assert loss[-1] == pytest.approx(kept, rel=REL[dtype])
+        alone = module.softmax_loss(x[-1:], [1], reduction="none",
+                                    return_grad=True, **kwargs)
+        assert_bits_equal(loss[-1:], alone[0])
+        assert_bits_equal(g[-1:], alone[1])
+        total = float(alone[0][0])
+        w_kept = options["weight"][1] if options else 1.0
+        for reduction, normalizer in (("sum", 1), ("mean", w_kept), ("valid", 1),
+                                      ("full", positions),
+                                      ("batch_size", positions)):
+            got, g = module.softmax_loss(x, labels, reduction=reduction,
+                                         return_grad=True, **kwargs)
+            assert got == pytest.approx(total / normalizer, rel=REL[dtype]), reduction
+            np.testing.assert_array_equal(g[:-1], np.zeros((positions - 1, 3), dtype))
+    # Spatial logits: ignored positions along the inner axis, class axis 1.
+    spatial = np.moveaxis(x[None], 2, 1)                  # (1, 3, positions)
+    loss, g = module.softmax_loss(spatial, np.array([labels]), method=method,
+                                  ignore_index=ignore_index, reduction="none",
+                                  return_grad=True)
+    np.testing.assert_array_equal(loss[0, :-1], np.zeros(positions - 1, dtype))
+    np.testing.assert_array_equal(g[0, :, :-1], np.zeros((3, positions - 1), dtype))
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("method", METHODS)
+def test_all_ignored_mean_is_nan_and_caffe_modes_are_zero(module, method):
+    x = np.array(IGNORED_ROWS, np.float32)
+    labels = [-100] * len(IGNORED_ROWS)
+    loss, g = module.softmax_loss(x, labels, method=method, ignore_index=-100,
+                                  return_grad=True)
+    assert math.isnan(loss)                       # PyTorch: 0 / 0
+    np.testing.assert_array_equal(g, np.zeros_like(x))
+    for reduction in ("sum", "valid", "full", "batch_size"):
+        loss, g = module.softmax_loss(x, labels, method=method, ignore_index=-100,
+                                      reduction=reduction, return_grad=True)
+        assert loss == 0.0                        # Caffe: max(1, count)
+        np.testing.assert_array_equal(g, np.zeros_like(x))
+
+
+# An infinite class weight is legal (only NaN is refused).  With PyTorch's
+# semantics and no smoothing, w_c enters a position only through w_y: positions
+# labelled with another class are untouched, the class's own get +inf.
+INF_WEIGHT_REFERENCE = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="reference._target_mass starts every row from (eps / C) * w, which "
+           "is 0 * inf = nan for weight=[1, inf, 1], so every loss is nan")
+INF_WEIGHT_STABLE_AT_MAX = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="stable kernel, label = argmax with weight inf: the cross term "
+           "w_y (m - x_y) is inf * 0 = nan, so the loss is nan, not +inf")
+INF_WEIGHT_GRADIENT = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="the gradient subtracts q_c = (eps / C) w_c = 0 * inf = nan on the "
+           "inf-weight class of every row, even rows labelled otherwise "
+           "(PyTorch: finite)")
+
+
+@pytest.mark.parametrize("module", [
+    pytest.param(pysafemax, id="kernel"),
+    pytest.param(reference, id="reference", marks=INF_WEIGHT_REFERENCE)])
+@pytest.mark.parametrize("method", METHODS)
+def test_inf_weight_leaves_other_labels_alone(module, method):
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0], [-2.0, 1.0, 0.0]], np.float32)
+    labels = [0, 2, 0]                          # none labelled with class 1
+    got = module.softmax_loss(x, labels, weight=[1.0, inf, 1.0], method=method,
+                              reduction="none")
+    plain = module.softmax_loss(x, labels, method=method, reduction="none")
+    np.testing.assert_array_equal(got, plain)
+
+
+def _inf_weight_cases():
+    for module, module_id in ((pysafemax, "kernel"), (reference, "reference")):
+        for method in METHODS:
+            for row_id, row in (("label_below_max", [0.0, 0.25, 1.5]),
+                                ("label_is_max", [0.0, 0.25, -0.5])):
+                marks = ()
+                if module is reference:
+                    marks = INF_WEIGHT_REFERENCE
+                elif method == "stable" and row_id == "label_is_max":
+                    marks = INF_WEIGHT_STABLE_AT_MAX
+                yield pytest.param(module, method, row,
+                                   id=f"{module_id}-{method}-{row_id}", marks=marks)
+
+
+@pytest.mark.parametrize("module, method, row", list(_inf_weight_cases()))
+def test_inf_weight_on_the_label_gives_inf(module, method, row):
+    # w_y = inf times -log p_y > 0 (p_y < 1 here): +inf, as in PyTorch.
+    x = np.array([row], np.float32)
+    got = module.softmax_loss(x, [1], weight=[1.0, inf, 1.0], method=method,
+                              reduction="none")
+    assert got[0] == inf
+    assert module.softmax_loss(x, [1], weight=[1.0, inf, 1.0], method=method,
+                               reduction="sum") == inf
+
+
+@INF_WEIGHT_GRADIENT
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize("method", METHODS)
+def test_inf_weight_leaves_the_gradient_of_other_labels_alone(module, method):
+    x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0], [-2.0, 1.0, 0.0]], np.float32)
+    labels = [0, 2, 0]                          # none labelled with class 1
+    _, got = module.softmax_loss(x, labels, weight=[1.0, inf, 1.0], method=method,
+                                 reduction="sum", return_grad=True)
+    _, plain = module.softmax_loss(x, labels, method=method, reduction="sum",
+                                   return_grad=True)
+    np.testing.assert_array_equal(got, plain)
+
+
 # --- kernel and reference agree on where the specials are ----------------------
 
 SPECIAL_CASES = {
@@ -474,6 +705,45 @@ def test_kernel_and_reference_agree_on_specials(case, method):
                                   _kind(reference.softmax(x, method=method)))
     np.testing.assert_array_equal(_kind(pysafemax.log_softmax(x)),
                                   _kind(reference.log_softmax(x)))
+
+
+def _options(name, labels, classes, dtype):
+    """(labels, options) for each option set the sweep tries."""
+    weight = np.linspace(0.5, 2.0, classes)
+    if name == "smoothing":
+        return labels, {"label_smoothing": 0.25}
+    if name == "weight_ignore":
+        return labels, {"weight": weight, "ignore_index": 0}
+    if name == "zero_weight":
+        return labels, {"weight": np.where(np.arange(classes) == 1, 0.0, 1.0)}
+    # Probability targets: the label's one-hot, with a little on class 0 (so
+    # zero targets sit on -inf logits too).
+    probs = np.zeros((len(labels), classes))
+    probs[np.arange(len(labels)), labels] = 0.75
+    probs[:, 0] += 0.25
+    return probs.astype(dtype), {"label_smoothing": 0.1} if name == "probs_smoothed" else {}
+
+
+OPTION_NAMES = ["smoothing", "weight_ignore", "zero_weight", "probs", "probs_smoothed"]
+
+
+@OVERFLOW_IN_CAST
+@pytest.mark.parametrize("case", list(SPECIAL_CASES))
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("options", OPTION_NAMES)
+def test_kernel_and_reference_agree_on_specials_with_options(case, method, options):
+    dtype, rows, labels = SPECIAL_CASES[case]
+    x = np.array(rows, dtype)
+    targets, kwargs = _options(options, labels, x.shape[1], dtype)
+    for reduction in pysafemax.REDUCTIONS:
+        got = pysafemax.softmax_loss(x, targets, method=method, reduction=reduction,
+                                     return_grad=True, **kwargs)
+        ref = reference.softmax_loss(x, targets, method=method, reduction=reduction,
+                                     return_grad=True, **kwargs)
+        np.testing.assert_array_equal(_kind(got[1]), _kind(ref[1]),
+                                      err_msg=f"gradient, {reduction}")
+        np.testing.assert_array_equal(_kind(got[0]), _kind(ref[0]),
+                                      err_msg=f"loss, {reduction}")
 
 
 @OVERFLOW_IN_CAST
