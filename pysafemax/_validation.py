@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 METHODS = ("naive", "maxsub", "stable")
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 # PyTorch's reductions, then Caffe's normalization modes.
 REDUCTIONS = ("mean", "sum", "none", "valid", "full", "batch_size")
 
@@ -102,6 +103,8 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
         given = _as_array(labels, "labels")
     if ignore_index is not None:
         ignore_index = _integer(ignore_index, "ignore_index")
+        if not _INT64_MIN <= ignore_index <= _INT64_MAX:
+            raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
     if given.dtype.kind in "fO" and isinstance(labels, (list, tuple)):
         _reject_python_ints_beyond_int64(labels, logits.classes, ignore_index)
     weight = class_weight(weight, logits.classes)
@@ -128,8 +131,8 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
         raise ValueError(
             f"labels must have shape {position_shape} (the logits' shape "
             f"{logits.array.shape} without axis {logits.axis}), got {given.shape}")
-    # uint64 labels above 2**63 wrap to negative here; the range check then
-    # reports the caller's original value from `given`.
+    if given.dtype.kind == "u" and given.itemsize == 8 and given.size:
+        _reject_uint64_beyond_int64(given, logits.classes, ignore_index)
     ints = np.require(given, dtype=np.int64, requirements="CA")
     return Targets(ints, given, None, weight, ignore_index, label_smoothing)
 
@@ -151,6 +154,19 @@ def _reject_python_ints_beyond_int64(labels, classes, ignore_index):
             raise label_out_of_range(values, position, classes, ignore_index)
 
 
+def _reject_uint64_beyond_int64(given, classes, ignore_index):
+    """A uint64 label of 2**63 or more would wrap to a negative int64, and
+    could then pass for a negative ignore_index: report the first
+    out-of-range label here instead."""
+    flat = given.reshape(-1)
+    if flat.max() <= _INT64_MAX:
+        return
+    bad = flat >= classes
+    if ignore_index is not None and ignore_index >= 0:
+        bad &= flat != ignore_index
+    raise label_out_of_range(given, int(np.argmax(bad)), classes, ignore_index)
+
+
 def class_weight(weight, classes):
     if weight is None:
         return None
@@ -165,6 +181,10 @@ def class_weight(weight, classes):
     nan = np.flatnonzero(np.isnan(w))
     if nan.size:
         raise ValueError(f"weight[{nan[0]}] is nan; class weights must be numbers")
+    infinite = np.flatnonzero(np.isinf(w))
+    if infinite.size:
+        raise ValueError(f"weight[{infinite[0]}] is {w[infinite[0]]}; class weights "
+                         f"must be finite")
     return w
 
 
