@@ -50,7 +50,7 @@ enum psm_reduction {
 
 /* Status codes.  A positive status is 1 + the flat position (o * inner + i)
  * of the first label outside [0, classes) that is not ignored. */
-enum psm_status { PSM_OK = 0, PSM_BAD_ARGUMENT = -1 };
+enum psm_status { PSM_OK = 0, PSM_BAD_ARGUMENT = -1, PSM_NO_MEMORY = -2 };
 
 /*
  * Options with PyTorch's semantics.  Each position has a target distribution
@@ -67,6 +67,8 @@ typedef struct {
     int64_t ignore_index;       /* loss and get an all-zero gradient */
     const double *class_weight; /* classes of them, or NULL */
     double label_smoothing;     /* eps, in [0, 1] */
+    int threads;                /* at most this many threads (< 1: one) */
+    int portable;               /* 1: no CPU-specific code (the scalar twin) */
 } psm_options;
 
 /*
@@ -100,6 +102,16 @@ int64_t psm_log_softmax_f32(const float *logits, int64_t outer,
                             int64_t classes, int64_t inner, float *out);
 int64_t psm_log_softmax_f64(const double *logits, int64_t outer,
                             int64_t classes, int64_t inner, double *out);
+/* 1 when this CPU runs the AVX2+FMA paths, 0 when only the portable ones. */
+int psm_simd_level(void);
+
+/* The kernel's own float exp of each element (for tests and the exhaustive
+ * accuracy check in bench/check_exp_ulp.py). */
+void psm_exp_f32(const float *in, int64_t n, int portable, float *out);
+
+/* The sum of n floats, read with the kernel's SIMD and threads: the
+ * read-bandwidth probe the benchmarks compare the loss against. */
+double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable);
 /* cdef-end */
 
 #ifdef __cplusplus

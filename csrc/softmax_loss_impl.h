@@ -3,72 +3,42 @@
  * softmax_loss.c, which defines before including it:
  *   REAL      float or double
  *   FN(name)  name with the type's suffix appended (name##_f32)
- *   EXP, LOG  REAL's exp and log (expf and logf for float)
+ *   EXP, LOG  REAL's exp and log (psm_expf and logf for float)
  *   TINY      REAL's smallest normal number (FLT_MIN, DBL_MIN)
+ *   FLOAT_ROWS 1 where rows_avx2.h serves contiguous rows (float on x86-64)
+ *   LANE_SUMS  1 to sum in the 8-lane order of rows_avx2.h (float), 0 to sum
+ *              in index order (double, which has no vector path)
  *
- * Precision.  Every method sums exp() in double.  naive and maxsub then round
- * the sum to REAL once, which is the float sum their formulas describe (it is
- * inf exactly when the rounded float sum overflows) without depending on the
- * order of the additions; the rest of their arithmetic is REAL, as in Caffe.
- * stable keeps everything after exp() in double and leaves the argmax term
- * (exactly 1) out of the sum, so log1p() keeps small losses to full relative
- * precision: a confident, correct prediction with loss 1e-30 reads 1e-30, not 0.
- * The stable loss's error is that of exp() (<= 1 ULP per term) plus the
- * rounding of x_j - m in REAL (<= |x_j - m| * 2^-24 relative for float), plus
- * the final rounding to REAL; tests/test_oracle.py checks this bound against
- * a float64 oracle.
+ * One pass.  Every position's logits are read once, in blocks of PSM_BLOCK:
+ * the block's max, then, from L1, the sum of exp(x_j - max) over the x_j
+ * below it ("rest") and the count of x_j equal to it ("ties", each term
+ * exactly 1).  When a block raises the running max, what was summed so far
+ * is rescaled once, in double: Milakov and Gimelshein's online normalizer,
+ * per block rather than per element, so each logit costs one exp.  For a
+ * non-one-hot target (smoothing or probabilities) the stable method also
+ * keeps sum_j q_j (max - x_j), shifted the same way.  A second pass, over
+ * the row just read, writes the gradient; naive and maxsub with non-one-hot
+ * targets also need one for their clamped per-class logs (the clamp needs
+ * the finished sum).
+ *
+ * The float instance runs contiguous rows through the AVX2 loops of
+ * rows_avx2.h where the CPU has them; block_max, block_sums and grad_row
+ * below are their portable twins (same operations, same order, 8 emulated
+ * lanes, any stride), so every path gives the same bits.
+ *
+ * Precision.  Sums are kept in double.  naive and maxsub round the total
+ * (rest + ties) to REAL once, which is the float sum their formulas describe
+ * (it is inf exactly when the rounded float sum overflows) without depending
+ * on the order of the additions; the rest of their arithmetic is REAL, as in
+ * Caffe.  stable uses s = rest + (ties - 1), the sum without the max's own
+ * term, so log1p(s) keeps small losses to full relative precision: a
+ * confident, correct prediction with loss 1e-30 reads 1e-30, not 0.  Its
+ * error is that of exp (<= 0.603 ULP per term for float, exp_f32.h), the
+ * rounding of x_j - max in REAL (<= |x_j - max| 2^-24 relative for float),
+ * the vector loop's float partial sums (<= 2^-23 relative, rows_avx2.h), and
+ * the final rounding; tests/test_oracle.py and tests/test_properties.py check
+ * this bound against wider oracles.
  */
-
-/* What one position's logits reduce to. */
-typedef struct {
-    REAL shift;       /* subtracted before exp: 0 for naive, the max otherwise */
-    int64_t excluded; /* stable: the argmax, left out of sum; -1 otherwise */
-    double sum;       /* sum of exp(x_j - shift) over j != excluded */
-} FN(row_stats);
-
-static FN(row_stats) FN(reduce_row)(const REAL *x, int64_t classes,
-                                    int64_t stride, int method)
-{
-    FN(row_stats) st = {0, -1, 0.0};
-    if (method != PSM_NAIVE) {
-        /* NaN never compares greater, so it does not become the max; it still
-         * reaches the sum below and makes the position NaN there. */
-        REAL max = -INFINITY;
-        int64_t argmax = 0;
-        for (int64_t j = 0; j < classes; j++) {
-            if (x[j * stride] > max) {
-                max = x[j * stride];
-                argmax = j;
-            }
-        }
-        st.shift = max;
-        if (method == PSM_STABLE)
-            st.excluded = argmax;
-    }
-    double sum = 0.0;
-    for (int64_t j = 0; j < classes; j++) {
-        if (j != st.excluded)
-            sum += (double)EXP(x[j * stride] - st.shift);
-    }
-    st.sum = sum;
-    return st;
-}
-
-/* naive and maxsub: p_j = exp(x_j - shift) / s, all in REAL. */
-static REAL FN(float_prob)(const FN(row_stats) *st, REAL x)
-{
-    return EXP(x - st->shift) / (REAL)st->sum;
-}
-
-/* stable: p_j in double.  A position whose max is not finite (a +inf logit,
- * or every logit -inf or NaN) has no defined softmax: NaN. */
-static double FN(stable_prob)(const FN(row_stats) *st, REAL x, int64_t j)
-{
-    if (!isfinite(st->shift))
-        return NAN;
-    double e = (j == st->excluded) ? 1.0 : (double)EXP(x - st->shift);
-    return e / (1.0 + st->sum);
-}
 
 /* One position's target distribution q (see psm_options in the header). */
 typedef struct {
@@ -94,94 +64,336 @@ static int FN(is_one_hot)(const FN(target) *t)
     return t->probs == NULL && t->smooth == 0.0;
 }
 
-/* stable: loss = sum_c q_c (m - x_c) + Q log1p(s), with Q = sum_c q_c.  For
- * a plain label this is (m - x_y) + log1p(s), in that order: for logits
- * {1e8, 1e8} (m - x_y) is 0 and the loss ln 2. */
-static double FN(stable_position)(const FN(row_stats) *st, const REAL *x,
-                                  int64_t classes, int64_t stride,
-                                  const FN(target) *t, double scale, REAL *grad)
+/* What one pass over a position's logits leaves. */
+typedef struct {
+    REAL max;        /* the shift: the running max, or 0 for naive */
+    double rest;     /* sum of exp(x_j - max) over x_j != max */
+    double ties;     /* how many x_j == max */
+    double cross;    /* stable, non-one-hot: sum over q_j != 0 of q_j (max - x_j) */
+    double mass;     /* ... and sum of q_j */
+    int cross_inf;   /* ... some q_j > 0 on x_j = -inf: the cross term is +inf */
+} FN(row_state);
+
+/* The max of n logits, NaN skipped; -inf if none. */
+static REAL FN(block_max)(const REAL *x, int64_t n, int64_t stride, int fast)
 {
-    int64_t argmax = st->excluded;
-    if (!isfinite(st->shift)) {
-        for (int64_t j = 0; grad && j < classes; j++)
-            grad[j * stride] = (REAL)NAN;
-        return NAN;
+#if FLOAT_ROWS
+    if (fast && stride == 1)
+        return psm_block_max_avx2(x, n);
+#else
+    (void)fast;
+#endif
+    REAL m = (REAL)-INFINITY;
+    for (int64_t j = 0; j < n; j++)
+        if (x[j * stride] > m)
+            m = x[j * stride];
+    return m;
+}
+
+static REAL FN(term)(REAL v, REAL m, double *ties)
+{
+    if (v == m) {
+        *ties += 1.0;
+        return 0;
     }
-    double m = (double)st->shift, s = st->sum;
-    double cross = 0.0, mass = 0.0, rest = 0.0; /* rest: Q without q_argmax */
-    if (FN(is_one_hot)(t)) {
-        if (t->label_part != 0.0)
-            cross = t->label_part * (m - (double)x[t->label * stride]);
-        mass = t->label_part;
-        rest = t->label == argmax ? 0.0 : mass;
-    } else {
-        for (int64_t j = 0; j < classes; j++) {
-            double q = FN(target_mass)(t, j, stride);
+    return EXP(v - m);
+}
+
+/* acc[k] += s[k], then s[k + 4]: one vector's lanes joining 4 double lanes */
+static void FN(add_wide)(double acc[4], const REAL s[8])
+{
+    for (int k = 0; k < 4; k++)
+        acc[k] = (acc[k] + (double)s[k]) + (double)s[k + 4];
+}
+
+/* Adds sum of exp(x_j - m) over x_j != m to *rest, counts x_j == m into
+ * *ties: for float, psm_block_sums_avx2 on 8 emulated lanes. */
+static void FN(block_sums)(const REAL *x, int64_t n, int64_t stride, REAL m,
+                           int fast, double *rest, double *ties)
+{
+#if FLOAT_ROWS
+    if (fast && stride == 1) {
+        psm_block_sums_avx2(x, n, m, rest, ties);
+        return;
+    }
+#else
+    (void)fast;
+#endif
+#if LANE_SUMS
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    REAL s[8];
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        for (int l = 0; l < 8; l++) {
+            REAL e0 = FN(term)(x[(j + l) * stride], m, ties);
+            REAL e1 = FN(term)(x[(j + 8 + l) * stride], m, ties);
+            REAL e2 = FN(term)(x[(j + 16 + l) * stride], m, ties);
+            REAL e3 = FN(term)(x[(j + 24 + l) * stride], m, ties);
+            s[l] = (e0 + e1) + (e2 + e3);
+        }
+        FN(add_wide)(acc, s);
+    }
+    for (; j < n; j += 8) {   /* the last group padded with -inf */
+        for (int l = 0; l < 8; l++)
+            s[l] = FN(term)(j + l < n ? x[(j + l) * stride] : (REAL)-INFINITY, m, ties);
+        FN(add_wide)(acc, s);
+    }
+    *rest += (acc[0] + acc[2]) + (acc[1] + acc[3]);
+#else
+    /* one sum in index order, so a -inf class (a 0 term) changes nothing */
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++)
+        sum += (double)FN(term)(x[j * stride], m, ties);
+    *rest += sum;
+#endif
+}
+
+/* One pass over a position's logits; t is NULL unless the stable cross term
+ * is wanted.  NaN never compares greater or equal, so it lands in rest and
+ * makes the position NaN. */
+static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
+                         int track_max, int fast, const FN(target) *t,
+                         FN(row_state) *st)
+{
+    REAL m = track_max ? (REAL)-INFINITY : (REAL)0;
+    double rest = 0.0, ties = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
+    int cross_inf = 0;
+    for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
+        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
+        const REAL *b = x + start * stride;
+        if (track_max) {
+            REAL block_max = FN(block_max)(b, len, stride, fast);
+            if (block_max == 0)
+                block_max = 0;   /* +0, whichever zero the lanes kept */
+            if (block_max > m) {
+                /* what was summed against m now counts against block_max */
+                rest = (rest + ties) * exp((double)m - (double)block_max);
+                if (cross_mass != 0.0)
+                    cross += cross_mass * ((double)block_max - (double)m);
+                ties = 0.0;
+                m = block_max;
+            }
+        }
+        FN(block_sums)(b, len, stride, m, fast, &rest, &ties);
+        for (int64_t j = 0; t && j < len; j++) {
+            double q = FN(target_mass)(t, start + j, stride);
             if (q != 0.0) {  /* NaN passes, and poisons the loss */
-                cross += q * (m - (double)x[j * stride]);
+                REAL v = b[j * stride];
                 mass += q;
-                if (j != argmax)
-                    rest += q;
+                if (v == (REAL)-INFINITY) {
+                    cross_inf = 1;
+                } else {
+                    cross += q * ((double)m - (double)v);
+                    cross_mass += q;
+                }
             }
         }
     }
-    if (grad) {
-        double denom = 1.0 + s;
-        for (int64_t j = 0; j < classes; j++) {
-            double g;
-            if (j != argmax)
-                g = mass * ((double)EXP(x[j * stride] - st->shift) / denom)
-                    - FN(target_mass)(t, j, stride);
-            else if (s < 1.0)
-                /* p_argmax Q - q_argmax = rest - Q s / (1 + s): no
-                 * cancellation when p_argmax is close to 1 */
-                g = rest - mass * (s / denom);
-            else
-                g = mass / denom - FN(target_mass)(t, j, stride);
-            grad[j * stride] = (REAL)(g * scale);
-        }
-    }
-    return cross + mass * log1p(s);
+    st->max = m;
+    st->rest = rest;
+    st->ties = ties;
+    st->cross = cross;
+    st->mass = mass;
+    st->cross_inf = cross_inf;
 }
 
-/* naive and maxsub: loss = sum_c q_c * -log(max(p_c, TINY)), each term in
- * REAL as Caffe computes it; the gradient is (p_j Q - q_j) * scale in REAL,
- * which for a plain label is Caffe's diff = prob; diff[label] -= 1; scale. */
-static REAL FN(clamped_nll)(const FN(row_stats) *st, REAL x)
+/* g_j = exp(x_j - shift) * factor, or with divide ((exp(x_j - shift) /
+ * divisor) * factor) * scale, in REAL: psm_grad_row_avx2's twin. */
+static void FN(grad_row)(const REAL *x, int64_t n, int64_t stride, int fast,
+                         REAL shift, int divide, REAL divisor, REAL factor,
+                         REAL scale, REAL *g)
 {
-    REAL p = FN(float_prob)(st, x);
-    /* loss -= log(std::max(p, TINY)): a NaN p stays NaN, and a certain
-     * prediction gives +0, not -0. */
+#if FLOAT_ROWS
+    if (fast && stride == 1) {
+        psm_grad_row_avx2(x, n, shift, divide, divisor, factor, scale, g);
+        return;
+    }
+#else
+    (void)fast;
+#endif
+    for (int64_t j = 0; j < n; j++) {
+        REAL e = EXP(x[j * stride] - shift);
+        g[j * stride] = divide ? ((e / divisor) * factor) * scale : e * factor;
+    }
+}
+
+/* stable: the softmax denominator is 1 + s, s the sum without the max's own
+ * term.  A position whose max is not finite (a +inf logit, or every logit
+ * -inf or NaN) has no defined softmax. */
+static double FN(stable_rest)(const FN(row_state) *st)
+{
+    return isfinite(st->max) ? st->rest + (st->ties - 1.0) : NAN;
+}
+
+/* naive and maxsub: the sum of exp(x_j - shift) in REAL.  Under maxsub a
+ * max that is not finite makes exp(max - max) NaN, and so the sum. */
+static REAL FN(float_total)(const FN(row_state) *st, int method)
+{
+    if (method == PSM_MAXSUB && !isfinite(st->max))
+        return (REAL)NAN;
+    return (REAL)(st->rest + st->ties);
+}
+
+/* naive and maxsub: loss_c = -log(max(p_c, TINY)) with p_c in REAL, as
+ * Caffe's loss -= log(std::max(p, TINY)): a NaN p stays NaN, and a certain
+ * prediction gives +0, not -0. */
+static REAL FN(clamped_nll)(REAL shift, REAL total, REAL x)
+{
+    REAL p = EXP(x - shift) / total;
     return (REAL)0 - LOG(p < TINY ? TINY : p);
 }
 
-static double FN(float_position)(const FN(row_stats) *st, const REAL *x,
-                                 int64_t classes, int64_t stride,
-                                 const FN(target) *t, double scale, REAL *grad)
+static double FN(position_loss)(const FN(row_state) *st, const REAL *x,
+                                int64_t classes, int64_t stride,
+                                const FN(target) *t, int method)
 {
-    double loss = 0.0, mass = 0.0;
-    if (FN(is_one_hot)(t)) {
-        mass = t->label_part;
-        if (mass != 0.0)
-            loss = mass * (double)FN(clamped_nll)(st, x[t->label * stride]);
-    } else {
-        for (int64_t j = 0; j < classes; j++) {
-            double q = FN(target_mass)(t, j, stride);
-            if (q != 0.0) {
-                loss += q * (double)FN(clamped_nll)(st, x[j * stride]);
-                mass += q;
-            }
+    if (method == PSM_STABLE) {
+        double s = FN(stable_rest)(st);
+        if (FN(is_one_hot)(t)) {
+            double cross = 0.0;
+            /* (m - x_y) first: for logits {1e8, 1e8} it is 0, the loss ln 2 */
+            if (t->label_part != 0.0)
+                cross = t->label_part * ((double)st->max - (double)x[t->label * stride]);
+            return cross + t->label_part * log1p(s);
         }
+        if (isnan(s))
+            return NAN;
+        return (st->cross_inf ? INFINITY : st->cross) + st->mass * log1p(s);
     }
-    if (grad) {
-        REAL rmass = (REAL)mass, rscale = (REAL)scale;
-        for (int64_t j = 0; j < classes; j++) {
-            REAL g = FN(float_prob)(st, x[j * stride]) * rmass
-                     - (REAL)FN(target_mass)(t, j, stride);
-            grad[j * stride] = g * rscale;
-        }
+    REAL total = FN(float_total)(st, method);
+    if (FN(is_one_hot)(t)) {
+        if (t->label_part == 0.0)
+            return 0.0;
+        return t->label_part * (double)FN(clamped_nll)(st->max, total, x[t->label * stride]);
+    }
+    double loss = 0.0;
+    for (int64_t j = 0; j < classes; j++) {
+        double q = FN(target_mass)(t, j, stride);
+        if (q != 0.0)
+            loss += q * (double)FN(clamped_nll)(st->max, total, x[j * stride]);
     }
     return loss;
+}
+
+/* The gradient of one position: (p_j Q - q_j) * scale, Q = sum_j q_j. */
+static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
+                              int64_t classes, int64_t stride,
+                              const FN(target) *t, int method, double scale,
+                              int fast, REAL *grad)
+{
+    int one_hot = FN(is_one_hot)(t);
+    double mass = one_hot ? t->label_part : 0.0;   /* Q */
+    for (int64_t j = 0; !one_hot && j < classes; j++)
+        mass += FN(target_mass)(t, j, stride);
+    if (method != PSM_STABLE) {
+        /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
+        REAL total = FN(float_total)(st, method);
+        REAL rmass = (REAL)mass, rscale = (REAL)scale;
+        if (one_hot) {
+            FN(grad_row)(x, classes, stride, fast, st->max, 1, total, rmass, rscale, grad);
+            REAL p = EXP(x[t->label * stride] - st->max) / total;
+            grad[t->label * stride] = (p * rmass - (REAL)t->label_part) * rscale;
+            return;
+        }
+        for (int64_t j = 0; j < classes; j++) {
+            REAL p = EXP(x[j * stride] - st->max) / total;
+            grad[j * stride] = (p * rmass - (REAL)FN(target_mass)(t, j, stride)) * rscale;
+        }
+        return;
+    }
+    double s = FN(stable_rest)(st);
+    if (isnan(s)) {
+        for (int64_t j = 0; j < classes; j++)
+            grad[j * stride] = (REAL)NAN;
+        return;
+    }
+    double denom = 1.0 + s;
+    if (one_hot) {
+        /* every class: Q p_j scale, in REAL; then the label's own entry */
+        FN(grad_row)(x, classes, stride, fast, st->max, 0, 1, (REAL)(mass * scale / denom),
+                     1, grad);
+        REAL x_y = x[t->label * stride];
+        double g = mass * ((double)EXP(x_y - st->max) / denom) - t->label_part;
+        if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
+            g = s < 1.0 ? -mass * (s / denom) : mass / denom - t->label_part;
+        grad[t->label * stride] = (REAL)(g * scale);
+        return;
+    }
+    /* At the max, p Q - q = (Q - q) - Q s / (1 + s): without cancellation as
+     * p -> 1.  s < 1 means the max is unique. */
+    int64_t at_max = -1;
+    double off_max_mass = 0.0;
+    for (int64_t j = 0; j < classes; j++) {
+        REAL v = x[j * stride];
+        double q = FN(target_mass)(t, j, stride);
+        double e = v == st->max ? 1.0 : (double)EXP(v - st->max);
+        grad[j * stride] = (REAL)((mass * (e / denom) - q) * scale);
+        if (v == st->max && at_max < 0)
+            at_max = j;
+        else
+            off_max_mass += q;
+    }
+    if (s < 1.0 && at_max >= 0)
+        grad[at_max * stride] = (REAL)((off_max_mass - mass * (s / denom)) * scale);
+}
+
+/* Everything one call needs, shared read-only by its threads. */
+typedef struct {
+    const REAL *logits;
+    int64_t classes, inner;
+    const int64_t *labels;
+    const REAL *probs;
+    const psm_options *opt;
+    double scale;
+    int fast;                /* contiguous rows may take the AVX2 loops */
+    int64_t positions, chunk_positions;
+    REAL *losses, *grad;
+    double *partials;        /* each chunk's summed loss */
+} FN(job);
+
+/* Positions [chunk * chunk_positions, ...) of a call, summing their losses
+ * in order into partials[chunk]. */
+static void FN(run_chunk)(const void *job_, int64_t chunk)
+{
+    const FN(job) *job = job_;
+    const psm_options *opt = job->opt;
+    int64_t classes = job->classes, inner = job->inner;
+    int64_t first = chunk * job->chunk_positions;
+    int64_t last = first + job->chunk_positions;
+    if (last > job->positions)
+        last = job->positions;
+    int track_max = opt->method != PSM_NAIVE;
+    double eps = opt->label_smoothing, total = 0.0;
+    for (int64_t pos = first; pos < last; pos++) {
+        int64_t o = pos / inner, i = pos % inner;
+        int64_t base = o * classes * inner + i;
+        const REAL *x = job->logits + base;
+        FN(target) t = {opt->class_weight, NULL, -1, 0.0, 1.0 - eps,
+                        eps / (double)classes};
+        if (job->probs) {
+            t.probs = job->probs + base;
+        } else if (opt->use_ignore_index && job->labels[pos] == opt->ignore_index) {
+            for (int64_t j = 0; job->grad && j < classes; j++)
+                job->grad[base + j * inner] = 0;
+            if (job->losses)
+                job->losses[pos] = 0;
+            continue;
+        } else {
+            t.label = job->labels[pos];
+            t.label_part = (1.0 - eps) * (t.weight ? t.weight[t.label] : 1.0);
+        }
+        FN(row_state) st;
+        int want_cross = opt->method == PSM_STABLE && !FN(is_one_hot)(&t);
+        FN(row_pass)(x, classes, inner, track_max, job->fast, want_cross ? &t : NULL, &st);
+        double loss = FN(position_loss)(&st, x, classes, inner, &t, opt->method);
+        if (job->losses)
+            job->losses[pos] = (REAL)loss;
+        total += loss;
+        if (job->grad)
+            FN(position_grad)(&st, x, classes, inner, &t, opt->method, job->scale,
+                              job->fast, job->grad + base);
+    }
+    job->partials[chunk] = total;
 }
 
 int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
@@ -194,7 +406,6 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
         loss == NULL)
         return PSM_BAD_ARGUMENT;
     const double *w = opt->class_weight;
-    double eps = opt->label_smoothing;
 
     /* First pass, over the labels only: check them all before writing
      * anything, and find the normalizer. */
@@ -220,42 +431,32 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
     case PSM_FULL:       normalizer = fmax(1.0, (double)positions); break;
     case PSM_BATCH_SIZE: normalizer = fmax(1.0, (double)outer); break;
     }
-    double scale = 1.0 / normalizer;
+
+    /* Chunks of whole positions, sized by the shape alone, so the sum of
+     * their partials, taken in order, is the same for every thread count. */
+    int64_t chunk_positions = PSM_CHUNK_ELEMENTS / classes;
+    if (chunk_positions < 1)
+        chunk_positions = 1;
+    int64_t chunks = (positions + chunk_positions - 1) / chunk_positions;
+    double one_partial;
+    double *partials = chunks > 1 ? malloc((size_t)chunks * sizeof *partials)
+                                  : &one_partial;
+    if (partials == NULL)
+        return PSM_NO_MEMORY;
+    FN(job) job = {logits, classes, inner, labels, target_probs, opt,
+                   1.0 / normalizer, FLOAT_ROWS && use_simd(opt),
+                   positions, chunk_positions, losses, grad, partials};
+    int status = run_chunks(FN(run_chunk), &job, chunks,
+                            threads_for(opt->threads, positions * classes));
 
     double total = 0.0;
-    for (int64_t o = 0; o < outer; o++) {
-        for (int64_t i = 0; i < inner; i++) {
-            int64_t pos = o * inner + i;
-            int64_t base = o * classes * inner + i;
-            const REAL *x = logits + base;
-            double position_loss = 0.0;
-            FN(target) t = {w, NULL, -1, 0.0, 1.0 - eps, eps / (double)classes};
-            if (target_probs) {
-                t.probs = target_probs + base;
-            } else if (opt->use_ignore_index && labels[pos] == opt->ignore_index) {
-                for (int64_t j = 0; grad && j < classes; j++)
-                    grad[base + j * inner] = 0;
-                if (losses)
-                    losses[pos] = 0;
-                continue;
-            } else {
-                t.label = labels[pos];
-                t.label_part = (1.0 - eps) * (w ? w[t.label] : 1.0);
-            }
-            FN(row_stats) st = FN(reduce_row)(x, classes, inner, opt->method);
-            REAL *g = grad ? grad + base : NULL;
-            if (opt->method == PSM_STABLE)
-                position_loss = FN(stable_position)(&st, x, classes, inner, &t, scale, g);
-            else
-                position_loss = FN(float_position)(&st, x, classes, inner, &t, scale, g);
-            if (losses)
-                losses[pos] = (REAL)position_loss;
-            total += position_loss;
-        }
-    }
+    for (int64_t c = 0; c < chunks; c++)
+        total += partials[c];
+    if (partials != &one_partial)
+        free(partials);
     *loss = (opt->reduction == PSM_NONE || opt->reduction == PSM_SUM)
         ? total : total / normalizer;
-    return PSM_OK;
+    return status;
 }
 
 int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
@@ -267,11 +468,17 @@ int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
         for (int64_t i = 0; i < inner; i++) {
             int64_t base = o * classes * inner + i;
             const REAL *x = logits + base;
-            FN(row_stats) st = FN(reduce_row)(x, classes, inner, method);
+            FN(row_state) st;
+            FN(row_pass)(x, classes, inner, method != PSM_NAIVE, 0, NULL, &st);
+            REAL total = FN(float_total)(&st, method);
+            double denom = 1.0 + FN(stable_rest)(&st);
             for (int64_t j = 0; j < classes; j++) {
-                out[base + j * inner] = method == PSM_STABLE
-                    ? (REAL)FN(stable_prob)(&st, x[j * inner], j)
-                    : FN(float_prob)(&st, x[j * inner]);
+                REAL v = x[j * inner];
+                if (method != PSM_STABLE)
+                    out[base + j * inner] = EXP(v - st.max) / total;
+                else
+                    out[base + j * inner] = (REAL)(
+                        (v == st.max ? 1.0 : (double)EXP(v - st.max)) / denom);
             }
         }
     }
@@ -287,10 +494,11 @@ int64_t FN(psm_log_softmax)(const REAL *logits, int64_t outer,
         for (int64_t i = 0; i < inner; i++) {
             int64_t base = o * classes * inner + i;
             const REAL *x = logits + base;
-            FN(row_stats) st = FN(reduce_row)(x, classes, inner, PSM_STABLE);
-            double log_norm = isfinite(st.shift) ? log1p(st.sum) : NAN;
+            FN(row_state) st;
+            FN(row_pass)(x, classes, inner, 1, 0, NULL, &st);
+            double log_norm = log1p(FN(stable_rest)(&st));
             for (int64_t j = 0; j < classes; j++) {
-                double shifted = (double)x[j * inner] - (double)st.shift;
+                double shifted = (double)x[j * inner] - (double)st.max;
                 out[base + j * inner] = (REAL)(shifted - log_norm);
             }
         }

@@ -6,8 +6,9 @@ Three methods side by side: "naive" (the textbook formula, which overflows),
 """
 import numpy as np
 
-from ._core import (ReferenceMismatchError, check_tolerance, log_softmax,
-                    softmax, softmax_loss)
+from ._core import (ReferenceMismatchError, check_tolerance, get_num_threads,
+                    log_softmax, set_num_threads, simd_level, softmax,
+                    softmax_loss)
 from ._validation import METHODS, REDUCTIONS
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ DBL_MIN_LOSS = float(-np.log(np.finfo(np.float64).tiny))
 
 __all__ = [
     "softmax_loss", "softmax", "log_softmax", "check_tolerance",
+    "set_num_threads", "get_num_threads", "simd_level",
     "ReferenceMismatchError", "METHODS", "REDUCTIONS", "FLT_MIN_LOSS",
     "DBL_MIN_LOSS", "__version__",
 ]

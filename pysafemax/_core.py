@@ -5,6 +5,7 @@ the GIL around each kernel call, and the kernel keeps no state, so every
 function here is safe to call from many threads at once.
 """
 import math
+import os
 
 import numpy as np
 from _pysafemax_kernel import ffi, lib
@@ -33,11 +34,51 @@ def check_tolerance(dtype, classes):
     and pysafemax.reference for logits of this dtype and class count.
 
     8 ULP of the dtype covers exp, division and log rounding differently in
-    two implementations (numpy's exp and libm's can differ by 1 ULP);
-    classes * 2**-53 bounds the extra error of summing that many terms in
-    double in a different order (numpy sums pairwise, the kernel in blocks).
+    two implementations (numpy's exp and the kernel's can differ by 1 ULP)
+    and the kernel's float partial sums of 4 terms (2 ULP); classes * 2**-53
+    bounds the extra error of summing that many terms in double in a
+    different order (numpy sums pairwise, the kernel in blocks).
     """
     return 8 * float(np.finfo(dtype).eps) + classes * 2.0 ** -53
+
+
+# Tests set this to compare the portable scalar code with the SIMD code.
+_PORTABLE = False
+_num_threads = None   # set_num_threads(); None: the default
+
+
+def simd_level():
+    """The kernel's code path on this CPU: "avx2+fma" or "portable"."""
+    return "avx2+fma" if lib.psm_simd_level() and not _PORTABLE else "portable"
+
+
+def _default_threads():
+    env = os.environ.get("PYSAFEMAX_NUM_THREADS")
+    if env is not None:
+        try:
+            count = int(env)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"PYSAFEMAX_NUM_THREADS must be a whole number >= 1, "
+                             f"got {env!r}")
+        return count
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:          # not Linux
+        return os.cpu_count() or 1
+
+
+def set_num_threads(n):
+    """Set how many threads calls use by default (None: back to the default,
+    PYSAFEMAX_NUM_THREADS or else every core this process may run on)."""
+    global _num_threads
+    _num_threads = None if n is None else _validation.thread_count(n, "n")
+
+
+def get_num_threads():
+    """How many threads a call uses unless it passes threads=."""
+    return _num_threads if _num_threads is not None else _default_threads()
 
 
 def _buffer(array, ctype):
@@ -47,6 +88,8 @@ def _buffer(array, ctype):
 
 
 def _raise_for_status(status):
+    if status == lib.PSM_NO_MEMORY:
+        raise MemoryError("pysafemax kernel could not allocate its work space")
     if status != lib.PSM_OK:
         raise RuntimeError(f"pysafemax kernel rejected its arguments (status {status})")
 
@@ -58,7 +101,7 @@ _REDUCTION_IDS = {"none": lib.PSM_NONE, "sum": lib.PSM_SUM, "mean": lib.PSM_MEAN
 
 def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
                  weight=None, ignore_index=None, label_smoothing=0.0,
-                 return_grad=False, check=False):
+                 return_grad=False, out=None, threads=None, check=False):
     """Softmax cross-entropy of `logits` against `labels`, with PyTorch's and
     Caffe's options.
 
@@ -76,6 +119,11 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     ignore_index  positions with this label add no loss and no gradient
     label_smoothing  in [0, 1], PyTorch's semantics
     return_grad  also return d loss / d logits, shaped like logits
+    out        with return_grad: a C-contiguous array of the logits' shape
+               and dtype to write the gradient into (and return), so that
+               repeated calls need not allocate
+    threads    how many threads (None: get_num_threads()); small inputs use
+               one, and every count gives the same bits
     check      recompute with pysafemax.reference and raise
                ReferenceMismatchError if the two disagree beyond
                check_tolerance()
@@ -87,11 +135,17 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
     return_grad = _validation.flag(return_grad, "return_grad")
     check = _validation.flag(check, "check")
+    threads = get_num_threads() if threads is None else _validation.thread_count(threads)
+    if out is not None:
+        out = _validation.gradient_out(out, x, logits, return_grad)
 
     ctype, loss_kernel, _, _ = _KERNELS[x.array.dtype]
     losses = (np.empty(x.position_shape, dtype=x.array.dtype)
               if reduction == "none" or check else None)
-    grad = np.empty_like(x.array) if return_grad else None
+    grad = None
+    if return_grad:
+        # out is written directly when the kernel computes in its dtype.
+        grad = out if out is not None and out.dtype == x.array.dtype else np.empty_like(x.array)
     weight_buffer = _buffer(t.weight, "double[]")
     options = ffi.new("psm_options *", {
         "method": _METHOD_IDS[method],
@@ -100,6 +154,8 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         "ignore_index": t.ignore_index if t.ignore_index is not None else 0,
         "class_weight": weight_buffer,
         "label_smoothing": t.label_smoothing,
+        "threads": threads,
+        "portable": _PORTABLE,
     })
     result = ffi.new("double *")
     status = loss_kernel(
@@ -114,7 +170,13 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     if check:  # before float16 results are rounded to float16
         _check_against_reference(x, t, method, reduction, losses, grad)
     loss = _in_dtype(losses, x) if reduction == "none" else result[0]
-    return (loss, _in_dtype(grad, x)) if return_grad else loss
+    if not return_grad:
+        return loss
+    if out is not None and grad is not out:
+        with np.errstate(over="ignore"):
+            np.copyto(out, grad, casting="unsafe")
+        return loss, out
+    return loss, _in_dtype(grad, x)
 
 
 def _in_dtype(result, x):

@@ -211,6 +211,32 @@ def label_out_of_range(given, position, classes, ignore_index=None):
         f"classes (valid labels are 0..{classes - 1}){hint}")
 
 
+def thread_count(value, name="threads"):
+    value = _integer(value, name)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def gradient_out(out, logits, given_logits, return_grad):
+    """Check `out`, the caller's buffer for the gradient."""
+    if not return_grad:
+        raise ValueError("out receives the gradient: pass return_grad=True with it")
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != logits.result_dtype:
+        raise TypeError(f"out must have the logits' dtype {logits.result_dtype}, "
+                        f"got {out.dtype}")
+    if out.shape != logits.array.shape:
+        raise ValueError(f"out must have the logits' shape {logits.array.shape}, "
+                         f"got {out.shape}")
+    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+        raise ValueError("out must be C-contiguous, aligned and writeable")
+    if np.may_share_memory(out, given_logits) or np.may_share_memory(out, logits.array):
+        raise ValueError("out must not overlap the logits")
+    return out
+
+
 def choice(value, name, allowed):
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, one of {allowed}, got {value!r}")

@@ -483,6 +483,38 @@ for _name, _modules in (("return_grad", BOTH), ("check", ("kernel",))):
                       rf"^{_name} must be True or False, got {_shown}$", _name,
                       modules=_modules)
 
+# --- threads and out: the kernel's execution knobs ----------------------------
+for _value, _exc, _match in (
+        (0, ValueError, r"^threads must be >= 1, got 0$"),
+        (-2, ValueError, r"^threads must be >= 1, got -2$"),
+        (1.5, TypeError, r"^threads must be an int, got 1.5$"),
+        ("2", TypeError, r"^threads must be an int, got '2'$"),
+        (True, TypeError, r"^threads must be an int, got True$")):
+    TABLE += _row(f"threads-{_value!r}", "softmax_loss", (X, Y), {"threads": _value},
+                  _exc, _match, "threads", modules=("kernel",))
+
+_GRAD = {"return_grad": True}
+_READ_ONLY = np.empty((N, C), np.float32)
+_READ_ONLY.flags.writeable = False
+for _id, _value, _kwargs, _exc, _match in (
+        ("without-return-grad", np.empty((N, C), np.float32), {}, ValueError,
+         r"^out receives the gradient: pass return_grad=True with it$"),
+        ("list", [[0.0] * C] * N, _GRAD, TypeError,
+         r"^out must be a numpy array, got list$"),
+        ("float64", np.empty((N, C)), _GRAD, TypeError,
+         r"^out must have the logits' dtype float32, got float64$"),
+        ("shape", np.empty((C, N), np.float32), _GRAD, ValueError,
+         rf"^out must have the logits' shape {_shape((N, C))}, got {_shape((C, N))}$"),
+        ("fortran", np.empty((N, C), np.float32, order="F"), _GRAD, ValueError,
+         r"^out must be C-contiguous, aligned and writeable$"),
+        ("strided", np.empty((N, 2 * C), np.float32)[:, ::2], _GRAD, ValueError,
+         r"^out must be C-contiguous, aligned and writeable$"),
+        ("read-only", _READ_ONLY, _GRAD, ValueError,
+         r"^out must be C-contiguous, aligned and writeable$"),
+        ("the-logits", X, _GRAD, ValueError, r"^out must not overlap the logits$")):
+    TABLE += _row(f"out-{_id}", "softmax_loss", (X, Y), {"out": _value, **_kwargs},
+                  _exc, _match, "out", modules=("kernel",))
+
 # --- the signature itself -----------------------------------------------------
 TABLE += _row("method-positional", "softmax_loss", (X, Y, "stable"), {},
               TypeError, r"softmax_loss\(\) takes 2 positional arguments",
@@ -498,9 +530,10 @@ TABLE += _row("log-softmax-has-no-method", "log_softmax", (X,),
               r"unexpected keyword argument 'method'", "method")
 TABLE += _row("softmax-has-no-weight", "softmax", (X,), {"weight": np.ones(C)},
               TypeError, r"unexpected keyword argument 'weight'", "weight")
-TABLE += _row("reference-has-no-check", "softmax_loss", (X, Y), {"check": True},
-              TypeError, r"unexpected keyword argument 'check'", "check",
-              modules=("reference",))
+for _name, _value in (("check", True), ("threads", 2), ("out", np.empty((N, C)))):
+    TABLE += _row(f"reference-has-no-{_name}", "softmax_loss", (X, Y), {_name: _value},
+                  TypeError, rf"unexpected keyword argument '{_name}'", _name,
+                  modules=("reference",))
 
 
 @pytest.mark.parametrize("module, function, args, kwargs, exc, match, arg", TABLE)
@@ -527,9 +560,11 @@ def test_table_covers_every_argument():
 
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_reference_has_the_kernel_signature_without_check(function):
+    # check, out and threads steer the kernel; the numpy twin has none of them.
     kernel = inspect.signature(getattr(pysafemax, function))
     twin = inspect.signature(getattr(reference, function))
-    expected = [p for name, p in kernel.parameters.items() if name != "check"]
+    expected = [p for name, p in kernel.parameters.items()
+                if name not in ("check", "out", "threads")]
     assert list(twin.parameters.values()) == expected
     assert "check" in inspect.signature(pysafemax.softmax_loss).parameters
 

@@ -1,0 +1,159 @@
+/*
+ * AVX2+FMA loops over contiguous float logits: the hot path of
+ * psm_softmax_loss_f32.  Compiled for AVX2 through target attributes only,
+ * and called only when the CPU has AVX2 and FMA (see softmax_loss.c), so the
+ * build itself needs no -mavx2.
+ *
+ * Each loop has a portable twin in softmax_loss_impl.h (block_max,
+ * block_sums, grad_row) that performs the same float operations in the same
+ * order on 8 emulated lanes, for any stride: both give the same bits, so
+ * results do not depend on the CPU, the layout or the path, and the tests
+ * hold them to that.
+ */
+#ifndef PYSAFEMAX_ROWS_AVX2_H
+#define PYSAFEMAX_ROWS_AVX2_H
+
+#include "exp_f32.h"
+
+#ifdef PSM_HAVE_AVX2
+
+static inline PSM_AVX2 float psm_hmax_avx2(__m256 v)
+{
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+}
+
+static inline PSM_AVX2 double psm_hsum_pd_avx2(__m256d v)
+{
+    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
+}
+
+static inline PSM_AVX2 float psm_hsum_ps_avx2(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_add_ss(a, _mm_shuffle_ps(a, a, 1)));
+}
+
+/* The max of n floats, NaN skipped as `x > max` skips it; -inf if none.
+ * max_ps(v, m) returns m when v is NaN. */
+static PSM_AVX2 float psm_block_max_avx2(const float *x, int64_t n)
+{
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        m0 = _mm256_max_ps(_mm256_loadu_ps(x + j), m0);
+        m1 = _mm256_max_ps(_mm256_loadu_ps(x + j + 8), m1);
+    }
+    for (; j + 8 <= n; j += 8)
+        m0 = _mm256_max_ps(_mm256_loadu_ps(x + j), m0);
+    float m = psm_hmax_avx2(_mm256_max_ps(m0, m1));
+    for (; j < n; j++)
+        if (x[j] > m)
+            m = x[j];
+    return m;
+}
+
+/* exp(v - m) where v != m, else 0; counts the v == m lanes into ties. */
+static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256 *ties)
+{
+    __m256 tie = _mm256_cmp_ps(v, m, _CMP_EQ_OQ);
+    *ties = _mm256_add_ps(*ties, _mm256_and_ps(tie, _mm256_set1_ps(1.0f)));
+    return _mm256_andnot_ps(tie, psm_expf_avx2(_mm256_sub_ps(v, m)));
+}
+
+static inline PSM_AVX2 __m256d psm_add_wide_avx2(__m256d acc, __m256 s)
+{
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
+    return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
+}
+
+/* Adds the sum of exp(x_j - m) over x_j != m to *rest and the count of
+ * x_j == m to *ties.  Per lane, groups of 4 terms are added in float as a
+ * tree (relative error <= 2u) before joining a double accumulator.  The last
+ * n % 8 floats are copied into a buffer padded with -inf (exp gives 0), so
+ * nothing past the row is read. */
+static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
+                                         double *rest, double *ties)
+{
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256d acc = _mm256_setzero_pd();
+    __m256 tie_count = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256 e0 = psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count);
+        __m256 e1 = psm_term_avx2(_mm256_loadu_ps(x + j + 8), mv, &tie_count);
+        __m256 e2 = psm_term_avx2(_mm256_loadu_ps(x + j + 16), mv, &tie_count);
+        __m256 e3 = psm_term_avx2(_mm256_loadu_ps(x + j + 24), mv, &tie_count);
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
+                                                   _mm256_add_ps(e2, e3)));
+    }
+    for (; j + 8 <= n; j += 8)
+        acc = psm_add_wide_avx2(acc, psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count));
+    if (j < n) {
+        float tail[8];
+        int64_t k = 0;
+        for (; k < n - j; k++)
+            tail[k] = x[j + k];
+        for (; k < 8; k++)
+            tail[k] = -INFINITY;
+        acc = psm_add_wide_avx2(acc, psm_term_avx2(_mm256_loadu_ps(tail), mv, &tie_count));
+    }
+    *rest += psm_hsum_pd_avx2(acc);
+    *ties += (double)psm_hsum_ps_avx2(tie_count);
+}
+
+/* g_j = exp(x_j - shift) * factor, or with divide: ((exp(x_j - shift) /
+ * divisor) * factor) * scale, the float operations of the portable loop in
+ * the same order, so both give the same bits. */
+static PSM_AVX2 void psm_grad_row_avx2(const float *x, int64_t n, float shift,
+                                       int divide, float divisor, float factor,
+                                       float scale, float *g)
+{
+    const __m256 sv = _mm256_set1_ps(shift), dv = _mm256_set1_ps(divisor);
+    const __m256 fv = _mm256_set1_ps(factor), cv = _mm256_set1_ps(scale);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
+        __m256 v = divide ? _mm256_mul_ps(_mm256_mul_ps(_mm256_div_ps(e, dv), fv), cv)
+                          : _mm256_mul_ps(e, fv);
+        _mm256_storeu_ps(g + j, v);
+    }
+    for (; j < n; j++) {
+        float e = psm_expf(x[j] - shift);
+        g[j] = divide ? ((e / divisor) * factor) * scale : e * factor;
+    }
+}
+
+static PSM_AVX2 void psm_exp_array_avx2(const float *in, int64_t n, float *out)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(out + j, psm_expf_avx2(_mm256_loadu_ps(in + j)));
+    for (; j < n; j++)
+        out[j] = psm_expf(in[j]);
+}
+
+/* The read-bandwidth probe: a plain sum, four accumulators. */
+static PSM_AVX2 double psm_sum_avx2(const float *x, int64_t n)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + j));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + j + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x + j + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x + j + 24));
+    }
+    double s = psm_hsum_ps_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1),
+                                              _mm256_add_ps(a2, a3)));
+    for (; j < n; j++)
+        s += x[j];
+    return s;
+}
+
+#endif /* PSM_HAVE_AVX2 */
+#endif /* PYSAFEMAX_ROWS_AVX2_H */
