@@ -9,10 +9,11 @@
  * exp(r) ~= 1 + q,  q = r + r^2 (1/2 + r/6 + r^2/24)   (truncation < 0.02 ULP)
  * 2^(j/8) comes from an 8-entry table held as hi + lo floats (a register
  * permute in AVX2), and the result is T_hi + (T_hi q + T_lo), rounded once at
- * the end.  2^e is built from exponent bits; where e leaves [-126, 126]
- * (|x| > 87.3) it is applied as 2^(e/2) 2^(e - e/2), so overflow gives inf
- * and a subnormal result is rounded once.  x is clamped to [-104, 89] first:
- * exp is 0 below and inf above; NaN passes through the clamp.
+ * the end.  For |x| <= 87 the result is normal and 2^e is added to its
+ * exponent bits; beyond (and for NaN) a cold path clamps x to [-104, 89]
+ * (exp is 0 below and inf above; NaN passes) and applies 2^e as
+ * 2^(e/2) 2^(e - e/2), so overflow gives inf and a subnormal result is
+ * rounded once.
  *
  * ULP error: at most 0.603 for every float x in [-104, 89] whose exp is a
  * normal float (worst input 0x1.4ca93ap-1 = 0.6497286); subnormal results
@@ -29,7 +30,7 @@
 
 #define PSM_EXP_MIN_ARG -104.0f          /* exp below rounds to 0 */
 #define PSM_EXP_MAX_ARG 89.0f            /* exp above is inf (ln FLT_MAX ~= 88.72) */
-#define PSM_EXP_FAST_LIMIT 0x1.5d589ep6f /* 87.34: 2^e stays normal below it */
+#define PSM_EXP_FAST_LIMIT 87.0f         /* below it 2^e y is a normal float */
 #define PSM_8_OVER_LN2 0x1.715476p3f
 #define PSM_LN2_8_HI 0x1.62e43p-4f       /* ln2/8 rounded to float */
 #define PSM_LN2_8_LO -0x1.05c610p-32f    /* ln2/8 - PSM_LN2_8_HI */
@@ -51,13 +52,11 @@ static inline float psm_pow2i(int32_t e) /* 2^e for e in [-126, 127] */
     return f;
 }
 
-static inline float psm_expf(float x)
+/* 2^(j/8) exp(r), and e, for x = (8 e + j) ln2/8 + r; |x| <= 104. */
+static inline float psm_expf_core(float x, int32_t *e)
 {
     static const float table_hi[8] = {PSM_EXP_TABLE_HI};
     static const float table_lo[8] = {PSM_EXP_TABLE_LO};
-    /* compare, not fmaxf/fminf, so that NaN stays NaN */
-    x = x < PSM_EXP_MIN_ARG ? PSM_EXP_MIN_ARG : x;
-    x = x > PSM_EXP_MAX_ARG ? PSM_EXP_MAX_ARG : x;
     float k = fmaf(x, PSM_8_OVER_LN2, PSM_SHIFTER) - PSM_SHIFTER;
     float r = fmaf(k, -PSM_LN2_8_HI, x);
     r = fmaf(k, -PSM_LN2_8_LO, r);
@@ -65,13 +64,23 @@ static inline float psm_expf(float x)
     p = fmaf(p, r, 0.5f);
     float q = fmaf(p, r * r, r);
     int32_t ki = isnan(k) ? 0 : (int32_t)k;
-    int32_t j = ki & 7, e = ki >> 3;     /* floor division: j in 0..7 */
-    float y = table_hi[j] + fmaf(table_hi[j], q, table_lo[j]);
+    int32_t j = ki & 7;
+    *e = ki >> 3;                        /* floor division: j in 0..7 */
+    return table_hi[j] + fmaf(table_hi[j], q, table_lo[j]);
+}
+
+static inline float psm_expf(float x)
+{
+    int32_t e;
     if (!(fabsf(x) <= PSM_EXP_FAST_LIMIT)) {   /* cold: also taken by NaN */
+        /* compare, not fmaxf/fminf, so that NaN stays NaN */
+        x = x < PSM_EXP_MIN_ARG ? PSM_EXP_MIN_ARG : x;
+        x = x > PSM_EXP_MAX_ARG ? PSM_EXP_MAX_ARG : x;
+        float y = psm_expf_core(x, &e);
         int32_t e1 = e >> 1;
         return (y * psm_pow2i(e1)) * psm_pow2i(e - e1);
     }
-    return y * psm_pow2i(e);
+    return psm_expf_core(x, &e) * psm_pow2i(e);
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -86,34 +95,52 @@ static inline PSM_AVX2 __m256 psm_pow2i_avx2(__m256i k)
         _mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
 }
 
-static inline PSM_AVX2 __m256 psm_expf_avx2(__m256 x)
+/* psm_expf_core on 8 lanes.  The integer k is read from the bits of
+ * x 8/ln2 + 1.5 2^23, which are 0x4B400000 + k; its low 3 bits pick the
+ * table entry. */
+static inline PSM_AVX2 __m256 psm_expf_core_avx2(__m256 x, __m256i *e)
 {
     const __m256 table_hi = _mm256_setr_ps(PSM_EXP_TABLE_HI);
     const __m256 table_lo = _mm256_setr_ps(PSM_EXP_TABLE_LO);
-    /* max_ps/min_ps return their second operand when one is NaN */
-    x = _mm256_max_ps(_mm256_set1_ps(PSM_EXP_MIN_ARG), x);
-    x = _mm256_min_ps(_mm256_set1_ps(PSM_EXP_MAX_ARG), x);
     const __m256 shifter = _mm256_set1_ps(PSM_SHIFTER);
-    __m256 k = _mm256_sub_ps(
-        _mm256_fmadd_ps(x, _mm256_set1_ps(PSM_8_OVER_LN2), shifter), shifter);
+    __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(PSM_8_OVER_LN2), shifter);
+    __m256 k = _mm256_sub_ps(z, shifter);
     __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-PSM_LN2_8_HI), x);
     r = _mm256_fmadd_ps(k, _mm256_set1_ps(-PSM_LN2_8_LO), r);
     __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 24), r, _mm256_set1_ps(1.0f / 6));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     __m256 q = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-    __m256i ki = _mm256_cvtps_epi32(k);          /* NaN gives INT_MIN: j 0 */
-    __m256i e = _mm256_srai_epi32(ki, 3);
-    __m256 t_hi = _mm256_permutevar8x32_ps(table_hi, ki);   /* uses ki & 7 */
+    __m256i ki = _mm256_castps_si256(z);
+    *e = _mm256_srai_epi32(_mm256_sub_epi32(ki, _mm256_set1_epi32(0x4B400000)), 3);
+    __m256 t_hi = _mm256_permutevar8x32_ps(table_hi, ki);
     __m256 t_lo = _mm256_permutevar8x32_ps(table_lo, ki);
-    __m256 y = _mm256_add_ps(t_hi, _mm256_fmadd_ps(t_hi, q, t_lo));
+    return _mm256_add_ps(t_hi, _mm256_fmadd_ps(t_hi, q, t_lo));
+}
+
+/* Some lane has |x| > 87 or NaN: clamp, and scale in two steps. */
+static PSM_AVX2 __attribute__((noinline)) __m256 psm_expf_special_avx2(__m256 x)
+{
+    /* max_ps/min_ps return their second operand when one is NaN */
+    x = _mm256_max_ps(_mm256_set1_ps(PSM_EXP_MIN_ARG), x);
+    x = _mm256_min_ps(_mm256_set1_ps(PSM_EXP_MAX_ARG), x);
+    __m256i e;
+    __m256 y = psm_expf_core_avx2(x, &e);
+    __m256i e1 = _mm256_srai_epi32(e, 1);
+    __m256i e2 = _mm256_sub_epi32(e, e1);
+    return _mm256_mul_ps(_mm256_mul_ps(y, psm_pow2i_avx2(e1)), psm_pow2i_avx2(e2));
+}
+
+static inline PSM_AVX2 __m256 psm_expf_avx2(__m256 x)
+{
     __m256 abs_x = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
     __m256 big = _mm256_cmp_ps(abs_x, _mm256_set1_ps(PSM_EXP_FAST_LIMIT), _CMP_NLE_UQ);
-    if (__builtin_expect(_mm256_movemask_ps(big) != 0, 0)) {
-        __m256i e1 = _mm256_srai_epi32(e, 1);
-        __m256i e2 = _mm256_sub_epi32(e, e1);
-        return _mm256_mul_ps(_mm256_mul_ps(y, psm_pow2i_avx2(e1)), psm_pow2i_avx2(e2));
-    }
-    return _mm256_mul_ps(y, psm_pow2i_avx2(e));
+    if (__builtin_expect(_mm256_movemask_ps(big) != 0, 0))
+        return psm_expf_special_avx2(x);
+    __m256i e;
+    __m256 y = psm_expf_core_avx2(x, &e);
+    /* y 2^e is normal here: add e to the exponent bits */
+    return _mm256_castsi256_ps(
+        _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(e, 23)));
 }
 #endif
 

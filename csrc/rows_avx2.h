@@ -57,11 +57,12 @@ static PSM_AVX2 float psm_block_max_avx2(const float *x, int64_t n)
     return m;
 }
 
-/* exp(v - m) where v != m, else 0; counts the v == m lanes into ties. */
-static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256 *ties)
+/* exp(v - m) where v != m, else 0; counts the v == m lanes into ties
+ * (a true compare is -1 as an integer). */
+static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties)
 {
     __m256 tie = _mm256_cmp_ps(v, m, _CMP_EQ_OQ);
-    *ties = _mm256_add_ps(*ties, _mm256_and_ps(tie, _mm256_set1_ps(1.0f)));
+    *ties = _mm256_sub_epi32(*ties, _mm256_castps_si256(tie));
     return _mm256_andnot_ps(tie, psm_expf_avx2(_mm256_sub_ps(v, m)));
 }
 
@@ -81,9 +82,14 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
 {
     const __m256 mv = _mm256_set1_ps(m);
     __m256d acc = _mm256_setzero_pd();
-    __m256 tie_count = _mm256_setzero_ps();
+    __m256i tie_count = _mm256_setzero_si256();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
+        /* While this block is summed from L1, fetch the next one (the rest
+         * of the row, or the next row) from memory: a prefetch never faults,
+         * even past the end of the array. */
+        _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
         __m256 e0 = psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count);
         __m256 e1 = psm_term_avx2(_mm256_loadu_ps(x + j + 8), mv, &tie_count);
         __m256 e2 = psm_term_avx2(_mm256_loadu_ps(x + j + 16), mv, &tie_count);
@@ -103,7 +109,10 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
         acc = psm_add_wide_avx2(acc, psm_term_avx2(_mm256_loadu_ps(tail), mv, &tie_count));
     }
     *rest += psm_hsum_pd_avx2(acc);
-    *ties += (double)psm_hsum_ps_avx2(tie_count);
+    int32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, tie_count);
+    for (int l = 0; l < 8; l++)
+        *ties += lanes[l];
 }
 
 /* g_j = exp(x_j - shift) * factor, or with divide: ((exp(x_j - shift) /

@@ -21,6 +21,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 
+/* A row is read in blocks of this many logits: 8 KB of float, in L1. */
+#define PSM_BLOCK 2048
+
 #include "exp_f32.h"
 #include "rows_avx2.h"
 
@@ -35,8 +38,6 @@
 /* Less work than this per thread is not worth starting one. */
 #define PSM_ELEMENTS_PER_THREAD 262144
 #define PSM_MAX_THREADS 256
-/* A row is read in blocks of this many logits: 8 KB of float, in L1. */
-#define PSM_BLOCK 2048
 
 int psm_simd_level(void)
 {

@@ -99,12 +99,14 @@ static REAL FN(term)(REAL v, REAL m, double *ties)
     return EXP(v - m);
 }
 
+#if LANE_SUMS
 /* acc[k] += s[k], then s[k + 4]: one vector's lanes joining 4 double lanes */
 static void FN(add_wide)(double acc[4], const REAL s[8])
 {
     for (int k = 0; k < 4; k++)
         acc[k] = (acc[k] + (double)s[k]) + (double)s[k + 4];
 }
+#endif
 
 /* Adds sum of exp(x_j - m) over x_j != m to *rest, counts x_j == m into
  * *ties: for float, psm_block_sums_avx2 on 8 emulated lanes. */
@@ -158,11 +160,23 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
     REAL m = track_max ? (REAL)-INFINITY : (REAL)0;
     double rest = 0.0, ties = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
     int cross_inf = 0;
+#if FLOAT_ROWS
+    float gathered[PSM_BLOCK];
+#endif
     for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
         int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
-        const REAL *b = x + start * stride;
+        const REAL *b = x + start * stride, *values = b;
+        int64_t step = stride;
+#if FLOAT_ROWS
+        if (fast && stride != 1) {   /* strided: the vector loops on a copy */
+            for (int64_t j = 0; j < len; j++)
+                gathered[j] = b[j * stride];
+            values = gathered;
+            step = 1;
+        }
+#endif
         if (track_max) {
-            REAL block_max = FN(block_max)(b, len, stride, fast);
+            REAL block_max = FN(block_max)(values, len, step, fast);
             if (block_max == 0)
                 block_max = 0;   /* +0, whichever zero the lanes kept */
             if (block_max > m) {
@@ -174,7 +188,7 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
                 m = block_max;
             }
         }
-        FN(block_sums)(b, len, stride, m, fast, &rest, &ties);
+        FN(block_sums)(values, len, step, m, fast, &rest, &ties);
         for (int64_t j = 0; t && j < len; j++) {
             double q = FN(target_mass)(t, start + j, stride);
             if (q != 0.0) {  /* NaN passes, and poisons the loss */
@@ -206,6 +220,18 @@ static void FN(grad_row)(const REAL *x, int64_t n, int64_t stride, int fast,
 #if FLOAT_ROWS
     if (fast && stride == 1) {
         psm_grad_row_avx2(x, n, shift, divide, divisor, factor, scale, g);
+        return;
+    }
+    if (fast) {   /* strided: the vector loop on copies, block by block */
+        float in[PSM_BLOCK], out[PSM_BLOCK];
+        for (int64_t start = 0; start < n; start += PSM_BLOCK) {
+            int64_t len = n - start < PSM_BLOCK ? n - start : PSM_BLOCK;
+            for (int64_t j = 0; j < len; j++)
+                in[j] = x[(start + j) * stride];
+            psm_grad_row_avx2(in, len, shift, divide, divisor, factor, scale, out);
+            for (int64_t j = 0; j < len; j++)
+                g[(start + j) * stride] = out[j];
+        }
         return;
     }
 #else

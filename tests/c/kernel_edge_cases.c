@@ -181,6 +181,44 @@ static void bad_arguments(void)
     CHECK(loss == 0);
 }
 
+/* Threads and the portable twin: the same bits as one thread on the vector
+ * path, over a shape big enough to be split (and with a strided class axis). */
+static void threads_and_twins(void)
+{
+    const int64_t outer = 300, classes = 1000, inner = 2, n = outer * classes * inner;
+    float *x = floats(n, 7u);
+    int64_t *y = labels_for(outer * inner, classes);
+    float *g1 = malloc((size_t)n * sizeof *g1), *g2 = malloc((size_t)n * sizeof *g2);
+    float *l1 = malloc((size_t)(outer * inner) * sizeof *l1);
+    float *l2 = malloc((size_t)(outer * inner) * sizeof *l2);
+    for (int64_t inner_used = 1; inner_used <= 2; inner_used++) {
+        int64_t used_outer = outer * inner / inner_used;
+        for (int method = PSM_NAIVE; method <= PSM_STABLE; method++) {
+            psm_options one = options(method, PSM_MEAN), other = one;
+            double a, b;
+            one.threads = 1;
+            other.threads = 2;
+            other.portable = 1;
+            CHECK(psm_softmax_loss_f32(x, used_outer, classes, inner_used, y, NULL,
+                                       &one, l1, &a, g1) == PSM_OK);
+            CHECK(psm_softmax_loss_f32(x, used_outer, classes, inner_used, y, NULL,
+                                       &other, l2, &b, g2) == PSM_OK);
+            CHECK(memcmp(&a, &b, sizeof a) == 0);
+            CHECK(memcmp(l1, l2, (size_t)(outer * inner) * sizeof *l1) == 0);
+            CHECK(memcmp(g1, g2, (size_t)n * sizeof *g1) == 0);
+        }
+    }
+    float e[3], in[3] = {0.5f, -90.0f, 88.0f};
+    psm_exp_f32(in, 3, 0, e);
+    CHECK(fabsf(e[0] - 1.6487213f) < 1e-6f && e[1] > 0 && e[2] > 1e38f);
+    double exact = 0;   /* the probe's float lanes are near this */
+    for (int64_t k = 0; k < n; k++)
+        exact += x[k];
+    CHECK(fabs(psm_read_probe_f32(x, n, 2, 0) - exact) < 1e-4 * (double)n);
+    CHECK(fabs(psm_read_probe_f32(x, n, 1, 1) - exact) < 1e-4 * (double)n);
+    free(x); free(y); free(g1); free(g2); free(l1); free(l2);
+}
+
 int main(void)
 {
     static const int64_t outers[] = {0, 1, 2, 5};
@@ -192,6 +230,7 @@ int main(void)
                 shape_sweep(outers[a], classes[b], inners[c]);
     special_values();
     bad_arguments();
+    threads_and_twins();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
