@@ -1,0 +1,493 @@
+"""Benchmark pysafemax against its numpy references, PyTorch and the memory.
+
+    python bench/run.py [--json FILE] [--plot FILE.png] [--quick]
+                        [--threads 1,2] [--shapes 32x10,8192x1000]
+
+For each shape (float32 logits: random normal * 4; random int64 labels) and
+each thread count (1 and all cores) it times these rows, each a loss with
+reduction "mean":
+
+  pysafemax naive / maxsub / stable   softmax_loss(x, y, method=..., threads=n)
+  pysafemax stable+grad               the same with return_grad=True, out=grad
+                                      (a preallocated gradient array)
+  numpy naive / maxsub / stable       pysafemax.reference.softmax_loss; numpy
+                                      runs on one thread, so these rows are
+                                      timed once, in the first thread group
+  torch forward                       torch.nn.functional.cross_entropy(x, y)
+  torch forward+backward              the same, then torch.autograd.grad of
+                                      the loss with respect to x
+  read probe                          lib.psm_read_probe_f32: a SIMD sum over
+                                      the same bytes with the same threads
+
+and prints the median time per call, G elements/s and GB/s (logits bytes
+over time), the speed against torch at the same thread count (torch time /
+row time; +grad rows against torch forward+backward) and against the read
+probe (probe time / row time: the share of the read bandwidth reached).
+
+Timing: arrays are made and written before timing; every row is called once
+untimed, then calibrated to loop k calls per measurement (at least the
+target time, 20 ms).  Rounds go round-robin over all rows of a shape, so
+drift hits all alike, and each figure is the median over the rounds.  A row
+whose measurement is slow (the numpy references on the big shapes) takes
+part in fewer, evenly spread rounds (at least 3), so each shape takes a
+bounded time.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import pysafemax
+import pysafemax.reference
+from _pysafemax_kernel import ffi, lib
+
+SHAPES = [(32, 10), (1, 10), (65536, 10), (8192, 1000), (1024, 32000),
+          (64, 128256), (4096, 50257)]
+QUICK_SHAPES = [(32, 10), (1, 10), (2048, 300)]
+# Shapes with fewer logits than this are reported as time per call only.
+LATENCY_ELEMENTS = 4096
+METHODS = ("naive", "maxsub", "stable")
+TORCH_FORWARD = "torch forward"
+TORCH_BACKWARD = "torch forward+backward"
+PROBE = "read probe"
+GRAD_ROW = "pysafemax stable+grad"
+ROW_NAMES = ([f"pysafemax {m}" for m in METHODS] + [GRAD_ROW]
+             + [f"numpy {m}" for m in METHODS] + [TORCH_FORWARD, TORCH_BACKWARD, PROBE])
+
+
+def all_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        return os.cpu_count() or 1
+
+
+def import_torch():
+    try:
+        import torch
+        import torch.nn.functional
+    except ImportError:
+        return None
+    return torch
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def l3_cache():
+    for index in range(8):
+        base = f"/sys/devices/system/cpu/cpu0/cache/index{index}"
+        try:
+            with open(f"{base}/level") as f:
+                level = f.read().strip()
+            with open(f"{base}/size") as f:
+                size = f.read().strip()
+        except OSError:
+            break
+        if level == "3":
+            return size
+    return None
+
+
+def header(torch, args):
+    env = {name: os.environ[name] for name in
+           ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "PYSAFEMAX_NUM_THREADS",
+            "OMP_NUM_THREADS") if name in os.environ}
+    return {
+        "pysafemax": pysafemax.__version__,
+        "pysafemax_path": os.path.dirname(pysafemax.__file__),
+        "simd_level": pysafemax.simd_level(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch else None,
+        "cpu": cpu_model(),
+        "l3_cache": l3_cache(),
+        "cores": all_cores(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(["python"] + sys.argv),
+        "environment": env,
+        "rounds": args.rounds,
+        "target_ms": args.target_ms,
+    }
+
+
+def print_header(info):
+    print(f"pysafemax {info['pysafemax']} ({info['simd_level']}) from {info['pysafemax_path']}")
+    print(f"numpy {info['numpy']}, torch {info['torch'] or 'not installed (torch rows skipped)'}, "
+          f"python {info['python']}")
+    cache = f", L3 {info['l3_cache']}" if info["l3_cache"] else ""
+    print(f"CPU: {info['cpu']}; {info['cores']} cores available "
+          f"({info['cpu_count']} online){cache}; {info['platform']}")
+    print(f"date: {info['date']}")
+    print(f"command: {info['command']}")
+    if info["environment"]:
+        print("environment: " + ", ".join(f"{k}={v}" for k, v in info["environment"].items())
+              + " (no BLAS is timed here)")
+    print(f"float32 logits = random normal * 4, int64 labels, reduction mean; median of "
+          f"up to {info['rounds']} interleaved rounds, each measurement >= "
+          f"{info['target_ms']:g} ms (k calls looped).")
+    print("vs torch = torch time / row time at the same thread count (+grad and "
+          "forward+backward rows: against torch forward+backward);")
+    print("vs probe = read-probe time / row time (G elem/s of the row over the probe's). "
+          "numpy rows run on one thread and appear once.")
+
+
+class Row:
+    """One timed call: a name, a thread count and a function of no arguments
+    returning something whose loss (or sum, for the probe) can be checked."""
+
+    def __init__(self, name, threads, call, value, torch_threads=None):
+        self.name, self.threads, self.call, self.value = name, threads, call, value
+        self.torch_threads = torch_threads
+        self.loops = 1
+        self.seconds_estimate = None
+        self.rounds = set()
+        self.times = []
+
+
+def make_rows(shape, thread_counts, torch, rng):
+    n, c = shape
+    x = rng.standard_normal(shape, dtype=np.float32)
+    x *= 4
+    y = rng.integers(0, c, n, dtype=np.int64)
+    grad = np.empty_like(x)
+    grad.fill(0.0)                   # touch: np.zeros would map pages lazily
+    x_buffer = ffi.from_buffer("float[]", x)
+    loss = pysafemax.softmax_loss
+    rows = []
+    for group, t in enumerate(thread_counts):
+        for m in METHODS:
+            rows.append(Row(f"pysafemax {m}", t,
+                            lambda m=m, t=t: loss(x, y, method=m, threads=t), float))
+        rows.append(Row(GRAD_ROW, t,
+                        lambda t=t: loss(x, y, return_grad=True, out=grad, threads=t),
+                        lambda r: float(r[0])))
+        if group == 0:
+            for m in METHODS:
+                rows.append(Row(f"numpy {m}", t,
+                                lambda m=m: pysafemax.reference.softmax_loss(x, y, method=m),
+                                float))
+        if torch is not None:
+            cross_entropy = torch.nn.functional.cross_entropy
+            xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+            xg = torch.from_numpy(x).requires_grad_(True)
+
+            def forward_backward(xg=xg, yt=yt):
+                value = cross_entropy(xg, yt)
+                torch.autograd.grad(value, xg)       # no accumulation into .grad
+                return value
+
+            rows.append(Row(TORCH_FORWARD, t, lambda xt=xt, yt=yt: cross_entropy(xt, yt),
+                            lambda r: float(r), torch_threads=t))
+            rows.append(Row(TORCH_BACKWARD, t, forward_backward,
+                            lambda r: float(r.detach()), torch_threads=t))
+        rows.append(Row(PROBE, t, lambda t=t: lib.psm_read_probe_f32(x_buffer, x.size, t, 0),
+                        float))
+    return x, y, grad, rows
+
+
+# After a parallel region, torch's OpenMP workers spin for a while; on a
+# machine with few cores they would steal the next row's cores (a 2-thread
+# probe call right after torch took 3 ms instead of 0.06).  So every torch
+# measurement is followed by this untimed pause.
+TORCH_PAUSE = 0.01
+
+
+def after(row):
+    if row.torch_threads is not None:
+        time.sleep(TORCH_PAUSE)
+
+
+def set_torch_threads(torch, row, state):
+    if row.torch_threads is not None and state.get("threads") != row.torch_threads:
+        torch.set_num_threads(row.torch_threads)
+        state["threads"] = row.torch_threads
+
+
+def time_loops(call, loops):
+    start = time.perf_counter()
+    for _ in range(loops):
+        call()
+    return time.perf_counter() - start
+
+
+def calibrate(row, target, torch, state):
+    """Warm up, check the row's result, and pick the loop count."""
+    set_torch_threads(torch, row, state)
+    result = row.value(row.call())
+    loops, elapsed = 1, time_loops(row.call, 1)
+    while elapsed < target / 4:
+        loops *= 4 if elapsed < target / 64 else 2
+        elapsed = time_loops(row.call, loops)
+    after(row)
+    row.loops = max(1, math.ceil(loops * target / elapsed)) if elapsed < target else loops
+    row.seconds_estimate = elapsed / loops
+    return result
+
+
+def check_results(shape, x, rows, results):
+    """The rows must compute the same thing: every loss against pysafemax
+    stable's (the logits are moderate, so even naive agrees), the probe's sum
+    against numpy's (to well below the change one unread chunk would make:
+    the rounding of a float sum of random terms grows like their norm)."""
+    reference = results[[row.name for row in rows].index("pysafemax stable")]
+    total = float(x.sum(dtype=np.float64))
+    total_tol = 1e-3 * (1 + float(np.linalg.norm(x.reshape(-1))))
+    problems = []
+    for row, value in zip(rows, results):
+        expected, tol = ((total, total_tol) if row.name == PROBE
+                         else (reference, 1e-4 * (1 + abs(reference))))
+        if not abs(value - expected) <= tol:
+            problems.append(f"{row.name} ({row.threads} threads) gives {value!r}, "
+                            f"expected {expected!r}")
+    for problem in problems:
+        print(f"  WARNING {shape}: {problem}", file=sys.stderr)
+    return problems
+
+
+def spread(count, total):
+    """`count` round indices spread evenly over range(total)."""
+    if count >= total:
+        return set(range(total))
+    return {round(i * (total - 1) / max(count - 1, 1)) for i in range(count)}
+
+
+def measure_shape(shape, thread_counts, torch, args, rng):
+    x, y, grad, rows = make_rows(shape, thread_counts, torch, rng)
+    target = args.target_ms / 1000
+    state = {}
+    results = [calibrate(row, target, torch, state) for row in rows]
+    problems = check_results(shape, x, rows, results)
+    for row in rows:
+        measurement = row.loops * row.seconds_estimate
+        affordable = int(args.row_budget / max(measurement, 1e-9))
+        row.rounds = spread(min(args.rounds, max(affordable, min(3, args.rounds))),
+                            args.rounds)
+    for r in range(args.rounds):
+        for row in rows:            # round-robin: every row once per round
+            if r in row.rounds:
+                set_torch_threads(torch, row, state)
+                row.times.append(time_loops(row.call, row.loops) / row.loops)
+                after(row)
+    del x, y, grad
+    return rows, problems
+
+
+def summarise(shape, rows):
+    n, c = shape
+    elements, nbytes = n * c, n * c * 4
+    median = {(row.name, row.threads): statistics.median(row.times) for row in rows}
+    records = []
+    for row in rows:
+        seconds = median[(row.name, row.threads)]
+        baseline = TORCH_BACKWARD if row.name in (GRAD_ROW, TORCH_BACKWARD) else TORCH_FORWARD
+        torch_seconds = median.get((baseline, row.threads))
+        probe_seconds = median.get((PROBE, row.threads))
+        records.append({
+            "shape": [n, c],
+            "elements": elements,
+            "logits_bytes": nbytes,
+            "threads": row.threads,
+            "row": row.name,
+            "seconds": seconds,
+            "seconds_all": row.times,
+            "loops": row.loops,
+            "rounds": len(row.times),
+            "g_elements_per_s": elements / seconds / 1e9,
+            "gb_per_s": nbytes / seconds / 1e9,
+            "torch_baseline": baseline if torch_seconds is not None else None,
+            "ratio_to_torch": torch_seconds / seconds if torch_seconds is not None else None,
+            "ratio_to_probe": (probe_seconds / seconds
+                               if probe_seconds is not None and row.name != PROBE else None),
+        })
+    return records
+
+
+def format_time(seconds):
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:8.2f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:8.2f} ms"
+    return f"{seconds:8.3f} s "
+
+
+def print_table(shape, records, seconds):
+    n, c = shape
+    elements = n * c
+    latency = elements < LATENCY_ELEMENTS
+    print()
+    print(f"== ({n}, {c}): {elements:,} elements, {elements * 4 / 1e6:.3g} MB of logits"
+          f"{'; reported per call' if latency else ''}  [{seconds:.0f} s]")
+    if latency:
+        print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'vs torch':>10}")
+    else:
+        print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'G elem/s':>10}{'GB/s':>8}"
+              f"{'vs torch':>10}{'vs probe':>10}")
+    previous = None
+    for rec in records:
+        if previous is not None and rec["threads"] != previous:
+            print()
+        previous = rec["threads"]
+        ratio = "-" if rec["ratio_to_torch"] is None else f"{rec['ratio_to_torch']:.2f}x"
+        line = f"{rec['threads']:>7}  {rec['row']:<24}{format_time(rec['seconds']):>12}"
+        if latency:
+            print(f"{line}{ratio:>10}")
+            continue
+        probe = "-" if rec["ratio_to_probe"] is None else f"{rec['ratio_to_probe']:.2f}"
+        print(f"{line}{rec['g_elements_per_s']:>10.3f}{rec['gb_per_s']:>8.2f}"
+              f"{ratio:>10}{probe:>10}")
+    sys.stdout.flush()
+
+
+def plot(path, records, thread_counts):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = []
+    for rec in records:
+        if tuple(rec["shape"]) not in shapes:
+            shapes.append(tuple(rec["shape"]))
+    labels = [f"{n}x{c}" for n, c in shapes]
+    fig, axes = plt.subplots(1, len(thread_counts), figsize=(6.5 * len(thread_counts), 5),
+                             sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], thread_counts):
+        for name in ROW_NAMES:
+            points = {tuple(r["shape"]): r["g_elements_per_s"] for r in records
+                      if r["row"] == name and r["threads"] == t}
+            if not points:
+                continue
+            xs = [i for i, s in enumerate(shapes) if s in points]
+            ys = [points[shapes[i]] for i in xs]
+            style = "--" if name.startswith(("numpy", "torch")) else ":" if name == PROBE else "-"
+            ax.plot(xs, ys, style, marker="o", label=name,
+                    color=f"C{ROW_NAMES.index(name) % 10}")
+        ax.set_xticks(range(len(shapes)))
+        ax.set_xticklabels(labels, rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_title(f"{t} thread{'s' if t > 1 else ''}")
+        ax.set_xlabel("shape (N x C), float32")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("G elements / s (higher is better)")
+    handles, names = axes[0][0].get_legend_handles_labels()   # the first panel has every row
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
+    fig.suptitle("softmax cross-entropy throughput")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def parse_shapes(text):
+    shapes = []
+    for item in text.split(","):
+        try:
+            n, c = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"shape {item!r} is not NxC, e.g. 8192x1000")
+        if n < 1 or c < 1:
+            raise argparse.ArgumentTypeError(f"shape {item!r} must be positive")
+        shapes.append((n, c))
+    return shapes
+
+
+def parse_threads(text):
+    try:
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads {text!r} is not a list like 1,2")
+    if any(t < 1 for t in counts):
+        raise argparse.ArgumentTypeError("thread counts must be >= 1")
+    return sorted(set(counts))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Time pysafemax against numpy, PyTorch and a read-bandwidth probe.")
+    parser.add_argument("--json", metavar="FILE", help="save all results as JSON")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw G elements/s against shape (needs matplotlib)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke mode: tiny shapes, 2 rounds, a few seconds")
+    parser.add_argument("--threads", type=parse_threads,
+                        help="thread counts, e.g. 1,2 (default: 1 and all cores)")
+    parser.add_argument("--shapes", type=parse_shapes,
+                        help="shapes NxC, comma-separated (default: the issue's seven)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 7; quick 2)")
+    parser.add_argument("--target-ms", type=float,
+                        help="minimum time of one measurement (default 20; quick 2)")
+    parser.add_argument("--row-budget", type=float,
+                        help="seconds of measurements per row and shape before a slow row "
+                             "drops to fewer rounds (default 8; quick 0.05)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("--plot needs matplotlib, which is not installed: "
+                  "python -m pip install matplotlib", file=sys.stderr)
+            return 2
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+    cores = all_cores()
+    thread_counts = args.threads or sorted({1, cores})
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 7
+    if args.target_ms is None:
+        args.target_ms = 2.0 if args.quick else 20.0
+    if args.row_budget is None:
+        args.row_budget = 0.05 if args.quick else 8.0
+    if args.rounds < 1 or args.target_ms <= 0:
+        parser.error("--rounds and --target-ms must be positive")
+
+    torch = import_torch()
+    info = header(torch, args)
+    info["threads"] = thread_counts
+    info["shapes"] = [list(s) for s in shapes]
+    print_header(info)
+
+    rng = np.random.default_rng(args.seed)
+    records, problems = [], []
+    start = time.perf_counter()
+    for shape in shapes:
+        shape_start = time.perf_counter()
+        rows, shape_problems = measure_shape(shape, thread_counts, torch, args, rng)
+        shape_records = summarise(shape, rows)
+        print_table(shape, shape_records, time.perf_counter() - shape_start)
+        records += shape_records
+        problems += [f"{shape}: {p}" for p in shape_problems]
+    info["seconds"] = time.perf_counter() - start
+    print(f"\ntotal {info['seconds']:.0f} s")
+
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"header": info, "results": records, "problems": problems}, f, indent=1)
+        print(f"results saved to {args.json}")
+    if args.plot:
+        plot(args.plot, records, thread_counts)
+        print(f"plot saved to {args.plot}")
+    if problems:
+        print(f"{len(problems)} row(s) disagree with pysafemax stable: see the warnings",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The benchmark and the exp accuracy check still run (smoke tests).
+
+Only that they run and report what they should: their timings are not
+checked here (a loaded CI machine would make that flaky); see bench/README.md.
+"""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+PYSAFEMAX_ROWS = ["pysafemax naive", "pysafemax maxsub", "pysafemax stable",
+                  "pysafemax stable+grad"]
+NUMPY_ROWS = ["numpy naive", "numpy maxsub", "numpy stable"]
+TORCH_ROWS = ["torch forward", "torch forward+backward"]
+FIELDS = {"shape", "elements", "logits_bytes", "threads", "row", "seconds",
+          "seconds_all", "loops", "rounds", "g_elements_per_s", "gb_per_s",
+          "torch_baseline", "ratio_to_torch", "ratio_to_probe"}
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_quick_benchmark_prints_every_row_and_saves_json(tmp_path):
+    out = tmp_path / "bench.json"
+    done = run("bench/run.py", "--quick", "--threads", "1,2", "--json", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = done.stdout
+    for name in PYSAFEMAX_ROWS + NUMPY_ROWS + ["read probe"]:
+        assert re.search(rf"^\s+\d+\s+{re.escape(name)}\s", table, re.M), name
+    for name in TORCH_ROWS:
+        assert (re.search(rf"^\s+\d+\s+{re.escape(name)}\s", table, re.M) is not None) \
+            == HAVE_TORCH, name
+    for word in ("pysafemax", "numpy", "CPU", "date", "command"):
+        assert word in table
+
+    saved = json.loads(out.read_text())
+    assert saved["header"]["threads"] == [1, 2]
+    assert saved["header"]["torch"] is None or HAVE_TORCH
+    results = saved["results"]
+    shapes = {tuple(r["shape"]) for r in results}
+    assert len(shapes) == len(saved["header"]["shapes"])
+    # numpy rows once per shape (one thread), the others at each thread count
+    per_shape = 2 * (len(PYSAFEMAX_ROWS) + 1 + 2 * HAVE_TORCH) + len(NUMPY_ROWS)
+    assert len(results) == len(shapes) * per_shape
+    for record in results:
+        assert FIELDS <= set(record), set(FIELDS) - set(record)
+        assert record["seconds"] > 0 and record["rounds"] >= 1
+        assert record["g_elements_per_s"] > 0 and record["gb_per_s"] > 0
+        if record["row"] == "read probe":
+            assert record["ratio_to_probe"] is None
+        else:
+            assert record["ratio_to_probe"] > 0
+        if HAVE_TORCH:
+            expected = ("torch forward+backward"
+                        if record["row"] in ("pysafemax stable+grad", "torch forward+backward")
+                        else "torch forward")
+            assert record["torch_baseline"] == expected
+            assert record["ratio_to_torch"] > 0
+        else:
+            assert record["ratio_to_torch"] is None
+    assert saved["problems"] == []
+
+
+def test_exp_accuracy_check_on_a_sample():
+    done = run("bench/check_exp_ulp.py", "--sample", "100000")
+    assert done.returncode == 0, done.stdout + done.stderr
+    errors = [float(v) for v in re.findall(r"max ULP error\s+([0-9.]+)", done.stdout)]
+    assert errors and max(errors) <= 1.0
+    assert "PASS" in done.stdout
+    assert " 0 of " in done.stdout        # the portable twin gives the same bits
