@@ -57,6 +57,25 @@ static PSM_AVX2 float psm_block_max_avx2(const float *x, int64_t n)
     return m;
 }
 
+/* All ones in the lanes below count (0..8). */
+static inline PSM_AVX2 __m256 psm_lanes_below_avx2(int64_t count)
+{
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+        _mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+/* The last count < 8 floats, padded with pad (never read past them). */
+static inline PSM_AVX2 __m256 psm_load_tail_avx2(const float *x, int64_t count, float pad)
+{
+    float tail[8];
+    int64_t k = 0;
+    for (; k < count; k++)
+        tail[k] = x[k];
+    for (; k < 8; k++)
+        tail[k] = pad;
+    return _mm256_loadu_ps(tail);
+}
+
 /* exp(v - m) where v != m, else 0; counts the v == m lanes into ties
  * (a true compare is -1 as an integer). */
 static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties)
@@ -72,11 +91,41 @@ static inline PSM_AVX2 __m256d psm_add_wide_avx2(__m256d acc, __m256 s)
     return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
 }
 
+/* The sum of exp(x_j - shift) over n floats: per lane, groups of 4 terms
+ * are added in float as a tree (relative error <= 2u) before joining a
+ * double accumulator.  The last n % 8 floats are copied into a buffer (so
+ * nothing past the row is read), padded with shift and masked out. */
+static PSM_AVX2 double psm_block_total_avx2(const float *x, int64_t n, float shift)
+{
+    const __m256 sv = _mm256_set1_ps(shift);
+    __m256d acc = _mm256_setzero_pd();
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        /* While this block is summed from L1, fetch the next one (the rest
+         * of the row, or the next row) from memory: a prefetch never faults,
+         * even past the end of the array. */
+        _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
+        __m256 e0 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
+        __m256 e1 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), sv));
+        __m256 e2 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 16), sv));
+        __m256 e3 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 24), sv));
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
+                                                   _mm256_add_ps(e2, e3)));
+    }
+    for (; j + 8 <= n; j += 8)
+        acc = psm_add_wide_avx2(acc, psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv)));
+    if (j < n) {
+        __m256 v = psm_load_tail_avx2(x + j, n - j, shift);
+        __m256 e = psm_expf_avx2(_mm256_sub_ps(v, sv));
+        acc = psm_add_wide_avx2(acc, _mm256_and_ps(psm_lanes_below_avx2(n - j), e));
+    }
+    return psm_hsum_pd_avx2(acc);
+}
+
 /* Adds the sum of exp(x_j - m) over x_j != m to *rest and the count of
- * x_j == m to *ties.  Per lane, groups of 4 terms are added in float as a
- * tree (relative error <= 2u) before joining a double accumulator.  The last
- * n % 8 floats are copied into a buffer padded with -inf (exp gives 0), so
- * nothing past the row is read. */
+ * x_j == m to *ties, in the same order as psm_block_total_avx2: the exact
+ * sum without the max's own terms, for confident rows of the stable method. */
 static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
                                          double *rest, double *ties)
 {
@@ -85,11 +134,6 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
     __m256i tie_count = _mm256_setzero_si256();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
-        /* While this block is summed from L1, fetch the next one (the rest
-         * of the row, or the next row) from memory: a prefetch never faults,
-         * even past the end of the array. */
-        _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
-        _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
         __m256 e0 = psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count);
         __m256 e1 = psm_term_avx2(_mm256_loadu_ps(x + j + 8), mv, &tie_count);
         __m256 e2 = psm_term_avx2(_mm256_loadu_ps(x + j + 16), mv, &tie_count);
@@ -99,14 +143,13 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
     }
     for (; j + 8 <= n; j += 8)
         acc = psm_add_wide_avx2(acc, psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count));
-    if (j < n) {
-        float tail[8];
-        int64_t k = 0;
-        for (; k < n - j; k++)
-            tail[k] = x[j + k];
-        for (; k < 8; k++)
-            tail[k] = -INFINITY;
-        acc = psm_add_wide_avx2(acc, psm_term_avx2(_mm256_loadu_ps(tail), mv, &tie_count));
+    if (j < n) {   /* padded with m, whose lanes are then masked out */
+        __m256 valid = psm_lanes_below_avx2(n - j);
+        __m256 v = psm_load_tail_avx2(x + j, n - j, m);
+        __m256 tie = _mm256_and_ps(_mm256_cmp_ps(v, mv, _CMP_EQ_OQ), valid);
+        tie_count = _mm256_sub_epi32(tie_count, _mm256_castps_si256(tie));
+        __m256 e = _mm256_andnot_ps(tie, psm_expf_avx2(_mm256_sub_ps(v, mv)));
+        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, e));
     }
     *rest += psm_hsum_pd_avx2(acc);
     int32_t lanes[8];

@@ -135,9 +135,9 @@ static void FN(block_sums)(const REAL *x, int64_t n, int64_t stride, REAL m,
         }
         FN(add_wide)(acc, s);
     }
-    for (; j < n; j += 8) {   /* the last group padded with -inf */
+    for (; j < n; j += 8) {   /* the last group: missing lanes add +0 */
         for (int l = 0; l < 8; l++)
-            s[l] = FN(term)(j + l < n ? x[(j + l) * stride] : (REAL)-INFINITY, m, ties);
+            s[l] = j + l < n ? FN(term)(x[(j + l) * stride], m, ties) : 0;
         FN(add_wide)(acc, s);
     }
     *rest += (acc[0] + acc[2]) + (acc[1] + acc[3]);
@@ -150,45 +150,98 @@ static void FN(block_sums)(const REAL *x, int64_t n, int64_t stride, REAL m,
 #endif
 }
 
+/* The sum of exp(x_j - shift) over n logits: for float,
+ * psm_block_total_avx2 on 8 emulated lanes. */
+static double FN(block_total)(const REAL *x, int64_t n, int64_t stride, REAL shift,
+                              int fast)
+{
+#if FLOAT_ROWS
+    if (fast && stride == 1)
+        return psm_block_total_avx2(x, n, shift);
+#else
+    (void)fast;
+#endif
+#if LANE_SUMS
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    REAL s[8];
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        for (int l = 0; l < 8; l++) {
+            REAL e0 = EXP(x[(j + l) * stride] - shift);
+            REAL e1 = EXP(x[(j + 8 + l) * stride] - shift);
+            REAL e2 = EXP(x[(j + 16 + l) * stride] - shift);
+            REAL e3 = EXP(x[(j + 24 + l) * stride] - shift);
+            s[l] = (e0 + e1) + (e2 + e3);
+        }
+        FN(add_wide)(acc, s);
+    }
+    for (; j < n; j += 8) {   /* the last group: missing lanes add +0 */
+        for (int l = 0; l < 8; l++)
+            s[l] = j + l < n ? EXP(x[(j + l) * stride] - shift) : 0;
+        FN(add_wide)(acc, s);
+    }
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+#else
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++)
+        sum += (double)EXP(x[j * stride] - shift);
+    return sum;
+#endif
+}
+
+/* One block of a row, contiguous: strided blocks are copied when the vector
+ * loops will read them. */
+static const REAL *FN(block_values)(const REAL *b, int64_t len, int64_t stride,
+                                    int fast, REAL *copy, int64_t *step)
+{
+    *step = stride;
+#if FLOAT_ROWS
+    if (fast && stride != 1) {
+        for (int64_t j = 0; j < len; j++)
+            copy[j] = b[j * stride];
+        *step = 1;
+        return copy;
+    }
+#else
+    (void)fast;
+    (void)len;
+    (void)copy;
+#endif
+    return b;
+}
+
 /* One pass over a position's logits; t is NULL unless the stable cross term
- * is wanted.  NaN never compares greater or equal, so it lands in rest and
- * makes the position NaN. */
+ * is wanted, exact_rest asks for the sum without the max's own term to full
+ * relative precision (stable).  NaN never compares greater, so it lands in
+ * the sum and makes the position NaN. */
 static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
-                         int track_max, int fast, const FN(target) *t,
-                         FN(row_state) *st)
+                         int track_max, int exact_rest, int fast,
+                         const FN(target) *t, FN(row_state) *st)
 {
     REAL m = track_max ? (REAL)-INFINITY : (REAL)0;
-    double rest = 0.0, ties = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
+    double total = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
     int cross_inf = 0;
-#if FLOAT_ROWS
-    float gathered[PSM_BLOCK];
-#endif
+    REAL copy[PSM_BLOCK];
     for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
-        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
-        const REAL *b = x + start * stride, *values = b;
-        int64_t step = stride;
-#if FLOAT_ROWS
-        if (fast && stride != 1) {   /* strided: the vector loops on a copy */
-            for (int64_t j = 0; j < len; j++)
-                gathered[j] = b[j * stride];
-            values = gathered;
-            step = 1;
-        }
-#endif
+        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK, step;
+        const REAL *b = x + start * stride;
+        const REAL *values = FN(block_values)(b, len, stride, fast, copy, &step);
         if (track_max) {
             REAL block_max = FN(block_max)(values, len, step, fast);
             if (block_max == 0)
                 block_max = 0;   /* +0, whichever zero the lanes kept */
             if (block_max > m) {
-                /* what was summed against m now counts against block_max */
-                rest = (rest + ties) * exp((double)m - (double)block_max);
+                /* what was summed against m now counts against block_max
+                 * (against -inf it was 0, or NaN, which must stay) */
+                total *= m == (REAL)-INFINITY ? 0.0 : exp((double)m - (double)block_max);
                 if (cross_mass != 0.0)
                     cross += cross_mass * ((double)block_max - (double)m);
-                ties = 0.0;
                 m = block_max;
             }
         }
-        FN(block_sums)(values, len, step, m, fast, &rest, &ties);
+        /* Shifted by -BIG instead of -inf, a -inf logit gives exp(-inf) = 0
+         * rather than NaN while no finite logit has come. */
+        total += FN(block_total)(values, len, step, m == (REAL)-INFINITY ? -BIG : m, fast);
         for (int64_t j = 0; t && j < len; j++) {
             double q = FN(target_mass)(t, start + j, stride);
             if (q != 0.0) {  /* NaN passes, and poisons the loss */
@@ -204,8 +257,25 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
         }
     }
     st->max = m;
-    st->rest = rest;
-    st->ties = ties;
+    st->rest = total;    /* naive, maxsub: all they need is the total */
+    st->ties = 0.0;
+    if (exact_rest) {
+        /* total counts the max's own term, exactly 1.  Without it, total - 1
+         * keeps its relative precision when it is >= 1; below (a confident
+         * row), read the row again from cache and sum without the ties. */
+        st->rest = total - 1.0;
+        st->ties = 1.0;
+        if (total < 2.0 && isfinite(m)) {
+            st->rest = 0.0;
+            st->ties = 0.0;
+            for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
+                int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK, step;
+                const REAL *values = FN(block_values)(x + start * stride, len, stride,
+                                                      fast, copy, &step);
+                FN(block_sums)(values, len, step, m, fast, &st->rest, &st->ties);
+            }
+        }
+    }
     st->cross = cross;
     st->mass = mass;
     st->cross_inf = cross_inf;
@@ -391,7 +461,7 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
     int track_max = opt->method != PSM_NAIVE;
     double eps = opt->label_smoothing, total = 0.0;
     for (int64_t pos = first; pos < last; pos++) {
-        int64_t o = pos / inner, i = pos % inner;
+        int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
         int64_t base = o * classes * inner + i;
         const REAL *x = job->logits + base;
         FN(target) t = {opt->class_weight, NULL, -1, 0.0, 1.0 - eps,
@@ -410,7 +480,8 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
         }
         FN(row_state) st;
         int want_cross = opt->method == PSM_STABLE && !FN(is_one_hot)(&t);
-        FN(row_pass)(x, classes, inner, track_max, job->fast, want_cross ? &t : NULL, &st);
+        FN(row_pass)(x, classes, inner, track_max, opt->method == PSM_STABLE, job->fast,
+                     want_cross ? &t : NULL, &st);
         double loss = FN(position_loss)(&st, x, classes, inner, &t, opt->method);
         if (job->losses)
             job->losses[pos] = (REAL)loss;
@@ -495,7 +566,8 @@ int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
             int64_t base = o * classes * inner + i;
             const REAL *x = logits + base;
             FN(row_state) st;
-            FN(row_pass)(x, classes, inner, method != PSM_NAIVE, 0, NULL, &st);
+            FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE, 0,
+                         NULL, &st);
             REAL total = FN(float_total)(&st, method);
             double denom = 1.0 + FN(stable_rest)(&st);
             for (int64_t j = 0; j < classes; j++) {
@@ -521,7 +593,7 @@ int64_t FN(psm_log_softmax)(const REAL *logits, int64_t outer,
             int64_t base = o * classes * inner + i;
             const REAL *x = logits + base;
             FN(row_state) st;
-            FN(row_pass)(x, classes, inner, 1, 0, NULL, &st);
+            FN(row_pass)(x, classes, inner, 1, 1, 0, NULL, &st);
             double log_norm = log1p(FN(stable_rest)(&st));
             for (int64_t j = 0; j < classes; j++) {
                 double shifted = (double)x[j * inner] - (double)st.max;

@@ -52,39 +52,58 @@ def simd_level():
     return "avx2+fma" if lib.psm_simd_level() and not _PORTABLE else "portable"
 
 
-def _default_threads():
-    env = os.environ.get("PYSAFEMAX_NUM_THREADS")
-    if env is not None:
-        try:
-            count = int(env)
-        except ValueError:
-            count = 0
-        if count < 1:
-            raise ValueError(f"PYSAFEMAX_NUM_THREADS must be a whole number >= 1, "
-                             f"got {env!r}")
-        return count
+def _available_cores():
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:          # not Linux
         return os.cpu_count() or 1
 
 
+_CORES = _available_cores()
+
+
+def _threads_from_environment():
+    """PYSAFEMAX_NUM_THREADS, read once at import (as OMP_NUM_THREADS is):
+    (count, None), or (None, the error to raise when a count is needed)."""
+    env = os.environ.get("PYSAFEMAX_NUM_THREADS")
+    if env is None:
+        return _CORES, None
+    try:
+        count = int(env)
+    except ValueError:
+        count = 0
+    if count < 1:
+        return None, ValueError(f"PYSAFEMAX_NUM_THREADS must be a whole number >= 1, "
+                                f"got {env!r}")
+    return count, None
+
+
+_env_threads, _env_error = _threads_from_environment()
+
+
 def set_num_threads(n):
     """Set how many threads calls use by default (None: back to the default,
-    PYSAFEMAX_NUM_THREADS or else every core this process may run on)."""
+    PYSAFEMAX_NUM_THREADS as it was at import, or else every core this
+    process may run on)."""
     global _num_threads
     _num_threads = None if n is None else _validation.thread_count(n, "n")
 
 
 def get_num_threads():
     """How many threads a call uses unless it passes threads=."""
-    return _num_threads if _num_threads is not None else _default_threads()
+    if _num_threads is not None:
+        return _num_threads
+    if _env_error is not None:
+        raise _env_error
+    return _env_threads
 
 
 def _buffer(array, ctype):
+    """A zero-copy view for the kernel; its arguments' arrays are validated
+    (dtype, C-contiguous, aligned), and the outputs are writable arrays."""
     if array is None:
         return ffi.NULL
-    return ffi.from_buffer(ctype, array, require_writable=array.flags.writeable)
+    return ffi.from_buffer(ctype, array)
 
 
 def _raise_for_status(status):
@@ -146,17 +165,18 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     if return_grad:
         # out is written directly when the kernel computes in its dtype.
         grad = out if out is not None and out.dtype == x.array.dtype else np.empty_like(x.array)
-    weight_buffer = _buffer(t.weight, "double[]")
-    options = ffi.new("psm_options *", {
-        "method": _METHOD_IDS[method],
-        "reduction": _REDUCTION_IDS[reduction],
-        "use_ignore_index": t.ignore_index is not None,
-        "ignore_index": t.ignore_index if t.ignore_index is not None else 0,
-        "class_weight": weight_buffer,
-        "label_smoothing": t.label_smoothing,
-        "threads": threads,
-        "portable": _PORTABLE,
-    })
+    options = ffi.new("psm_options *")      # zeroed: no weights, no ignore
+    options.method = _METHOD_IDS[method]
+    options.reduction = _REDUCTION_IDS[reduction]
+    options.threads = threads
+    options.portable = _PORTABLE
+    if t.ignore_index is not None:
+        options.use_ignore_index = 1
+        options.ignore_index = t.ignore_index
+    if t.weight is not None:
+        weight_buffer = _buffer(t.weight, "double[]")   # alive through the call
+        options.class_weight = weight_buffer
+    options.label_smoothing = t.label_smoothing
     result = ffi.new("double *")
     status = loss_kernel(
         _buffer(x.array, ctype), x.outer, x.classes, x.inner,

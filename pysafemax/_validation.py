@@ -17,6 +17,9 @@ _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max
 # PyTorch's reductions, then Caffe's normalization modes.
 REDUCTIONS = ("mean", "sum", "none", "valid", "full", "batch_size")
 
+_NATIVE_FLOATS = frozenset([np.dtype(np.float32), np.dtype(np.float64)])
+_INT64 = np.dtype(np.int64)
+
 # float16 has no kernel of its own: it is computed in float32 and the results
 # are returned as float16.
 _COMPUTE_DTYPE = {
@@ -67,14 +70,18 @@ def _integer(value, name):
 
 def logits_array(logits, axis=1):
     """Check logits and the class axis; see Logits."""
-    x = _as_array(logits, "logits")
-    compute = _COMPUTE_DTYPE.get(x.dtype.newbyteorder("="))
+    x = logits if type(logits) is np.ndarray else _as_array(logits, "logits")
+    # The common case first: a native float32/float64 array (cheap checks,
+    # since they run on every call).
+    dtype = x.dtype
+    compute = dtype if dtype in _NATIVE_FLOATS else _COMPUTE_DTYPE.get(dtype.newbyteorder("="))
     if compute is None:
         raise TypeError(
             f"logits must be float16, float32 or float64, got dtype {x.dtype}")
     if x.ndim == 0:
         raise ValueError("logits must have a class axis, got a 0-d array")
-    axis = _integer(axis, "axis")
+    if type(axis) is not int:
+        axis = _integer(axis, "axis")
     # 1-D logits are one unbatched position, as in PyTorch: their one axis
     # holds the classes, and the default axis=1 names it too.
     if x.ndim == 1 and axis in (-1, 0, 1):
@@ -89,15 +96,21 @@ def logits_array(logits, axis=1):
             f"logits has no classes: shape {x.shape}, axis {axis}; C must be >= 1")
     outer = math.prod(x.shape[:axis])
     inner = math.prod(x.shape[axis + 1:])
-    array = np.require(x, dtype=compute, requirements="CA")
-    return Logits(array, x.dtype.newbyteorder("="), axis, outer, classes, inner)
+    if compute is dtype and x.flags.c_contiguous and x.flags.aligned:
+        array = x
+    else:
+        array = np.require(x, dtype=compute, requirements="CA")
+    result_dtype = dtype if compute is dtype else dtype.newbyteorder("=")
+    return Logits(array, result_dtype, axis, outer, classes, inner)
 
 
 def targets(labels, logits, *, weight=None, ignore_index=None,
             label_smoothing=0.0):
     """Check labels (class indices or probabilities) and the options on them."""
     position_shape = logits.position_shape
-    if isinstance(labels, (list, tuple)) and len(labels) == 0:
+    if type(labels) is np.ndarray:
+        given = labels
+    elif isinstance(labels, (list, tuple)) and len(labels) == 0:
         given = np.zeros(0, dtype=np.int64)
     else:
         given = _as_array(labels, "labels")
@@ -133,7 +146,10 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
             f"{logits.array.shape} without axis {logits.axis}), got {given.shape}")
     if given.dtype.kind == "u" and given.itemsize == 8 and given.size:
         _reject_uint64_beyond_int64(given, logits.classes, ignore_index)
-    ints = np.require(given, dtype=np.int64, requirements="CA")
+    if given.dtype is _INT64 and given.flags.c_contiguous and given.flags.aligned:
+        ints = given
+    else:
+        ints = np.require(given, dtype=np.int64, requirements="CA")
     return Targets(ints, given, None, weight, ignore_index, label_smoothing)
 
 
@@ -189,6 +205,8 @@ def class_weight(weight, classes):
 
 
 def smoothing(value):
+    if type(value) is float and 0.0 <= value <= 1.0:
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {value!r}")
     value = float(value)

@@ -112,7 +112,7 @@ def test_row_whose_max_rises_block_after_block(monkeypatch):
     np.testing.assert_allclose(a[0], want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(2048, 1000), (64, 40001), (300000, 7)])
+@pytest.mark.parametrize("shape", [(4500, 1000), (64, 100001), (1300000, 7)])
 def test_every_thread_count_gives_the_same_bits(shape):
     rng = np.random.default_rng(len(shape))
     x = (rng.standard_normal(shape) * 4).astype(np.float32)
@@ -128,19 +128,33 @@ def test_every_thread_count_gives_the_same_bits(shape):
         np.testing.assert_array_equal(none, first[1])
 
 
+def read_environment(monkeypatch, value):
+    """What importing pysafemax with PYSAFEMAX_NUM_THREADS=value would read."""
+    if value is None:
+        monkeypatch.delenv("PYSAFEMAX_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("PYSAFEMAX_NUM_THREADS", value)
+    count, error = _core._threads_from_environment()
+    monkeypatch.setattr(_core, "_env_threads", count)
+    monkeypatch.setattr(_core, "_env_error", error)
+
+
 def test_set_num_threads_and_the_environment(monkeypatch):
     monkeypatch.setattr(_core, "_num_threads", None)
-    monkeypatch.setenv("PYSAFEMAX_NUM_THREADS", "3")
+    read_environment(monkeypatch, "3")
     assert pysafemax.get_num_threads() == 3
     pysafemax.set_num_threads(5)
     assert pysafemax.get_num_threads() == 5
     pysafemax.set_num_threads(None)
     assert pysafemax.get_num_threads() == 3
-    monkeypatch.delenv("PYSAFEMAX_NUM_THREADS")
-    assert pysafemax.get_num_threads() >= 1
-    monkeypatch.setenv("PYSAFEMAX_NUM_THREADS", "zero")
+    read_environment(monkeypatch, None)
+    assert pysafemax.get_num_threads() == _core._CORES >= 1
+    read_environment(monkeypatch, "zero")
     with pytest.raises(ValueError, match="PYSAFEMAX_NUM_THREADS"):
         pysafemax.get_num_threads()
+    with pytest.raises(ValueError, match="PYSAFEMAX_NUM_THREADS"):
+        pysafemax.softmax_loss(np.zeros((1, 2), np.float32), [0])
+    assert pysafemax.softmax_loss(np.zeros((1, 2), np.float32), [0], threads=1) > 0
     with pytest.raises(ValueError, match="n must be >= 1"):
         pysafemax.set_num_threads(0)
     with pytest.raises(TypeError, match="n must be an int"):

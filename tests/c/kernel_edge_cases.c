@@ -185,7 +185,8 @@ static void bad_arguments(void)
  * path, over a shape big enough to be split (and with a strided class axis). */
 static void threads_and_twins(void)
 {
-    const int64_t outer = 300, classes = 1000, inner = 2, n = outer * classes * inner;
+    /* 4.4M logits: enough for two threads */
+    const int64_t outer = 2200, classes = 1000, inner = 2, n = outer * classes * inner;
     float *x = floats(n, 7u);
     int64_t *y = labels_for(outer * inner, classes);
     float *g1 = malloc((size_t)n * sizeof *g1), *g2 = malloc((size_t)n * sizeof *g2);
