@@ -124,8 +124,8 @@ static PSM_AVX2 double psm_block_total_avx2(const float *x, int64_t n, float shi
 }
 
 /* Adds the sum of exp(x_j - m) over x_j != m to *rest and the count of
- * x_j == m to *ties, in the same order as psm_block_total_avx2: the exact
- * sum without the max's own terms, for confident rows of the stable method. */
+ * x_j == m to *ties, in the same order as psm_block_total_avx2: the stable
+ * method's sum without the max's own terms, exact however small. */
 static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
                                          double *rest, double *ties)
 {
@@ -134,6 +134,8 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
     __m256i tie_count = _mm256_setzero_si256();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
+        _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
         __m256 e0 = psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count);
         __m256 e1 = psm_term_avx2(_mm256_loadu_ps(x + j + 8), mv, &tie_count);
         __m256 e2 = psm_term_avx2(_mm256_loadu_ps(x + j + 16), mv, &tie_count);

@@ -219,7 +219,7 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
                          const FN(target) *t, FN(row_state) *st)
 {
     REAL m = track_max ? (REAL)-INFINITY : (REAL)0;
-    double total = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
+    double rest = 0.0, ties = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
     int cross_inf = 0;
     REAL copy[PSM_BLOCK];
     for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
@@ -233,15 +233,24 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
             if (block_max > m) {
                 /* what was summed against m now counts against block_max
                  * (against -inf it was 0, or NaN, which must stay) */
-                total *= m == (REAL)-INFINITY ? 0.0 : exp((double)m - (double)block_max);
+                rest = (rest + ties) *
+                       (m == (REAL)-INFINITY ? 0.0 : exp((double)m - (double)block_max));
+                ties = 0.0;
                 if (cross_mass != 0.0)
                     cross += cross_mass * ((double)block_max - (double)m);
                 m = block_max;
             }
         }
-        /* Shifted by -BIG instead of -inf, a -inf logit gives exp(-inf) = 0
-         * rather than NaN while no finite logit has come. */
-        total += FN(block_total)(values, len, step, m == (REAL)-INFINITY ? -BIG : m, fast);
+        if (exact_rest) {
+            /* stable: the max's own terms are counted, not summed, so that the
+             * sum of the others keeps its relative precision however small */
+            FN(block_sums)(values, len, step, m, fast, &rest, &ties);
+        } else {
+            /* naive, maxsub: only the total matters.  Shifted by -BIG instead
+             * of -inf, a -inf logit gives exp(-inf) = 0 rather than NaN while
+             * no finite logit has come. */
+            rest += FN(block_total)(values, len, step, m == (REAL)-INFINITY ? -BIG : m, fast);
+        }
         for (int64_t j = 0; t && j < len; j++) {
             double q = FN(target_mass)(t, start + j, stride);
             if (q != 0.0) {  /* NaN passes, and poisons the loss */
@@ -257,25 +266,8 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
         }
     }
     st->max = m;
-    st->rest = total;    /* naive, maxsub: all they need is the total */
-    st->ties = 0.0;
-    if (exact_rest) {
-        /* total counts the max's own term, exactly 1.  Without it, total - 1
-         * keeps its relative precision when it is >= 1; below (a confident
-         * row), read the row again from cache and sum without the ties. */
-        st->rest = total - 1.0;
-        st->ties = 1.0;
-        if (total < 2.0 && isfinite(m)) {
-            st->rest = 0.0;
-            st->ties = 0.0;
-            for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
-                int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK, step;
-                const REAL *values = FN(block_values)(x + start * stride, len, stride,
-                                                      fast, copy, &step);
-                FN(block_sums)(values, len, step, m, fast, &st->rest, &st->ties);
-            }
-        }
-    }
+    st->rest = rest;
+    st->ties = ties;
     st->cross = cross;
     st->mass = mass;
     st->cross_inf = cross_inf;
