@@ -22,7 +22,7 @@
  * the finished sum).
  *
  * The float instance runs contiguous rows through the AVX2 loops of
- * rows_avx2.h where the CPU has them; block_max, block_sums and grad_row
+ * rows_avx2.h where the CPU has them; block_max, block_sum and grad_row
  * below are their portable twins (same operations, same order, 8 emulated
  * lanes, any stride), so every path gives the same bits.
  *
@@ -90,13 +90,14 @@ static REAL FN(block_max)(const REAL *x, int64_t n, int64_t stride, int fast)
     return m;
 }
 
-static REAL FN(term)(REAL v, REAL m, double *ties)
+/* exp(v - shift); with ties, v == shift is counted there and adds 0. */
+static REAL FN(term)(REAL v, REAL shift, double *ties)
 {
-    if (v == m) {
+    if (ties && v == shift) {
         *ties += 1.0;
         return 0;
     }
-    return EXP(v - m);
+    return EXP(v - shift);
 }
 
 #if LANE_SUMS
@@ -108,15 +109,19 @@ static void FN(add_wide)(double acc[4], const REAL s[8])
 }
 #endif
 
-/* Adds sum of exp(x_j - m) over x_j != m to *rest, counts x_j == m into
- * *ties: for float, psm_block_sums_avx2 on 8 emulated lanes. */
-static void FN(block_sums)(const REAL *x, int64_t n, int64_t stride, REAL m,
-                           int fast, double *rest, double *ties)
+/* The sum of exp(x_j - shift) over n logits, or with ties, over the x_j !=
+ * shift, counting those into *ties: for float, psm_block_total_avx2 and
+ * psm_block_sums_avx2 on 8 emulated lanes. */
+static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
+                            int fast, double *ties)
 {
 #if FLOAT_ROWS
     if (fast && stride == 1) {
-        psm_block_sums_avx2(x, n, m, rest, ties);
-        return;
+        if (!ties)
+            return psm_block_total_avx2(x, n, shift);
+        double rest = 0.0;
+        psm_block_sums_avx2(x, n, shift, &rest, ties);
+        return rest;
     }
 #else
     (void)fast;
@@ -127,64 +132,25 @@ static void FN(block_sums)(const REAL *x, int64_t n, int64_t stride, REAL m,
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
         for (int l = 0; l < 8; l++) {
-            REAL e0 = FN(term)(x[(j + l) * stride], m, ties);
-            REAL e1 = FN(term)(x[(j + 8 + l) * stride], m, ties);
-            REAL e2 = FN(term)(x[(j + 16 + l) * stride], m, ties);
-            REAL e3 = FN(term)(x[(j + 24 + l) * stride], m, ties);
+            REAL e0 = FN(term)(x[(j + l) * stride], shift, ties);
+            REAL e1 = FN(term)(x[(j + 8 + l) * stride], shift, ties);
+            REAL e2 = FN(term)(x[(j + 16 + l) * stride], shift, ties);
+            REAL e3 = FN(term)(x[(j + 24 + l) * stride], shift, ties);
             s[l] = (e0 + e1) + (e2 + e3);
         }
         FN(add_wide)(acc, s);
     }
     for (; j < n; j += 8) {   /* the last group: missing lanes add +0 */
         for (int l = 0; l < 8; l++)
-            s[l] = j + l < n ? FN(term)(x[(j + l) * stride], m, ties) : 0;
-        FN(add_wide)(acc, s);
-    }
-    *rest += (acc[0] + acc[2]) + (acc[1] + acc[3]);
-#else
-    /* one sum in index order, so a -inf class (a 0 term) changes nothing */
-    double sum = 0.0;
-    for (int64_t j = 0; j < n; j++)
-        sum += (double)FN(term)(x[j * stride], m, ties);
-    *rest += sum;
-#endif
-}
-
-/* The sum of exp(x_j - shift) over n logits: for float,
- * psm_block_total_avx2 on 8 emulated lanes. */
-static double FN(block_total)(const REAL *x, int64_t n, int64_t stride, REAL shift,
-                              int fast)
-{
-#if FLOAT_ROWS
-    if (fast && stride == 1)
-        return psm_block_total_avx2(x, n, shift);
-#else
-    (void)fast;
-#endif
-#if LANE_SUMS
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    REAL s[8];
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-        for (int l = 0; l < 8; l++) {
-            REAL e0 = EXP(x[(j + l) * stride] - shift);
-            REAL e1 = EXP(x[(j + 8 + l) * stride] - shift);
-            REAL e2 = EXP(x[(j + 16 + l) * stride] - shift);
-            REAL e3 = EXP(x[(j + 24 + l) * stride] - shift);
-            s[l] = (e0 + e1) + (e2 + e3);
-        }
-        FN(add_wide)(acc, s);
-    }
-    for (; j < n; j += 8) {   /* the last group: missing lanes add +0 */
-        for (int l = 0; l < 8; l++)
-            s[l] = j + l < n ? EXP(x[(j + l) * stride] - shift) : 0;
+            s[l] = j + l < n ? FN(term)(x[(j + l) * stride], shift, ties) : 0;
         FN(add_wide)(acc, s);
     }
     return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 #else
+    /* one sum in index order, so a -inf class (a 0 term) changes nothing */
     double sum = 0.0;
     for (int64_t j = 0; j < n; j++)
-        sum += (double)EXP(x[j * stride] - shift);
+        sum += (double)FN(term)(x[j * stride], shift, ties);
     return sum;
 #endif
 }
@@ -241,16 +207,16 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
                 m = block_max;
             }
         }
-        if (exact_rest) {
+        if (exact_rest)
             /* stable: the max's own terms are counted, not summed, so that the
              * sum of the others keeps its relative precision however small */
-            FN(block_sums)(values, len, step, m, fast, &rest, &ties);
-        } else {
+            rest += FN(block_sum)(values, len, step, m, fast, &ties);
+        else
             /* naive, maxsub: only the total matters.  Shifted by -BIG instead
              * of -inf, a -inf logit gives exp(-inf) = 0 rather than NaN while
              * no finite logit has come. */
-            rest += FN(block_total)(values, len, step, m == (REAL)-INFINITY ? -BIG : m, fast);
-        }
+            rest += FN(block_sum)(values, len, step, m == (REAL)-INFINITY ? -BIG : m,
+                                  fast, NULL);
         for (int64_t j = 0; t && j < len; j++) {
             double q = FN(target_mass)(t, start + j, stride);
             if (q != 0.0) {  /* NaN passes, and poisons the loss */
