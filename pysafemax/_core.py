@@ -147,6 +147,14 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
                ReferenceMismatchError if the two disagree beyond
                check_tolerance()
     """
+    if (type(logits) is np.ndarray and type(labels) is np.ndarray
+            and type(axis) is int and axis == 1 and type(method) is str
+            and type(reduction) is str and weight is None and ignore_index is None
+            and type(label_smoothing) in (float, int) and label_smoothing == 0
+            and return_grad is False and out is None and check is False):
+        loss = _plain_loss(logits, labels, method, reduction, threads)
+        if loss is not None:
+            return loss
     x = _validation.logits_array(logits, axis)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing)
@@ -197,6 +205,49 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
             np.copyto(out, grad, casting="unsafe")
         return loss, out
     return loss, _in_dtype(grad, x)
+
+
+_PLAIN_KERNELS = {np.dtype(np.float32): ("float[]", lib.psm_softmax_loss_f32),
+                  np.dtype(np.float64): ("double[]", lib.psm_softmax_loss_f64)}
+_plain_options = {}   # (method, reduction, threads, portable) -> psm_options
+
+
+def _plain_loss(logits, labels, method, reduction, threads):
+    """softmax_loss's most common call, made cheap: (N, C) float32/float64
+    logits and (N,) int64 labels, C-contiguous and aligned, a reduced loss and
+    no options.  Anything else (including anything invalid) returns None, for
+    the general path to handle or reject.  The options structs are built once
+    and only ever read by the kernel, so threads can share them."""
+    ctype, kernel = _PLAIN_KERNELS.get(logits.dtype, (None, None))
+    if (kernel is None or reduction == "none" or logits.ndim != 2
+            or labels.dtype is not _validation.INT64 or labels.shape != logits.shape[:1]
+            or not (logits.flags.c_contiguous and logits.flags.aligned
+                    and labels.flags.c_contiguous and labels.flags.aligned)
+            or logits.shape[1] == 0):
+        return None
+    if threads is None:
+        threads = get_num_threads()
+    elif type(threads) is not int or threads < 1:
+        return None
+    key = (method, reduction, threads, _PORTABLE)
+    options = _plain_options.get(key)
+    if options is None:
+        if method not in _METHOD_IDS or reduction not in _REDUCTION_IDS:
+            return None
+        options = ffi.new("psm_options *")
+        options.method = _METHOD_IDS[method]
+        options.reduction = _REDUCTION_IDS[reduction]
+        options.threads = threads
+        options.portable = _PORTABLE
+        _plain_options[key] = options
+    result = ffi.new("double *")
+    rows, classes = logits.shape
+    status = kernel(ffi.from_buffer(ctype, logits), rows, classes, 1,
+                    ffi.from_buffer("int64_t[]", labels), ffi.NULL, options, ffi.NULL,
+                    result, ffi.NULL)
+    if status != lib.PSM_OK:
+        return None   # a bad label: the general path raises the error
+    return result[0]
 
 
 def _in_dtype(result, x):

@@ -18,7 +18,7 @@ _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max
 REDUCTIONS = ("mean", "sum", "none", "valid", "full", "batch_size")
 
 _NATIVE_FLOATS = frozenset([np.dtype(np.float32), np.dtype(np.float64)])
-_INT64 = np.dtype(np.int64)
+INT64 = np.dtype(np.int64)
 
 # float16 has no kernel of its own: it is computed in float32 and the results
 # are returned as float16.
@@ -146,7 +146,7 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
             f"{logits.array.shape} without axis {logits.axis}), got {given.shape}")
     if given.dtype.kind == "u" and given.itemsize == 8 and given.size:
         _reject_uint64_beyond_int64(given, logits.classes, ignore_index)
-    if given.dtype is _INT64 and given.flags.c_contiguous and given.flags.aligned:
+    if given.dtype is INT64 and given.flags.c_contiguous and given.flags.aligned:
         ints = given
     else:
         ints = np.require(given, dtype=np.int64, requirements="CA")

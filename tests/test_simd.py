@@ -181,3 +181,32 @@ def test_read_probe_sums_what_it_reads():
             total = lib.psm_read_probe_f32(ffi.from_buffer("float[]", x), x.size,
                                            threads, portable)
             assert total == float(x.astype(np.float64).sum())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "valid", "full", "batch_size"])
+def test_the_cheap_path_for_plain_calls_gives_the_general_path_bits(dtype, method, reduction):
+    # axis=-1 names the same axis but takes the general, fully validated path.
+    rng = np.random.default_rng(5)
+    for shape in [(0, 3), (1, 1), (32, 10), (7, 1000), (3, 4099)]:
+        x = (rng.standard_normal(shape) * 20).astype(dtype)
+        y = rng.integers(0, shape[1], shape[0])
+        plain = pysafemax.softmax_loss(x, y, method=method, reduction=reduction)
+        general = pysafemax.softmax_loss(x, y, method=method, reduction=reduction, axis=-1)
+        assert type(plain) is float
+        np.testing.assert_array_equal(plain, general)
+
+
+def test_the_cheap_path_leaves_every_error_to_the_general_path():
+    x = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"labels\[1\] = 7 is out of range"):
+        pysafemax.softmax_loss(x, np.array([0, 7, 1]))
+    with pytest.raises(ValueError, match="method must be one of"):
+        pysafemax.softmax_loss(x, np.array([0, 1, 1]), method="fast")
+    with pytest.raises(TypeError, match="label_smoothing must be a float"):
+        pysafemax.softmax_loss(x, np.array([0, 1, 1]), label_smoothing=False)
+    with pytest.raises(TypeError, match="axis must be an int"):
+        pysafemax.softmax_loss(x, np.array([0, 1, 1]), axis=True)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        pysafemax.softmax_loss(x, np.array([0, 1, 1]), threads=0)
