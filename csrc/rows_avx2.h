@@ -64,16 +64,35 @@ static inline PSM_AVX2 __m256 psm_lanes_below_avx2(int64_t count)
         _mm256_set1_epi32((int)count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
 }
 
-/* The last count < 8 floats, padded with pad (never read past them). */
-static inline PSM_AVX2 __m256 psm_load_tail_avx2(const float *x, int64_t count, float pad)
+/* The last group of a block of n floats, of which the first j are done
+ * (0 < n - j < 8), and its valid lanes.  With n >= 8 it is the block's last
+ * 8 floats, the lanes already done masked out; a shorter block is copied into
+ * lanes 0..n-1 of a buffer padded with pad.  Nothing past the block is read.
+ * The portable twins place the lanes the same way. */
+static inline PSM_AVX2 __m256 psm_load_tail_avx2(const float *x, int64_t n, int64_t j,
+                                                 float pad, __m256 *valid)
 {
+    if (n >= 8) {
+        *valid = _mm256_andnot_ps(psm_lanes_below_avx2(8 - (n - j)),
+                                  _mm256_castsi256_ps(_mm256_set1_epi32(-1)));
+        return _mm256_loadu_ps(x + n - 8);
+    }
     float tail[8];
     int64_t k = 0;
-    for (; k < count; k++)
+    for (; k < n; k++)
         tail[k] = x[k];
     for (; k < 8; k++)
         tail[k] = pad;
+    *valid = psm_lanes_below_avx2(n);
     return _mm256_loadu_ps(tail);
+}
+
+static inline PSM_AVX2 int32_t psm_hsum_epi32_avx2(__m256i v)
+{
+    __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0x4E));
+    a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0xB1));
+    return _mm_cvtsi128_si32(a);
 }
 
 /* exp(v - m) where v != m, else 0; counts the v == m lanes into ties
@@ -93,8 +112,7 @@ static inline PSM_AVX2 __m256d psm_add_wide_avx2(__m256d acc, __m256 s)
 
 /* The sum of exp(x_j - shift) over n floats: per lane, groups of 4 terms
  * are added in float as a tree (relative error <= 2u) before joining a
- * double accumulator.  The last n % 8 floats are copied into a buffer (so
- * nothing past the row is read), padded with shift and masked out. */
+ * double accumulator.  The last n % 8 floats: see psm_load_tail_avx2. */
 static PSM_AVX2 double psm_block_total_avx2(const float *x, int64_t n, float shift)
 {
     const __m256 sv = _mm256_set1_ps(shift);
@@ -116,9 +134,10 @@ static PSM_AVX2 double psm_block_total_avx2(const float *x, int64_t n, float shi
     for (; j + 8 <= n; j += 8)
         acc = psm_add_wide_avx2(acc, psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv)));
     if (j < n) {
-        __m256 v = psm_load_tail_avx2(x + j, n - j, shift);
+        __m256 valid;
+        __m256 v = psm_load_tail_avx2(x, n, j, shift, &valid);
         __m256 e = psm_expf_avx2(_mm256_sub_ps(v, sv));
-        acc = psm_add_wide_avx2(acc, _mm256_and_ps(psm_lanes_below_avx2(n - j), e));
+        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, e));
     }
     return psm_hsum_pd_avx2(acc);
 }
@@ -145,19 +164,16 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
     }
     for (; j + 8 <= n; j += 8)
         acc = psm_add_wide_avx2(acc, psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count));
-    if (j < n) {   /* padded with m, whose lanes are then masked out */
-        __m256 valid = psm_lanes_below_avx2(n - j);
-        __m256 v = psm_load_tail_avx2(x + j, n - j, m);
+    if (j < n) {
+        __m256 valid;
+        __m256 v = psm_load_tail_avx2(x, n, j, m, &valid);
         __m256 tie = _mm256_and_ps(_mm256_cmp_ps(v, mv, _CMP_EQ_OQ), valid);
         tie_count = _mm256_sub_epi32(tie_count, _mm256_castps_si256(tie));
         __m256 e = _mm256_andnot_ps(tie, psm_expf_avx2(_mm256_sub_ps(v, mv)));
         acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, e));
     }
     *rest += psm_hsum_pd_avx2(acc);
-    int32_t lanes[8];
-    _mm256_storeu_si256((__m256i *)lanes, tie_count);
-    for (int l = 0; l < 8; l++)
-        *ties += lanes[l];
+    *ties += psm_hsum_epi32_avx2(tie_count);
 }
 
 /* g_j = exp(x_j - shift) * factor, or with divide: ((exp(x_j - shift) /

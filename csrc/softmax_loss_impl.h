@@ -140,9 +140,16 @@ static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift
         }
         FN(add_wide)(acc, s);
     }
-    for (; j < n; j += 8) {   /* the last group: missing lanes add +0 */
+    for (; j + 8 <= n; j += 8) {
         for (int l = 0; l < 8; l++)
-            s[l] = j + l < n ? FN(term)(x[(j + l) * stride], shift, ties) : 0;
+            s[l] = FN(term)(x[(j + l) * stride], shift, ties);
+        FN(add_wide)(acc, s);
+    }
+    if (j < n) {   /* the lanes of psm_load_tail_avx2; the others add +0 */
+        int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
+        for (int l = 0; l < 8; l++)
+            s[l] = l >= done && first + l < n ? FN(term)(x[(first + l) * stride], shift, ties)
+                                              : 0;
         FN(add_wide)(acc, s);
     }
     return (acc[0] + acc[2]) + (acc[1] + acc[3]);
