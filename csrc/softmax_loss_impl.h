@@ -194,6 +194,23 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
     REAL m = track_max ? (REAL)-INFINITY : (REAL)0;
     double rest = 0.0, ties = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
     int cross_inf = 0;
+#if FLOAT_ROWS
+    if (fast && stride == 1 && classes <= PSM_BLOCK && t == NULL) {
+        /* one contiguous block: the loop below, without its bookkeeping */
+        if (track_max) {
+            m = psm_block_max_avx2(x, classes);
+            if (m == 0)
+                m = 0;
+        }
+        if (exact_rest)
+            psm_block_sums_avx2(x, classes, m, &rest, &ties);
+        else
+            rest = psm_block_total_avx2(x, classes, m == (REAL)-INFINITY ? -BIG : m);
+        FN(row_state) one = {m, rest, ties, 0.0, 0.0, 0};
+        *st = one;
+        return;
+    }
+#endif
     REAL copy[PSM_BLOCK];
     for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
         int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK, step;
