@@ -221,9 +221,11 @@ def _plain_loss(logits, labels, method, reduction, threads):
     ctype, kernel = _PLAIN_KERNELS.get(logits.dtype, (None, None))
     if (kernel is None or reduction == "none" or logits.ndim != 2
             or labels.dtype is not _validation.INT64 or labels.shape != logits.shape[:1]
-            or not (logits.flags.c_contiguous and logits.flags.aligned
-                    and labels.flags.c_contiguous and labels.flags.aligned)
             or logits.shape[1] == 0):
+        return None
+    flags, label_flags = logits.flags, labels.flags
+    if not (flags.c_contiguous and flags.aligned
+            and label_flags.c_contiguous and label_flags.aligned):
         return None
     if threads is None:
         threads = get_num_threads()
