@@ -91,7 +91,9 @@ def _gradient(x, method, stats, q, scale):
     # At the argmax, when p there exceeds 1/2: p Q - q = rest - Q s / (1 + s),
     # rest being the mass off the argmax; no cancellation as p -> 1.
     rows = np.arange(x.shape[0])
-    rest = mass[:, 0] - np.where(used[rows, excluded], q[rows, excluded], 0)
+    off_max = np.where(used, q, 0)
+    off_max[rows, excluded] = 0
+    rest = off_max.sum(axis=1)   # summed, not Q - q_max, which cancels
     near_one = (s < 1.0) & np.isfinite(shift[:, 0])
     r = rows[near_one]
     grad[r, excluded[r]] = rest[r] - mass[r, 0] * (s[r] / (1.0 + s[r]))

@@ -9,7 +9,7 @@ values and every option of softmax_loss.
 """
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import pysafemax
@@ -127,6 +127,10 @@ def target_mass(xw, labels, options, axis):
 
 
 @given(problems(dtypes=(np.float32,)))
+# Found by the long profile: the reference once took Q - q_max for the mass
+# off the max, which cancels when the smoothing is tiny.
+@example((np.array([28.640423, -0.13210486, 0.64042264], np.float32), np.array(0),
+          {"axis": 0, "reduction": "mean", "label_smoothing": 2.0 ** -52}))
 def test_stable_agrees_with_a_float64_oracle(problem):
     x, labels, options = problem
     options = {**options, "reduction": "none"}
