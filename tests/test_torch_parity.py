@@ -65,6 +65,20 @@ def assert_close(ours, theirs, tol, what):
                                err_msg=what)
 
 
+@pytest.mark.parametrize("seed", range(0, 240, 2))
+def test_float32_is_within_float32_rounding_of_torch_in_float64(seed):
+    # torch in float64 on the same float32 values is the exact answer to a
+    # few 1e-16; ours, in float32, must be within a few float32 roundings.
+    x, labels, options = random_case(seed)
+    assert x.dtype == np.float32
+    wide_labels = labels.astype(np.float64) if labels.dtype.kind == "f" else labels
+    want_loss, want_grad = torch_cross_entropy(x.astype(np.float64), wide_labels, options)
+    loss, grad = pysafemax.softmax_loss(x, labels, return_grad=True, **options)
+    tol = 2.0 ** -22
+    assert_close(loss, want_loss, tol, f"{x.shape} {options} loss")
+    assert_close(grad, want_grad, tol, f"{x.shape} {options} grad")
+
+
 @pytest.mark.parametrize("seed", range(240))
 def test_stable_matches_torch_cross_entropy(seed):
     x, labels, options = random_case(seed)
