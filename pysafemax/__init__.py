@@ -18,7 +18,11 @@ __version__ = "0.1.0"
 FLT_MIN_LOSS = float(-np.log(np.finfo(np.float32).tiny))
 DBL_MIN_LOSS = float(-np.log(np.finfo(np.float64).tiny))
 
+# After the constants: diagnostics reads them from the package.
+from .diagnostics import DiagnosisReport, diagnose  # noqa: E402
+
 __all__ = [
+    "diagnose", "DiagnosisReport",
     "softmax_loss", "softmax", "log_softmax", "check_tolerance",
     "set_num_threads", "get_num_threads", "simd_level",
     "ReferenceMismatchError", "METHODS", "REDUCTIONS", "FLT_MIN_LOSS",
