@@ -29,7 +29,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import DBL_MIN_LOSS, FLT_MIN_LOSS, _validation
+from . import _validation
+from ._constants import DBL_MIN_LOSS, FLT_MIN_LOSS
 from ._core import softmax_loss
 
 __all__ = ["diagnose", "DiagnosisReport", "Thresholds", "thresholds",
