@@ -100,6 +100,11 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if (len(argv) >= 2 and argv[0] == "explain" and argv[1].startswith("-")
+            and argv[1] not in ("-h", "--help", "--")):
+        # `explain -nan` or `explain -inf`: a value, not an option
+        argv.insert(1, "--")
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
