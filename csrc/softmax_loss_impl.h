@@ -5,6 +5,7 @@
  *   FN(name)  name with the type's suffix appended (name##_f32)
  *   EXP, LOG  REAL's exp and log (psm_expf and logf for float)
  *   TINY      REAL's smallest normal number (FLT_MIN, DBL_MIN)
+ *   BIG       REAL's largest finite number (FLT_MAX, DBL_MAX)
  *   FLOAT_ROWS 1 where rows_avx2.h serves contiguous rows (float on x86-64)
  *   LANE_SUMS  1 to sum in the 8-lane order of rows_avx2.h (float), 0 to sum
  *              in index order (double, which has no vector path)
