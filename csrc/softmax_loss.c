@@ -152,6 +152,109 @@ static int options_ok(const void *logits, int64_t outer, int64_t classes,
     return outer == 0 || inner == 0 || (labels == NULL) != (target_probs == NULL);
 }
 
+int64_t psm_label_summary(const int64_t *labels, int64_t positions,
+                          int64_t classes, const psm_options *opt,
+                          int64_t *valid, double *label_weight_sum)
+{
+    if (opt == NULL || valid == NULL || label_weight_sum == NULL ||
+        positions < 0 || classes < 1)
+        return PSM_BAD_ARGUMENT;
+    if (labels == NULL) {
+        *valid = positions;
+        *label_weight_sum = (double)positions;
+        return PSM_OK;
+    }
+    const double *w = opt->class_weight;
+    int64_t count = 0;
+    double weight_sum = 0.0;
+    for (int64_t pos = 0; pos < positions; pos++) {
+        int64_t y = labels[pos];
+        if (opt->use_ignore_index && y == opt->ignore_index)
+            continue;
+        if (y < 0 || y >= classes)
+            return pos + 1;
+        count++;
+        weight_sum += w ? w[y] : 1.0;
+    }
+    *valid = count;
+    *label_weight_sum = weight_sum;
+    return PSM_OK;
+}
+
+double psm_normalizer(int reduction, int64_t valid, double label_weight_sum,
+                      int64_t positions, int64_t outer)
+{
+    switch (reduction) {
+    case PSM_MEAN:       return label_weight_sum;
+    case PSM_VALID:      return fmax(1.0, (double)valid);
+    case PSM_FULL:       return fmax(1.0, (double)positions);
+    case PSM_BATCH_SIZE: return fmax(1.0, (double)outer);
+    }
+    return 1.0;
+}
+
+/* Checks every label (before anything is written) and finds what the call's
+ * reduction divides by: the caller's normalizer, or the reduction's own. */
+static int64_t call_normalizer(const int64_t *labels, int64_t outer,
+                               int64_t inner, int64_t classes,
+                               const psm_options *opt, double *normalizer)
+{
+    int64_t valid;
+    double label_weight_sum;
+    int64_t status = psm_label_summary(labels, outer * inner, classes, opt, &valid,
+                                       &label_weight_sum);
+    if (status != PSM_OK)
+        return status;
+    *normalizer = opt->has_normalizer
+        ? opt->normalizer
+        : psm_normalizer(opt->reduction, valid, label_weight_sum, outer * inner, outer);
+    return PSM_OK;
+}
+
+/* A block of [class_offset, class_offset + classes) within total_classes. */
+static int block_ok(int64_t classes, int64_t class_offset, int64_t total_classes)
+{
+    return class_offset >= 0 && total_classes >= classes &&
+           class_offset <= total_classes - classes;
+}
+
+/* What a state summed, counted against a max at least its own (against -inf
+ * it was 0, or NaN, which must stay): the online normalizer's rescaling. */
+static double rest_against(const psm_partial *p, double max)
+{
+    if (p->max == max)
+        return p->rest;
+    return (p->rest + p->ties) * (p->max == -INFINITY ? 0.0 : exp(p->max - max));
+}
+
+static double cross_against(const psm_partial *p, double max)
+{
+    if (p->max == max || p->cross_mass == 0.0)
+        return p->cross;
+    return p->cross + p->cross_mass * (max - p->max);
+}
+
+void psm_combine_partials(int64_t positions, const psm_partial *part,
+                          psm_partial *into)
+{
+    for (int64_t k = 0; k < positions; k++) {
+        const psm_partial *a = &into[k], *b = &part[k];
+        double max = a->max > b->max ? a->max : b->max;
+        psm_partial merged = {
+            max,
+            rest_against(a, max) + rest_against(b, max),
+            (a->max == max ? a->ties : 0.0) + (b->max == max ? b->ties : 0.0),
+            cross_against(a, max) + cross_against(b, max),
+            a->cross_mass + b->cross_mass,
+            a->mass + b->mass,
+            b->label_found ? b->label_logit : a->label_logit,
+            a->label_found + b->label_found,
+            a->cross_inf | b->cross_inf,
+        };
+        into[k] = merged;
+    }
+}
+
 #define REAL float
 #define FN(name) name##_f32
 #define LANE_SUMS 1

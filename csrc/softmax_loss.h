@@ -50,7 +50,15 @@ enum psm_reduction {
 
 /* Status codes.  A positive status is 1 + the flat position (o * inner + i)
  * of the first label outside [0, classes) that is not ignored. */
-enum psm_status { PSM_OK = 0, PSM_BAD_ARGUMENT = -1, PSM_NO_MEMORY = -2 };
+enum psm_status {
+    PSM_OK = 0,
+    PSM_BAD_ARGUMENT = -1,
+    PSM_NO_MEMORY = -2,
+    PSM_NOT_DECOMPOSABLE = -3   /* partials: naive and maxsub with targets that
+                                   are not one-hot clamp every class's p after
+                                   the whole sum is known, which no per-block
+                                   state can carry */
+};
 
 /*
  * Options with PyTorch's semantics.  Each position has a target distribution
@@ -69,6 +77,9 @@ typedef struct {
     double label_smoothing;     /* eps, in [0, 1] */
     int threads;                /* at most this many threads (< 1: one) */
     int portable;               /* 1: no CPU-specific code (the scalar twin) */
+    int has_normalizer;         /* 1: divide by `normalizer` instead of the */
+    double normalizer;          /* reduction's own, for a call that sees only
+                                   part of a batch (the gradient's scale too) */
 } psm_options;
 
 /*
@@ -90,6 +101,89 @@ int64_t psm_softmax_loss_f64(const double *logits, int64_t outer,
                              const int64_t *labels, const double *target_probs,
                              const psm_options *options, double *losses,
                              double *loss, double *grad);
+
+/*
+ * Class-sharded logits.  A position's classes may be split into blocks, each
+ * read by its own call, possibly on another machine:
+ *   psm_softmax_partials  the partial state of every position over one block
+ *                         of classes [class_offset, class_offset + classes)
+ *                         of total_classes
+ *   psm_combine_partials  merges two states of the same positions (into =
+ *                         into (+) part): exact up to rounding, associative
+ *                         and commutative, so blocks merge in any grouping
+ *   psm_loss_from_partials the losses from states covering every class
+ *   psm_grad_from_partials one block's gradient from such a complete state
+ * The state is Milakov and Gimelshein's online normalizer (the running max
+ * and the sum of exp(x - max), rescaled when the max grows), plus what the
+ * targets need; Megatron's vocab-parallel cross entropy merges the same.
+ * Labels are global class indices; class_weight, if any, holds total_classes
+ * weights.  Probability targets are the block's own (the logits' shape).
+ * naive and maxsub need one-hot targets (no smoothing, no probabilities):
+ * otherwise PSM_NOT_DECOMPOSABLE.
+ */
+typedef struct {
+    double max;          /* the shift: the block's max, 0 for naive; -inf if
+                            the block has no number above -inf */
+    double rest;         /* sum of exp(x_j - max): stable over x_j != max,
+                            naive and maxsub over all x_j */
+    double ties;         /* stable: how many x_j == max (each term exactly 1) */
+    double cross;        /* stable, targets not one-hot: sum of q_j (max - x_j)
+                            over finite x_j with q_j != 0 */
+    double cross_mass;   /* ... the sum of those q_j */
+    double mass;         /* ... the sum of every q_j != 0 */
+    double label_logit;  /* one-hot targets: x_y, where label_found */
+    int32_t label_found; /* how many merged blocks held the label */
+    int32_t cross_inf;   /* some q_j > 0 sits on x_j = -inf */
+} psm_partial;
+
+int64_t psm_softmax_partials_f32(const float *logits, int64_t outer,
+                                 int64_t classes, int64_t inner,
+                                 int64_t class_offset, int64_t total_classes,
+                                 const int64_t *labels, const float *target_probs,
+                                 const psm_options *options, psm_partial *state);
+int64_t psm_softmax_partials_f64(const double *logits, int64_t outer,
+                                 int64_t classes, int64_t inner,
+                                 int64_t class_offset, int64_t total_classes,
+                                 const int64_t *labels, const double *target_probs,
+                                 const psm_options *options, psm_partial *state);
+void psm_combine_partials(int64_t positions, const psm_partial *part,
+                          psm_partial *into);
+/* labels NULL: the states came from probability targets. */
+int64_t psm_loss_from_partials_f32(const psm_partial *state, int64_t outer,
+                                   int64_t inner, int64_t total_classes,
+                                   const int64_t *labels,
+                                   const psm_options *options, float *losses,
+                                   double *loss);
+int64_t psm_loss_from_partials_f64(const psm_partial *state, int64_t outer,
+                                   int64_t inner, int64_t total_classes,
+                                   const int64_t *labels,
+                                   const psm_options *options, double *losses,
+                                   double *loss);
+int64_t psm_grad_from_partials_f32(const float *logits, int64_t outer,
+                                   int64_t classes, int64_t inner,
+                                   int64_t class_offset, int64_t total_classes,
+                                   const int64_t *labels, const float *target_probs,
+                                   const psm_options *options,
+                                   const psm_partial *state, float *grad);
+int64_t psm_grad_from_partials_f64(const double *logits, int64_t outer,
+                                   int64_t classes, int64_t inner,
+                                   int64_t class_offset, int64_t total_classes,
+                                   const int64_t *labels, const double *target_probs,
+                                   const psm_options *options,
+                                   const psm_partial *state, double *grad);
+
+/*
+ * What a reduction divides by, from a summary of the labels: the count of
+ * positions that are not ignored (`valid`) and the sum of their class
+ * weights.  Row blocks of one batch add their summaries up, then take the
+ * normalizer once.  labels NULL (probability targets): every position counts,
+ * with weight 1.  Returns 0, or 1 + the position of the first bad label.
+ */
+int64_t psm_label_summary(const int64_t *labels, int64_t positions,
+                          int64_t classes, const psm_options *options,
+                          int64_t *valid, double *label_weight_sum);
+double psm_normalizer(int reduction, int64_t valid, double label_weight_sum,
+                      int64_t positions, int64_t outer);
 
 /* Softmax probabilities by the given method, written to out (logits' shape). */
 int64_t psm_softmax_f32(const float *logits, int64_t outer, int64_t classes,

@@ -71,6 +71,7 @@ typedef struct {
     double rest;     /* sum of exp(x_j - max) over x_j != max */
     double ties;     /* how many x_j == max */
     double cross;    /* stable, non-one-hot: sum over q_j != 0 of q_j (max - x_j) */
+    double cross_mass; /* ... the q_j of its finite x_j, summed */
     double mass;     /* ... and sum of q_j */
     int cross_inf;   /* ... some q_j > 0 on x_j = -inf: the cross term is +inf */
 } FN(row_state);
@@ -207,7 +208,7 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
             psm_block_sums_avx2(x, classes, m, &rest, &ties);
         else
             rest = psm_block_total_avx2(x, classes, m == (REAL)-INFINITY ? -BIG : m);
-        FN(row_state) one = {m, rest, ties, 0.0, 0.0, 0};
+        FN(row_state) one = {m, rest, ties, 0.0, 0.0, 0.0, 0};
         *st = one;
         return;
     }
@@ -260,6 +261,7 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
     st->rest = rest;
     st->ties = ties;
     st->cross = cross;
+    st->cross_mass = cross_mass;
     st->mass = mass;
     st->cross_inf = cross_inf;
 }
@@ -322,7 +324,9 @@ static REAL FN(clamped_nll)(REAL shift, REAL total, REAL x)
     return (REAL)0 - LOG(p < TINY ? TINY : p);
 }
 
-static double FN(position_loss)(const FN(row_state) *st, const REAL *x,
+/* One position's loss; x_y is the label's logit (one-hot targets), and x the
+ * logits, which only naive and maxsub with other targets read. */
+static double FN(position_loss)(const FN(row_state) *st, REAL x_y, const REAL *x,
                                 int64_t classes, int64_t stride,
                                 const FN(target) *t, int method)
 {
@@ -332,7 +336,7 @@ static double FN(position_loss)(const FN(row_state) *st, const REAL *x,
             double cross = 0.0;
             /* (m - x_y) first: for logits {1e8, 1e8} it is 0, the loss ln 2 */
             if (t->label_part != 0.0)
-                cross = t->label_part * ((double)st->max - (double)x[t->label * stride]);
+                cross = t->label_part * ((double)st->max - (double)x_y);
             return cross + t->label_part * log1p(s);
         }
         if (isnan(s))
@@ -343,7 +347,7 @@ static double FN(position_loss)(const FN(row_state) *st, const REAL *x,
     if (FN(is_one_hot)(t)) {
         if (t->label_part == 0.0)
             return 0.0;
-        return t->label_part * (double)FN(clamped_nll)(st->max, total, x[t->label * stride]);
+        return t->label_part * (double)FN(clamped_nll)(st->max, total, x_y);
     }
     double loss = 0.0;
     for (int64_t j = 0; j < classes; j++) {
@@ -354,22 +358,35 @@ static double FN(position_loss)(const FN(row_state) *st, const REAL *x,
     return loss;
 }
 
-/* The gradient of one position: (p_j Q - q_j) * scale, Q = sum_j q_j. */
+/* Q = sum_j q_j over a position's classes. */
+static double FN(target_total)(const FN(target) *t, int64_t classes, int64_t stride)
+{
+    if (FN(is_one_hot)(t))
+        return t->label_part;
+    double mass = 0.0;
+    for (int64_t j = 0; j < classes; j++)
+        mass += FN(target_mass)(t, j, stride);
+    return mass;
+}
+
+/* The gradient of one position, or of a block of its classes (whose label,
+ * t->label, may lie outside [0, classes)): (p_j Q - q_j) * scale, with st
+ * the state of the whole position and mass its Q. */
 static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
                               int64_t classes, int64_t stride,
                               const FN(target) *t, int method, double scale,
-                              int fast, REAL *grad)
+                              int fast, double mass, REAL *grad)
 {
     int one_hot = FN(is_one_hot)(t);
-    double mass = one_hot ? t->label_part : 0.0;   /* Q */
-    for (int64_t j = 0; !one_hot && j < classes; j++)
-        mass += FN(target_mass)(t, j, stride);
+    int label_here = t->label >= 0 && t->label < classes;
     if (method != PSM_STABLE) {
         /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
         REAL total = FN(float_total)(st, method);
         REAL rmass = (REAL)mass, rscale = (REAL)scale;
         if (one_hot) {
             FN(grad_row)(x, classes, stride, fast, st->max, 1, total, rmass, rscale, grad);
+            if (!label_here)
+                return;
             REAL p = EXP(x[t->label * stride] - st->max) / total;
             grad[t->label * stride] = (p * rmass - (REAL)t->label_part) * rscale;
             return;
@@ -391,6 +408,8 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
         /* every class: Q p_j scale, in REAL; then the label's own entry */
         FN(grad_row)(x, classes, stride, fast, st->max, 0, 1, (REAL)(mass * scale / denom),
                      1, grad);
+        if (!label_here)
+            return;
         REAL x_y = x[t->label * stride];
         double g = mass * ((double)EXP(x_y - st->max) / denom) - t->label_part;
         if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
@@ -399,27 +418,33 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
         return;
     }
     /* At the max, p Q - q = (Q - q) - Q s / (1 + s): without cancellation as
-     * p -> 1.  s < 1 means the max is unique. */
+     * p -> 1.  s < 1 means the max is unique.  Q - q is the block's other q
+     * plus the mass outside the block (exactly 0 for a whole position, whose
+     * Q was summed in the same order). */
     int64_t at_max = -1;
-    double off_max_mass = 0.0;
+    double off_max_mass = 0.0, block_mass = 0.0;
     for (int64_t j = 0; j < classes; j++) {
         REAL v = x[j * stride];
         double q = FN(target_mass)(t, j, stride);
         double e = v == st->max ? 1.0 : (double)EXP(v - st->max);
         grad[j * stride] = (REAL)((mass * (e / denom) - q) * scale);
+        block_mass += q;
         if (v == st->max && at_max < 0)
             at_max = j;
         else
             off_max_mass += q;
     }
     if (s < 1.0 && at_max >= 0)
-        grad[at_max * stride] = (REAL)((off_max_mass - mass * (s / denom)) * scale);
+        grad[at_max * stride] = (REAL)(((off_max_mass + (mass - block_mass)) -
+                                        mass * (s / denom)) * scale);
 }
 
-/* Everything one call needs, shared read-only by its threads. */
+/* Everything one call needs, shared read-only by its threads.  A call reads
+ * classes [class_offset, class_offset + classes) of total_classes: all of
+ * them but for the partials' calls. */
 typedef struct {
     const REAL *logits;
-    int64_t classes, inner;
+    int64_t classes, inner, class_offset, total_classes;
     const int64_t *labels;
     const REAL *probs;
     const psm_options *opt;
@@ -427,8 +452,38 @@ typedef struct {
     int fast;                /* contiguous rows may take the AVX2 loops */
     int64_t positions, chunk_positions;
     REAL *losses, *grad;
+    psm_partial *state_out;  /* write each position's partial state, or */
+    const psm_partial *state_in; /* the gradient from these whole states */
     double *partials;        /* each chunk's summed loss */
 } FN(job);
+
+/* The partial state of a position over a block of its classes. */
+static void FN(block_partial)(const REAL *x, int64_t classes, int64_t stride,
+                              const FN(target) *t, int method, int fast,
+                              psm_partial *out)
+{
+    FN(row_state) st;
+    int one_hot = FN(is_one_hot)(t);
+    FN(row_pass)(x, classes, stride, method != PSM_NAIVE, method == PSM_STABLE, fast,
+                 method == PSM_STABLE && !one_hot ? t : NULL, &st);
+    psm_partial p = {st.max, st.rest, st.ties, st.cross, st.cross_mass, st.mass,
+                     0.0, 0, st.cross_inf};
+    if (one_hot && t->label >= 0 && t->label < classes) {
+        p.label_logit = x[t->label * stride];
+        p.label_found = 1;
+    }
+    *out = p;
+}
+
+static FN(row_state) FN(state_from)(const psm_partial *p)
+{
+    FN(row_state) st = {(REAL)p->max, p->rest, p->ties, p->cross, p->cross_mass,
+                        p->mass, p->cross_inf};
+    return st;
+}
+
+/* A position none of whose classes counts (an ignored label). */
+static const psm_partial FN(no_state) = {-INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0};
 
 /* Positions [chunk * chunk_positions, ...) of a call, summing their losses
  * in order into partials[chunk]. */
@@ -447,8 +502,10 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
         int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
         int64_t base = o * classes * inner + i;
         const REAL *x = job->logits + base;
-        FN(target) t = {opt->class_weight, NULL, -1, 0.0, 1.0 - eps,
-                        eps / (double)classes};
+        /* class c of the block is class_offset + c of the position */
+        const double *w = opt->class_weight;
+        FN(target) t = {w ? w + job->class_offset : NULL, NULL, -1, 0.0, 1.0 - eps,
+                        eps / (double)job->total_classes};
         if (job->probs) {
             t.probs = job->probs + base;
         } else if (opt->use_ignore_index && job->labels[pos] == opt->ignore_index) {
@@ -456,24 +513,88 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
                 job->grad[base + j * inner] = 0;
             if (job->losses)
                 job->losses[pos] = 0;
+            if (job->state_out)
+                job->state_out[pos] = FN(no_state);
             continue;
         } else {
-            t.label = job->labels[pos];
-            t.label_part = (1.0 - eps) * (t.weight ? t.weight[t.label] : 1.0);
+            int64_t y = job->labels[pos];
+            t.label = y - job->class_offset;
+            t.label_part = (1.0 - eps) * (w ? w[y] : 1.0);
+        }
+        if (job->state_out) {
+            FN(block_partial)(x, classes, inner, &t, opt->method, job->fast,
+                              &job->state_out[pos]);
+            continue;
+        }
+        if (job->state_in) {
+            const psm_partial *whole = &job->state_in[pos];
+            FN(row_state) st = FN(state_from)(whole);
+            double mass = FN(is_one_hot)(&t) ? t.label_part : whole->mass;
+            FN(position_grad)(&st, x, classes, inner, &t, opt->method, job->scale,
+                              job->fast, mass, job->grad + base);
+            continue;
         }
         FN(row_state) st;
         int want_cross = opt->method == PSM_STABLE && !FN(is_one_hot)(&t);
         FN(row_pass)(x, classes, inner, track_max, opt->method == PSM_STABLE, job->fast,
                      want_cross ? &t : NULL, &st);
-        double loss = FN(position_loss)(&st, x, classes, inner, &t, opt->method);
+        REAL x_y = FN(is_one_hot)(&t) ? x[t.label * inner] : 0;
+        double loss = FN(position_loss)(&st, x_y, x, classes, inner, &t, opt->method);
         if (job->losses)
             job->losses[pos] = (REAL)loss;
         total += loss;
         if (job->grad)
             FN(position_grad)(&st, x, classes, inner, &t, opt->method, job->scale,
-                              job->fast, job->grad + base);
+                              job->fast, FN(target_total)(&t, classes, inner),
+                              job->grad + base);
     }
     job->partials[chunk] = total;
+}
+
+/* Runs a job over all its positions on the threads the options allow and
+ * sums the chunks' losses in order into *total. */
+static int64_t FN(run_job)(FN(job) *job, double *total)
+{
+    /* Chunks of whole positions, sized by the shape alone, so the sum of
+     * their partials, taken in order, is the same for every thread count. */
+    int64_t chunk_positions = PSM_CHUNK_ELEMENTS / job->classes;
+    if (chunk_positions < 1)
+        chunk_positions = 1;
+    int64_t chunks = (job->positions + chunk_positions - 1) / chunk_positions;
+    double one_partial;
+    double *partials = chunks > 1 ? malloc((size_t)chunks * sizeof *partials)
+                                  : &one_partial;
+    if (partials == NULL)
+        return PSM_NO_MEMORY;
+    job->chunk_positions = chunk_positions;
+    job->partials = partials;
+    int status = run_chunks(FN(run_chunk), job, chunks,
+                            threads_for(job->opt->threads, job->positions * job->classes));
+    double sum = 0.0;
+    for (int64_t c = 0; c < chunks; c++)
+        sum += partials[c];
+    if (partials != &one_partial)
+        free(partials);
+    *total = sum;
+    return status;
+}
+
+static FN(job) FN(job_for)(const REAL *logits, int64_t outer, int64_t classes,
+                           int64_t inner, int64_t class_offset,
+                           int64_t total_classes, const int64_t *labels,
+                           const REAL *target_probs, const psm_options *opt)
+{
+    FN(job) job = {logits, classes, inner, class_offset, total_classes, labels,
+                   target_probs, opt, 1.0, FLOAT_ROWS && use_simd(opt),
+                   outer * inner, 0, NULL, NULL, NULL, NULL, NULL};
+    return job;
+}
+
+/* naive and maxsub clamp each class's p, which needs the finished sum: with
+ * a target that is not one-hot, only the stable method decomposes. */
+static int FN(decomposable)(const psm_options *opt, const int64_t *labels)
+{
+    return opt->method == PSM_STABLE || (labels != NULL && opt->label_smoothing == 0.0);
 }
 
 int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
@@ -485,58 +606,130 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
     if (!options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
         loss == NULL)
         return PSM_BAD_ARGUMENT;
-    const double *w = opt->class_weight;
-
-    /* First pass, over the labels only: check them all before writing
-     * anything, and find the normalizer. */
-    int64_t positions = outer * inner, valid = positions;
-    double label_weight_sum = (double)positions;
-    if (labels) {
-        valid = 0;
-        label_weight_sum = 0.0;
-        for (int64_t pos = 0; pos < positions; pos++) {
-            int64_t y = labels[pos];
-            if (opt->use_ignore_index && y == opt->ignore_index)
-                continue;
-            if (y < 0 || y >= classes)
-                return pos + 1;
-            valid++;
-            label_weight_sum += w ? w[y] : 1.0;
-        }
-    }
-    double normalizer = 1.0;
-    switch (opt->reduction) {
-    case PSM_MEAN:       normalizer = label_weight_sum; break;
-    case PSM_VALID:      normalizer = fmax(1.0, (double)valid); break;
-    case PSM_FULL:       normalizer = fmax(1.0, (double)positions); break;
-    case PSM_BATCH_SIZE: normalizer = fmax(1.0, (double)outer); break;
-    }
-
-    /* Chunks of whole positions, sized by the shape alone, so the sum of
-     * their partials, taken in order, is the same for every thread count. */
-    int64_t chunk_positions = PSM_CHUNK_ELEMENTS / classes;
-    if (chunk_positions < 1)
-        chunk_positions = 1;
-    int64_t chunks = (positions + chunk_positions - 1) / chunk_positions;
-    double one_partial;
-    double *partials = chunks > 1 ? malloc((size_t)chunks * sizeof *partials)
-                                  : &one_partial;
-    if (partials == NULL)
-        return PSM_NO_MEMORY;
-    FN(job) job = {logits, classes, inner, labels, target_probs, opt,
-                   1.0 / normalizer, FLOAT_ROWS && use_simd(opt),
-                   positions, chunk_positions, losses, grad, partials};
-    int status = run_chunks(FN(run_chunk), &job, chunks,
-                            threads_for(opt->threads, positions * classes));
-
-    double total = 0.0;
-    for (int64_t c = 0; c < chunks; c++)
-        total += partials[c];
-    if (partials != &one_partial)
-        free(partials);
+    double normalizer;
+    int64_t status = call_normalizer(labels, outer, inner, classes, opt, &normalizer);
+    if (status != PSM_OK)
+        return status;
+    FN(job) job = FN(job_for)(logits, outer, classes, inner, 0, classes, labels,
+                              target_probs, opt);
+    job.scale = 1.0 / normalizer;
+    job.losses = losses;
+    job.grad = grad;
+    double total;
+    status = FN(run_job)(&job, &total);
     *loss = (opt->reduction == PSM_NONE || opt->reduction == PSM_SUM)
         ? total : total / normalizer;
     return status;
+}
+
+int64_t FN(psm_softmax_partials)(const REAL *logits, int64_t outer,
+                                 int64_t classes, int64_t inner,
+                                 int64_t class_offset, int64_t total_classes,
+                                 const int64_t *labels, const REAL *target_probs,
+                                 const psm_options *opt, psm_partial *state)
+{
+    if (!options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
+        !block_ok(classes, class_offset, total_classes) ||
+        (state == NULL && outer * inner > 0))
+        return PSM_BAD_ARGUMENT;
+    if (!FN(decomposable)(opt, labels))
+        return PSM_NOT_DECOMPOSABLE;
+    double normalizer;
+    int64_t status = call_normalizer(labels, outer, inner, total_classes, opt,
+                                     &normalizer);
+    if (status != PSM_OK)
+        return status;
+    FN(job) job = FN(job_for)(logits, outer, classes, inner, class_offset,
+                              total_classes, labels, target_probs, opt);
+    job.state_out = state;
+    double unused;
+    return FN(run_job)(&job, &unused);
+}
+
+int64_t FN(psm_grad_from_partials)(const REAL *logits, int64_t outer,
+                                   int64_t classes, int64_t inner,
+                                   int64_t class_offset, int64_t total_classes,
+                                   const int64_t *labels, const REAL *target_probs,
+                                   const psm_options *opt,
+                                   const psm_partial *state, REAL *grad)
+{
+    if (!options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
+        !block_ok(classes, class_offset, total_classes) ||
+        ((state == NULL || grad == NULL) && outer * inner > 0))
+        return PSM_BAD_ARGUMENT;
+    if (!FN(decomposable)(opt, labels))
+        return PSM_NOT_DECOMPOSABLE;
+    double normalizer;
+    int64_t status = call_normalizer(labels, outer, inner, total_classes, opt,
+                                     &normalizer);
+    if (status != PSM_OK)
+        return status;
+    FN(job) job = FN(job_for)(logits, outer, classes, inner, class_offset,
+                              total_classes, labels, target_probs, opt);
+    job.scale = 1.0 / normalizer;
+    job.state_in = state;
+    job.grad = grad;
+    double unused;
+    return FN(run_job)(&job, &unused);
+}
+
+int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
+                                   int64_t inner, int64_t total_classes,
+                                   const int64_t *labels, const psm_options *opt,
+                                   REAL *losses, double *loss)
+{
+    /* the states stand in for logits: only their presence is checked */
+    if (!options_ok(state, outer, total_classes, inner, labels,
+                    labels ? NULL : (const void *)state, opt) || loss == NULL)
+        return PSM_BAD_ARGUMENT;
+    if (!FN(decomposable)(opt, labels))
+        return PSM_NOT_DECOMPOSABLE;
+    double normalizer;
+    int64_t status = call_normalizer(labels, outer, inner, total_classes, opt,
+                                     &normalizer);
+    if (status != PSM_OK)
+        return status;
+    /* summed as psm_softmax_loss sums: by chunks, in order */
+    int64_t chunk_positions = PSM_CHUNK_ELEMENTS / total_classes;
+    if (chunk_positions < 1)
+        chunk_positions = 1;
+    double eps = opt->label_smoothing, total = 0.0, chunk_total = 0.0;
+    const double *w = opt->class_weight;
+    for (int64_t pos = 0; pos < outer * inner; pos++) {
+        if (pos % chunk_positions == 0) {
+            total += chunk_total;
+            chunk_total = 0.0;
+        }
+        FN(target) t = {w, NULL, -1, 0.0, 1.0 - eps, eps / (double)total_classes};
+        const psm_partial *p = &state[pos];
+        REAL x_y = 0;
+        if (labels) {
+            int64_t y = labels[pos];
+            if (opt->use_ignore_index && y == opt->ignore_index) {
+                if (losses)
+                    losses[pos] = 0;
+                continue;
+            }
+            t.label = y;
+            t.label_part = (1.0 - eps) * (w ? w[y] : 1.0);
+        } else {
+            t.probs = &x_y;   /* marks probability targets; never read here */
+        }
+        if (FN(is_one_hot)(&t)) {
+            if (p->label_found != 1)   /* the label's block is missing, or twice */
+                return PSM_BAD_ARGUMENT;
+            x_y = (REAL)p->label_logit;
+        }
+        FN(row_state) st = FN(state_from)(p);
+        double l = FN(position_loss)(&st, x_y, NULL, total_classes, 1, &t, opt->method);
+        if (losses)
+            losses[pos] = (REAL)l;
+        chunk_total += l;
+    }
+    total += chunk_total;
+    *loss = (opt->reduction == PSM_NONE || opt->reduction == PSM_SUM)
+        ? total : total / normalizer;
+    return PSM_OK;
 }
 
 int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
