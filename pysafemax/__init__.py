@@ -8,6 +8,8 @@ from ._constants import DBL_MIN_LOSS, FLT_MIN_LOSS
 from ._core import (ReferenceMismatchError, check_tolerance, get_num_threads,
                     log_softmax, set_num_threads, simd_level, softmax,
                     softmax_loss)
+from ._partials import (SoftmaxPartials, combine_partials, grad_from_partials,
+                        loss_from_partials, softmax_partials)
 from ._validation import METHODS, REDUCTIONS
 from .diagnostics import DiagnosisReport, diagnose
 
@@ -16,6 +18,8 @@ __version__ = "0.1.0"
 __all__ = [
     "diagnose", "DiagnosisReport",
     "softmax_loss", "softmax", "log_softmax", "check_tolerance",
+    "softmax_partials", "combine_partials", "loss_from_partials",
+    "grad_from_partials", "SoftmaxPartials",
     "set_num_threads", "get_num_threads", "simd_level",
     "ReferenceMismatchError", "METHODS", "REDUCTIONS", "FLT_MIN_LOSS",
     "DBL_MIN_LOSS", "__version__",

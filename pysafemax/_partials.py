@@ -1,0 +1,364 @@
+"""Class-sharded softmax loss: partial states that merge exactly.
+
+When a position's classes are split into blocks (a vocabulary spread over
+workers, or logits too wide for one call), each block gives a partial state
+per position: its max, the sum of exp(x - max) below it, the label's logit
+if the label is in the block, and what label smoothing or probability
+targets add.  Two states merge by rescaling the smaller max's sum to the
+larger (the online normalizer of Milakov and Gimelshein, as in Megatron's
+vocab-parallel cross entropy), so the merged state, and the loss from it,
+are those of one call over all the classes, up to float rounding, whatever
+the grouping and order of the merges.
+
+Like pysafemax._core, this module only validates, allocates and calls the
+kernel; the arithmetic is csrc's (psm_softmax_partials and its siblings).
+"""
+import numpy as np
+from _pysafemax_kernel import ffi, lib
+
+from . import _core, _validation
+
+__all__ = ["SoftmaxPartials", "softmax_partials", "combine_partials",
+           "loss_from_partials", "grad_from_partials"]
+
+# psm_partial, field for field (csrc/softmax_loss.h).
+STATE_DTYPE = np.dtype([
+    ("max", np.float64), ("rest", np.float64), ("ties", np.float64),
+    ("cross", np.float64), ("cross_mass", np.float64), ("mass", np.float64),
+    ("label_logit", np.float64), ("label_found", np.int32), ("cross_inf", np.int32),
+])
+assert STATE_DTYPE.itemsize == ffi.sizeof("psm_partial")
+
+_PARTIAL_KERNELS = {
+    np.dtype(np.float32): ("float[]", lib.psm_softmax_partials_f32,
+                           lib.psm_loss_from_partials_f32, lib.psm_grad_from_partials_f32),
+    np.dtype(np.float64): ("double[]", lib.psm_softmax_partials_f64,
+                           lib.psm_loss_from_partials_f64, lib.psm_grad_from_partials_f64),
+}
+
+
+class SoftmaxPartials:
+    """The partial softmax-loss state of every position over some of its
+    classes, from softmax_partials() or combine_partials().
+
+    Attributes (read-only):
+      classes_covered  the class ranges [start, stop) merged in, sorted
+      num_classes      how many classes a position has in all
+      complete         whether every class is covered (then the loss and
+                       gradients can be taken)
+      position_shape   the logits' shape without the class axis
+      state            the kernel's per-position state (psm_partial in
+                       csrc/softmax_loss.h), shaped like the positions
+      max, sum_exp     each position's max logit so far and the sum of
+                       exp(x - max) over its covered classes (naive: max 0)
+
+    The options the blocks were computed with (method, weight, ignore_index,
+    label_smoothing, the labels) travel with the state: states merge only
+    with states computed with the same ones.  States pickle, so they can be
+    computed on other processes or machines.
+    """
+
+    def __init__(self, state, *, classes_covered, num_classes, position_shape,
+                 axis, compute_dtype, result_dtype, method, labels,
+                 uses_probabilities, weight, ignore_index, label_smoothing):
+        state.flags.writeable = False
+        self._state = state
+        self.classes_covered = tuple(classes_covered)
+        self.num_classes = num_classes
+        self.position_shape = tuple(position_shape)
+        self.axis = axis
+        self.compute_dtype = compute_dtype
+        self.result_dtype = result_dtype
+        self.method = method
+        self.labels = labels
+        self.uses_probabilities = uses_probabilities
+        self.weight = weight
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+
+    @property
+    def complete(self):
+        return self.classes_covered == ((0, self.num_classes),)
+
+    @property
+    def state(self):
+        return self._state.reshape(self.position_shape)
+
+    @property
+    def max(self):
+        return self.state["max"]
+
+    @property
+    def sum_exp(self):
+        return self.state["rest"] + self.state["ties"]
+
+    def __repr__(self):
+        covered = ", ".join(f"[{a}, {b})" for a, b in self.classes_covered)
+        return (f"SoftmaxPartials(positions {self.position_shape}, classes {covered} "
+                f"of {self.num_classes}, method={self.method!r}, "
+                f"dtype={self.result_dtype})")
+
+    def _options(self, reduction, threads):
+        return _options(self.method, reduction, threads, self.weight, self.ignore_index,
+                        self.label_smoothing)
+
+
+def _options(method, reduction, threads, weight, ignore_index, label_smoothing):
+    """The kernel's options; the weight buffer returned with them must be kept
+    alive through the call."""
+    options = ffi.new("psm_options *")
+    options.method = _core._METHOD_IDS[method]
+    options.reduction = _core._REDUCTION_IDS[reduction]
+    options.threads = _core.get_num_threads() if threads is None else threads
+    options.portable = _core._PORTABLE
+    if ignore_index is not None:
+        options.use_ignore_index = 1
+        options.ignore_index = ignore_index
+    weight_buffer = _core._buffer(weight, "double[]")
+    options.class_weight = weight_buffer
+    options.label_smoothing = label_smoothing
+    return options, weight_buffer
+
+
+def _class_block(class_offset, num_classes, block_classes, weight):
+    """Check class_offset and num_classes against a block's width."""
+    class_offset = _validation._integer(class_offset, "class_offset")
+    if class_offset < 0:
+        raise ValueError(f"class_offset must be >= 0, got {class_offset}")
+    if num_classes is None:
+        num_classes = len(weight) if weight is not None and np.ndim(weight) == 1 \
+            else class_offset + block_classes
+    num_classes = _validation._integer(num_classes, "num_classes")
+    if class_offset + block_classes > num_classes:
+        raise ValueError(
+            f"a block of {block_classes} classes at class_offset {class_offset} "
+            f"ends at class {class_offset + block_classes}, past num_classes = "
+            f"{num_classes}")
+    return class_offset, num_classes
+
+
+def _not_decomposable(method):
+    return ValueError(
+        f"method={method!r} has no partial state with label smoothing or "
+        f"probability targets: it clamps every class's probability after the "
+        f"whole sum is known; use method='stable', or softmax_loss on whole rows")
+
+
+def _block_targets(x, labels, num_classes, weight, ignore_index, label_smoothing):
+    """Targets of a block: labels are checked against all num_classes
+    classes, probability targets have the block's shape."""
+    whole = x._replace(classes=num_classes)
+    return _validation.targets(labels, whole, weight=weight, ignore_index=ignore_index,
+                               label_smoothing=label_smoothing)
+
+
+def _label_error(t, status, num_classes):
+    if status > 0:
+        raise _validation.label_out_of_range(t.given_labels, status - 1, num_classes,
+                                             t.ignore_index)
+    if status == lib.PSM_NOT_DECOMPOSABLE:
+        raise RuntimeError("pysafemax kernel found no partial state for these options")
+    _core._raise_for_status(status)
+
+
+def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, axis=1,
+                     method="stable", weight=None, ignore_index=None,
+                     label_smoothing=0.0, threads=None):
+    """The partial state of every position over one block of its classes.
+
+    logits_block  classes [class_offset, class_offset + C_block) of every
+                  position, with the class axis `axis` (as softmax_loss)
+    labels        the positions' class indices over all num_classes classes
+                  (shaped like the positions), or the block's probability
+                  targets (shaped like logits_block)
+    num_classes   every position's class count; default: len(weight) if
+                  weight is given, else class_offset + C_block (the block is
+                  the last).  Label smoothing spreads over num_classes.
+    weight        per-class weights for all num_classes classes
+    method, ignore_index, label_smoothing, threads: as softmax_loss.
+    naive and maxsub take class-index labels without smoothing only.
+
+    Merge the blocks' states with combine_partials(), then take
+    loss_from_partials() and grad_from_partials().
+    """
+    x = _validation.logits_array(logits_block, axis)
+    method = _validation.choice(method, "method", _validation.METHODS)
+    class_offset, num_classes = _class_block(class_offset, num_classes, x.classes, weight)
+    t = _block_targets(x, labels, num_classes, weight, ignore_index, label_smoothing)
+    if method != "stable" and (t.probs is not None or t.label_smoothing != 0.0):
+        raise _not_decomposable(method)
+    threads = None if threads is None else _validation.thread_count(threads)
+
+    ctype, partials_kernel, _, _ = _PARTIAL_KERNELS[x.array.dtype]
+    state = np.empty(x.outer * x.inner, dtype=STATE_DTYPE)
+    options, _weight = _options(method, "sum", threads, t.weight, t.ignore_index,
+                                t.label_smoothing)
+    status = partials_kernel(
+        _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset,
+        num_classes, _core._buffer(t.labels, "int64_t[]"), _core._buffer(t.probs, ctype),
+        options, ffi.from_buffer("psm_partial[]", state))
+    _label_error(t, status, num_classes)
+    return SoftmaxPartials(
+        state, classes_covered=[(class_offset, class_offset + x.classes)],
+        num_classes=num_classes, position_shape=x.position_shape, axis=x.axis,
+        compute_dtype=x.array.dtype, result_dtype=x.result_dtype, method=method,
+        labels=t.labels, uses_probabilities=t.probs is not None, weight=t.weight,
+        ignore_index=t.ignore_index, label_smoothing=t.label_smoothing)
+
+
+def _same(a, b):
+    if a is None or b is None:
+        return a is b
+    return a is b or (a.shape == b.shape and np.array_equal(a, b))
+
+
+def _check_compatible(first, other, k):
+    checks = [("position_shape", first.position_shape == other.position_shape),
+              ("num_classes", first.num_classes == other.num_classes),
+              ("method", first.method == other.method),
+              ("dtype", first.compute_dtype == other.compute_dtype),
+              ("axis", first.axis == other.axis),
+              ("ignore_index", first.ignore_index == other.ignore_index),
+              ("label_smoothing", first.label_smoothing == other.label_smoothing),
+              ("targets", first.uses_probabilities == other.uses_probabilities),
+              ("weight", _same(first.weight, other.weight)),
+              ("labels", _same(first.labels, other.labels))]
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(f"parts[{k}] differs from parts[0] in its {name}: only "
+                             f"states of the same positions with the same options merge")
+
+
+def _union(ranges):
+    """Sorted, coalesced class ranges; overlapping ones would count classes twice."""
+    merged = []
+    for start, stop in sorted(ranges):
+        if merged and start < merged[-1][1]:
+            raise ValueError(
+                f"class ranges [{merged[-1][0]}, {merged[-1][1]}) and [{start}, {stop}) "
+                f"overlap: each class must be merged once")
+        if merged and start == merged[-1][1]:
+            merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def combine_partials(*parts):
+    """Merge states of the same positions over disjoint class blocks.
+
+    Exact up to float rounding, associative and commutative: any grouping
+    and order gives the state (and the loss) of one call over the union of
+    the blocks.  Returns a new SoftmaxPartials; the parts are unchanged.
+    """
+    if len(parts) == 1 and isinstance(parts[0], (list, tuple)):
+        parts = tuple(parts[0])
+    if not parts:
+        raise TypeError("combine_partials needs at least one SoftmaxPartials")
+    for k, part in enumerate(parts):
+        if not isinstance(part, SoftmaxPartials):
+            raise TypeError(f"parts[{k}] must be a SoftmaxPartials (from "
+                            f"softmax_partials), got {type(part).__name__}")
+        _check_compatible(parts[0], part, k)
+    covered = _union([r for part in parts for r in part.classes_covered])
+    state = parts[0]._state.copy()
+    into = ffi.from_buffer("psm_partial[]", state)
+    for part in parts[1:]:
+        lib.psm_combine_partials(state.size, ffi.from_buffer(
+            "psm_partial[]", part._state, require_writable=False), into)
+    first = parts[0]
+    return SoftmaxPartials(
+        state, classes_covered=covered, num_classes=first.num_classes,
+        position_shape=first.position_shape, axis=first.axis,
+        compute_dtype=first.compute_dtype, result_dtype=first.result_dtype,
+        method=first.method, labels=first.labels,
+        uses_probabilities=first.uses_probabilities, weight=first.weight,
+        ignore_index=first.ignore_index, label_smoothing=first.label_smoothing)
+
+
+def _require_complete(state, what):
+    if not isinstance(state, SoftmaxPartials):
+        raise TypeError(f"state must be a SoftmaxPartials, got {type(state).__name__}")
+    if state.complete:
+        return
+    missing, start = [], 0
+    for a, b in state.classes_covered:
+        if a > start:
+            missing.append(f"[{start}, {a})")
+        start = b
+    if start < state.num_classes:
+        missing.append(f"[{start}, {state.num_classes})")
+    raise ValueError(f"{what} needs every class merged in: classes "
+                     f"{', '.join(missing)} of {state.num_classes} are missing")
+
+
+def loss_from_partials(state, *, reduction="mean"):
+    """The loss from a state covering every class: as softmax_loss with the
+    options the state was computed with, and this reduction (a float, or for
+    "none" the per-position losses in the logits' dtype)."""
+    _require_complete(state, "loss_from_partials")
+    reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
+    ctype, _, loss_kernel, _ = _PARTIAL_KERNELS[state.compute_dtype]
+    outer, inner = _outer_inner(state)
+    losses = (np.empty(state.position_shape, dtype=state.compute_dtype)
+              if reduction == "none" else None)
+    options, _weight = state._options(reduction, 1)
+    result = ffi.new("double *")
+    status = loss_kernel(
+        ffi.from_buffer("psm_partial[]", state._state, require_writable=False), outer,
+        inner, state.num_classes, _core._buffer(state.labels, "int64_t[]"), options,
+        _core._buffer(losses, ctype), result)
+    _core._raise_for_status(status)
+    if reduction == "none":
+        with np.errstate(over="ignore"):
+            return losses.astype(state.result_dtype, copy=False)
+    return result[0]
+
+
+def _outer_inner(state):
+    """The kernel's outer x inner view of the positions."""
+    shape = state.position_shape
+    outer = int(np.prod(shape[:state.axis], dtype=np.int64))
+    inner = int(np.prod(shape[state.axis:], dtype=np.int64))
+    return outer, inner
+
+
+def grad_from_partials(state, logits_block, labels, *, class_offset=0,
+                       reduction="mean", threads=None):
+    """d loss / d logits_block: one block's gradient, from a state covering
+    every class (the merge of all blocks' states).
+
+    logits_block, labels and class_offset are those the block's partials
+    were computed with; the other options come from the state.  The result
+    has logits_block's shape and dtype, and equals that block of
+    softmax_loss(..., return_grad=True)'s gradient up to float rounding.
+    """
+    _require_complete(state, "grad_from_partials")
+    reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
+    x = _validation.logits_array(logits_block, state.axis)
+    if x.position_shape != state.position_shape:
+        raise ValueError(f"logits_block has positions {x.position_shape}, the state "
+                         f"{state.position_shape}")
+    if x.array.dtype != state.compute_dtype:
+        raise TypeError(f"logits_block must have the state's dtype "
+                        f"{state.result_dtype}, got {x.result_dtype}")
+    class_offset, _ = _class_block(class_offset, state.num_classes, x.classes, None)
+    t = _block_targets(x, labels, state.num_classes, state.weight, state.ignore_index,
+                       state.label_smoothing)
+    if (t.probs is not None) != state.uses_probabilities or not (
+            t.labels is None or _same(t.labels, state.labels)):
+        raise ValueError("labels differ from those the partials were computed with")
+    threads = None if threads is None else _validation.thread_count(threads)
+
+    ctype, _, _, grad_kernel = _PARTIAL_KERNELS[x.array.dtype]
+    grad = np.empty_like(x.array)
+    options, _weight = state._options(reduction, threads)
+    status = grad_kernel(
+        _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset,
+        state.num_classes, _core._buffer(t.labels, "int64_t[]"),
+        _core._buffer(t.probs, ctype), options,
+        ffi.from_buffer("psm_partial[]", state._state, require_writable=False),
+        _core._buffer(grad, ctype))
+    _label_error(t, status, state.num_classes)
+    with np.errstate(over="ignore"):
+        return grad.astype(x.result_dtype, copy=False)
