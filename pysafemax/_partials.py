@@ -50,7 +50,8 @@ class SoftmaxPartials:
       state            the kernel's per-position state (psm_partial in
                        csrc/softmax_loss.h), shaped like the positions
       max, sum_exp     each position's max logit so far and the sum of
-                       exp(x - max) over its covered classes (naive: max 0)
+                       exp(x - max) over its covered classes (naive: max 0;
+                       -inf and 0 where no logit is above -inf)
 
     The options the blocks were computed with (method, weight, ignore_index,
     label_smoothing, the labels) travel with the state: states merge only
@@ -90,7 +91,11 @@ class SoftmaxPartials:
 
     @property
     def sum_exp(self):
-        return self.state["rest"] + self.state["ties"]
+        state = self.state
+        # The kernel counts logits equal to the max apart ("ties"); where the
+        # max is -inf they are -inf logits, whose terms are 0.
+        return np.where(state["max"] == -np.inf, state["rest"] * 0.0,
+                        state["rest"] + state["ties"])
 
     def __repr__(self):
         covered = ", ".join(f"[{a}, {b})" for a, b in self.classes_covered)

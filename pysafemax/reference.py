@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _validation
 
-__all__ = ["softmax_loss", "softmax", "log_softmax"]
+__all__ = ["softmax_loss", "softmax", "log_softmax", "softmax_partials"]
 
 
 def _row_stats(x, method):
@@ -192,3 +192,41 @@ def log_softmax(logits, *, axis=1):
         out = (x.astype(np.float64) - m) - np.log1p(s)[:, None]
         out[~np.isfinite(m[:, 0])] = np.nan
         return _from_positions_by_classes(out, lg).astype(lg.result_dtype)
+
+
+def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, axis=1,
+                     method="stable", ignore_index=None):
+    """numpy twin of the state pysafemax.softmax_partials keeps for each
+    position of a block of classes, as a dict of arrays shaped like the
+    positions: "max" (the shift: the block's max, 0 for naive, -inf where no
+    logit is above -inf or the label is ignored), "sum_exp" (the double sum of
+    exp(x - max) taken in the logits' dtype) and "label_logit" (the label's
+    logit where the block holds it, else NaN)."""
+    lg = _validation.logits_array(logits_block, axis)
+    _validation.choice(method, "method", _validation.METHODS)
+    num_classes = class_offset + lg.classes if num_classes is None else num_classes
+    t = _validation.targets(labels, lg._replace(classes=num_classes),
+                            ignore_index=ignore_index)
+    x = _positions_by_classes(lg.array, lg.axis)
+    with np.errstate(all="ignore"):
+        if method == "naive":
+            shift = np.zeros(x.shape[0], dtype=x.dtype)
+        else:
+            finite_max = np.where(np.isnan(x), -np.inf, x).max(axis=1)
+            shift = finite_max.astype(x.dtype)
+        e = np.exp(x - shift[:, None]).astype(np.float64)
+        e[np.isneginf(shift)] = np.where(np.isnan(x[np.isneginf(shift)]), np.nan, 0.0)
+        sum_exp = e.sum(axis=1)
+    label_logit = np.full(x.shape[0], np.nan)
+    if t.labels is not None:
+        local = t.labels.reshape(-1) - class_offset
+        held = (local >= 0) & (local < lg.classes)
+        label_logit[held] = x[np.flatnonzero(held), local[held]]
+        if t.ignore_index is not None:
+            ignored = t.labels.reshape(-1) == t.ignore_index
+            shift = np.where(ignored, -np.inf, shift)
+            sum_exp[ignored] = 0.0
+            label_logit[ignored] = np.nan
+    return {name: value.astype(np.float64).reshape(lg.position_shape)
+            for name, value in (("max", shift), ("sum_exp", sum_exp),
+                                ("label_logit", label_logit))}
