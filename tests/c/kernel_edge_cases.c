@@ -220,6 +220,68 @@ static void threads_and_twins(void)
     free(x); free(y); free(g1); free(g2); free(l1); free(l2);
 }
 
+/* Class blocks: every block's partial state, merged, gives the single call's
+ * loss and gradient; a block reads and writes only its own classes. */
+static void class_blocks(int64_t outer, int64_t classes, int64_t inner)
+{
+    const int64_t positions = outer * inner, n = positions * classes;
+    float *x = floats(n, 11u);
+    int64_t *y = labels_for(positions, classes);
+    float *g = malloc((size_t)(n ? n : 1) * sizeof *g);
+    float *block_g = malloc((size_t)(n ? n : 1) * sizeof *block_g);
+    float *block_x = malloc((size_t)(n ? n : 1) * sizeof *block_x);
+    psm_partial *state = malloc((size_t)(positions ? positions : 1) * sizeof *state);
+    psm_partial *part = malloc((size_t)(positions ? positions : 1) * sizeof *part);
+    for (int method = PSM_NAIVE; method <= PSM_STABLE; method++) {
+        psm_options o = options(method, PSM_MEAN);
+        double whole, merged;
+        CHECK(psm_softmax_loss_f32(x, outer, classes, inner, y, NULL, &o, NULL, &whole,
+                                   g) == PSM_OK);
+        /* blocks [0, 1), [1, half), [half, classes), as (outer, width, inner) copies */
+        int64_t edges[4] = {0, 1, classes / 2 > 1 ? classes / 2 : 1, classes};
+        for (int pass = 0; pass < 2; pass++) {
+            for (int b = 0; b < 3; b++) {
+                int64_t start = edges[b], width = edges[b + 1] - start;
+                if (width < 1)
+                    continue;
+                for (int64_t k = 0; k < outer; k++)
+                    memcpy(block_x + k * width * inner, x + (k * classes + start) * inner,
+                           (size_t)(width * inner) * sizeof *x);
+                if (pass == 0) {
+                    psm_partial *into = start == 0 ? state : part;
+                    CHECK(psm_softmax_partials_f32(block_x, outer, width, inner, start,
+                                                   classes, y, NULL, &o, into) == PSM_OK);
+                    if (start != 0)
+                        psm_combine_partials(positions, part, state);
+                    continue;
+                }
+                CHECK(psm_grad_from_partials_f32(block_x, outer, width, inner, start,
+                                                 classes, y, NULL, &o, state,
+                                                 block_g) == PSM_OK);
+                for (int64_t k = 0; k < outer * width * inner; k++) {
+                    int64_t o_ = k / (width * inner), c = k / inner % width, i = k % inner;
+                    float want = g[(o_ * classes + start + c) * inner + i];
+                    CHECK(fabsf(block_g[k] - want) <= 1e-6f * (1 + fabsf(want)));
+                }
+            }
+            if (pass == 0) {
+                CHECK(psm_loss_from_partials_f32(state, outer, inner, classes, y, &o,
+                                                 NULL, &merged) == PSM_OK);
+                CHECK(fabs(merged - whole) <= 1e-6 * (1 + fabs(whole)));
+            }
+        }
+        if (method != PSM_STABLE) {   /* a smoothed target clamps per class */
+            o.label_smoothing = 0.1;
+            CHECK(psm_softmax_partials_f32(x, outer, classes, inner, 0, classes, y, NULL,
+                                           &o, state) == PSM_NOT_DECOMPOSABLE);
+        }
+    }
+    psm_options o = options(PSM_STABLE, PSM_MEAN);
+    CHECK(psm_softmax_partials_f32(x, outer, classes, inner, 1, classes, y, NULL, &o,
+                                   state) == PSM_BAD_ARGUMENT);   /* past the end */
+    free(x); free(y); free(g); free(block_g); free(block_x); free(state); free(part);
+}
+
 int main(void)
 {
     static const int64_t outers[] = {0, 1, 2, 5};
@@ -232,6 +294,10 @@ int main(void)
     special_values();
     bad_arguments();
     threads_and_twins();
+    for (size_t b = 0; b < sizeof classes / sizeof *classes; b++) {
+        class_blocks(3, classes[b], 1);
+        class_blocks(2, classes[b], 3);
+    }
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
