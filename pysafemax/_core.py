@@ -200,9 +200,9 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     result = ffi.new("double *")
     total = -0.0   # the identity of +: all -0.0 losses sum to -0.0, as in one call
     for index, positions in _blocks(x, _staged_bytes(x, t.probs, grad)):
-        block = np.require(x.array[index], compute, "CA")
+        block = _kernel_input(x.array[index], compute)
         labels_block = None if t.labels is None else t.labels[positions]
-        probs_block = None if t.probs is None else np.require(t.probs[index], compute, "CA")
+        probs_block = None if t.probs is None else _kernel_input(t.probs[index], compute)
         losses_to, losses_block = _kernel_output(losses, positions, compute)
         grad_to, grad_block = _kernel_output(grad, index, compute)
         status = loss_kernel(
@@ -219,11 +219,15 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         _store(losses_to, losses_block)
         _store(grad_to, grad_block)
         total += result[0]
+        # Freed before the next block's copies are made, not after.
+        del block, probs_block, losses_block, grad_block
 
     if reduction == "none":
         loss = losses
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):   # a mean over no weight
+    elif normalizer:
+        loss = total / normalizer
+    else:   # a mean over no weight: NaN (or inf), as the kernel divides
+        with np.errstate(divide="ignore", invalid="ignore"):
             loss = float(np.float64(total) / normalizer)
     return (loss, grad) if return_grad else loss
 
@@ -237,6 +241,11 @@ _STREAM_BYTES = 64 << 20
 
 def _kernel_ready(array, dtype):
     return array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned
+
+
+def _kernel_input(array, dtype):
+    """The array itself if the kernel can read it in place, else a copy."""
+    return array if _kernel_ready(array, dtype) else np.array(array, dtype, order="C")
 
 
 def _staged_bytes(x, probs, grad):
