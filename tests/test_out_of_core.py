@@ -131,6 +131,8 @@ def test_memmaps_larger_than_the_memory_budget(tmp_path):
     args = {name: str(tmp_path / f"{name}.bin")
             for name in ("half", "half_labels", "half_grad", "fortran",
                          "fortran_labels", "fortran_grad")}
+    # Blocks of 16 MiB of copies: the default 64 MiB would not leave room
+    # under the cap for the kernel's second thread's stack and numpy's own.
     args.update(half_losses=str(tmp_path / "half_losses.npy"), budget=budget,
                 half_shape=half_shape, fortran_shape=fortran_shape,
                 stream_bytes=16 * MiB)
