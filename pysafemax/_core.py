@@ -146,6 +146,12 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     check      recompute with pysafemax.reference and raise
                ReferenceMismatchError if the two disagree beyond
                check_tolerance()
+
+    Arrays larger than memory (an np.memmap) work: native float32/float64
+    C-contiguous ones are read in place, and any that need converting
+    (float16, byte-swapped, another layout) are converted a block of whole
+    positions at a time, as are float16 gradients.  check=True checks block
+    by block, but the reference needs several times each block's memory.
     """
     if (type(logits) is np.ndarray and type(labels) is np.ndarray
             and type(axis) is int and axis == 1 and type(method) is str
@@ -155,9 +161,9 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         loss = _plain_loss(logits, labels, method, reduction, threads)
         if loss is not None:
             return loss
-    x = _validation.logits_array(logits, axis)
+    x = _validation.logits_array(logits, axis, convert=False)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
-                            label_smoothing=label_smoothing)
+                            label_smoothing=label_smoothing, convert=False)
     method = _validation.choice(method, "method", _validation.METHODS)
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
     return_grad = _validation.flag(return_grad, "return_grad")
@@ -166,16 +172,16 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     if out is not None:
         out = _validation.gradient_out(out, x, logits, return_grad)
 
-    ctype, loss_kernel, _, _ = _KERNELS[x.array.dtype]
-    losses = (np.empty(x.position_shape, dtype=x.array.dtype)
+    compute = x.compute_dtype
+    ctype, loss_kernel, _, _ = _KERNELS[compute]
+    # Results in the caller's dtype, filled block by block.
+    losses = (np.empty(x.position_shape, dtype=x.result_dtype)
               if reduction == "none" or check else None)
     grad = None
     if return_grad:
-        # out is written directly when the kernel computes in its dtype.
-        grad = out if out is not None and out.dtype == x.array.dtype else np.empty_like(x.array)
+        grad = out if out is not None else np.empty(x.array.shape, dtype=x.result_dtype)
     options = ffi.new("psm_options *")      # zeroed: no weights, no ignore
     options.method = _METHOD_IDS[method]
-    options.reduction = _REDUCTION_IDS[reduction]
     options.threads = threads
     options.portable = _PORTABLE
     if t.ignore_index is not None:
@@ -185,26 +191,142 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         weight_buffer = _buffer(t.weight, "double[]")   # alive through the call
         options.class_weight = weight_buffer
     options.label_smoothing = t.label_smoothing
+    # Every block sums its losses and scales its gradient by the whole
+    # batch's normalizer; the total is divided by it once, at the end.
+    normalizer = _batch_normalizer(x, t, reduction, options)
+    options.reduction = lib.PSM_SUM
+    options.has_normalizer = 1
+    options.normalizer = normalizer
     result = ffi.new("double *")
-    status = loss_kernel(
-        _buffer(x.array, ctype), x.outer, x.classes, x.inner,
-        _buffer(t.labels, "int64_t[]"), _buffer(t.probs, ctype), options,
-        _buffer(losses, ctype), result, _buffer(grad, ctype))
+    total = -0.0   # the identity of +: all -0.0 losses sum to -0.0, as in one call
+    for index, positions in _blocks(x, _staged_bytes(x, t.probs, grad)):
+        block = _kernel_input(x.array[index], compute)
+        labels_block = None if t.labels is None else t.labels[positions]
+        probs_block = None if t.probs is None else _kernel_input(t.probs[index], compute)
+        losses_to, losses_block = _kernel_output(losses, positions, compute)
+        grad_to, grad_block = _kernel_output(grad, index, compute)
+        status = loss_kernel(
+            _buffer(block, ctype), math.prod(block.shape[:x.axis]), x.classes,
+            math.prod(block.shape[x.axis + 1:]), _buffer(labels_block, "int64_t[]"),
+            _buffer(probs_block, ctype), options, _buffer(losses_block, ctype), result,
+            _buffer(grad_block, ctype))
+        _raise_for_status(status)   # every label was checked above
+        if check:  # before float16 results are rounded to float16
+            origin = tuple(s.start or 0 for s in positions[:-1])
+            _check_against_reference(
+                block, probs_block if t.labels is None else labels_block, t, x.axis,
+                method, normalizer, losses_block, grad_block, origin)
+        _store(losses_to, losses_block)
+        _store(grad_to, grad_block)
+        total += result[0]
+        # Freed before the next block's copies are made, not after.
+        del block, probs_block, losses_block, grad_block
+
+    if reduction == "none":
+        loss = losses
+    elif normalizer:
+        loss = total / normalizer
+    else:   # a mean over no weight: NaN (or inf), as the kernel divides
+        with np.errstate(divide="ignore", invalid="ignore"):
+            loss = float(np.float64(total) / normalizer)
+    return (loss, grad) if return_grad else loss
+
+
+# Logits, probability targets and gradients the kernel cannot use in place (of
+# another dtype or layout) are converted a block of whole positions at a time,
+# the block's copies together at most this many bytes, so that an array
+# larger than memory (an np.memmap) streams through.  Tests make it small.
+_STREAM_BYTES = 64 << 20
+
+
+def _kernel_ready(array, dtype):
+    return array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned
+
+
+def _kernel_input(array, dtype):
+    """The array itself if the kernel can read it in place, else a copy."""
+    return array if _kernel_ready(array, dtype) else np.array(array, dtype, order="C")
+
+
+def _staged_bytes(x, probs, grad):
+    """How many bytes per position the block loop copies: of the logits,
+    probability targets and gradient the kernel cannot use in place."""
+    compute = x.compute_dtype
+    staged = sum(a is not None and not _kernel_ready(a, compute)
+                 for a in (x.array, probs, grad))
+    # A block of a gradient the kernel can write is a contiguous slab of it,
+    # written in place, unless blocks cut an axis after the class axis: then
+    # it is staged too.
+    if (staged and grad is not None and _kernel_ready(grad, compute)
+            and x.axis < grad.ndim - 1):
+        staged += 1
+    return staged * x.classes * compute.itemsize
+
+
+def _blocks(x, position_bytes):
+    """(index, positions): the blocks of whole positions that softmax_loss
+    converts and computes one at a time, in the positions' C order; index
+    selects a block of the logits, positions its labels (the Ellipsis keeps a
+    0-d block an array).  A block holds at most _STREAM_BYTES //
+    position_bytes positions: a run along one non-class axis k, every later
+    axis whole, every earlier one fixed (as a length-1 slice, so that the
+    class axis stays where it was), k the first axis whose indices fit in a
+    block.  Blocks take as many indices as fit, so every block but a run's
+    last holds more than half the positions allowed."""
+    shape, axis = x.array.shape, x.axis
+    whole = (slice(None),) * len(shape)
+    positions = math.prod(x.position_shape)
+    # One position cannot be cut (its classes go to one call): 1-D logits,
+    # or a position bigger than the budget, are converted whole.
+    if positions * position_bytes <= _STREAM_BYTES or positions == 1:
+        yield whole, whole[:-1] + (...,)
+        return
+    per_block = max(1, _STREAM_BYTES // position_bytes)
+    fixed, unit = [], positions
+    for k in (a for a in range(len(shape)) if a != axis):
+        unit //= shape[k]              # positions per index along axis k
+        if unit <= per_block:
+            break
+        fixed.append(k)
+    step = per_block // unit
+    for prefix in np.ndindex(*(shape[a] for a in fixed)):
+        index = list(whole)
+        for a, i in zip(fixed, prefix):
+            index[a] = slice(i, i + 1)
+        for start in range(0, shape[k], step):
+            index[k] = slice(start, start + step)
+            yield tuple(index), tuple(index[:axis] + index[axis + 1:]) + (...,)
+
+
+def _kernel_output(whole, index, dtype):
+    """(part of whole, what the kernel writes it through): the part itself
+    when the kernel can write it in place, else a compute-dtype block that
+    _store copies in."""
+    if whole is None:
+        return None, None
+    part = whole[index]
+    return part, part if _kernel_ready(part, dtype) else np.empty(part.shape, dtype)
+
+
+def _store(part, block):
+    if part is not block:
+        with np.errstate(over="ignore"):   # float16: beyond its range is inf
+            np.copyto(part, block, casting="unsafe")
+
+
+def _batch_normalizer(x, t, reduction, options):
+    """What the whole batch's reduction divides by (psm_normalizer).  Checks
+    every label first, and raises the ValueError naming the first bad one."""
+    positions = math.prod(x.position_shape)
+    valid, weight_sum = ffi.new("int64_t *"), ffi.new("double *")
+    status = lib.psm_label_summary(_buffer(t.labels, "int64_t[]"), positions,
+                                   x.classes, options, valid, weight_sum)
     if status > 0:
         raise _validation.label_out_of_range(t.given_labels, status - 1,
                                              x.classes, t.ignore_index)
     _raise_for_status(status)
-
-    if check:  # before float16 results are rounded to float16
-        _check_against_reference(x, t, method, reduction, losses, grad)
-    loss = _in_dtype(losses, x) if reduction == "none" else result[0]
-    if not return_grad:
-        return loss
-    if out is not None and grad is not out:
-        with np.errstate(over="ignore"):
-            np.copyto(out, grad, casting="unsafe")
-        return loss, out
-    return loss, _in_dtype(grad, x)
+    return lib.psm_normalizer(_REDUCTION_IDS[reduction], valid[0], weight_sum[0],
+                              positions, x.outer)
 
 
 _PLAIN_KERNELS = {np.dtype(np.float32): ("float[]", lib.psm_softmax_loss_f32),
@@ -259,24 +381,38 @@ def _in_dtype(result, x):
         return result.astype(x.result_dtype, copy=False)
 
 
-def _check_against_reference(x, t, method, reduction, losses, grad):
-    tol = check_tolerance(x.array.dtype, x.classes)
-    labels = t.probs if t.labels is None else t.labels
-    options = dict(axis=x.axis, method=method, weight=t.weight,
-                   ignore_index=t.ignore_index, label_smoothing=t.label_smoothing)
-    expected = reference.softmax_loss(x.array, labels, reduction="none", **options)
-    _compare("loss", losses, expected, tol, method, 1)
-    if grad is not None:
-        _, expected_grad = reference.softmax_loss(
-            x.array, labels, reduction=reduction, return_grad=True, **options)
-        # Compare per position: move the class axis last.
-        _compare("gradient", np.moveaxis(grad, x.axis, -1),
-                 np.moveaxis(expected_grad, x.axis, -1), tol, method, x.classes)
+def _check_against_reference(logits, targets, t, axis, method, normalizer,
+                             losses, grad, origin):
+    """Compare one block's losses and gradient (in the compute dtype) with
+    pysafemax.reference on the block; origin is the block's first position,
+    so that an error names the position in the whole batch."""
+    tol = check_tolerance(logits.dtype, logits.shape[axis])
+    expected = reference.softmax_loss(
+        logits, targets, axis=axis, method=method, weight=t.weight,
+        ignore_index=t.ignore_index, label_smoothing=t.label_smoothing,
+        reduction="none", return_grad=grad is not None)
+    expected_losses, expected_grad = expected if grad is not None else (expected, None)
+    _compare("loss", losses, expected_losses, tol, method, 1, origin)
+    if grad is None:
+        return
+    # reduction="none" leaves the gradient unscaled: scale it by the whole
+    # batch's normalizer as the kernel does, in the logits' dtype (one more
+    # rounding for stable, well within tol).  Ignored positions are zeroed
+    # after scaling, since 0 * inf (a mean over no weight) is NaN.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = logits.dtype.type(np.float64(1.0) / normalizer)
+        expected_grad = np.moveaxis(expected_grad, axis, -1) * scale
+    if t.ignore_index is not None:
+        expected_grad[targets == t.ignore_index] = 0
+    # Compare per position: the class axis last.
+    _compare("gradient", np.moveaxis(grad, axis, -1), expected_grad, tol, method,
+             logits.shape[axis], origin)
 
 
-def _compare(what, got, expected, tol, method, width):
-    """Raise ReferenceMismatchError naming the worst position unless got and
-    expected (positions, then `width` values each) agree."""
+def _compare(what, got, expected, tol, method, width, origin):
+    """Raise ReferenceMismatchError naming the worst position (counted from
+    origin) unless got and expected (positions, then `width` values each)
+    agree."""
     positions = np.shape(got)[:-1] if what == "gradient" else np.shape(got)
     got = np.asarray(got, dtype=np.float64).reshape(math.prod(positions), width)
     expected = np.asarray(expected, dtype=np.float64).reshape(got.shape)
@@ -293,10 +429,11 @@ def _compare(what, got, expected, tol, method, width):
     flat = int(np.argmax(np.where(position_bad, position_error, -1)))
     col = int(np.argmax(bad[flat]))
     index = np.unravel_index(flat, positions) if positions else ()
+    index = [int(k) + start for k, start in zip(index, origin)]
     if len(index) == 1:
-        at = f"row {int(index[0])}"
+        at = f"row {index[0]}"
     else:
-        at = "position [" + ", ".join(str(int(k)) for k in index) + "]"
+        at = "position [" + ", ".join(str(k) for k in index) + "]"
     if what == "gradient":
         at += f", class {col}"
     raise ReferenceMismatchError(

@@ -32,11 +32,17 @@ _COMPUTE_DTYPE = {
 class Logits(NamedTuple):
     """Logits ready for a kernel, seen as outer x classes x inner."""
     array: np.ndarray          # compute dtype, C-contiguous, the caller's shape
+                               # (as given, with convert=False)
     result_dtype: np.dtype     # what results are returned in
     axis: int                  # the class axis, non-negative
     outer: int
     classes: int
     inner: int
+
+    @property
+    def compute_dtype(self):
+        """The dtype the kernel computes in (float32 for float16)."""
+        return _COMPUTE_DTYPE[self.result_dtype]
 
     @property
     def position_shape(self):
@@ -68,8 +74,9 @@ def _integer(value, name):
     return int(value)
 
 
-def logits_array(logits, axis=1):
-    """Check logits and the class axis; see Logits."""
+def logits_array(logits, axis=1, convert=True):
+    """Check logits and the class axis; see Logits.  convert=False leaves the
+    array as given, for a caller that converts it block by block."""
     x = logits if type(logits) is np.ndarray else _as_array(logits, "logits")
     # The common case first: a native float32/float64 array (cheap checks,
     # since they run on every call).
@@ -96,7 +103,7 @@ def logits_array(logits, axis=1):
             f"logits has no classes: shape {x.shape}, axis {axis}; C must be >= 1")
     outer = math.prod(x.shape[:axis])
     inner = math.prod(x.shape[axis + 1:])
-    if compute is dtype and x.flags.c_contiguous and x.flags.aligned:
+    if not convert or (compute is dtype and x.flags.c_contiguous and x.flags.aligned):
         array = x
     else:
         array = np.require(x, dtype=compute, requirements="CA")
@@ -105,8 +112,11 @@ def logits_array(logits, axis=1):
 
 
 def targets(labels, logits, *, weight=None, ignore_index=None,
-            label_smoothing=0.0):
-    """Check labels (class indices or probabilities) and the options on them."""
+            label_smoothing=0.0, convert=True):
+    """Check labels (class indices or probabilities) and the options on them.
+    convert=False leaves probability targets as given, for a caller that
+    converts them block by block (class indices are converted: they are C
+    times smaller than the logits)."""
     position_shape = logits.position_shape
     if type(labels) is np.ndarray:
         given = labels
@@ -133,7 +143,8 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
             raise ValueError(
                 "ignore_index applies to class-index labels only; probability "
                 "targets (floating labels) take ignore_index=None")
-        probs = np.require(given, dtype=logits.array.dtype, requirements="CA")
+        probs = (np.require(given, dtype=logits.compute_dtype, requirements="CA")
+                 if convert else given)
         return Targets(None, None, probs, weight, None, label_smoothing)
 
     if given.dtype.kind not in "iu":
