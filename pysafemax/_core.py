@@ -191,15 +191,24 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         weight_buffer = _buffer(t.weight, "double[]")   # alive through the call
         options.class_weight = weight_buffer
     options.label_smoothing = t.label_smoothing
-    # Every block sums its losses and scales its gradient by the whole
-    # batch's normalizer; the total is divided by it once, at the end.
-    normalizer = _batch_normalizer(x, t, reduction, options)
-    options.reduction = lib.PSM_SUM
-    options.has_normalizer = 1
-    options.normalizer = normalizer
+    if x.array.size * compute.itemsize * 3 <= _STREAM_BYTES:
+        blocks = [(..., ...)]   # small enough to stage everything at once
+    else:
+        blocks = list(_blocks(x, _staged_bytes(x, t.probs, grad)))
+    streamed = len(blocks) > 1
+    normalizer = _batch_normalizer(x, t, reduction, options) if streamed or check else None
+    if streamed:
+        # Every block sums its losses and scales its gradient by the whole
+        # batch's normalizer; the total is divided by it once, at the end.
+        options.reduction = lib.PSM_SUM
+        options.has_normalizer = 1
+        options.normalizer = normalizer
+    else:
+        # One call: the kernel checks the labels and reduces by itself.
+        options.reduction = _REDUCTION_IDS[reduction]
     result = ffi.new("double *")
     total = -0.0   # the identity of +: all -0.0 losses sum to -0.0, as in one call
-    for index, positions in _blocks(x, _staged_bytes(x, t.probs, grad)):
+    for index, positions in blocks:
         block = _kernel_input(x.array[index], compute)
         labels_block = None if t.labels is None else t.labels[positions]
         probs_block = None if t.probs is None else _kernel_input(t.probs[index], compute)
@@ -210,9 +219,13 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
             math.prod(block.shape[x.axis + 1:]), _buffer(labels_block, "int64_t[]"),
             _buffer(probs_block, ctype), options, _buffer(losses_block, ctype), result,
             _buffer(grad_block, ctype))
-        _raise_for_status(status)   # every label was checked above
+        if status > 0:   # one call (streamed calls checked every label first)
+            raise _validation.label_out_of_range(t.given_labels, status - 1,
+                                                 x.classes, t.ignore_index)
+        _raise_for_status(status)
         if check:  # before float16 results are rounded to float16
-            origin = tuple(s.start or 0 for s in positions[:-1])
+            origin = (tuple(s.start or 0 for s in positions[:-1]) if streamed
+                      else (0,) * len(x.position_shape))
             _check_against_reference(
                 block, probs_block if t.labels is None else labels_block, t, x.axis,
                 method, normalizer, losses_block, grad_block, origin)
@@ -224,6 +237,8 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
 
     if reduction == "none":
         loss = losses
+    elif not streamed:
+        loss = result[0]
     elif normalizer:
         loss = total / normalizer
     else:   # a mean over no weight: NaN (or inf), as the kernel divides
