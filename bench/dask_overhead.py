@@ -25,7 +25,8 @@ Rows, each the median of --rounds interleaved rounds (one call each):
                       worker processes with 1 thread each (--no-cluster skips)
 
 ratio = dask time / single time (+grad rows against single+grad), and
-added = their difference.  X and Y are persisted before timing, in
+added = their difference, both of the medians; the fastest round is shown
+too, as the machine's noise can move a median.  X and Y are persisted before timing, in
 contiguous chunks (on the cluster: made and held by its workers), as a
 dask user's data is; x and y are the same values as numpy arrays.  Every
 kernel call uses pysafemax's default thread count (all cores), in both
@@ -162,12 +163,12 @@ def report(name, shape, chunks, rows):
     blocks = [-(-n // c) for n, c in zip(shape, chunks)]
     print(f"\n== {name}: {shape} float32, {shape[0] * shape[1] * 4 / 1e9:.3g} GB, chunks "
           f"{chunks}: {blocks[0]} x {blocks[1]} blocks")
-    print(f"  {'row':<22}{'median':>12}{'ratio':>9}{'added':>13}")
+    print(f"  {'row':<22}{'median':>12}{'fastest':>12}{'ratio':>9}{'added':>13}")
     median = {row.name: statistics.median(row.times) for row in rows}
     records = []
     for row in rows:
         seconds = median[row.name]
-        line = f"  {row.name:<22}{format_time(seconds):>12}"
+        line = f"  {row.name:<22}{format_time(seconds):>12}{format_time(min(row.times)):>12}"
         record = {"layout": name, "shape": list(shape), "chunks": list(chunks),
                   "row": row.name, "seconds": seconds, "seconds_all": row.times}
         if row.baseline is not None:
