@@ -338,8 +338,16 @@ def grad_from_partials(state, logits_block, labels, *, class_offset=0,
     has logits_block's shape and dtype, and equals that block of
     softmax_loss(..., return_grad=True)'s gradient up to float rounding.
     """
-    _require_complete(state, "grad_from_partials")
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
+    return block_grad(state, logits_block, labels, class_offset, reduction, threads)
+
+
+def block_grad(state, logits_block, labels, class_offset, reduction, threads,
+               normalizer=None):
+    """grad_from_partials, scaled by `normalizer` instead of the reduction's
+    own when given: the whole batch's, for a state of some of its rows
+    (pysafemax.dask)."""
+    _require_complete(state, "grad_from_partials")
     x = _validation.logits_array(logits_block, state.axis)
     if x.position_shape != state.position_shape:
         raise ValueError(f"logits_block has positions {x.position_shape}, the state "
@@ -358,6 +366,9 @@ def grad_from_partials(state, logits_block, labels, *, class_offset=0,
     ctype, _, _, grad_kernel = _PARTIAL_KERNELS[x.array.dtype]
     grad = np.empty_like(x.array)
     options, _weight = state._options(reduction, threads)
+    if normalizer is not None:
+        options.has_normalizer = 1
+        options.normalizer = normalizer
     status = grad_kernel(
         _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset,
         state.num_classes, _core._buffer(t.labels, "int64_t[]"),

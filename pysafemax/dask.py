@@ -475,16 +475,5 @@ def _state_loss(reduction, state):
 
 def _block_grad(call, normalizer, state, logits_block, targets_block, class_offset):
     """grad_from_partials, scaled by the whole batch's normalizer."""
-    x = _validation.logits_array(logits_block, call.axis)
-    t = _partials._block_targets(x, _targets_of(targets_block), call.classes,
-                                 call.weight, call.ignore_index, call.label_smoothing)
-    ctype, _, _, grad_kernel = _partials._PARTIAL_KERNELS[x.array.dtype]
-    options, _weight = _scaled_options(call, normalizer, t)
-    grad = np.empty_like(x.array)
-    status = grad_kernel(
-        _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset,
-        call.classes, _core._buffer(t.labels, "int64_t[]"), _core._buffer(t.probs, ctype),
-        options, ffi.from_buffer("psm_partial[]", state.state, require_writable=False),
-        _core._buffer(grad, ctype))
-    _partials._label_error(t, status, call.classes)
-    return _core._in_dtype(grad, x)
+    return _partials.block_grad(state, logits_block, _targets_of(targets_block),
+                                class_offset, call.reduction, call.threads, normalizer)
