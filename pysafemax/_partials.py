@@ -43,7 +43,9 @@ class SoftmaxPartials:
 
     Attributes (read-only):
       classes_covered  the class ranges [start, stop) merged in, sorted
-      num_classes      how many classes a position has in all
+      num_classes      how many classes a position has in all, or None if
+                       no block was told (then the classes merged from 0
+                       without a gap are taken as all of them)
       complete         whether every class is covered (then the loss and
                        gradients can be taken)
       position_shape   the logits' shape without the class axis
@@ -78,8 +80,18 @@ class SoftmaxPartials:
         self.label_smoothing = label_smoothing
 
     @property
+    def total_classes(self):
+        """num_classes, else the end of the merged classes if they run from 0
+        without a gap, else None."""
+        if self.num_classes is not None:
+            return self.num_classes
+        covered = self.classes_covered
+        return covered[0][1] if len(covered) == 1 and covered[0][0] == 0 else None
+
+    @property
     def complete(self):
-        return self.classes_covered == ((0, self.num_classes),)
+        total = self.total_classes
+        return total is not None and self.classes_covered == ((0, total),)
 
     @property
     def state(self):
@@ -99,8 +111,9 @@ class SoftmaxPartials:
 
     def __repr__(self):
         covered = ", ".join(f"[{a}, {b})" for a, b in self.classes_covered)
+        of = "?" if self.num_classes is None else self.num_classes
         return (f"SoftmaxPartials(positions {self.position_shape}, classes {covered} "
-                f"of {self.num_classes}, method={self.method!r}, "
+                f"of {of}, method={self.method!r}, "
                 f"dtype={self.result_dtype})")
 
     def _options(self, reduction, threads):
@@ -125,14 +138,25 @@ def _options(method, reduction, threads, weight, ignore_index, label_smoothing):
     return options, weight_buffer
 
 
+# The kernel's class count for a block whose total is not known yet: labels
+# are then only checked to be >= 0, and against the total when it is known.
+_UNKNOWN_CLASSES = int(np.iinfo(np.int64).max)
+
+
+def _kernel_classes(num_classes):
+    return _UNKNOWN_CLASSES if num_classes is None else num_classes
+
+
 def _class_block(class_offset, num_classes, block_classes, weight):
-    """Check class_offset and num_classes against a block's width."""
+    """Check class_offset and num_classes (None: unknown, unless weight gives
+    it) against a block's width."""
     class_offset = _validation._integer(class_offset, "class_offset")
     if class_offset < 0:
         raise ValueError(f"class_offset must be >= 0, got {class_offset}")
+    if num_classes is None and weight is not None and np.ndim(weight) == 1:
+        num_classes = len(weight)
     if num_classes is None:
-        num_classes = len(weight) if weight is not None and np.ndim(weight) == 1 \
-            else class_offset + block_classes
+        return class_offset, None
     num_classes = _validation._integer(num_classes, "num_classes")
     if class_offset + block_classes > num_classes:
         raise ValueError(
@@ -152,7 +176,7 @@ def _not_decomposable(method):
 def _block_targets(x, labels, num_classes, weight, ignore_index, label_smoothing):
     """Targets of a block: labels are checked against all num_classes
     classes, probability targets have the block's shape."""
-    whole = x._replace(classes=num_classes)
+    whole = x._replace(classes=_kernel_classes(num_classes))
     return _validation.targets(labels, whole, weight=weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing)
 
@@ -173,12 +197,14 @@ def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, 
 
     logits_block  classes [class_offset, class_offset + C_block) of every
                   position, with the class axis `axis` (as softmax_loss)
-    labels        the positions' class indices over all num_classes classes
-                  (shaped like the positions), or the block's probability
-                  targets (shaped like logits_block)
-    num_classes   every position's class count; default: len(weight) if
-                  weight is given, else class_offset + C_block (the block is
-                  the last).  Label smoothing spreads over num_classes.
+    labels        the positions' class indices over all the classes (shaped
+                  like the positions), or the block's probability targets
+                  (shaped like logits_block)
+    num_classes   every position's class count: needed with label
+                  smoothing (which spreads over it), given by weight if
+                  that is passed.  Without it, labels are checked against it
+                  when the states are finished, and the classes merged by
+                  then (from 0, without a gap) are taken as all of them.
     weight        per-class weights for all num_classes classes
     method, ignore_index, label_smoothing, threads: as softmax_loss.
     naive and maxsub take class-index labels without smoothing only.
@@ -190,6 +216,9 @@ def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, 
     method = _validation.choice(method, "method", _validation.METHODS)
     class_offset, num_classes = _class_block(class_offset, num_classes, x.classes, weight)
     t = _block_targets(x, labels, num_classes, weight, ignore_index, label_smoothing)
+    if num_classes is None and t.label_smoothing != 0.0:
+        raise ValueError("label_smoothing spreads over every class: pass num_classes, "
+                         "the class count of the whole rows")
     if method != "stable" and (t.probs is not None or t.label_smoothing != 0.0):
         raise _not_decomposable(method)
     threads = None if threads is None else _validation.thread_count(threads)
@@ -200,8 +229,8 @@ def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, 
                                 t.label_smoothing)
     status = partials_kernel(
         _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset,
-        num_classes, _core._buffer(t.labels, "int64_t[]"), _core._buffer(t.probs, ctype),
-        options, ffi.from_buffer("psm_partial[]", state))
+        _kernel_classes(num_classes), _core._buffer(t.labels, "int64_t[]"),
+        _core._buffer(t.probs, ctype), options, ffi.from_buffer("psm_partial[]", state))
     _label_error(t, status, num_classes)
     return SoftmaxPartials(
         state, classes_covered=[(class_offset, class_offset + x.classes)],
@@ -219,7 +248,8 @@ def _same(a, b):
 
 def _check_compatible(first, other, k):
     checks = [("position_shape", first.position_shape == other.position_shape),
-              ("num_classes", first.num_classes == other.num_classes),
+              ("num_classes", None in (first.num_classes, other.num_classes)
+               or first.num_classes == other.num_classes),
               ("method", first.method == other.method),
               ("dtype", first.compute_dtype == other.compute_dtype),
               ("axis", first.axis == other.axis),
@@ -266,6 +296,11 @@ def combine_partials(*parts):
                             f"softmax_partials), got {type(part).__name__}")
         _check_compatible(parts[0], part, k)
     covered = _union([r for part in parts for r in part.classes_covered])
+    known = [p.num_classes for p in parts if p.num_classes is not None]
+    num_classes = known[0] if known else None
+    if num_classes is not None and covered[-1][1] > num_classes:
+        raise ValueError(f"classes up to {covered[-1][1]} merged, past num_classes = "
+                         f"{num_classes}")
     state = parts[0]._state.copy()
     into = ffi.from_buffer("psm_partial[]", state)
     for part in parts[1:]:
@@ -273,7 +308,7 @@ def combine_partials(*parts):
             "psm_partial[]", part._state, require_writable=False), into)
     first = parts[0]
     return SoftmaxPartials(
-        state, classes_covered=covered, num_classes=first.num_classes,
+        state, classes_covered=covered, num_classes=num_classes,
         position_shape=first.position_shape, axis=first.axis,
         compute_dtype=first.compute_dtype, result_dtype=first.result_dtype,
         method=first.method, labels=first.labels,
@@ -291,10 +326,11 @@ def _require_complete(state, what):
         if a > start:
             missing.append(f"[{start}, {a})")
         start = b
-    if start < state.num_classes:
+    if state.num_classes is not None and start < state.num_classes:
         missing.append(f"[{start}, {state.num_classes})")
+    of = "" if state.num_classes is None else f" of {state.num_classes}"
     raise ValueError(f"{what} needs every class merged in: classes "
-                     f"{', '.join(missing)} of {state.num_classes} are missing")
+                     f"{', '.join(missing)}{of} are missing")
 
 
 def loss_from_partials(state, *, reduction="mean"):
@@ -311,8 +347,12 @@ def loss_from_partials(state, *, reduction="mean"):
     result = ffi.new("double *")
     status = loss_kernel(
         ffi.from_buffer("psm_partial[]", state._state, require_writable=False), outer,
-        inner, state.num_classes, _core._buffer(state.labels, "int64_t[]"), options,
+        inner, state.total_classes, _core._buffer(state.labels, "int64_t[]"), options,
         _core._buffer(losses, ctype), result)
+    if status > 0:   # beyond the classes merged, when no block knew their count
+        raise _validation.label_out_of_range(state.labels.reshape(state.position_shape),
+                                             status - 1, state.total_classes,
+                                             state.ignore_index)
     _core._raise_for_status(status)
     if reduction == "none":
         with np.errstate(over="ignore"):
@@ -355,8 +395,9 @@ def block_grad(state, logits_block, labels, class_offset, reduction, threads,
     if x.array.dtype != state.compute_dtype:
         raise TypeError(f"logits_block must have the state's dtype "
                         f"{state.result_dtype}, got {x.result_dtype}")
-    class_offset, _ = _class_block(class_offset, state.num_classes, x.classes, None)
-    t = _block_targets(x, labels, state.num_classes, state.weight, state.ignore_index,
+    total = state.total_classes
+    class_offset, _ = _class_block(class_offset, total, x.classes, None)
+    t = _block_targets(x, labels, total, state.weight, state.ignore_index,
                        state.label_smoothing)
     if (t.probs is not None) != state.uses_probabilities or not (
             t.labels is None or _same(t.labels, state.labels)):
@@ -370,11 +411,10 @@ def block_grad(state, logits_block, labels, class_offset, reduction, threads,
         options.has_normalizer = 1
         options.normalizer = normalizer
     status = grad_kernel(
-        _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset,
-        state.num_classes, _core._buffer(t.labels, "int64_t[]"),
-        _core._buffer(t.probs, ctype), options,
+        _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset, total,
+        _core._buffer(t.labels, "int64_t[]"), _core._buffer(t.probs, ctype), options,
         ffi.from_buffer("psm_partial[]", state._state, require_writable=False),
         _core._buffer(grad, ctype))
-    _label_error(t, status, state.num_classes)
+    _label_error(t, status, total)
     with np.errstate(over="ignore"):
         return grad.astype(x.result_dtype, copy=False)

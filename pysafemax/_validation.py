@@ -227,7 +227,8 @@ def smoothing(value):
 
 
 def label_out_of_range(given, position, classes, ignore_index=None):
-    """The ValueError for the label at flat position `position`."""
+    """The ValueError for the label at flat position `position`; classes
+    None: the class count is not known yet (a block of classes)."""
     index = np.unravel_index(position, given.shape) if given.ndim else ()
     where = "".join(f"[{int(k)}]" for k in index)
     value = int(given[index])
@@ -235,6 +236,9 @@ def label_out_of_range(given, position, classes, ignore_index=None):
     if value < 0 and ignore_index is None:
         hint = (f"; to skip positions labelled {value}, pass "
                 f"ignore_index={value}")
+    if classes is None:
+        return ValueError(f"labels{where} = {value} is out of range (class indices "
+                          f"are 0 or more){hint}")
     return ValueError(
         f"labels{where} = {value} is out of range for C = {classes} "
         f"classes (valid labels are 0..{classes - 1}){hint}")

@@ -293,6 +293,42 @@ def test_states_pickle_and_inputs_are_left_alone():
         state.state["max"][0] = 0.0     # states are read-only
 
 
+def test_num_classes_can_be_left_to_the_merge():
+    """The issue's call: blocks given only their class_offset.  The classes
+    merged from 0 are all the classes; labels are checked against them when
+    the loss is taken."""
+    logits, labels = _problem(np.float32, (9, 30), 1, False)
+    expected = pysafemax.softmax_loss(logits, labels, reduction="none", return_grad=True)
+    blocks = [(0, 11), (11, 12), (12, 30)]
+    parts = [pysafemax.softmax_partials(logits[:, a:b], labels, class_offset=a)
+             for a, b in blocks]
+    # alone, the first block's classes are all there are: its labels beyond
+    # them are out of range when the loss is taken
+    assert parts[0].num_classes is None and parts[0].total_classes == 11
+    assert "of ?" in repr(parts[0])
+    with pytest.raises(ValueError, match=r"is out of range for C = 11 classes"):
+        pysafemax.loss_from_partials(parts[0])
+    state = pysafemax.combine_partials(parts[2], parts[0], parts[1])
+    assert state.complete and state.total_classes == 30
+    _assert_close(pysafemax.loss_from_partials(state, reduction="none"), expected[0],
+                  np.float32, 30)
+    grad = np.concatenate([pysafemax.grad_from_partials(
+        state, logits[:, a:b], labels, class_offset=a, reduction="none")
+        for a, b in blocks], axis=1)
+    _assert_close(grad, expected[1], np.float32, 30)
+    # one block told the count: the merge takes it, and knows what is missing
+    told = pysafemax.softmax_partials(logits[:, 12:], labels, class_offset=12,
+                                      num_classes=40)
+    merged = pysafemax.combine_partials(parts[0], parts[1], told)
+    assert merged.num_classes == 40 and not merged.complete
+    with pytest.raises(ValueError, match=r"classes \[30, 40\) of 40 are missing"):
+        pysafemax.loss_from_partials(merged)
+    gap = pysafemax.combine_partials(parts[0], parts[2])
+    assert gap.total_classes is None
+    with pytest.raises(ValueError, match=r"classes \[11, 12\) are missing"):
+        pysafemax.loss_from_partials(gap)
+
+
 def test_float16_results_stay_float16():
     logits, labels = _problem(np.float16, (4, 6), 1, False, scale=3.0)
     parts = [pysafemax.softmax_partials(logits[:, a:b], labels, class_offset=a,
@@ -326,8 +362,18 @@ def _part(a, b, **options):
      TypeError, r"class_offset must be an int, got 1.5"),
     (lambda: pysafemax.softmax_partials(X, Y, num_classes="8"),
      TypeError, r"num_classes must be an int"),
-    (lambda: pysafemax.softmax_partials(X, Y),
+    (lambda: pysafemax.softmax_partials(X, Y, num_classes=5),
      ValueError, r"labels\[3\] = 7 is out of range for C = 5 classes"),
+    (lambda: pysafemax.softmax_partials(X, np.array([0, -1, 2, 3])),
+     ValueError, r"labels\[1\] = -1 is out of range \(class indices are 0 or more\); "
+                 r"to skip positions labelled -1, pass ignore_index=-1"),
+    (lambda: pysafemax.softmax_partials(X, Y, label_smoothing=0.1),
+     ValueError, r"label_smoothing spreads over every class: pass num_classes"),
+    (lambda: pysafemax.loss_from_partials(pysafemax.softmax_partials(X, Y)),
+     ValueError, r"labels\[3\] = 7 is out of range for C = 5 classes"),
+    (lambda: pysafemax.combine_partials(_part(0, 5), pysafemax.softmax_partials(
+        np.ones((4, 4), np.float32), Y, class_offset=5)),
+     ValueError, r"classes up to 9 merged, past num_classes = 8"),
     (lambda: pysafemax.softmax_partials(X, Y, num_classes=8, weight=np.ones(5)),
      ValueError, r"weight must have shape \(8,\)"),
     (lambda: pysafemax.softmax_partials(X, Y, num_classes=8, method="maxsub",
