@@ -35,6 +35,14 @@
 /* Work is split into chunks of whole positions holding about this many
  * logits; the chunking depends on the shape alone, never on the threads. */
 #define PSM_CHUNK_ELEMENTS 32768
+/* Chunks of whole positions, sized by the shape alone, so that the sum of
+ * their losses, taken in order, is the same for every thread count. */
+static int64_t chunk_positions_for(int64_t classes)
+{
+    int64_t positions = PSM_CHUNK_ELEMENTS / classes;
+    return positions < 1 ? 1 : positions;
+}
+
 /* Less work than this per thread is not worth starting one: a thread costs
  * tens of microseconds to start (about 50 on the benchmark machine), this
  * much work about a millisecond. */

@@ -65,6 +65,29 @@ static int FN(is_one_hot)(const FN(target) *t)
     return t->probs == NULL && t->smooth == 0.0;
 }
 
+/* The target of the position with label y, or (probs non-NULL) with
+ * probability targets at probs, over a block of classes starting at class
+ * class_offset of total_classes (class c of the block is class_offset + c of
+ * the position).  Returns 0 for a label to ignore. */
+static int FN(target_at)(const psm_options *opt, const int64_t *labels, int64_t pos,
+                         const REAL *probs, int64_t class_offset,
+                         int64_t total_classes, FN(target) *t)
+{
+    const double *w = opt->class_weight;
+    double eps = opt->label_smoothing;
+    FN(target) at = {w ? w + class_offset : NULL, probs, -1, 0.0, 1.0 - eps,
+                     eps / (double)total_classes};
+    if (!probs) {
+        int64_t y = labels[pos];
+        if (opt->use_ignore_index && y == opt->ignore_index)
+            return 0;
+        at.label = y - class_offset;
+        at.label_part = (1.0 - eps) * (w ? w[y] : 1.0);
+    }
+    *t = at;
+    return 1;
+}
+
 /* What one pass over a position's logits leaves. */
 typedef struct {
     REAL max;        /* the shift: the running max, or 0 for naive */
@@ -497,18 +520,14 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
     if (last > job->positions)
         last = job->positions;
     int track_max = opt->method != PSM_NAIVE;
-    double eps = opt->label_smoothing, total = 0.0;
+    double total = 0.0;
     for (int64_t pos = first; pos < last; pos++) {
         int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
         int64_t base = o * classes * inner + i;
         const REAL *x = job->logits + base;
-        /* class c of the block is class_offset + c of the position */
-        const double *w = opt->class_weight;
-        FN(target) t = {w ? w + job->class_offset : NULL, NULL, -1, 0.0, 1.0 - eps,
-                        eps / (double)job->total_classes};
-        if (job->probs) {
-            t.probs = job->probs + base;
-        } else if (opt->use_ignore_index && job->labels[pos] == opt->ignore_index) {
+        FN(target) t;
+        if (!FN(target_at)(opt, job->labels, pos, job->probs ? job->probs + base : NULL,
+                           job->class_offset, job->total_classes, &t)) {
             for (int64_t j = 0; job->grad && j < classes; j++)
                 job->grad[base + j * inner] = 0;
             if (job->losses)
@@ -516,10 +535,6 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
             if (job->state_out)
                 job->state_out[pos] = FN(no_state);
             continue;
-        } else {
-            int64_t y = job->labels[pos];
-            t.label = y - job->class_offset;
-            t.label_part = (1.0 - eps) * (w ? w[y] : 1.0);
         }
         if (job->state_out) {
             FN(block_partial)(x, classes, inner, &t, opt->method, job->fast,
@@ -555,11 +570,7 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
  * sums the chunks' losses in order into *total. */
 static int64_t FN(run_job)(FN(job) *job, double *total)
 {
-    /* Chunks of whole positions, sized by the shape alone, so the sum of
-     * their partials, taken in order, is the same for every thread count. */
-    int64_t chunk_positions = PSM_CHUNK_ELEMENTS / job->classes;
-    if (chunk_positions < 1)
-        chunk_positions = 1;
+    int64_t chunk_positions = chunk_positions_for(job->classes);
     int64_t chunks = (job->positions + chunk_positions - 1) / chunk_positions;
     double one_partial;
     double *partials = chunks > 1 ? malloc((size_t)chunks * sizeof *partials)
@@ -622,15 +633,18 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
     return status;
 }
 
-int64_t FN(psm_softmax_partials)(const REAL *logits, int64_t outer,
-                                 int64_t classes, int64_t inner,
-                                 int64_t class_offset, int64_t total_classes,
-                                 const int64_t *labels, const REAL *target_probs,
-                                 const psm_options *opt, psm_partial *state)
+/* What the calls on one block of classes share: their checks (outputs_ok
+ * says the caller's outputs are there), the labels' check, and the job,
+ * scaled by the reduction's normalizer. */
+static int64_t FN(block_job)(const REAL *logits, int64_t outer, int64_t classes,
+                             int64_t inner, int64_t class_offset,
+                             int64_t total_classes, const int64_t *labels,
+                             const REAL *target_probs, const psm_options *opt,
+                             int outputs_ok, FN(job) *job)
 {
     if (!options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
         !block_ok(classes, class_offset, total_classes) ||
-        (state == NULL && outer * inner > 0))
+        (!outputs_ok && outer * inner > 0))
         return PSM_BAD_ARGUMENT;
     if (!FN(decomposable)(opt, labels))
         return PSM_NOT_DECOMPOSABLE;
@@ -639,8 +653,24 @@ int64_t FN(psm_softmax_partials)(const REAL *logits, int64_t outer,
                                      &normalizer);
     if (status != PSM_OK)
         return status;
-    FN(job) job = FN(job_for)(logits, outer, classes, inner, class_offset,
-                              total_classes, labels, target_probs, opt);
+    *job = FN(job_for)(logits, outer, classes, inner, class_offset, total_classes,
+                       labels, target_probs, opt);
+    job->scale = 1.0 / normalizer;
+    return PSM_OK;
+}
+
+int64_t FN(psm_softmax_partials)(const REAL *logits, int64_t outer,
+                                 int64_t classes, int64_t inner,
+                                 int64_t class_offset, int64_t total_classes,
+                                 const int64_t *labels, const REAL *target_probs,
+                                 const psm_options *opt, psm_partial *state)
+{
+    FN(job) job;
+    int64_t status = FN(block_job)(logits, outer, classes, inner, class_offset,
+                                   total_classes, labels, target_probs, opt,
+                                   state != NULL, &job);
+    if (status != PSM_OK)
+        return status;
     job.state_out = state;
     double unused;
     return FN(run_job)(&job, &unused);
@@ -653,20 +683,12 @@ int64_t FN(psm_grad_from_partials)(const REAL *logits, int64_t outer,
                                    const psm_options *opt,
                                    const psm_partial *state, REAL *grad)
 {
-    if (!options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
-        !block_ok(classes, class_offset, total_classes) ||
-        ((state == NULL || grad == NULL) && outer * inner > 0))
-        return PSM_BAD_ARGUMENT;
-    if (!FN(decomposable)(opt, labels))
-        return PSM_NOT_DECOMPOSABLE;
-    double normalizer;
-    int64_t status = call_normalizer(labels, outer, inner, total_classes, opt,
-                                     &normalizer);
+    FN(job) job;
+    int64_t status = FN(block_job)(logits, outer, classes, inner, class_offset,
+                                   total_classes, labels, target_probs, opt,
+                                   state != NULL && grad != NULL, &job);
     if (status != PSM_OK)
         return status;
-    FN(job) job = FN(job_for)(logits, outer, classes, inner, class_offset,
-                              total_classes, labels, target_probs, opt);
-    job.scale = 1.0 / normalizer;
     job.state_in = state;
     job.grad = grad;
     double unused;
@@ -690,30 +712,21 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
     if (status != PSM_OK)
         return status;
     /* summed as psm_softmax_loss sums: by chunks, in order */
-    int64_t chunk_positions = PSM_CHUNK_ELEMENTS / total_classes;
-    if (chunk_positions < 1)
-        chunk_positions = 1;
-    double eps = opt->label_smoothing, total = 0.0, chunk_total = 0.0;
-    const double *w = opt->class_weight;
+    int64_t chunk_positions = chunk_positions_for(total_classes);
+    double total = 0.0, chunk_total = 0.0;
     for (int64_t pos = 0; pos < outer * inner; pos++) {
         if (pos % chunk_positions == 0) {
             total += chunk_total;
             chunk_total = 0.0;
         }
-        FN(target) t = {w, NULL, -1, 0.0, 1.0 - eps, eps / (double)total_classes};
         const psm_partial *p = &state[pos];
         REAL x_y = 0;
-        if (labels) {
-            int64_t y = labels[pos];
-            if (opt->use_ignore_index && y == opt->ignore_index) {
-                if (losses)
-                    losses[pos] = 0;
-                continue;
-            }
-            t.label = y;
-            t.label_part = (1.0 - eps) * (w ? w[y] : 1.0);
-        } else {
-            t.probs = &x_y;   /* marks probability targets; never read here */
+        FN(target) t;
+        /* probability targets are marked by any pointer: never read here */
+        if (!FN(target_at)(opt, labels, pos, labels ? NULL : &x_y, 0, total_classes, &t)) {
+            if (losses)
+                losses[pos] = 0;
+            continue;
         }
         if (FN(is_one_hot)(&t)) {
             if (p->label_found != 1)   /* the label's block is missing, or twice */
