@@ -180,17 +180,8 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     grad = None
     if return_grad:
         grad = out if out is not None else np.empty(x.array.shape, dtype=x.result_dtype)
-    options = ffi.new("psm_options *")      # zeroed: no weights, no ignore
-    options.method = _METHOD_IDS[method]
-    options.threads = threads
-    options.portable = _PORTABLE
-    if t.ignore_index is not None:
-        options.use_ignore_index = 1
-        options.ignore_index = t.ignore_index
-    if t.weight is not None:
-        weight_buffer = _buffer(t.weight, "double[]")   # alive through the call
-        options.class_weight = weight_buffer
-    options.label_smoothing = t.label_smoothing
+    options, _weight = kernel_options(method, reduction, threads, t.weight,
+                                      t.ignore_index, t.label_smoothing)
     if x.array.size * compute.itemsize * 3 <= _STREAM_BYTES:
         blocks = [(..., ...)]   # small enough to stage everything at once
     else:
@@ -203,9 +194,7 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         options.reduction = lib.PSM_SUM
         options.has_normalizer = 1
         options.normalizer = normalizer
-    else:
-        # One call: the kernel checks the labels and reduces by itself.
-        options.reduction = _REDUCTION_IDS[reduction]
+    # else one call: the kernel checks the labels and reduces by itself.
     result = ffi.new("double *")
     total = -0.0   # the identity of +: all -0.0 losses sum to -0.0, as in one call
     for index, positions in blocks:
@@ -329,18 +318,47 @@ def _store(part, block):
             np.copyto(part, block, casting="unsafe")
 
 
+def kernel_options(method, reduction, threads, weight=None, ignore_index=None,
+                   label_smoothing=0.0):
+    """(psm_options, the weight buffer they point into): the buffer must be
+    kept alive through the call.  threads None: get_num_threads()."""
+    options = ffi.new("psm_options *")      # zeroed: no weights, no ignore
+    options.method = _METHOD_IDS[method]
+    options.reduction = _REDUCTION_IDS[reduction]
+    options.threads = get_num_threads() if threads is None else threads
+    options.portable = _PORTABLE
+    if ignore_index is not None:
+        options.use_ignore_index = 1
+        options.ignore_index = ignore_index
+    weight_buffer = None
+    if weight is not None:
+        weight_buffer = _buffer(weight, "double[]")
+        options.class_weight = weight_buffer
+    if label_smoothing:
+        options.label_smoothing = label_smoothing
+    return options, weight_buffer
+
+
+def label_summary(labels, positions, classes, options):
+    """psm_label_summary: (status, how many positions are not ignored, the
+    sum of their class weights); status is 1 + the position of the first bad
+    label, or 0."""
+    valid, weight_sum = ffi.new("int64_t *"), ffi.new("double *")
+    status = lib.psm_label_summary(_buffer(labels, "int64_t[]"), positions, classes,
+                                   options, valid, weight_sum)
+    return status, valid[0], weight_sum[0]
+
+
 def _batch_normalizer(x, t, reduction, options):
     """What the whole batch's reduction divides by (psm_normalizer).  Checks
     every label first, and raises the ValueError naming the first bad one."""
     positions = math.prod(x.position_shape)
-    valid, weight_sum = ffi.new("int64_t *"), ffi.new("double *")
-    status = lib.psm_label_summary(_buffer(t.labels, "int64_t[]"), positions,
-                                   x.classes, options, valid, weight_sum)
+    status, valid, weight_sum = label_summary(t.labels, positions, x.classes, options)
     if status > 0:
         raise _validation.label_out_of_range(t.given_labels, status - 1,
                                              x.classes, t.ignore_index)
     _raise_for_status(status)
-    return lib.psm_normalizer(_REDUCTION_IDS[reduction], valid[0], weight_sum[0],
+    return lib.psm_normalizer(_REDUCTION_IDS[reduction], valid, weight_sum,
                               positions, x.outer)
 
 
@@ -373,11 +391,7 @@ def _plain_loss(logits, labels, method, reduction, threads):
     if options is None:
         if method not in _METHOD_IDS or reduction not in _REDUCTION_IDS:
             return None
-        options = ffi.new("psm_options *")
-        options.method = _METHOD_IDS[method]
-        options.reduction = _REDUCTION_IDS[reduction]
-        options.threads = threads
-        options.portable = _PORTABLE
+        options, _ = kernel_options(method, reduction, threads)   # no weight buffer
         _plain_options[key] = options
     result = ffi.new("double *")
     rows, classes = logits.shape

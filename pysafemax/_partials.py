@@ -117,25 +117,8 @@ class SoftmaxPartials:
                 f"dtype={self.result_dtype})")
 
     def _options(self, reduction, threads):
-        return _options(self.method, reduction, threads, self.weight, self.ignore_index,
-                        self.label_smoothing)
-
-
-def _options(method, reduction, threads, weight, ignore_index, label_smoothing):
-    """The kernel's options; the weight buffer returned with them must be kept
-    alive through the call."""
-    options = ffi.new("psm_options *")
-    options.method = _core._METHOD_IDS[method]
-    options.reduction = _core._REDUCTION_IDS[reduction]
-    options.threads = _core.get_num_threads() if threads is None else threads
-    options.portable = _core._PORTABLE
-    if ignore_index is not None:
-        options.use_ignore_index = 1
-        options.ignore_index = ignore_index
-    weight_buffer = _core._buffer(weight, "double[]")
-    options.class_weight = weight_buffer
-    options.label_smoothing = label_smoothing
-    return options, weight_buffer
+        return _core.kernel_options(self.method, reduction, threads, self.weight,
+                                    self.ignore_index, self.label_smoothing)
 
 
 # The kernel's class count for a block whose total is not known yet: labels
@@ -225,8 +208,8 @@ def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, 
 
     ctype, partials_kernel, _, _ = _PARTIAL_KERNELS[x.array.dtype]
     state = np.empty(x.outer * x.inner, dtype=STATE_DTYPE)
-    options, _weight = _options(method, "sum", threads, t.weight, t.ignore_index,
-                                t.label_smoothing)
+    options, _weight = _core.kernel_options(method, "sum", threads, t.weight,
+                                            t.ignore_index, t.label_smoothing)
     status = partials_kernel(
         _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset,
         _kernel_classes(num_classes), _core._buffer(t.labels, "int64_t[]"),

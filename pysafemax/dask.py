@@ -367,15 +367,14 @@ def _checked_labels(call, start, labels_shape, block):
         # would wrap to a negative int64, which could pass for ignore_index
         raise _label_error(call, given, start, labels_shape)
     labels = np.require(given, dtype=np.int64, requirements="CA")
-    options, _weight = _partials._options(call.method, "sum", 1, call.weight,
-                                          call.ignore_index, call.label_smoothing)
-    valid, weight_sum = ffi.new("int64_t *"), ffi.new("double *")
-    status = lib.psm_label_summary(_core._buffer(labels, "int64_t[]"), labels.size,
-                                   call.classes, options, valid, weight_sum)
+    options, _weight = _core.kernel_options(call.method, "sum", 1, call.weight,
+                                            call.ignore_index, call.label_smoothing)
+    status, valid, weight_sum = _core.label_summary(labels, labels.size, call.classes,
+                                                    options)
     if status > 0:
         raise _label_error(call, given, start, labels_shape)
     _core._raise_for_status(status)
-    return _LabelBlock(labels, valid[0], weight_sum[0])
+    return _LabelBlock(labels, valid, weight_sum)
 
 
 def _label_error(call, given, start, labels_shape):
@@ -430,7 +429,7 @@ def _scaled_options(call, normalizer, t):
     """The kernel's options for a block: it sums the block's losses (or keeps
     them per position) and scales its gradient by 1 / the whole batch's
     normalizer instead of the block's own."""
-    options, weight_buffer = _partials._options(
+    options, weight_buffer = _core.kernel_options(
         call.method, "none" if call.reduction == "none" else "sum", call.threads,
         t.weight, t.ignore_index, t.label_smoothing)
     options.has_normalizer = 1
