@@ -329,21 +329,8 @@ def _logits(logits, axis):
     x = logits
     if not isinstance(x, np.ndarray):
         x = _validation._as_array(logits, "logits")
-    native = x.dtype in (np.float32, np.float64) and x.dtype.isnative
-    if x.size <= _BLOCK_ELEMENTS or (native and x.flags.c_contiguous and x.flags.aligned):
-        info = _validation.logits_array(x, axis)
-        return info.array, info
-    try:
-        info = _validation.logits_array(x[(slice(0, 1),) * x.ndim], axis)
-    except (TypeError, ValueError):
-        # Checks that fail on the small view fail on x before any copy is
-        # made, and then name x's own shape.
-        _validation.logits_array(x, axis)
-        raise
-    outer = math.prod(x.shape[:info.axis])
-    inner = math.prod(x.shape[info.axis + 1:])
-    return x, info._replace(array=x, outer=outer, classes=x.shape[info.axis],
-                            inner=inner)
+    info = _validation.logits_array(x, axis, convert=x.size <= _BLOCK_ELEMENTS)
+    return info.array, info
 
 
 def _labels(labels, info):
@@ -414,7 +401,7 @@ def diagnose(logits, labels, *, axis=1, ignore_index=None):
     if ignore_index is not None:
         ignore_index = _validation._integer(ignore_index, "ignore_index")
     labels2 = _labels(labels, info)
-    t = thresholds(info.array.dtype)
+    t = thresholds(info.compute_dtype)
     report = DiagnosisReport(shape=tuple(int(n) for n in x.shape), axis=info.axis,
                              dtype=str(info.result_dtype),
                              ignore_index=ignore_index, thresholds=t)
