@@ -47,7 +47,6 @@ static int64_t chunk_positions_for(int64_t classes)
  * tens of microseconds to start (about 50 on the benchmark machine), this
  * much work about a millisecond. */
 #define PSM_ELEMENTS_PER_THREAD (1 << 21)
-#define PSM_MAX_THREADS 256
 
 int psm_simd_level(void)
 {
@@ -160,6 +159,14 @@ static int options_ok(const void *logits, int64_t outer, int64_t classes,
     return outer == 0 || inner == 0 || (labels == NULL) != (target_probs == NULL);
 }
 
+/* A label, read exactly once: the caller's labels may change under a call
+ * (another thread writing the array), so the value that is bounded must be
+ * the value that is used as an index, never a second load of it. */
+static int64_t read_label(const int64_t *labels, int64_t pos)
+{
+    return ((const volatile int64_t *)labels)[pos];
+}
+
 int64_t psm_label_summary(const int64_t *labels, int64_t positions,
                           int64_t classes, const psm_options *opt,
                           int64_t *valid, double *label_weight_sum)
@@ -176,7 +183,7 @@ int64_t psm_label_summary(const int64_t *labels, int64_t positions,
     int64_t count = 0;
     double weight_sum = 0.0;
     for (int64_t pos = 0; pos < positions; pos++) {
-        int64_t y = labels[pos];
+        int64_t y = read_label(labels, pos);
         if (opt->use_ignore_index && y == opt->ignore_index)
             continue;
         if (y < 0 || y >= classes)
@@ -199,6 +206,21 @@ double psm_normalizer(int reduction, int64_t valid, double label_weight_sum,
     case PSM_BATCH_SIZE: return fmax(1.0, (double)outer);
     }
     return 1.0;
+}
+
+double psm_reduce(int reduction, double total, double normalizer)
+{
+    if (reduction == PSM_NONE || reduction == PSM_SUM)
+        return total;
+    /* a weighted mean over no weight: PyTorch's 0 / 0, even where label
+     * smoothing made the total nonzero */
+    return normalizer == 0.0 ? NAN : total / normalizer;
+}
+
+/* What each loss's gradient is multiplied by: NaN where the loss is. */
+static double gradient_scale(double normalizer)
+{
+    return normalizer == 0.0 ? NAN : 1.0 / normalizer;
 }
 
 /* Checks every label (before anything is written) and finds what the call's
@@ -268,7 +290,6 @@ void psm_combine_partials(int64_t positions, const psm_partial *part,
 #define LANE_SUMS 1
 #define EXP psm_expf
 #define LOG logf
-#define TINY FLT_MIN
 #define BIG FLT_MAX
 #ifdef PSM_HAVE_AVX2
 #define FLOAT_ROWS 1
@@ -280,7 +301,6 @@ void psm_combine_partials(int64_t positions, const psm_partial *part,
 #undef FN
 #undef EXP
 #undef LOG
-#undef TINY
 #undef BIG
 #undef FLOAT_ROWS
 #undef LANE_SUMS
@@ -290,7 +310,6 @@ void psm_combine_partials(int64_t positions, const psm_partial *part,
 #define LANE_SUMS 0
 #define EXP exp
 #define LOG log
-#define TINY DBL_MIN
 #define BIG DBL_MAX
 #define FLOAT_ROWS 0
 #include "softmax_loss_impl.h"
@@ -298,7 +317,6 @@ void psm_combine_partials(int64_t positions, const psm_partial *part,
 #undef FN
 #undef EXP
 #undef LOG
-#undef TINY
 #undef BIG
 #undef FLOAT_ROWS
 #undef LANE_SUMS

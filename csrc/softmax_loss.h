@@ -8,12 +8,14 @@
  *
  * Methods (the float behaviour of each is part of the contract):
  *   PSM_NAIVE   e_j = exp(x_j); s = sum e_j rounded to REAL; p = e_y / s;
- *               loss = -log(max(p, TINY))        (overflows for x_j > ~88.7)
+ *               loss = -log(max(p, FLT_MIN))     (overflows for x_j > ~88.7)
  *   PSM_MAXSUB  the same with the position's max subtracted first; this is
  *               Caffe's SoftmaxWithLoss, which clamps every loss above
- *               -log(TINY) (87.3365 for float)
+ *               -log(FLT_MIN) (87.3365)
  *   PSM_STABLE  loss = (m - x_y) + log(sum_j exp(x_j - m)), no clamp
- * TINY is FLT_MIN for float and DBL_MIN for double.
+ * The clamp is FLT_MIN for double too, as in Caffe's SoftmaxWithLoss<double>
+ * (std::max(prob, Dtype(FLT_MIN))): a clamped double loss reads
+ * 87.3365447505531, -log(FLT_MIN) rounded to double.
  *
  * The kernel never touches Python state and keeps no globals: every call is
  * reentrant and may run concurrently with any other.
@@ -42,14 +44,19 @@ enum psm_reduction {
     PSM_SUM = 1,
     PSM_MEAN = 2,       /* PyTorch: the sum of w[label] over non-ignored
                            positions (their count without weights; with
-                           probability targets, all positions).  0 gives NaN */
+                           probability targets, all positions).  0 gives a
+                           NaN loss and gradient (ignored positions keep a
+                           zero gradient), as PyTorch's 0 / 0 */
     PSM_VALID = 3,      /* Caffe: max(1, non-ignored positions) */
     PSM_FULL = 4,       /* Caffe: max(1, outer * inner) */
     PSM_BATCH_SIZE = 5  /* Caffe: max(1, outer) */
 };
 
 /* Status codes.  A positive status is 1 + the flat position (o * inner + i)
- * of the first label outside [0, classes) that is not ignored. */
+ * of the first label outside [0, classes) that is not ignored.  Every label
+ * is bounded where it is read as an index, not only when first checked: one
+ * changed meanwhile (another thread's write to the caller's array) gives
+ * that status too, never a read outside the arrays. */
 enum psm_status {
     PSM_OK = 0,
     PSM_BAD_ARGUMENT = -1,
@@ -59,6 +66,9 @@ enum psm_status {
                                    the whole sum is known, which no per-block
                                    state can carry */
 };
+
+/* psm_options.threads above this is taken as this. */
+enum { PSM_MAX_THREADS = 256 };
 
 /*
  * Options with PyTorch's semantics.  Each position has a target distribution
@@ -89,7 +99,9 @@ typedef struct {
  *   losses  per-position losses (outer x inner), or NULL
  *   loss    the reduced loss, accumulated in double (the sum for PSM_NONE)
  *   grad    d loss / d logits (the logits' shape), or NULL
- * Labels are all checked before anything is written.
+ * Labels are all checked before anything is written; one that another
+ * thread changes to a bad value during the call stops it part way, with
+ * that label's status.
  */
 int64_t psm_softmax_loss_f32(const float *logits, int64_t outer,
                              int64_t classes, int64_t inner,
@@ -184,6 +196,9 @@ int64_t psm_label_summary(const int64_t *labels, int64_t positions,
                           int64_t *valid, double *label_weight_sum);
 double psm_normalizer(int reduction, int64_t valid, double label_weight_sum,
                       int64_t positions, int64_t outer);
+/* The reduced loss from the summed losses: the sum itself for PSM_NONE and
+ * PSM_SUM, else total / normalizer, NaN for a normalizer of 0. */
+double psm_reduce(int reduction, double total, double normalizer);
 
 /* Softmax probabilities by the given method, written to out (logits' shape). */
 int64_t psm_softmax_f32(const float *logits, int64_t outer, int64_t classes,

@@ -4,7 +4,6 @@
  *   REAL      float or double
  *   FN(name)  name with the type's suffix appended (name##_f32)
  *   EXP, LOG  REAL's exp and log (psm_expf and logf for float)
- *   TINY      REAL's smallest normal number (FLT_MIN, DBL_MIN)
  *   BIG       REAL's largest finite number (FLT_MAX, DBL_MAX)
  *   FLOAT_ROWS 1 where rows_avx2.h serves contiguous rows (float on x86-64)
  *   LANE_SUMS  1 to sum in the 8-lane order of rows_avx2.h (float), 0 to sum
@@ -68,7 +67,9 @@ static int FN(is_one_hot)(const FN(target) *t)
 /* The target of the position with label y, or (probs non-NULL) with
  * probability targets at probs, over a block of classes starting at class
  * class_offset of total_classes (class c of the block is class_offset + c of
- * the position).  Returns 0 for a label to ignore. */
+ * the position).  Returns 1, 0 for a label to ignore, or -1 for a label
+ * outside [0, total_classes): the label is bounded here, where it is read
+ * for use as an index, whatever an earlier check of the array saw. */
 static int FN(target_at)(const psm_options *opt, const int64_t *labels, int64_t pos,
                          const REAL *probs, int64_t class_offset,
                          int64_t total_classes, FN(target) *t)
@@ -78,9 +79,11 @@ static int FN(target_at)(const psm_options *opt, const int64_t *labels, int64_t 
     FN(target) at = {w ? w + class_offset : NULL, probs, -1, 0.0, 1.0 - eps,
                      eps / (double)total_classes};
     if (!probs) {
-        int64_t y = labels[pos];
+        int64_t y = read_label(labels, pos);
         if (opt->use_ignore_index && y == opt->ignore_index)
             return 0;
+        if (y < 0 || y >= total_classes)
+            return -1;
         at.label = y - class_offset;
         at.label_part = (1.0 - eps) * (w ? w[y] : 1.0);
     }
@@ -338,13 +341,14 @@ static REAL FN(float_total)(const FN(row_state) *st, int method)
     return (REAL)(st->rest + st->ties);
 }
 
-/* naive and maxsub: loss_c = -log(max(p_c, TINY)) with p_c in REAL, as
- * Caffe's loss -= log(std::max(p, TINY)): a NaN p stays NaN, and a certain
- * prediction gives +0, not -0. */
+/* naive and maxsub: loss_c = -log(max(p_c, FLT_MIN)) with p_c in REAL, as
+ * Caffe's loss -= log(std::max(p, Dtype(FLT_MIN))), for double too: a NaN p
+ * stays NaN, and a certain prediction gives +0, not -0. */
 static REAL FN(clamped_nll)(REAL shift, REAL total, REAL x)
 {
+    const REAL tiny = (REAL)FLT_MIN;
     REAL p = EXP(x - shift) / total;
-    return (REAL)0 - LOG(p < TINY ? TINY : p);
+    return (REAL)0 - LOG(p < tiny ? tiny : p);
 }
 
 /* One position's loss; x_y is the label's logit (one-hot targets), and x the
@@ -478,6 +482,7 @@ typedef struct {
     psm_partial *state_out;  /* write each position's partial state, or */
     const psm_partial *state_in; /* the gradient from these whole states */
     double *partials;        /* each chunk's summed loss */
+    int64_t *first_bad;      /* each chunk's first label out of range, or -1 */
 } FN(job);
 
 /* The partial state of a position over a block of its classes. */
@@ -521,13 +526,20 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
         last = job->positions;
     int track_max = opt->method != PSM_NAIVE;
     double total = 0.0;
+    job->first_bad[chunk] = -1;
     for (int64_t pos = first; pos < last; pos++) {
         int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
         int64_t base = o * classes * inner + i;
         const REAL *x = job->logits + base;
         FN(target) t;
-        if (!FN(target_at)(opt, job->labels, pos, job->probs ? job->probs + base : NULL,
-                           job->class_offset, job->total_classes, &t)) {
+        int counts = FN(target_at)(opt, job->labels, pos,
+                                   job->probs ? job->probs + base : NULL,
+                                   job->class_offset, job->total_classes, &t);
+        if (counts < 0) {
+            job->first_bad[chunk] = pos;
+            break;
+        }
+        if (!counts) {
             for (int64_t j = 0; job->grad && j < classes; j++)
                 job->grad[base + j * inner] = 0;
             if (job->losses)
@@ -567,26 +579,42 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
 }
 
 /* Runs a job over all its positions on the threads the options allow and
- * sums the chunks' losses in order into *total. */
+ * sums the chunks' losses in order into *total.  Returns 1 + the position
+ * of the first label found out of range where it was used (the caller's
+ * labels changed after they were checked), or a status. */
 static int64_t FN(run_job)(FN(job) *job, double *total)
 {
     int64_t chunk_positions = chunk_positions_for(job->classes);
     int64_t chunks = (job->positions + chunk_positions - 1) / chunk_positions;
     double one_partial;
-    double *partials = chunks > 1 ? malloc((size_t)chunks * sizeof *partials)
-                                  : &one_partial;
-    if (partials == NULL)
-        return PSM_NO_MEMORY;
-    job->chunk_positions = chunk_positions;
-    job->partials = partials;
-    int status = run_chunks(FN(run_chunk), job, chunks,
+    int64_t one_bad;
+    double *partials = &one_partial;
+    int64_t *first_bad = &one_bad;
+    if (chunks > 1) {
+        partials = malloc((size_t)chunks * sizeof *partials);
+        first_bad = malloc((size_t)chunks * sizeof *first_bad);
+    }
+    int64_t status = PSM_NO_MEMORY;
+    if (partials != NULL && first_bad != NULL) {
+        job->chunk_positions = chunk_positions;
+        job->partials = partials;
+        job->first_bad = first_bad;
+        status = run_chunks(FN(run_chunk), job, chunks,
                             threads_for(job->opt->threads, job->positions * job->classes));
-    double sum = 0.0;
-    for (int64_t c = 0; c < chunks; c++)
-        sum += partials[c];
-    if (partials != &one_partial)
+        double sum = 0.0;
+        for (int64_t c = 0; c < chunks; c++) {
+            if (first_bad[c] >= 0) {
+                status = first_bad[c] + 1;
+                break;
+            }
+            sum += partials[c];
+        }
+        *total = sum;
+    }
+    if (chunks > 1) {
         free(partials);
-    *total = sum;
+        free(first_bad);
+    }
     return status;
 }
 
@@ -597,7 +625,7 @@ static FN(job) FN(job_for)(const REAL *logits, int64_t outer, int64_t classes,
 {
     FN(job) job = {logits, classes, inner, class_offset, total_classes, labels,
                    target_probs, opt, 1.0, FLOAT_ROWS && use_simd(opt),
-                   outer * inner, 0, NULL, NULL, NULL, NULL, NULL};
+                   outer * inner, 0, NULL, NULL, NULL, NULL, NULL, NULL};
     return job;
 }
 
@@ -623,14 +651,15 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
         return status;
     FN(job) job = FN(job_for)(logits, outer, classes, inner, 0, classes, labels,
                               target_probs, opt);
-    job.scale = 1.0 / normalizer;
+    job.scale = gradient_scale(normalizer);
     job.losses = losses;
     job.grad = grad;
     double total;
     status = FN(run_job)(&job, &total);
-    *loss = (opt->reduction == PSM_NONE || opt->reduction == PSM_SUM)
-        ? total : total / normalizer;
-    return status;
+    if (status != PSM_OK)
+        return status;
+    *loss = psm_reduce(opt->reduction, total, normalizer);
+    return PSM_OK;
 }
 
 /* What the calls on one block of classes share: their checks (outputs_ok
@@ -655,7 +684,7 @@ static int64_t FN(block_job)(const REAL *logits, int64_t outer, int64_t classes,
         return status;
     *job = FN(job_for)(logits, outer, classes, inner, class_offset, total_classes,
                        labels, target_probs, opt);
-    job->scale = 1.0 / normalizer;
+    job->scale = gradient_scale(normalizer);
     return PSM_OK;
 }
 
@@ -723,7 +752,11 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
         REAL x_y = 0;
         FN(target) t;
         /* probability targets are marked by any pointer: never read here */
-        if (!FN(target_at)(opt, labels, pos, labels ? NULL : &x_y, 0, total_classes, &t)) {
+        int counts = FN(target_at)(opt, labels, pos, labels ? NULL : &x_y, 0,
+                                   total_classes, &t);
+        if (counts < 0)
+            return pos + 1;
+        if (!counts) {
             if (losses)
                 losses[pos] = 0;
             continue;
@@ -740,8 +773,7 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
         chunk_total += l;
     }
     total += chunk_total;
-    *loss = (opt->reduction == PSM_NONE || opt->reduction == PSM_SUM)
-        ? total : total / normalizer;
+    *loss = psm_reduce(opt->reduction, total, normalizer);
     return PSM_OK;
 }
 

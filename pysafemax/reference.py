@@ -1,7 +1,8 @@
 """Pure-numpy versions of the kernel's functions, one per method.
 
 Each follows its method's float behaviour, not just its mathematics: naive's
-exp overflows here too, and maxsub clamps at -log(TINY) in the logits' dtype.
+exp overflows here too, and maxsub clamps at -log(FLT_MIN) in the logits'
+dtype (float64 too, as Caffe's SoftmaxWithLoss<double>).
 They share the kernel's argument checking (pysafemax._validation) and nothing
 else, so they can check it (`softmax_loss(..., check=True)` and the tests).
 Where the kernel walks the class axis by stride, these move it last and work
@@ -11,6 +12,7 @@ overflow and NaN are silenced: those values are the point of the exercise.
 import numpy as np
 
 from . import _validation
+from ._constants import FLT_MIN
 
 __all__ = ["softmax_loss", "softmax", "log_softmax", "softmax_partials"]
 
@@ -67,9 +69,10 @@ def _losses(x, method, stats, q):
     used = q != 0                       # NaN counts as used, and poisons
     mass = np.where(used, q, 0).sum(axis=1)
     if method != "stable":
-        tiny = np.finfo(x.dtype).tiny
+        tiny = x.dtype.type(FLT_MIN)
         p = e / s[:, None]
-        # Caffe's loss -= log(std::max(p, TINY)): NaN stays NaN, +0 not -0.
+        # Caffe's loss -= log(std::max(p, Dtype(FLT_MIN))): NaN stays NaN,
+        # +0 not -0.
         nll = x.dtype.type(0) - np.log(np.where(p < tiny, tiny, p))
         return np.where(used, q * nll.astype(np.float64), 0).sum(axis=1)
     m = shift.astype(np.float64)
@@ -134,7 +137,7 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         labels = t.labels.reshape(-1)
         if t.ignore_index is not None:
             ignored = labels == t.ignore_index
-        bad = np.flatnonzero(~ignored & ((labels < 0) | (labels >= lg.classes)))
+        bad = np.flatnonzero(_validation.out_of_range(labels, lg.classes, t.ignore_index))
         if bad.size:
             raise _validation.label_out_of_range(t.given_labels, int(bad[0]),
                                                  lg.classes, t.ignore_index)
@@ -156,7 +159,8 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
             loss = total / normalizer if normalizer else float("nan")
         if not return_grad:
             return loss
-        scale = 1.0 if reduction in ("none", "sum") else 1.0 / normalizer if normalizer else np.inf
+        # a mean over no weight: a NaN loss, and so a NaN gradient
+        scale = 1.0 if reduction in ("none", "sum") else 1.0 / normalizer if normalizer else np.nan
         grad = _gradient(x, method, stats, q, scale)
         grad[ignored] = 0.0
         return loss, _from_positions_by_classes(grad, lg).astype(lg.result_dtype)

@@ -51,9 +51,14 @@ def test_maxsub_caps_true_losses_above_flt_min_loss(module):
     x = np.array([[0.0, 100.0]], dtype=np.float32)
     assert module.softmax_loss(x, [0], method="maxsub") == pysafemax.FLT_MIN_LOSS
     assert module.softmax_loss(x, [0], method="stable") == 100.0
-    x64 = np.array([[0.0, 1000.0]])
-    assert module.softmax_loss(x64, [0], method="maxsub") == pysafemax.DBL_MIN_LOSS
-    assert module.softmax_loss(x64, [0], method="stable") == 1000.0
+    # float64 clamps at FLT_MIN too, as Caffe's SoftmaxWithLoss<double>: its
+    # real build reported 87.3365447505531 for [[0, 100]], label 0.
+    for gap in (100.0, 1000.0):
+        x64 = np.array([[0.0, gap]])
+        assert module.softmax_loss(x64, [0], method="maxsub") == 87.3365447505531
+        # naive: p = 1 / (1 + e^gap), below FLT_MIN (or 1 / inf = 0)
+        assert module.softmax_loss(x64, [0], method="naive") == 87.3365447505531
+        assert module.softmax_loss(x64, [0], method="stable") == gap
 
 
 @pytest.mark.parametrize("module", [pysafemax, reference], ids=["kernel", "reference"])

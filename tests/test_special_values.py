@@ -16,11 +16,12 @@ from pysafemax import reference
 
 inf, nan = np.inf, np.nan
 FLT_MIN_LOSS = pysafemax.FLT_MIN_LOSS
-DBL_MIN_LOSS = pysafemax.DBL_MIN_LOSS
+# Caffe's SoftmaxWithLoss<double> clamps at FLT_MIN too: -ln(FLT_MIN) in double.
+FLT_MIN_LOSS_F64 = 87.3365447505531
 MODULES = [pytest.param(pysafemax, id="kernel"), pytest.param(reference, id="reference")]
 FLOATS = [np.float32, np.float64]
 METHODS = pysafemax.METHODS
-CLAMP = {np.float32: FLT_MIN_LOSS, np.float64: DBL_MIN_LOSS}
+CLAMP = {np.float32: FLT_MIN_LOSS, np.float64: FLT_MIN_LOSS_F64}
 # Relative accuracy asked of a hand-computed, non-exact expectation.
 REL = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-13}
 
@@ -253,17 +254,18 @@ def test_gap_table_float32(module, gap):
 
 
 @pytest.mark.parametrize("module", MODULES)
-@pytest.mark.parametrize("gap, clamped", [(700, False), (708, False), (709, True),
-                                          (1000, True), (1e300, True)])
-def test_maxsub_float64_clamps_at_dbl_min_loss(module, gap, clamped):
+@pytest.mark.parametrize("gap, clamped", [(80, False), (87, False), (87.3365, False),
+                                          (87.3366, True), (88, True), (700, True),
+                                          (709, True), (1000, True), (1e300, True)])
+def test_maxsub_float64_clamps_at_flt_min_loss_as_caffe_double(module, gap, clamped):
+    # Caffe's SoftmaxWithLoss<double>: loss -= log(max(p, Dtype(FLT_MIN))).
     row = [[0.0, gap]]
     got = losses(module, row, [0], "maxsub", np.float64)[0]
     if clamped:
-        assert got == DBL_MIN_LOSS
-        assert DBL_MIN_LOSS == -math.log(np.finfo(np.float64).tiny)
+        assert got == FLT_MIN_LOSS_F64 == -math.log(np.finfo(np.float32).tiny)
     else:
         assert got == pytest.approx(gap, rel=1e-13)
-        assert got < DBL_MIN_LOSS
+        assert got < FLT_MIN_LOSS_F64
     assert losses(module, row, [0], "stable", np.float64)[0] == gap
 
 

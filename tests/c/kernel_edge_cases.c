@@ -282,6 +282,35 @@ static void class_blocks(int64_t outer, int64_t classes, int64_t inner)
     free(x); free(y); free(g); free(block_g); free(block_x); free(state); free(part);
 }
 
+/* A caller whose gradient buffer holds its labels: the gradient of
+ * position 0 overwrites labels 1.. after the kernel checked them.  Each is
+ * bounded again where it is read, so the call stops with position 1's status
+ * instead of indexing with it (every method, both types, 1 and 2 threads;
+ * under the sanitizers any out-of-bounds read is a report). */
+static void labels_bounded_where_read(void)
+{
+    const int64_t outer = 6, classes = 5;
+    for (int method = PSM_NAIVE; method <= PSM_STABLE; method++) {
+        for (int threads = 1; threads <= 2; threads++) {
+            psm_options o = options(method, PSM_MEAN);
+            o.threads = threads;
+            double loss;
+            float *xf = calloc((size_t)(outer * classes), sizeof *xf);
+            float *gf = calloc((size_t)(outer * classes), sizeof *gf);
+            CHECK(psm_softmax_loss_f32(xf, outer, classes, 1, (const int64_t *)gf, NULL,
+                                       &o, NULL, &loss, gf) == 2);
+            double *xd = calloc((size_t)(outer * classes), sizeof *xd);
+            double *gd = calloc((size_t)(outer * classes), sizeof *gd);
+            CHECK(psm_softmax_loss_f64(xd, outer, classes, 1, (const int64_t *)gd, NULL,
+                                       &o, NULL, &loss, gd) == 2);
+            free(xf);
+            free(gf);
+            free(xd);
+            free(gd);
+        }
+    }
+}
+
 int main(void)
 {
     static const int64_t outers[] = {0, 1, 2, 5};
@@ -294,6 +323,7 @@ int main(void)
     special_values();
     bad_arguments();
     threads_and_twins();
+    labels_bounded_where_read();
     for (size_t b = 0; b < sizeof classes / sizeof *classes; b++) {
         class_blocks(3, classes[b], 1);
         class_blocks(2, classes[b], 3);
