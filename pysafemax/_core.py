@@ -6,6 +6,7 @@ function here is safe to call from many threads at once.
 """
 import math
 import os
+import warnings
 
 import numpy as np
 from _pysafemax_kernel import ffi, lib
@@ -62,40 +63,42 @@ def _available_cores():
 _CORES = _available_cores()
 
 
+def _capped(threads):
+    """The kernel starts at most PSM_MAX_THREADS threads; a larger count
+    (any Python int) means as many as it will start."""
+    return min(threads, lib.PSM_MAX_THREADS)
+
+
 def _threads_from_environment():
-    """PYSAFEMAX_NUM_THREADS, read once at import (as OMP_NUM_THREADS is):
-    (count, None), or (None, the error to raise when a count is needed)."""
+    """PYSAFEMAX_NUM_THREADS, read once at import (as OMP_NUM_THREADS is).
+    A value that is not a whole number >= 1 is ignored, with one warning."""
     env = os.environ.get("PYSAFEMAX_NUM_THREADS")
     if env is None:
-        return _CORES, None
-    try:
-        count = int(env)
-    except ValueError:
-        count = 0
-    if count < 1:
-        return None, ValueError(f"PYSAFEMAX_NUM_THREADS must be a whole number >= 1, "
-                                f"got {env!r}")
-    return count, None
+        return _CORES
+    digits = env.strip()
+    if digits.isascii() and digits.isdigit() and int(digits) >= 1:
+        return _capped(int(digits))
+    shown = env if len(env) <= 40 else env[:40] + "..."
+    warnings.warn(f"PYSAFEMAX_NUM_THREADS={shown!r} is not a whole number >= 1; "
+                  f"ignored: calls use {_CORES} threads (every core)",
+                  RuntimeWarning, stacklevel=2)
+    return _CORES
 
 
-_env_threads, _env_error = _threads_from_environment()
+_env_threads = _threads_from_environment()
 
 
 def set_num_threads(n):
     """Set how many threads calls use by default (None: back to the default,
     PYSAFEMAX_NUM_THREADS as it was at import, or else every core this
-    process may run on)."""
+    process may run on).  Counts above 256 are taken as 256."""
     global _num_threads
-    _num_threads = None if n is None else _validation.thread_count(n, "n")
+    _num_threads = None if n is None else _capped(_validation.thread_count(n, "n"))
 
 
 def get_num_threads():
     """How many threads a call uses unless it passes threads=."""
-    if _num_threads is not None:
-        return _num_threads
-    if _env_error is not None:
-        raise _env_error
-    return _env_threads
+    return _env_threads if _num_threads is None else _num_threads
 
 
 def _buffer(array, ctype):
@@ -170,7 +173,9 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     check = _validation.flag(check, "check")
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     if out is not None:
-        out = _validation.gradient_out(out, x, logits, return_grad)
+        out = _validation.gradient_out(out, x, return_grad, {
+            "logits": (logits, x.array), "labels": (labels, t.labels, t.probs),
+            "weight": (weight, t.weight)})
 
     compute = x.compute_dtype
     ctype, loss_kernel, _, _ = _KERNELS[compute]
@@ -226,13 +231,10 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
 
     if reduction == "none":
         loss = losses
-    elif not streamed:
+    elif streamed:
+        loss = lib.psm_reduce(_REDUCTION_IDS[reduction], total, normalizer)
+    else:
         loss = result[0]
-    elif normalizer:
-        loss = total / normalizer
-    else:   # a mean over no weight: NaN (or inf), as the kernel divides
-        with np.errstate(divide="ignore", invalid="ignore"):
-            loss = float(np.float64(total) / normalizer)
     return (loss, grad) if return_grad else loss
 
 
@@ -325,7 +327,7 @@ def kernel_options(method, reduction, threads, weight=None, ignore_index=None,
     options = ffi.new("psm_options *")      # zeroed: no weights, no ignore
     options.method = _METHOD_IDS[method]
     options.reduction = _REDUCTION_IDS[reduction]
-    options.threads = get_num_threads() if threads is None else threads
+    options.threads = get_num_threads() if threads is None else _capped(threads)
     options.portable = _PORTABLE
     if ignore_index is not None:
         options.use_ignore_index = 1
@@ -398,8 +400,9 @@ def _plain_loss(logits, labels, method, reduction, threads):
     status = kernel(ffi.from_buffer(ctype, logits), rows, classes, 1,
                     ffi.from_buffer("int64_t[]", labels), ffi.NULL, options, ffi.NULL,
                     result, ffi.NULL)
-    if status != lib.PSM_OK:
-        return None   # a bad label: the general path raises the error
+    if status > 0:
+        raise _validation.label_out_of_range(labels, status - 1, classes)
+    _raise_for_status(status)
     return result[0]
 
 
@@ -425,11 +428,12 @@ def _check_against_reference(logits, targets, t, axis, method, normalizer,
     if grad is None:
         return
     # reduction="none" leaves the gradient unscaled: scale it by the whole
-    # batch's normalizer as the kernel does, in the logits' dtype (one more
+    # batch's normalizer as the kernel does (1 / normalizer, NaN for 0: what
+    # psm_reduce makes of a loss of 1), in the logits' dtype (one more
     # rounding for stable, well within tol).  Ignored positions are zeroed
-    # after scaling, since 0 * inf (a mean over no weight) is NaN.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = logits.dtype.type(np.float64(1.0) / normalizer)
+    # after scaling, as the kernel leaves them.
+    scale = logits.dtype.type(lib.psm_reduce(lib.PSM_MEAN, 1.0, normalizer))
+    with np.errstate(invalid="ignore"):
         expected_grad = np.moveaxis(expected_grad, axis, -1) * scale
     if t.ignore_index is not None:
         expected_grad[targets == t.ignore_index] = 0

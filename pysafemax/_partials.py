@@ -64,7 +64,6 @@ class SoftmaxPartials:
     def __init__(self, state, *, classes_covered, num_classes, position_shape,
                  axis, compute_dtype, result_dtype, method, labels,
                  uses_probabilities, weight, ignore_index, label_smoothing):
-        state.flags.writeable = False
         self._state = state
         self.classes_covered = tuple(classes_covered)
         self.num_classes = num_classes
@@ -78,6 +77,18 @@ class SoftmaxPartials:
         self.weight = weight
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        self._freeze()
+
+    def _freeze(self):
+        """A state owns its arrays (no caller holds them) and never changes:
+        read-only, also after unpickling, which makes arrays writable."""
+        for array in (self._state, self.labels, self.weight):
+            if array is not None:
+                array.flags.writeable = False
+
+    def __setstate__(self, attributes):
+        self.__dict__.update(attributes)
+        self._freeze()
 
     @property
     def total_classes(self):
@@ -133,14 +144,20 @@ def _kernel_classes(num_classes):
 def _class_block(class_offset, num_classes, block_classes, weight):
     """Check class_offset and num_classes (None: unknown, unless weight gives
     it) against a block's width."""
-    class_offset = _validation._integer(class_offset, "class_offset")
+    class_offset = _validation.integer(class_offset, "class_offset")
     if class_offset < 0:
         raise ValueError(f"class_offset must be >= 0, got {class_offset}")
+    if class_offset + block_classes > _UNKNOWN_CLASSES:
+        raise ValueError(
+            f"a block of {block_classes} classes at class_offset {class_offset} "
+            f"ends past class {_UNKNOWN_CLASSES}, the most an int64 counts")
     if num_classes is None and weight is not None and np.ndim(weight) == 1:
         num_classes = len(weight)
     if num_classes is None:
         return class_offset, None
-    num_classes = _validation._integer(num_classes, "num_classes")
+    num_classes = _validation.integer(num_classes, "num_classes")
+    if num_classes > _UNKNOWN_CLASSES:
+        raise ValueError(f"num_classes must fit in int64, got {num_classes}")
     if class_offset + block_classes > num_classes:
         raise ValueError(
             f"a block of {block_classes} classes at class_offset {class_offset} "
@@ -219,14 +236,16 @@ def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, 
         state, classes_covered=[(class_offset, class_offset + x.classes)],
         num_classes=num_classes, position_shape=x.position_shape, axis=x.axis,
         compute_dtype=x.array.dtype, result_dtype=x.result_dtype, method=method,
-        labels=t.labels, uses_probabilities=t.probs is not None, weight=t.weight,
+        labels=None if t.labels is None else t.labels.copy(),
+        uses_probabilities=t.probs is not None, weight=t.weight,
         ignore_index=t.ignore_index, label_smoothing=t.label_smoothing)
 
 
 def _same(a, b):
+    """Equal contents (never identity: an array can change and stay itself)."""
     if a is None or b is None:
         return a is b
-    return a is b or (a.shape == b.shape and np.array_equal(a, b))
+    return a.shape == b.shape and np.array_equal(a, b)
 
 
 def _check_compatible(first, other, k):
@@ -393,9 +412,11 @@ def block_grad(state, logits_block, labels, class_offset, reduction, threads,
     if normalizer is not None:
         options.has_normalizer = 1
         options.normalizer = normalizer
+    # The state's own labels, equal to the caller's: those may change during
+    # the call, the state's cannot.
     status = grad_kernel(
         _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset, total,
-        _core._buffer(t.labels, "int64_t[]"), _core._buffer(t.probs, ctype), options,
+        _core._buffer(state.labels, "int64_t[]"), _core._buffer(t.probs, ctype), options,
         ffi.from_buffer("psm_partial[]", state._state, require_writable=False),
         _core._buffer(grad, ctype))
     _label_error(t, status, total)

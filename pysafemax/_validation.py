@@ -8,6 +8,7 @@ nothing here writes to the caller's arrays.
 """
 import math
 import numbers
+import warnings
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -59,16 +60,44 @@ class Targets(NamedTuple):
     label_smoothing: float
 
 
-def _as_array(value, name):
+# What a masked array's caller should do instead, per argument.
+_UNMASK = {
+    "logits": "fill the masked logits with -inf (logits.filled(-np.inf))",
+    "labels": ("fill the masked labels with an ignore_index value "
+               "(labels.filled(-100)) and pass ignore_index"),
+}
+
+
+def no_mask(value, name):
+    """Refuse a numpy.ma array: its mask would be dropped silently, and no
+    single reading of it (ignored? -inf? zero?) fits every argument."""
+    if isinstance(value, np.ma.MaskedArray):
+        remedy = _UNMASK.get(name, f"pass {name}.filled(...) with the values you mean")
+        raise TypeError(f"{name} is a masked array; pysafemax does not read masks: "
+                        f"{remedy}")
+
+
+def as_array(value, name):
+    """value as an ndarray, without copying one; refuses masked arrays.
+    A sequence that is no array (ragged) is a ValueError, one that holds no
+    numbers numpy can take (a bfloat16 tensor) a TypeError."""
+    no_mask(value, name)
     if isinstance(value, np.ndarray):
         return value
     try:
-        return np.asarray(value)
-    except (ValueError, OverflowError, TypeError) as exc:
+        with warnings.catch_warnings():
+            # numpy < 1.24 makes an object array of ragged input, with a
+            # deprecation warning; later versions raise ValueError
+            warnings.simplefilter(
+                "error", getattr(np, "exceptions", np).VisibleDeprecationWarning)
+            return np.asarray(value)
+    except TypeError as exc:
+        raise TypeError(f"{name} could not be read as an array: {exc}") from None
+    except (ValueError, OverflowError, Warning) as exc:
         raise ValueError(f"{name} could not be read as an array: {exc}") from None
 
 
-def _integer(value, name):
+def integer(value, name):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value)
@@ -77,7 +106,7 @@ def _integer(value, name):
 def logits_array(logits, axis=1, convert=True):
     """Check logits and the class axis; see Logits.  convert=False leaves the
     array as given, for a caller that converts it block by block."""
-    x = logits if type(logits) is np.ndarray else _as_array(logits, "logits")
+    x = logits if type(logits) is np.ndarray else as_array(logits, "logits")
     # The common case first: a native float32/float64 array (cheap checks,
     # since they run on every call).
     dtype = x.dtype
@@ -88,7 +117,7 @@ def logits_array(logits, axis=1, convert=True):
     if x.ndim == 0:
         raise ValueError("logits must have a class axis, got a 0-d array")
     if type(axis) is not int:
-        axis = _integer(axis, "axis")
+        axis = integer(axis, "axis")
     # 1-D logits are one unbatched position, as in PyTorch: their one axis
     # holds the classes, and the default axis=1 names it too.
     if x.ndim == 1 and axis in (-1, 0, 1):
@@ -123,9 +152,9 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
     elif isinstance(labels, (list, tuple)) and len(labels) == 0:
         given = np.zeros(0, dtype=np.int64)
     else:
-        given = _as_array(labels, "labels")
+        given = as_array(labels, "labels")
     if ignore_index is not None:
-        ignore_index = _integer(ignore_index, "ignore_index")
+        ignore_index = integer(ignore_index, "ignore_index")
         if not _INT64_MIN <= ignore_index <= _INT64_MAX:
             raise ValueError(f"ignore_index must fit in int64, got {ignore_index}")
     if given.dtype.kind in "fO" and isinstance(labels, (list, tuple)):
@@ -185,26 +214,43 @@ def _reject_uint64_beyond_int64(given, classes, ignore_index):
     """A uint64 label of 2**63 or more would wrap to a negative int64, and
     could then pass for a negative ignore_index: report the first
     out-of-range label here instead."""
-    flat = given.reshape(-1)
-    if flat.max() <= _INT64_MAX:
+    if given.max() <= np.uint64(_INT64_MAX):
         return
-    bad = flat >= classes
-    if ignore_index is not None and ignore_index >= 0:
-        bad &= flat != ignore_index
+    bad = out_of_range(given, classes, ignore_index).reshape(-1)
     raise label_out_of_range(given, int(np.argmax(bad)), classes, ignore_index)
+
+
+def out_of_range(labels, classes, ignore_index=None):
+    """Where integer labels lie outside [0, classes) and are not ignore_index
+    (an int64 or None).  Exact for every integer dtype on every numpy: the
+    bounds are numpy scalars of the labels' own kind, since numpy before 1.25
+    compares uint64 with a Python int through float64 (2**63 passed for
+    2**63 - 1)."""
+    if labels.dtype.kind == "u" and labels.itemsize == 8:
+        bad = labels >= np.uint64(classes)
+        if ignore_index is not None and ignore_index >= 0:
+            bad &= labels != np.uint64(ignore_index)
+        return bad
+    values = labels.astype(np.int64, copy=False)
+    bad = (values < 0) | (values >= np.int64(classes))
+    if ignore_index is not None:
+        bad &= values != np.int64(ignore_index)
+    return bad
 
 
 def class_weight(weight, classes):
     if weight is None:
         return None
-    w = _as_array(weight, "weight")
+    w = as_array(weight, "weight")
     if w.dtype.kind != "f":
         raise TypeError(f"weight must be a floating array of {classes} class "
                         f"weights, got dtype {w.dtype}")
     if w.shape != (classes,):
         raise ValueError(f"weight must have shape ({classes},), one per class, "
                          f"got {w.shape}")
-    w = np.require(w, dtype=np.float64, requirements="CA")
+    # Always a private copy: a kernel call reads it with the GIL released,
+    # and a partial state keeps it.
+    w = np.array(w, dtype=np.float64, order="C", copy=True)
     nan = np.flatnonzero(np.isnan(w))
     if nan.size:
         raise ValueError(f"weight[{nan[0]}] is nan; class weights must be numbers")
@@ -232,6 +278,12 @@ def label_out_of_range(given, position, classes, ignore_index=None):
     index = np.unravel_index(position, given.shape) if given.ndim else ()
     where = "".join(f"[{int(k)}]" for k in index)
     value = int(given[index])
+    if value == ignore_index or 0 <= value < (_INT64_MAX if classes is None
+                                              else classes):
+        # The kernel bounds each label where it uses it: this one was out of
+        # range then, and another thread has written it since.
+        return ValueError(f"labels{where} was out of range when it was read, and "
+                          f"is {value} now: the labels changed during the call")
     hint = ""
     if value < 0 and ignore_index is None:
         hint = (f"; to skip positions labelled {value}, pass "
@@ -245,16 +297,20 @@ def label_out_of_range(given, position, classes, ignore_index=None):
 
 
 def thread_count(value, name="threads"):
-    value = _integer(value, name)
+    """A thread count: any int >= 1 (the kernel caps what it starts)."""
+    value = integer(value, name)
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
 
 
-def gradient_out(out, logits, given_logits, return_grad):
-    """Check `out`, the caller's buffer for the gradient."""
+def gradient_out(out, logits, return_grad, inputs):
+    """Check `out`, the caller's buffer for the gradient, against the logits
+    and every input array (name -> arrays: as given, and as converted): the
+    kernel writes the gradient while it still reads them."""
     if not return_grad:
         raise ValueError("out receives the gradient: pass return_grad=True with it")
+    no_mask(out, "out")
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
     if out.dtype != logits.result_dtype:
@@ -265,8 +321,10 @@ def gradient_out(out, logits, given_logits, return_grad):
                          f"got {out.shape}")
     if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
         raise ValueError("out must be C-contiguous, aligned and writeable")
-    if np.may_share_memory(out, given_logits) or np.may_share_memory(out, logits.array):
-        raise ValueError("out must not overlap the logits")
+    for name, arrays in inputs.items():
+        if any(isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in arrays):
+            raise ValueError(f"out must not overlap the {name}: the gradient is "
+                             f"written while the {name} are read")
     return out
 
 

@@ -118,8 +118,9 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     logits, x = _dask_logits(logits, axis)
     if isinstance(labels, da.Array):
         _require_known_chunks(labels, "labels")
+        _validation.no_mask(labels._meta, "labels")
     else:
-        labels = _validation._as_array(labels, "labels")
+        labels = _validation.as_array(labels, "labels")
     uses_probabilities = _check_targets(labels, logits, x, weight, ignore_index,
                                         label_smoothing)
     targets = _dask_targets(labels, logits, x.axis)
@@ -137,9 +138,10 @@ def _dask_logits(logits, axis):
     """Logits as a dask array, and their metadata checked (see Logits)."""
     if isinstance(logits, da.Array):
         _require_known_chunks(logits, "logits")
+        _validation.no_mask(logits._meta, "logits")
         x = _logits_metadata(logits.shape, logits.dtype, axis)
     else:
-        logits = _validation._as_array(logits, "logits")
+        logits = _validation.as_array(logits, "logits")
         x = _logits_metadata(logits.shape, logits.dtype, axis)
         # Positions in dask's automatic chunks, the classes whole; name=False
         # spares hashing the whole array for a name.
@@ -362,8 +364,8 @@ class _Graph:
 
 def _checked_labels(call, start, labels_shape, block):
     """A labels block as int64, after psm_label_summary checked its range."""
-    given = np.asarray(block)
-    if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
+    given = _validation.as_array(block, "labels")
+    if given.dtype.kind == "u" and given.size and given.max() > np.uint64(2**63 - 1):
         # would wrap to a negative int64, which could pass for ignore_index
         raise _label_error(call, given, start, labels_shape)
     labels = np.require(given, dtype=np.int64, requirements="CA")
@@ -380,9 +382,7 @@ def _checked_labels(call, start, labels_shape, block):
 def _label_error(call, given, start, labels_shape):
     """The single call's ValueError for the block's first bad label, naming
     its position in the whole labels array (`start` is the block's corner)."""
-    bad = (given < 0) | (given >= call.classes)
-    if call.ignore_index is not None:
-        bad &= given != call.ignore_index
+    bad = _validation.out_of_range(given, call.classes, call.ignore_index)
     local = np.unravel_index(int(np.argmax(bad)), given.shape)
     where = tuple(s + i for s, i in zip(start, local))
     position = int(np.ravel_multi_index(where, labels_shape)) if where else 0
@@ -413,12 +413,8 @@ def _add(*parts):
 
 
 def _finish_loss(reduction, total, normalizer):
-    """The reduced loss as the kernel finishes it: total / normalizer, in
-    double (0 / 0 is NaN, as mean over no positions is)."""
-    if reduction == "sum":
-        return np.float64(total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.float64(total) / np.float64(normalizer)
+    """The reduced loss as the kernel finishes it (psm_reduce)."""
+    return np.float64(lib.psm_reduce(_core._REDUCTION_IDS[reduction], total, normalizer))
 
 
 def _targets_of(block):

@@ -105,6 +105,15 @@ def _no_classes_re(shape, axis):
     return rf"^logits has no classes: shape {_shape(shape)}, axis {axis}; C must be >= 1$"
 
 
+def _overlap_re(name):
+    return (rf"^out must not overlap the {name}: the gradient is written while "
+            rf"the {name} are read$")
+
+
+def _masked_re(name):
+    return rf"^{name} is a masked array; pysafemax does not read masks: "
+
+
 def _axis_range_re(axis, shape):
     return rf"^axis {axis} is out of range for logits of shape {_shape(shape)}$"
 
@@ -192,6 +201,10 @@ TABLE += _logits_rows("logits-C0-on-axis-0", np.zeros((0, 3), np.float32),
                       ValueError, _no_classes_re((0, 3), 0), kwargs={"axis": 0})
 TABLE += _logits_rows("logits-C0-on-axis-minus-1", np.zeros((2, 3, 0), np.float32),
                       ValueError, _no_classes_re((2, 3, 0), 2), kwargs={"axis": -1})
+TABLE += _logits_rows("logits-masked", np.ma.masked_array(X, mask=X > 1), TypeError,
+                      _masked_re("logits") + r"fill the masked logits with -inf")
+TABLE += _logits_rows("logits-masked-nothing", np.ma.masked_array(X), TypeError,
+                      _masked_re("logits"))
 TABLE += _logits_rows("logits-ragged", [[1.0, 2.0, 3.0], [4.0]], ValueError,
                       r"^logits could not be read as an array")
 TABLE += _logits_rows("logits-ragged-deep", [[[1.0], [2.0, 3.0]]], ValueError,
@@ -200,7 +213,8 @@ TABLE += _logits_rows("logits-ragged-deep", [[[1.0], [2.0, 3.0]]], ValueError,
 # --- axis: exactly an int -> TypeError; in range -> ValueError ---------------
 for _value in (1.0, "1", None, True, False, np.bool_(True), np.float64(1.0),
                (1,), [1], np.array(1), 1 + 0j):
-    TABLE += _axis_rows(f"axis-{_value!r}", X, Y, _value, TypeError,
+    # the type in the id: numpy 1.x writes np.float64(1.0) as 1.0
+    TABLE += _axis_rows(f"axis-{type(_value).__name__}-{_value!r}", X, Y, _value, TypeError,
                         rf"^axis must be an int, got {re.escape(repr(_value))}$")
 for _logits, _labels, _value in ((X, Y, 2), (X, Y, -3), (X, Y, 2**63),
                                  (X3, Y3, 3), (X3, Y3, -4),
@@ -274,6 +288,12 @@ TABLE += _labels_rows("labels-int-of-logits-shape", np.zeros((N, C), np.int64),
 TABLE += _labels_rows("labels-for-empty-batch", [0], ValueError,
                       _labels_shape_re((1,), (0, C)),
                       logits=np.zeros((0, C), np.float32))
+TABLE += _labels_rows("labels-masked", np.ma.masked_array(Y, mask=[0, 1, 0, 0]),
+                      TypeError, _masked_re("labels") + r"fill the masked labels with "
+                      r"an ignore_index value \(labels\.filled\(-100\)\) and pass "
+                      r"ignore_index$")
+TABLE += _labels_rows("labels-masked-probabilities", np.ma.masked_array(PROBS),
+                      TypeError, _masked_re("labels"))
 TABLE += _labels_rows("labels-ragged", [[0], [1, 2], [0], [1]], ValueError,
                       r"^labels could not be read as an array")
 # ... for N-D logits: the labels drop the class axis and keep the rest.
@@ -412,6 +432,8 @@ for _id, _value, _position, _text in (
         ("minus-inf-float32", np.array([1.0, 1.0, -np.inf], np.float32), 2, "-inf")):
     TABLE += _option_rows(f"weight-{_id}", "weight", _value, ValueError,
                           rf"^weight\[{_position}\] is {_text}; class weights must be finite$")
+TABLE += _option_rows("weight-masked", "weight", np.ma.masked_array(np.ones(C)),
+                      TypeError, _masked_re("weight"))
 TABLE += _option_rows("weight-ragged", "weight", [[1.0, 2.0], [3.0]], ValueError,
                       r"^weight could not be read as an array")
 
@@ -511,9 +533,28 @@ for _id, _value, _kwargs, _exc, _match in (
          r"^out must be C-contiguous, aligned and writeable$"),
         ("read-only", _READ_ONLY, _GRAD, ValueError,
          r"^out must be C-contiguous, aligned and writeable$"),
-        ("the-logits", X, _GRAD, ValueError, r"^out must not overlap the logits$")):
+        ("the-logits", X, _GRAD, ValueError, _overlap_re("logits")),
+        ("masked", np.ma.masked_array(np.empty((N, C), np.float32)), _GRAD, TypeError,
+         r"^out is a masked array; pysafemax does not read masks")):
     TABLE += _row(f"out-{_id}", "softmax_loss", (X, Y), {"out": _value, **_kwargs},
                   _exc, _match, "out", modules=("kernel",))
+# out shares memory with an input other than the logits: the gradient would
+# overwrite labels the kernel has checked and reads again (a crash, before
+# the kernel bounded labels at the point of use), or weights and targets it
+# still reads (a wrong answer).
+_BUFFER = np.zeros(N * C, np.float32)
+_OUT = _BUFFER.reshape(N, C)
+for _id, _labels in (("int64-labels", _BUFFER[:2 * N].view(np.int64)),
+                     ("int32-labels", _BUFFER[-N:].view(np.int32)),
+                     ("probabilities", _BUFFER.reshape(N, C))):
+    TABLE += _row(f"out-overlaps-{_id}", "softmax_loss", (X, _labels),
+                  {"out": _OUT, **_GRAD}, ValueError, _overlap_re("labels"), "out",
+                  modules=("kernel",))
+_WEIGHT_BUFFER = np.zeros(N * C + C)
+TABLE += _row("out-overlaps-weight", "softmax_loss", (X.astype(np.float64), Y),
+              {"out": _WEIGHT_BUFFER[C:].reshape(N, C), **_GRAD,
+               "weight": _WEIGHT_BUFFER[C - 1:2 * C - 1]}, ValueError,
+              _overlap_re("weight"), "out", modules=("kernel",))
 
 # --- the signature itself -----------------------------------------------------
 TABLE += _row("method-positional", "softmax_loss", (X, Y, "stable"), {},
