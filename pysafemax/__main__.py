@@ -63,13 +63,13 @@ def build_parser():
     diagnose = commands.add_parser(
         "diagnose", help="say why a batch's loss reads 87.3365 or nan, from "
                          "its logits and labels (.npy or .npz)",
-        description="Look for the float32 failure modes of softmax "
+        description="Look for the float failure modes of softmax "
                     "cross-entropy in saved logits and labels, say which "
                     "method's loss can be trusted, and rank the usual remedies "
                     "by the evidence.  Exit code: 0 clean, 1 issues found, "
                     "2 unusable input.")
-    diagnose.add_argument("logits", help="logits, .npy or .npz (large .npy files "
-                                         "are memory-mapped)")
+    diagnose.add_argument("logits", help="logits, .npy or .npz (memory-mapped, "
+                                         "so files larger than memory work)")
     diagnose.add_argument("labels", help="class-index labels, .npy or .npz")
     diagnose.add_argument("--axis", type=int, default=1, help="the class axis (default 1)")
     diagnose.add_argument("--ignore-index", type=int, default=None,

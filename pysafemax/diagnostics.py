@@ -9,19 +9,28 @@ ranks the usual remedies by that evidence.  `python -m pysafemax diagnose`
 is cli_diagnose().
 
 The thresholds are those of the dtype the kernel computes in: float32 for
-float16 and float32 logits, float64 for float64 logits.
+float16 and float32 logits, float64 for float64 logits.  The clamp is
+Caffe's, at FLT_MIN in both dtypes (pysafemax._constants.clamp_loss).
 
                               float32   float64
   naive's exp overflows       88.7228   709.783   ln(max)
   naive's sum rounds to 0     -103.972  -745.133  ln(smallest subnormal / 2)
-  maxsub's clamp fires        87.3365   708.396   -ln(TINY)
+  maxsub's clamp fires        87.3365   87.3365   -ln(FLT_MIN)
   naive's label exp imprecise -94.961   -726.420  see DiagnosisReport
+
+.npz members are memory-mapped too: a stored one (np.savez) in place, a
+compressed one (np.savez_compressed) after streaming it into an anonymous
+temporary file in TMPDIR, which needs room for the member uncompressed (on
+a tmpfs, that room is memory).  No input is ever held in memory whole.
 """
 import dataclasses
 import json
 import math
 import os
+import shutil
+import struct
 import sys
+import tempfile
 import textwrap
 import zipfile
 from dataclasses import dataclass, field
@@ -30,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from . import _validation
-from ._constants import DBL_MIN_LOSS, FLT_MIN_LOSS
+from ._constants import clamp_loss
 from ._core import softmax_loss
 
 __all__ = ["diagnose", "DiagnosisReport", "Thresholds", "thresholds",
@@ -41,6 +50,7 @@ _BLOCK_POSITIONS = 65536
 _BLOCK_ELEMENTS = 1 << 21
 _INT64_MAX = int(np.iinfo(np.int64).max)
 _LN2 = math.log(2.0)
+_COPY_CHUNK = 1 << 20   # bytes per step when decompressing an .npz member
 WIDTH = 80
 
 # The findings, in the order str(report) lists them.  Each is a count of
@@ -78,7 +88,8 @@ class Thresholds:
     dtype: str
     exp_overflow: float     # ln(max): naive's exp (or its sum) is inf above
     sum_underflow: float    # ln(smallest subnormal / 2): exp rounds to 0 below
-    clamp: float            # -ln(TINY): maxsub and naive clamp losses above
+    clamp: float            # -ln(FLT_MIN) in this dtype: maxsub and naive
+                            # clamp losses above (Caffe's clamp, both dtypes)
     subnormal_label: float  # naive's exp of a label logit below keeps fewer
                             # than half the dtype's significant bits
 
@@ -92,7 +103,7 @@ def thresholds(dtype):
         dtype=str(compute),
         exp_overflow=math.log(float(info.max)),
         sum_underflow=ln_subnormal - _LN2,
-        clamp=DBL_MIN_LOSS if compute == np.float64 else FLT_MIN_LOSS,
+        clamp=clamp_loss(compute),
         subnormal_label=ln_subnormal + ((info.nmant + 1) // 2) * _LN2,
     )
 
@@ -127,9 +138,10 @@ class DiagnosisReport:
                          dtype's bits, and its loss is off in the 4th digit
                          or worse.  Not counted where the row over- or
                          underflows or is clamped.
-    clamped_rows         the true loss exceeds -ln(TINY), so maxsub (and
-                         naive) report 87.3365 (708.396 in float64) instead.
-                         Rows with a label on -inf are not counted here.
+    clamped_rows         the true loss exceeds -ln(FLT_MIN), so maxsub (and
+                         naive) report 87.3365 instead, in float64 as in
+                         float32 (Caffe clamps at FLT_MIN in both).  Rows
+                         with a label on -inf are not counted here.
 
     `positions[key]` holds the first MAX_POSITIONS positions of each finding
     as flat indices into the logits' shape without the class axis
@@ -159,7 +171,7 @@ class DiagnosisReport:
     dtype: str
     ignore_index: Optional[int]
     thresholds: Thresholds
-    rows: int = 0
+    rows: int = 0           # 0 when any axis but the class axis is empty
     ignored_rows: int = 0
     counts: Dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(COUNT_KEYS + _DETAIL_KEYS, 0))
@@ -326,17 +338,13 @@ def _logits(logits, axis):
     """(array, Logits info) with logits_array's checks and errors, without
     copying an array that is big (a memmap) just to convert its dtype or
     layout: the blocks are converted one at a time instead."""
-    x = logits
-    if not isinstance(x, np.ndarray):
-        x = _validation._as_array(logits, "logits")
+    x = _validation.as_array(logits, "logits")
     info = _validation.logits_array(x, axis, convert=x.size <= _BLOCK_ELEMENTS)
     return info.array, info
 
 
 def _labels(labels, info):
-    given = labels
-    if not isinstance(given, np.ndarray):
-        given = _validation._as_array(labels, "labels")
+    given = _validation.as_array(labels, "labels")
     if given.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices, got dtype {given.dtype}")
     position_shape = info.position_shape
@@ -349,7 +357,10 @@ def _labels(labels, info):
 
 def _blocks(info):
     """(outer slice, inner slice) pairs covering every position in order, each
-    at most _BLOCK_POSITIONS positions and about _BLOCK_ELEMENTS logits."""
+    at most _BLOCK_POSITIONS positions and about _BLOCK_ELEMENTS logits;
+    none when there are no positions."""
+    if not info.outer or not info.inner:
+        return
     size = max(1, min(_BLOCK_POSITIONS, _BLOCK_ELEMENTS // info.classes))
     if info.inner >= size:
         for o in range(info.outer):
@@ -366,7 +377,7 @@ def _label_masks(raw, classes, ignore_index):
     raw = raw.reshape(-1)
     if raw.dtype.kind == "u" and raw.dtype.itemsize == 8:
         # uint64 beyond int64 would wrap to a negative int64: compare as uint64
-        in_range = raw < classes
+        in_range = raw < np.uint64(classes)   # exact on numpy < 1.25 too
         if ignore_index is not None and 0 <= ignore_index <= 2 * _INT64_MAX + 1:
             ignored = raw == np.uint64(ignore_index)
         else:
@@ -399,7 +410,7 @@ def diagnose(logits, labels, *, axis=1, ignore_index=None):
     """
     x, info = _logits(logits, axis)
     if ignore_index is not None:
-        ignore_index = _validation._integer(ignore_index, "ignore_index")
+        ignore_index = _validation.integer(ignore_index, "ignore_index")
     labels2 = _labels(labels, info)
     t = thresholds(info.compute_dtype)
     report = DiagnosisReport(shape=tuple(int(n) for n in x.shape), axis=info.axis,
@@ -654,7 +665,7 @@ class _Unusable(Exception):
 
 
 def _load(path, role):
-    """The array in a .npy (memory-mapped) or .npz file; `role` is 'logits'
+    """The array in a .npy or .npz file, memory-mapped; `role` is 'logits'
     or 'labels', the name looked for in an .npz of several arrays."""
     if not os.path.exists(path):
         raise _Unusable(f"{role} file {path} does not exist")
@@ -679,18 +690,71 @@ def _load(path, role):
 
 
 def _from_npz(path, role):
-    with np.load(path, allow_pickle=False) as archive:
-        names = list(archive.files)
-        if role in names:
+    """The member named `role`, or the only member, of an .npz, memory-mapped
+    read-only; the other members are not read."""
+    with zipfile.ZipFile(path) as archive:
+        # np.load's names: the member's file name without ".npy"
+        members = {name[:-4] if name.endswith(".npy") else name: name
+                   for name in archive.namelist()}
+        if role in members:
             name = role
-        elif len(names) == 1:
-            name = names[0]
-        elif not names:
+        elif len(members) == 1:
+            (name,) = members
+        elif not members:
             raise _Unusable(f"{role} file {path} holds no arrays")
         else:
             raise _Unusable(f"{role} file {path} holds several arrays "
-                            f"({', '.join(names)}) and none is named '{role}'")
-        return archive[name]
+                            f"({', '.join(members)}) and none is named '{role}'")
+        member = archive.getinfo(members[name])
+        if member.flag_bits & 0x1:
+            raise ValueError(f"member {member.filename} is encrypted")
+        if member.compress_type == zipfile.ZIP_STORED:
+            return _map_stored(path, member)
+        with tempfile.TemporaryFile() as spool:
+            with archive.open(member) as source:
+                shutil.copyfileobj(source, spool, _COPY_CHUNK)
+            spool.seek(0)
+            # the map keeps the (already unlinked) file alive after close
+            return _map_npy(spool, member.file_size)
+
+
+def _map_stored(path, member):
+    """An uncompressed .npz member, mapped where it lies in the zip file."""
+    with open(path, "rb") as f:
+        f.seek(member.header_offset)
+        local_header = f.read(30)
+        if len(local_header) < 30 or local_header[:4] != b"PK\x03\x04":
+            raise ValueError(f"member {member.filename} has no local file header")
+        name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+        start = member.header_offset + 30 + name_length + extra_length
+        f.seek(start)
+        return _map_npy(f, start + member.file_size)
+
+
+def _map_npy(f, end):
+    """The .npy that starts at f's position and ends by file offset `end`,
+    memory-mapped read-only."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        # 3.0 is 2.0 with the header in UTF-8, which only structured dtypes'
+        # field names need (and diagnose refuses those whatever their names)
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format version {version[0]}.{version[1]} "
+                         f"is not read here")
+    if dtype.hasobject:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    offset = f.tell()
+    count = math.prod(shape)
+    if offset + count * dtype.itemsize > end:
+        raise ValueError(f"the array of shape {shape} is truncated")
+    order = "F" if fortran_order else "C"
+    if count == 0:
+        return np.empty(shape, dtype, order=order)   # nothing to map
+    return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order=order)
 
 
 def _one_line(exc):
@@ -707,12 +771,15 @@ def cli_diagnose(logits_path, labels_path, *, axis=1, ignore_index=None,
     try:
         logits = _load(logits_path, "logits")
         labels = _load(labels_path, "labels")
-        try:
-            report = diagnose(logits, labels, axis=axis, ignore_index=ignore_index)
-        except (TypeError, ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise _Unusable(_one_line(exc)) from None
-    except _Unusable as exc:
+        report = diagnose(logits, labels, axis=axis, ignore_index=ignore_index)
+    except (_Unusable, TypeError, ValueError) as exc:
+        # the files, or diagnose's checks of the arrays in them
         err.write(f"pysafemax diagnose: {_one_line(exc)}\n")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - MemoryError, or a bug: still exit 2
+        name, detail = type(exc).__name__, _one_line(exc)
+        text = name if detail == name else f"{name}: {detail}"
+        err.write(f"pysafemax diagnose: {text}\n")
         return 2
     if as_json:
         out.write(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
