@@ -72,6 +72,12 @@ def _option_rows(row_id, name, value, exc, match, labels=Y):
                 name)
 
 
+def _typed_id(value):
+    """A value in a test id, with its type: numpy 1.x writes np.float64(1.0)
+    as 1.0 and np.bool_(True) as True, which would collide."""
+    return f"{type(value).__name__}-{value!r}"
+
+
 def _shape(shape):
     return re.escape(str(tuple(shape)))
 
@@ -213,8 +219,7 @@ TABLE += _logits_rows("logits-ragged-deep", [[[1.0], [2.0, 3.0]]], ValueError,
 # --- axis: exactly an int -> TypeError; in range -> ValueError ---------------
 for _value in (1.0, "1", None, True, False, np.bool_(True), np.float64(1.0),
                (1,), [1], np.array(1), 1 + 0j):
-    # the type in the id: numpy 1.x writes np.float64(1.0) as 1.0
-    TABLE += _axis_rows(f"axis-{type(_value).__name__}-{_value!r}", X, Y, _value, TypeError,
+    TABLE += _axis_rows(f"axis-{_typed_id(_value)}", X, Y, _value, TypeError,
                         rf"^axis must be an int, got {re.escape(repr(_value))}$")
 for _logits, _labels, _value in ((X, Y, 2), (X, Y, -3), (X, Y, 2**63),
                                  (X3, Y3, 3), (X3, Y3, -4),
@@ -440,7 +445,7 @@ TABLE += _option_rows("weight-ragged", "weight", [[1.0, 2.0], [3.0]], ValueError
 # --- ignore_index: an int or None --------------------------------------------
 for _value in (1.0, -100.0, True, False, np.bool_(False), "-100", [-100],
                np.float32(0.0), np.array(-100), float("nan"), Fraction(1)):
-    TABLE += _option_rows(f"ignore_index-{_value!r}", "ignore_index", _value,
+    TABLE += _option_rows(f"ignore_index-{_typed_id(_value)}", "ignore_index", _value,
                           TypeError,
                           rf"^ignore_index must be an int, got {re.escape(repr(_value))}$")
 
@@ -449,12 +454,12 @@ for _value, _shown in ((-0.1, "-0.1"), (1.1, "1.1"), (float("nan"), "nan"),
                        (float("inf"), "inf"), (float("-inf"), "-inf"), (2, "2.0"),
                        (-1e-300, "-1e-300"), (1 + 2**-52, re.escape(repr(1 + 2**-52))),
                        (np.float32(1.5), "1.5"), (Fraction(3, 2), "1.5")):
-    TABLE += _option_rows(f"label_smoothing-{_value!r}", "label_smoothing", _value,
+    TABLE += _option_rows(f"label_smoothing-{_typed_id(_value)}", "label_smoothing", _value,
                           ValueError,
                           rf"^label_smoothing must be in \[0, 1\], got {_shown}$")
 for _value in ("0.1", True, False, None, np.bool_(True), np.array(0.1), 0.1j,
                [0.1], b"0"):
-    TABLE += _option_rows(f"label_smoothing-{_value!r}", "label_smoothing", _value,
+    TABLE += _option_rows(f"label_smoothing-{_typed_id(_value)}", "label_smoothing", _value,
                           TypeError,
                           rf"^label_smoothing must be a float in \[0, 1\], "
                           rf"got {re.escape(repr(_value))}$")
@@ -463,7 +468,7 @@ for _value in ("0.1", True, False, None, np.bool_(True), np.array(0.1), 0.1j,
 _PROBS_IGNORE = (r"^ignore_index applies to class-index labels only; probability "
                  r"targets \(floating labels\) take ignore_index=None$")
 for _value in (-100, 0, np.int64(1)):
-    TABLE += _row(f"probs-with-ignore_index-{_value!r}", "softmax_loss", (X, PROBS),
+    TABLE += _row(f"probs-with-ignore_index-{_typed_id(_value)}", "softmax_loss", (X, PROBS),
                   {"ignore_index": _value}, ValueError, _PROBS_IGNORE, "ignore_index")
 TABLE += _row("probs-float32-3d-with-ignore_index", "softmax_loss",
               (X3, np.full(X3.shape, 1 / C, np.float32)), {"ignore_index": -100},
@@ -473,12 +478,12 @@ TABLE += _row("probs-float32-3d-with-ignore_index", "softmax_loss",
 for _function in ("softmax_loss", "softmax"):
     _args = (X, Y) if _function == "softmax_loss" else (X,)
     for _value in ("Stable", "", "logsumexp", " stable", "stable\x00"):
-        TABLE += _row(f"method-{_value!r}", _function, _args, {"method": _value},
+        TABLE += _row(f"method-{_typed_id(_value)}", _function, _args, {"method": _value},
                       ValueError,
                       rf"^method must be one of {METHODS_RE}, got '", "method")
     for _value, _shown in ((None, "None"), (2, "2"), (b"stable", "b'stable'"),
                            (["stable"], r"\['stable'\]")):
-        TABLE += _row(f"method-{_value!r}", _function, _args, {"method": _value},
+        TABLE += _row(f"method-{_typed_id(_value)}", _function, _args, {"method": _value},
                       TypeError,
                       rf"^method must be a str, one of {METHODS_RE}, got {_shown}$",
                       "method")
@@ -486,11 +491,11 @@ for _function in ("softmax_loss", "softmax"):
 # --- reduction ---------------------------------------------------------------
 for _value in ("MEAN", "avg", "", "elementwise_mean", "Valid", "batch", "batchsize",
                "VALID", "none "):
-    TABLE += _row(f"reduction-{_value!r}", "softmax_loss", (X, Y),
+    TABLE += _row(f"reduction-{_typed_id(_value)}", "softmax_loss", (X, Y),
                   {"reduction": _value}, ValueError,
                   rf"^reduction must be one of {REDUCTIONS_RE}, got '", "reduction")
 for _value, _shown in ((None, "None"), (0, "0"), (b"mean", "b'mean'")):
-    TABLE += _row(f"reduction-{_value!r}", "softmax_loss", (X, Y),
+    TABLE += _row(f"reduction-{_typed_id(_value)}", "softmax_loss", (X, Y),
                   {"reduction": _value}, TypeError,
                   rf"^reduction must be a str, one of {REDUCTIONS_RE}, got {_shown}$",
                   "reduction")
@@ -500,7 +505,7 @@ for _name, _modules in (("return_grad", BOTH), ("check", ("kernel",))):
     for _value, _shown in ((1, "1"), (0, "0"), (None, "None"), ("yes", "'yes'"),
                            (1.0, "1.0"), (np.array(True), r"array\(True\)"),
                            ([True], r"\[True\]")):
-        TABLE += _row(f"{_name}-{_value!r}", "softmax_loss", (X, Y),
+        TABLE += _row(f"{_name}-{_typed_id(_value)}", "softmax_loss", (X, Y),
                       {_name: _value}, TypeError,
                       rf"^{_name} must be True or False, got {_shown}$", _name,
                       modules=_modules)
@@ -512,7 +517,7 @@ for _value, _exc, _match in (
         (1.5, TypeError, r"^threads must be an int, got 1.5$"),
         ("2", TypeError, r"^threads must be an int, got '2'$"),
         (True, TypeError, r"^threads must be an int, got True$")):
-    TABLE += _row(f"threads-{_value!r}", "softmax_loss", (X, Y), {"threads": _value},
+    TABLE += _row(f"threads-{_typed_id(_value)}", "softmax_loss", (X, Y), {"threads": _value},
                   _exc, _match, "threads", modules=("kernel",))
 
 _GRAD = {"return_grad": True}
