@@ -173,9 +173,10 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     check = _validation.flag(check, "check")
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     if out is not None:
-        out = _validation.gradient_out(out, x, return_grad, {
-            "logits": (logits, x.array), "labels": (labels, t.labels, t.probs),
-            "weight": (weight, t.weight)})
+        out = _validation.gradient_out(out, x, return_grad, (
+            ("logits", logits), ("logits", x.array), ("labels", labels),
+            ("labels", t.labels), ("labels", t.probs), ("weight", weight),
+            ("weight", t.weight)))
 
     compute = x.compute_dtype
     ctype, loss_kernel, _, _ = _KERNELS[compute]

@@ -306,23 +306,32 @@ def thread_count(value, name="threads"):
 
 def gradient_out(out, logits, return_grad, inputs):
     """Check `out`, the caller's buffer for the gradient, against the logits
-    and every input array (name -> arrays: as given, and as converted): the
-    kernel writes the gradient while it still reads them."""
+    and every input array ((name, array) pairs: each as given, and as
+    converted): the kernel writes the gradient while it still reads them."""
     if not return_grad:
         raise ValueError("out receives the gradient: pass return_grad=True with it")
-    no_mask(out, "out")
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if type(out) is not np.ndarray:
+        no_mask(out, "out")
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
     if out.dtype != logits.result_dtype:
         raise TypeError(f"out must have the logits' dtype {logits.result_dtype}, "
                         f"got {out.dtype}")
     if out.shape != logits.array.shape:
         raise ValueError(f"out must have the logits' shape {logits.array.shape}, "
                          f"got {out.shape}")
-    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+    flags = out.flags
+    if not (flags.c_contiguous and flags.aligned and flags.writeable):
         raise ValueError("out must be C-contiguous, aligned and writeable")
-    for name, arrays in inputs.items():
-        if any(isinstance(a, np.ndarray) and np.may_share_memory(out, a) for a in arrays):
+    previous = None
+    for name, array in inputs:
+        # Each input comes as given, then as converted (often the same
+        # array); None and lists share no memory.  Small calls feel every
+        # check here, so each costs one may_share_memory at most.
+        if array is previous or not isinstance(array, np.ndarray):
+            continue
+        previous = array
+        if np.may_share_memory(out, array):
             raise ValueError(f"out must not overlap the {name}: the gradient is "
                              f"written while the {name} are read")
     return out
