@@ -3,6 +3,17 @@
 A training loss that sits at 87.3365, 103.279 or 708.396 is not a
 coincidence: it is -ln of a floating-point limit that a clamp or an underflow
 put into the loss.  explain() recognises these values as they are printed.
+87.3365 = -ln(FLT_MIN) is Caffe's clamp in float and in double alike
+(SoftmaxWithLoss clamps at FLT_MIN for either Dtype; double prints
+87.3365447505531); 708.396 = -ln(DBL_MIN) is a clamp at float64's own
+smallest normal, which Caffe does not use.
+
+A value is a decimal float written with ASCII digits ("87.3365",
+"8.73365e+01") or a spelling of nan or inf (NUMBER_SPELLING); anything else
+is not a number, including what float() or Decimal would take but no
+program prints a loss as: other scripts' digits ("\u0661\u0662", Arabic-Indic
+12), "1_000", and hex floats ("0x1p3").  Messages quote at most ECHO_LIMIT
+characters of the input.
 
 Matching rule (tolerant to print rounding).  A printed value v matches a
 constant c when either
@@ -30,13 +41,17 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ._constants import DBL_MIN_LOSS, FLT_MIN, FLT_MIN_LOSS, FLT_MIN_LOSS_F64
+
 __all__ = ["explain", "cli_explain", "Explanation", "StuckValue", "CONSTANTS",
-           "parse_value", "matches", "match_constant", "uniform_classes",
-           "REL_TOL", "MIN_DIGITS", "MAX_CLASSES"]
+           "CONSTANT_BY_KEY", "parse_value", "matches", "match_constant",
+           "uniform_classes", "abbreviate", "NUMBER_SPELLING", "REL_TOL",
+           "MIN_DIGITS", "MAX_CLASSES", "ECHO_LIMIT"]
 
 REL_TOL = 5e-5      # rule (b)
 MIN_DIGITS = 3      # rule (a) needs at least this many significant digits
 MAX_CLASSES = 10 ** 6
+ECHO_LIMIT = 40     # characters of the input a message quotes
 WIDTH = 79
 
 _F16 = np.finfo(np.float16)
@@ -97,7 +112,7 @@ def _g(x, digits=6):
 
 
 def _build_constants():
-    flt_min, dbl_min = float(_F32.tiny), float(_F64.tiny)
+    dbl_min = float(_F64.tiny)
     flt_den = float(_F32.smallest_subnormal)
     dbl_den = float(_F64.smallest_subnormal)
     half_min = float(_F16.tiny)
@@ -108,17 +123,20 @@ def _build_constants():
                 "confidently wrong on every sample: the run has diverged.")
     return (
         StuckValue(
-            "flt_min", "-ln(FLT_MIN)", _neg_ln(flt_min), "-ln(2^-126)",
-            f"FLT_MIN = 2^-126 = {_g(flt_min)} is the smallest normal float32 "
+            "flt_min", "-ln(FLT_MIN)", FLT_MIN_LOSS_F64, "-ln(2^-126)",
+            f"FLT_MIN = 2^-126 = {_g(FLT_MIN)} is the smallest normal float32 "
             "(bfloat16 has the same one).",
-            "Caffe's SoftmaxWithLoss computes -log(max(p[label], FLT_MIN)), so "
-            "a sample whose label probability fell below FLT_MIN reports "
-            f"exactly {_g(_neg_ln(flt_min))}: the probability underflowed (a "
-            f"logit gap above {_g(_neg_ln(flt_min))}) or came out 0 because "
-            "another logit overflowed exp() to inf (above ln(FLT_MAX) = "
-            f"{_g(math.log(flt_max))}) and x/inf = 0.  A batch loss of exactly "
-            "this value means every sample in the batch was clamped, so the "
-            "clamp also hides how large the true loss is. " + diverged,
+            "Caffe's SoftmaxWithLoss computes -log(max(p[label], "
+            "Dtype(FLT_MIN))) in float and in double alike, so a sample whose "
+            "label probability fell below FLT_MIN reports exactly "
+            f"{_g(FLT_MIN_LOSS_F64)} ({_g(FLT_MIN_LOSS, 9)} in "
+            f"float, {FLT_MIN_LOSS_F64!r} in double): the probability fell "
+            f"below FLT_MIN (a logit gap above {_g(FLT_MIN_LOSS_F64)}) or came "
+            "out 0 because another logit overflowed exp() to inf (in float32 "
+            f"above ln(FLT_MAX) = {_g(math.log(flt_max))}) and x/inf = 0.  A "
+            "batch loss of exactly this value means every sample in the batch "
+            "was clamped, so the clamp also hides how large the true loss is. "
+            + diverged,
             "Lower the learning rate (try 10x lower) and consider gradient "
             "clipping; check the data and the labels (nan or inf in the "
             "inputs, labels out of range); use smaller initial weights; "
@@ -139,12 +157,15 @@ def _build_constants():
             "(log_softmax / cross-entropy on logits) instead of taking the "
             "log of a probability; " + _REMEDIES),
         StuckValue(
-            "dbl_min", "-ln(DBL_MIN)", _neg_ln(dbl_min), "-ln(2^-1022)",
+            "dbl_min", "-ln(DBL_MIN)", DBL_MIN_LOSS, "-ln(2^-1022)",
             f"DBL_MIN = 2^-1022 = {_g(dbl_min)} is the smallest normal float64.",
-            "It is Caffe's FLT_MIN clamp in double precision "
-            "(-log(max(p, DBL_MIN)) with Dtype = double, or a probability "
-            "clamped at numpy's finfo(float64).tiny / sys.float_info.min): "
-            "the label probability fell below DBL_MIN. " + diverged,
+            "Code that clamps the label probability at float64's own smallest "
+            "normal (numpy's finfo(float64).tiny, sys.float_info.min, a "
+            "hand-written max(p, DBL_MIN)) reports it once the probability "
+            "fell below DBL_MIN.  It is not Caffe's clamp: "
+            "SoftmaxWithLossLayer<double> clamps at FLT_MIN too and reports "
+            f"{FLT_MIN_LOSS_F64!r}, and no pysafemax method reports it. "
+            + diverged,
             "Compute the loss in the log domain instead of clamping; "
             + _REMEDIES),
         StuckValue(
@@ -259,7 +280,7 @@ def _build_constants():
 
 
 CONSTANTS = _build_constants()
-_BY_KEY = {c.key: c for c in CONSTANTS}
+CONSTANT_BY_KEY = {c.key: c for c in CONSTANTS}
 
 NAN_STORY = (
     "nan is not a number: something upstream of the loss produced one.  In "
@@ -267,7 +288,7 @@ NAN_STORY = (
     f"above ln(FLT_MAX) = {_g(math.log(float(_F32.max)))} is inf in float32, "
     "the sum is inf, and inf/inf = nan (the label held the big logit; any "
     "other label reads -ln(FLT_MIN) = "
-    f"{_g(_neg_ln(_F32.tiny))} in Caffe).  Other sources: weights that became "
+    f"{_g(FLT_MIN_LOSS_F64)} in Caffe).  Other sources: weights that became "
     "inf after exploding gradients (inf - inf = nan), nan or inf in the "
     "input data, 0 * log(0), or a division by zero in a custom layer.  Once "
     "a weight is nan every later loss is nan.")
@@ -280,34 +301,54 @@ INF_STORY = (
     "inf is -log(0): a probability reached exactly 0 and nothing clamped it "
     "(log taken of a softmax output instead of log_softmax of the logits), "
     "or the loss summed an overflowed value.  Caffe would have printed "
-    f"-ln(FLT_MIN) = {_g(_neg_ln(_F32.tiny))} here instead.")
+    f"-ln(FLT_MIN) = {_g(FLT_MIN_LOSS_F64)} here instead.")
 INF_ADVICE = ("Compute the loss from the logits in the log domain "
               "(log_softmax / cross-entropy on logits); " + _REMEDIES)
 
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# Printed numbers, as re patterns for re.IGNORECASE.  Digits are [0-9]: re's
+# \d also takes other scripts' digits.  An exponent has at most 9 digits
+# (printf writes at most 4); Decimal rejects one beyond 18.
+DECIMAL_SPELLING = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]{1,9})?"
 # nan and inf as C/C++ (glibc, MSVC), Python, numpy, JavaScript print them.
-_NAN = re.compile(r"[+-]?(?:nan(?:\([^)]*\))?|1\.#(?:qnan|snan|ind)0*)",
-                  re.IGNORECASE)
-_INF = re.compile(r"[+-]?(?:inf(?:inity)?|1\.#inf0*)", re.IGNORECASE)
+NAN_SPELLING = r"[+-]?(?:nan(?:\([0-9a-z_]*\))?|1\.#(?:qnan|snan|ind)0*)"
+INF_SPELLING = r"[+-]?(?:inf(?:inity)?|1\.#inf0*)"
+# nan and inf first: the decimal would read "1.#INF" as "1.".
+NUMBER_SPELLING = f"(?:{NAN_SPELLING}|{INF_SPELLING}|{DECIMAL_SPELLING})"
+_DECIMAL = re.compile(DECIMAL_SPELLING, re.IGNORECASE)
+_NAN = re.compile(NAN_SPELLING, re.IGNORECASE)
+_INF = re.compile(INF_SPELLING, re.IGNORECASE)
+
+
+def abbreviate(text, quote=False):
+    """`text` as a message quotes it: whole up to ECHO_LIMIT characters,
+    else its first ECHO_LIMIT, "..." and its length, so that a pathological
+    input is not echoed whole.  quote=True puts the text in repr()'s quotes.
+    """
+    head = text[:ECHO_LIMIT]
+    shown = repr(head) if quote else head
+    if len(text) <= ECHO_LIMIT:
+        return shown
+    return f"{shown}... ({len(text)} characters)"
 
 
 def parse_value(text):
     """(float value, Decimal or None) of a printed number, or ValueError.
 
-    Accepts decimal and exponent notation and the usual spellings of nan and
-    inf ("nan", "-nan", "NaN", "nan(ind)", "1.#QNAN", "inf", "-Infinity",
-    "1.#INF").  The Decimal, None for nan and inf, keeps the printed digits,
-    which the matching rule needs.
+    Accepts decimal and exponent notation in ASCII digits and the usual
+    spellings of nan and inf ("nan", "-nan", "NaN", "nan(ind)", "1.#QNAN",
+    "inf", "-Infinity", "1.#INF").  The Decimal, None for nan and inf, keeps
+    the printed digits, which the matching rule needs.  A decimal beyond
+    float64's range ("1e999") has the float value inf and a finite Decimal.
     """
     s = str(text).strip()
-    if _NUMBER.fullmatch(s):
+    if _DECIMAL.fullmatch(s):
         d = decimal.Decimal(s)
         return float(d), d
     if _NAN.fullmatch(s):
         return math.nan, None
     if _INF.fullmatch(s):
         return (-math.inf if s.startswith("-") else math.inf), None
-    raise ValueError(f"not a number: {str(text)!r}")
+    raise ValueError(f"not a number: {abbreviate(str(text), quote=True)}")
 
 
 def _as_text(value):
@@ -342,15 +383,18 @@ def matches(text, constant):
     precision with >= 3 significant digits, or (b) relative difference
     <= 5e-5.  Compares magnitudes: nan and inf never match.
     """
-    value, d = parse_value(text)
-    if d is None:
-        return False
     reps = (constant.representations if isinstance(constant, StuckValue)
             else (float(constant),))
-    return _matches(abs(value), abs(d), reps)
+    return _matches(*parse_value(text), reps)
 
 
 def _matches(value, d, reps):
+    """Does the magnitude of a parsed value (value, d) match one of reps?"""
+    if d is None or math.isinf(value):
+        # nan and inf match nothing; nor does a decimal beyond float64's
+        # range, whose Decimal would overflow the context below.
+        return False
+    value, d = abs(value), abs(d)
     half = _half_ulp(d)
     enough_digits = _significant_digits(d) >= MIN_DIGITS
     for c in reps:
@@ -364,10 +408,8 @@ def _matches(value, d, reps):
 def match_constant(text):
     """The StuckValue the printed value matches, or None (magnitude only)."""
     value, d = parse_value(text)
-    if d is None:
-        return None
     for constant in CONSTANTS:
-        if _matches(abs(value), abs(d), constant.representations):
+        if _matches(value, d, constant.representations):
             return constant
     return None
 
@@ -421,22 +463,23 @@ class Explanation:
 
     @property
     def headline(self):
+        text = abbreviate(self.text)
         if self.kind == "constant":
-            c = _BY_KEY[self.key]
-            line = (f"{self.text} is the negative of {c.name}" if self.negated
-                    else f"{self.text} = {c.name}")
+            c = CONSTANT_BY_KEY[self.key]
+            line = (f"{text} is the negative of {c.name}" if self.negated
+                    else f"{text} = {c.name}")
             if c.formula and c.formula != c.name:
                 line += f" = {c.formula}"
             line += f" = {c.value:.10g}"
             rounded = [f"{name}: {_g(r, 8)}" for name, r in c.rounded]
             return line + (f" ({', '.join(rounded)})" if rounded else "")
         if self.kind == "uniform":
-            return (f"{self.text} = ln({self.classes}) = {self.constant:.10g}: "
+            return (f"{text} = ln({self.classes}) = {self.constant:.10g}: "
                     "the loss of a uniform prediction over "
                     f"{self.classes} classes")
         if self.kind in ("nan", "inf"):
-            return f"{self.text}: {self.name}"
-        return f"{self.text}: no known constant"
+            return f"{text}: {self.name}"
+        return f"{text}: no known constant"
 
     def to_dict(self):
         return {"text": self.text, "value": self.value, "known": self.known,
@@ -468,7 +511,7 @@ def explain(value):
     if math.isnan(number):
         return Explanation(text, number, True, "nan", name="not a number",
                            what=NAN_STORY, advice=NAN_ADVICE)
-    if math.isinf(number):
+    if d is None:               # an inf spelling; "1e999" is a decimal
         if number < 0:
             return Explanation(
                 text, number, True, "inf",

@@ -10,66 +10,92 @@ Reads Caffe training logs (glog lines from solver.cpp and sgd_solver.cpp):
 output" and "Test loss" lines are not training readings), and plain lines from
 other frameworks: "loss = X", "loss: X", "loss=X", "'loss': X", with an
 optional "step N" / "iter N" and "lr"/"learning_rate" on the same line;
-"val_loss", "test loss" and the like are skipped.
+"val_loss", "test loss" and the like are skipped.  A value is read as
+pysafemax.explain reads one: a decimal in ASCII digits, nan or inf ("0x1p3"
+and other scripts' digits are no reading).
 
 Each display step is one reading: Caffe's "loss =" (averaged over
 average_loss iterations) together with the raw value of each loss output
 ("Train net output #k: NAME = X (* w = y loss)"), since a clamped output
 shows in its raw value before it shows in the average.  A reading hits when
-one of its values is nan or inf, or matches -ln(FLT_MIN) = 87.3365 (Caffe's
-clamp) or -ln(DBL_MIN) = 708.396 within print rounding (the rule of
-pysafemax.explain); a value matching another constant explain knows (Keras's
--ln(1e-7), BCELoss's 100, the float16 limits...) hits only when printed
-identically in at least PLATEAU readings in a row, since one reading of a
-three-digit number can be a coincidence.  A loss sitting at ln(C), a uniform
-prediction over C classes, for PLATEAU readings in a row is noted, and
-counts as stuck only when it lasts to the end of the log.
+one of its values is nan or inf, or matches -ln(FLT_MIN) = 87.3365 or
+-ln(DBL_MIN) = 708.396 within print rounding (the rule of pysafemax.explain).
+87.3365 is Caffe's clamp in float and in double alike (SoftmaxWithLoss clamps
+at FLT_MIN for either Dtype; double prints 87.3365447505531); 708.396 is not
+Caffe's: it comes from code that clamps at float64's own smallest normal
+(numpy's finfo(float64).tiny, sys.float_info.min).  A value matching another
+constant explain knows (Keras's -ln(1e-7), BCELoss's 100, the float16
+limits...) hits only when printed identically in at least PLATEAU readings in
+a row, since one reading of a three-digit number can be a coincidence.  A
+loss sitting at ln(C), a uniform prediction over C classes, for PLATEAU
+readings in a row is noted, and counts as stuck only when it lasts to the end
+of the log.
+
+The scan streams: it keeps counters and the readings the report quotes (the
+first, the first hit, the TREND_WINDOW before it, the last LAST_KEPT...), so
+its memory does not grow with the number of readings.
 """
 import io
 import math
 import re
 import sys
 import textwrap
+from collections import deque
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from .explain import (CONSTANTS, NAN_STORY, match_constant, parse_value,
-                      uniform_classes)
+from ._constants import FLT_MIN
+from .explain import (CONSTANT_BY_KEY, NAN_STORY, NUMBER_SPELLING, abbreviate,
+                      match_constant, parse_value, uniform_classes)
 
-__all__ = ["scan_log", "cli_scan_log", "LogReport", "Reading", "PLATEAU"]
+__all__ = ["scan_log", "cli_scan_log", "LogReport", "Reading", "Episode",
+           "UniformPlateau", "PLATEAU", "TREND_WINDOW", "LAST_KEPT",
+           "EPISODES_KEPT"]
 
-PLATEAU = 3        # identical readings in a row that make a plateau
-TREND_WINDOW = 5   # finite readings shown before the first hit
+PLATEAU = 3         # identical readings in a row that make a plateau
+TREND_WINDOW = 5    # finite readings shown before the first hit
+LAST_KEPT = 10      # the last readings a LogReport keeps
+EPISODES_KEPT = 10  # the episodes of hits a LogReport lists
 WIDTH = 79
-_CAFFE_CLAMPS = ("flt_min", "dbl_min")
-_FLT_MIN = next(c for c in CONSTANTS if c.key == "flt_min")
-_FLT_MAX = next(c for c in CONSTANTS if c.key == "flt_max")
+# Constants that hit on a single reading: -ln of the smallest normal float32
+# (Caffe's clamp) and float64.
+_CLAMPS = ("flt_min", "dbl_min")
+_FLT_MIN = CONSTANT_BY_KEY["flt_min"]
+_FLT_MAX = CONSTANT_BY_KEY["flt_max"]
 
-# A printed number, nan or inf as C++, Python, numpy and MSVC spell them.
-_NUM = (r"(?:[-+]?1\.#(?:INF|QNAN|SNAN|IND)0*"
-        r"|[-+]?nan(?:\([^)]*\))?(?![\w])"
-        r"|[-+]?inf(?:inity)?(?![\w])"
-        r"|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+# A printed number, as explain spells one, that ends where no letter, digit
+# or "." + letter or digit follows: "0x1p3" and "1_000" are no readings of 0
+# and 1.
+_NUM = NUMBER_SPELLING + r"(?!\w|\.\w)"
+# An iteration fits an int64: more digits are no iteration (and int() refuses
+# more than 4300).
+_ITERATION = r"[0-9]{1,18}(?![0-9])"
 
-# glog: severity, [YYYY]MMDD, time, thread id, file:line] message.
-_GLOG = re.compile(r"^\s*[IWEF]\d{4}(?:\d{4})? \d\d:\d\d:\d\d\.\d+\s+\d+\s+"
-                   r"\S+:\d+\]\s?(?P<msg>.*)$")
+# A glog line (severity, [YYYY]MMDD, time, thread id, file:line]) and, when
+# its message is one, the Caffe training message it carries: a loss, a loss
+# output or a learning rate.
+_GLOG_PREFIX = (r"\s*[IWEF][0-9]{4}(?:[0-9]{4})? [0-9]{2}:[0-9]{2}:[0-9]{2}"
+                r"\.[0-9]+\s+[0-9]+\s+\S+:[0-9]+\]\s*")
 # "Iteration N, loss = X", "Iteration N (r iter/s, ts/D iters), loss = X";
 # forks add fields (NVIDIA's Caffe appends ", lr = X, ...").
-_CAFFE_LOSS = re.compile(r"^\s*Iteration (?P<it>\d+)\b.*?\bloss = "
-                         r"(?P<num>" + _NUM + ")", re.IGNORECASE)
-_SAME_LINE_LR = re.compile(r"\blr = (?P<num>" + _NUM + ")", re.IGNORECASE)
-_CAFFE_OUTPUT = re.compile(r"^\s*Train net output #(?P<k>\d+): (?P<name>\S+) = "
-                           r"(?P<num>" + _NUM + r")(?P<weighted> \(\* )?",
-                           re.IGNORECASE)
-_CAFFE_LR = re.compile(r"^\s*Iteration (?P<it>\d+), lr = (?P<num>" + _NUM + ")",
-                       re.IGNORECASE)
+_CAFFE_LOSS = (r"Iteration (?P<it>" + _ITERATION + r")\b.*?\bloss = "
+               r"(?P<loss>" + _NUM + r")(?:.*?\blr = (?P<same_line_lr>"
+               + _NUM + "))?")
+# A net has a handful of outputs: an index of 4 digits is no output (and,
+# the index rising within a reading, a reading holds at most 1000).
+_CAFFE_OUTPUT = (r"Train net output #(?P<k>[0-9]{1,3}): (?P<name>\S+) = "
+                 r"(?P<output>" + _NUM + r")(?P<weighted> \(\* )?")
+_CAFFE_LR = (r"Iteration (?P<lr_it>" + _ITERATION + "), lr = (?P<lr>"
+             + _NUM + ")")
+_GLOG = re.compile(_GLOG_PREFIX + "(?i:" + _CAFFE_LOSS + "|" + _CAFFE_OUTPUT
+                   + "|" + _CAFFE_LR + ")?")
 
 _PLAIN_LOSS = re.compile(r"(?<![\w.])(?P<prefix>(?:[A-Za-z]+[ _\-/])?)loss"
                          r"['\"]?\s*[:=]\s*(?:tensor\()?(?P<num>" + _NUM + ")",
                          re.IGNORECASE)
 _PLAIN_ITER = re.compile(r"\b(?:iter(?:ation)?s?|(?:global[ _])?step)\b"
-                         r"['\"]?\s*[:=#]?\s*\[?\s*(?P<it>\d+)", re.IGNORECASE)
+                         r"['\"]?\s*[:=#]?\s*\[?\s*(?P<it>" + _ITERATION + ")",
+                         re.IGNORECASE)
 _PLAIN_LR = re.compile(r"(?<![\w.])(?:lr|learning[ _]rate)['\"]?\s*[:=]\s*"
                        r"(?P<num>" + _NUM + ")", re.IGNORECASE)
 # Losses of a validation or test pass, not of training.
@@ -128,45 +154,78 @@ class Reading:
         return self.outputs[0][1], self.outputs[0][2]
 
 
-def _parse_caffe(msg, line_no, readings, pending_lr, state):
-    m = _CAFFE_LOSS.match(msg)
-    if m:
-        text = m.group("num")
-        it = int(m.group("it"))
-        lr = _SAME_LINE_LR.search(msg, m.end())
-        readings.append(Reading(line_no, it, text, parse_value(text)[0],
-                                lr=lr.group("num") if lr else
-                                pending_lr.pop(it, None)))
-        if lr:
-            state["caffe_lr_logged"] = True
-        state["iteration"] = it
-        state["caffe"] = True
-        return
-    m = _CAFFE_OUTPUT.match(msg)
-    if m:
-        name = m.group("name")
-        # Loss outputs carry "(* weight = weighted loss)"; accuracy does not.
-        if not m.group("weighted") and "loss" not in name.lower():
+class _CaffeReadings:
+    """Groups Caffe's glog messages into readings, one per display step, and
+    passes each to `emit` when the next one starts: the lr line of a step
+    comes after its loss."""
+
+    def __init__(self, emit):
+        self.emit = emit
+        self.found = False          # a reading was seen
+        self.lr_logged = False
+        self.current = None         # the reading of the latest display step
+        self.last_output = -1       # k of its latest "Train net output #k"
+        self.iteration = None       # of the latest "Iteration N, loss" line
+        self.early_lr = None        # (iteration, lr) logged before its loss
+
+    def _start(self, reading):
+        self.close()
+        self.found = True
+        self.current = reading
+        self.last_output = -1
+
+    def _take_early_lr(self, iteration):
+        if self.early_lr is None or self.early_lr[0] != iteration:
+            return None
+        lr, self.early_lr = self.early_lr[1], None
+        return lr
+
+    def close(self):
+        """Pass on the reading still open."""
+        if self.current is not None:
+            self.emit(self.current)
+            self.current = None
+
+    def feed(self, m, line_no):
+        """Take a _GLOG match."""
+        text = m.group("loss")
+        if text is not None:
+            it = int(m.group("it"))
+            lr = m.group("same_line_lr")
+            self.lr_logged = self.lr_logged or lr is not None
+            self.iteration = it
+            self._start(Reading(line_no, it, text, _float(text),
+                                lr=lr or self._take_early_lr(it)))
             return
-        text = m.group("num")
-        it = state.get("iteration")
-        if not readings or readings[-1].iteration != it:
-            readings.append(Reading(line_no, it, lr=pending_lr.pop(it, None)))
-        readings[-1].outputs.append((f"output #{m.group('k')}: {name}", text,
-                                     parse_value(text)[0]))
-        state["caffe"] = True
-        return
-    m = _CAFFE_LR.match(msg)
-    if m:
-        it = int(m.group("it"))
-        if readings and readings[-1].iteration == it:
-            readings[-1].lr = m.group("num")
-        else:
-            pending_lr[it] = m.group("num")
-        state["caffe_lr_logged"] = True
+        text = m.group("output")
+        if text is not None:
+            name = m.group("name")
+            # Loss outputs carry "(* weight = weighted loss)"; accuracy does not.
+            if not m.group("weighted") and "loss" not in name.lower():
+                return
+            k = int(m.group("k"))
+            # Caffe prints outputs #0, #1, ... once per display step: a
+            # repeated index is the next step even without an Iteration line.
+            if (self.current is None or self.current.iteration != self.iteration
+                    or k <= self.last_output):
+                self._start(Reading(line_no, self.iteration,
+                                    lr=self._take_early_lr(self.iteration)))
+            self.current.outputs.append((f"output #{k}: {name}", text,
+                                         _float(text)))
+            self.last_output = k
+            return
+        lr = m.group("lr")
+        if lr is not None:
+            it = int(m.group("lr_it"))
+            if self.current is not None and self.current.iteration == it:
+                self.current.lr = lr
+            else:
+                self.early_lr = (it, lr)
+            self.lr_logged = True
 
 
-def _parse_plain(text, line_no, readings, state):
+def _plain_reading(text, line_no):
+    """The Reading of a plain line, or None."""
     candidates = []
     for m in _PLAIN_LOSS.finditer(text):
         prefix = m.group("prefix").rstrip(" _-/").lower()
@@ -176,180 +235,240 @@ def _parse_plain(text, line_no, readings, state):
             continue
         candidates.append((prefix not in _PREFERRED_PREFIXES, m))
     if not candidates:
-        return
+        return None
     m = min(candidates, key=lambda c: c[0])[1]
     it = _PLAIN_ITER.search(text[:m.start()]) or _PLAIN_ITER.search(text)
     lr = _PLAIN_LR.search(text)
     value_text = m.group("num")
-    readings.append(Reading(line_no, int(it.group("it")) if it else None,
-                            value_text, parse_value(value_text)[0],
-                            lr=lr.group("num") if lr else None))
-    if lr:
-        state["plain_lr_logged"] = True
+    return Reading(line_no, int(it.group("it")) if it else None, value_text,
+                   _float(value_text),
+                   lr=lr.group("num") if lr else None)
 
 
-def _parse(lines):
-    caffe, plain, pending_lr, state = [], [], {}, {}
-    for line_no, raw in enumerate(lines, 1):
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
-        g = _GLOG.match(raw)
-        if g:
-            _parse_caffe(g.group("msg"), line_no, caffe, pending_lr, state)
-        else:
-            _parse_plain(raw, line_no, plain, state)
-    # In a Caffe log the losses are in glog lines; the other lines are
-    # parameter dumps ("average_loss: 10") and the like.
-    return (caffe if caffe else plain), state
+def _ranges(keys):
+    """(low, high) bounds of |value| within 1% of each constant in `keys`: a
+    cheap filter before the exact rule, which never matches further away (3
+    digits leave at most 0.5%)."""
+    values = [CONSTANT_BY_KEY[key].value for key in keys]
+    return tuple((0.99 * value, 1.01 * value) for value in values)
 
 
-def _near(value, keys, rel=0.01):
-    """A cheap filter before the exact rule: within 1% of a constant (the
-    rule never matches further away: 3 digits leave at most 0.5%)."""
-    return any(abs(abs(value) - c.value) <= rel * c.value
-               for c in CONSTANTS if keys is None or c.key in keys)
+_CLAMP_RANGES = _ranges(_CLAMPS)
+_FIRST_CLAMP = min(low for low, _ in _CLAMP_RANGES)
+_CONSTANT_RANGES = _ranges(CONSTANT_BY_KEY)
 
 
-def _classify(readings):
-    """Set status/hit fields: nan, inf, Caffe's clamps, then plateaus."""
-    for r in readings:
-        for source, text, value in r.values():
-            if math.isnan(value):
-                r.status, r.hit_text, r.hit_source = "nan", text, source
-                break
-        if r.hit:
-            continue
-        for source, text, value in r.values():
-            if math.isinf(value):
-                r.status, r.hit_text, r.hit_source = "inf", text, source
-                break
-            if not _near(value, _CAFFE_CLAMPS):
-                continue
+def _near(value, ranges):
+    value = abs(value)
+    for low, high in ranges:        # a loop: any() on a generator is slower
+        if low <= value <= high:
+            return True
+    return False
+
+
+def _float(text):
+    """The value of a number _NUM matched, as parse_value reads it: float()
+    rounds its decimals as parse_value does, without building a Decimal, and
+    parse_value reads the nan and inf spellings float() does not know."""
+    try:
+        return float(text)
+    except ValueError:      # "1.#INF", "nan(ind)"
+        return parse_value(text)[0]
+
+
+def _set_hit(reading, status, text, source, constant=None):
+    reading.status, reading.hit_text, reading.hit_source = status, text, source
+    reading.constant = constant
+
+
+def _mark_own_hit(reading):
+    """The hit a reading shows by itself: nan, then inf or a clamp."""
+    if not reading.outputs and 0 < reading.value < _FIRST_CLAMP:
+        return None     # the usual reading: one value, below every clamp
+    values = reading.values()
+    for source, text, value in values:
+        if math.isnan(value):
+            return _set_hit(reading, "nan", text, source)
+    for source, text, value in values:
+        if math.isinf(value):
+            return _set_hit(reading, "inf", text, source)
+        if _near(value, _CLAMP_RANGES):
             constant = match_constant(text)
-            if constant is not None and constant.key in _CAFFE_CLAMPS:
-                r.status, r.hit_text, r.hit_source = "clamp", text, source
-                r.constant = constant.key
-                break
-    # Other constants: only as plateaus of identical prints.
-    for start, end, text in _plateaus(readings):
-        if not _near(readings[start].main[1], None):
-            continue
-        constant = match_constant(text)
-        if constant is None:
-            continue
-        for r in readings[start:end]:
-            if not r.hit:
-                r.status, r.hit_text, r.hit_source = "clamp", text, "loss"
-                r.constant = constant.key
+            if constant is not None and constant.key in _CLAMPS:
+                return _set_hit(reading, "clamp", text, source, constant.key)
+    return None
 
 
-def _plateaus(readings):
-    """(start, end, text) of runs of >= PLATEAU identical printed losses."""
-    runs, start = [], 0
-    for i in range(1, len(readings) + 1):
-        if (i == len(readings)
-                or readings[i].main[0] != readings[start].main[0]):
-            if i - start >= PLATEAU:
-                runs.append((start, i, readings[start].main[0]))
-            start = i
-    return runs
+@dataclass
+class Episode:
+    """Consecutive readings that hit."""
+
+    start: Reading      # the first of them
+    length: int = 0     # how many
 
 
-def _episodes(readings):
-    """(start, end) index ranges of consecutive hits."""
-    episodes, start = [], None
-    for i, r in enumerate(readings):
-        if r.hit and start is None:
-            start = i
-        elif not r.hit and start is not None:
-            episodes.append((start, i))
-            start = None
-    if start is not None:
-        episodes.append((start, len(readings)))
-    return episodes
+@dataclass
+class UniformPlateau:
+    """PLATEAU or more readings in a row printed at ln(C)."""
+
+    first: Reading
+    last: Reading
+    length: int
+    classes: int        # C
+    to_end: bool        # it lasts to the end of the log
 
 
-def _num(text):
-    """A printed value in a short form for the trend line."""
-    value = parse_value(text)[0]
-    return text if not math.isfinite(value) else f"{value:.4g}"
+class _Scan:
+    """Fills a LogReport from readings given in order, in memory independent
+    of their number.  A reading's status is final once the run of identical
+    prints it belongs to has reached PLATEAU or ended, so up to PLATEAU - 1
+    readings wait in `run_waiting` before they are counted."""
+
+    def __init__(self):
+        self.report = LogReport()
+        self.last = deque(maxlen=LAST_KEPT)
+        self.before_hit = deque(maxlen=TREND_WINDOW)
+        self.latest_lr = None       # the latest reading that logged an lr
+        self.lowest_value = math.inf    # report.lowest's loss
+        self.in_episode = False
+        # The run of identical printed losses the latest reading is in.
+        self.run_text = None
+        self.run_first = self.run_last = None
+        self.run_length = 0
+        self.run_waiting = []
+        self.run_constant = None    # the StuckValue the run's print matches
+
+    def add(self, reading):
+        _mark_own_hit(reading)
+        text, value = reading.main
+        if text != self.run_text:
+            self._end_run(to_end=False)
+            self.run_text, self.run_first = text, reading
+        self.run_last = reading
+        self.run_length += 1
+        self.run_waiting.append(reading)
+        if self.run_length < PLATEAU:
+            return
+        if self.run_length == PLATEAU and _near(value, _CONSTANT_RANGES):
+            self.run_constant = match_constant(text)
+        for waiting in self.run_waiting:
+            if self.run_constant is not None and not waiting.hit:
+                _set_hit(waiting, "clamp", text, "loss", self.run_constant.key)
+            self._count(waiting)
+        self.run_waiting = []
+
+    def _end_run(self, to_end):
+        for waiting in self.run_waiting:
+            self._count(waiting)
+        if self.run_length >= PLATEAU and not self.run_first.hit:
+            classes = uniform_classes(self.run_text)
+            if classes is not None:
+                self.report.uniform = UniformPlateau(
+                    self.run_first, self.run_last, self.run_length, classes,
+                    to_end)
+        self.run_waiting, self.run_length, self.run_constant = [], 0, None
+
+    def _count(self, r):
+        report = self.report
+        if report.count == 0:
+            report.first = r
+        report.count += 1
+        self.last.append(r)
+        if r.iteration is not None:
+            if report.first_iteration is None:
+                report.first_iteration = r.iteration
+            report.last_iteration = r.iteration
+        if r.lr is not None:
+            self.latest_lr = r
+            if report.first_lr is None:
+                report.first_lr = r
+        if r.status != "ok":
+            if report.first_hit is None:
+                report.first_hit, report.lr_at_hit = r, self.latest_lr
+            if not self.in_episode:
+                self.in_episode = True
+                report.episode_count += 1
+                if report.episode_count <= EPISODES_KEPT:
+                    report.episodes.append(Episode(r))
+            if report.episode_count <= EPISODES_KEPT:
+                report.episodes[-1].length += 1
+            return
+        if self.in_episode and report.recovered_at is None:
+            report.recovered_at = r
+        self.in_episode = False
+        if report.first_hit is None:
+            value = r.main[1]
+            if math.isfinite(value):
+                self.before_hit.append(r)
+                if value < self.lowest_value:
+                    report.lowest, self.lowest_value = r, value
+
+    def finish(self, source, caffe, lr_logged):
+        self._end_run(to_end=True)
+        report = self.report
+        report.source, report.caffe = source, caffe
+        report.lr_logged = lr_logged
+        report.last_readings = tuple(self.last)
+        report.before_hit = tuple(self.before_hit)
+        return report
 
 
 @dataclass
 class LogReport:
-    """What scan_log found; str() is the report the CLI prints."""
+    """What scan_log found; str() is the report the CLI prints.
 
-    readings: List[Reading]
-    caffe: bool
-    lr_logged: bool
+    It keeps counters and the readings the report quotes, not every
+    reading: its size does not grow with the log.
+    """
+
     source: Optional[str] = None
-
-    def __post_init__(self):
-        self.episodes = _episodes(self.readings)
-        plateau = _plateaus(self.readings)
-        self.uniform = None     # (start, end, C) of a plateau at ln(C)
-        for start, end, text in plateau:
-            classes = uniform_classes(text)
-            if classes is not None and not self.readings[start].hit:
-                self.uniform = (start, end, classes)
+    caffe: bool = False             # a Caffe (glog) log, else plain lines
+    lr_logged: bool = False
+    count: int = 0                  # loss readings in the log
+    first: Optional[Reading] = None
+    last_readings: Tuple[Reading, ...] = ()     # the last LAST_KEPT
+    first_iteration: Optional[int] = None
+    last_iteration: Optional[int] = None
+    first_hit: Optional[Reading] = None
+    episode_count: int = 0          # runs of readings that hit
+    # The first EPISODES_KEPT of them.
+    episodes: List[Episode] = field(default_factory=list)
+    recovered_at: Optional[Reading] = None  # the first reading after episode 1
+    # The last TREND_WINDOW finite readings before the first hit, and the
+    # lowest of all of them (of the whole log when none hits).
+    before_hit: Tuple[Reading, ...] = ()
+    lowest: Optional[Reading] = None
+    first_lr: Optional[Reading] = None      # the first reading that logged lr
+    lr_at_hit: Optional[Reading] = None     # the last such up to first_hit
+    uniform: Optional[UniformPlateau] = None    # the last one
 
     # -- facts ---------------------------------------------------------
     @property
-    def count(self):
-        return len(self.readings)
+    def last(self):
+        return self.last_readings[-1] if self.last_readings else None
 
     @property
-    def first_hit(self):
-        return self.readings[self.episodes[0][0]] if self.episodes else None
+    def ends_stuck(self):
+        return self.last is not None and self.last.hit
 
     @property
     def stays(self):
         """The first hit lasts to the end of the log."""
-        return len(self.episodes) == 1 and self.episodes[0][1] == self.count
-
-    @property
-    def ends_stuck(self):
-        return bool(self.episodes) and self.episodes[-1][1] == self.count
-
-    @property
-    def recovered_at(self):
-        """The first reading after the first hit that does not hit."""
-        if not self.episodes or self.episodes[0][1] == self.count:
-            return None
-        return self.readings[self.episodes[0][1]]
+        return self.episode_count == 1 and self.ends_stuck
 
     @property
     def uniform_to_end(self):
-        return self.uniform is not None and self.uniform[1] == self.count
+        return self.uniform is not None and self.uniform.to_end
 
     @property
     def stuck(self):
-        return bool(self.episodes) or self.uniform_to_end
-
-    def lr_at(self, index):
-        """(lr text, reading) logged at or last before readings[index]."""
-        for r in reversed(self.readings[:index + 1]):
-            if r.lr is not None:
-                return r.lr, r
-        return None
-
-    def first_lr(self):
-        for r in self.readings:
-            if r.lr is not None:
-                return r.lr, r
-        return None
-
-    def before(self):
-        """Finite readings that do not hit, before the first hit."""
-        end = self.episodes[0][0] if self.episodes else self.count
-        return [r for r in self.readings[:end]
-                if math.isfinite(r.main[1])]
+        return self.episode_count > 0 or self.uniform_to_end
 
     @property
     def trend(self):
         """"none", "single", "rising", "falling" or "steady": the finite
         readings just before the first hit."""
-        prior = self.before()[-TREND_WINDOW:]
+        prior = self.before_hit
         if not prior:
             return "none"
         if len(prior) == 1:
@@ -362,9 +481,7 @@ class LogReport:
         return "steady"
 
     def to_dict(self):
-        hit = self.first_hit
-        lr = self.lr_at(self.episodes[0][0]) if self.episodes else None
-        rec = self.recovered_at
+        hit, lr, rec = self.first_hit, self.lr_at_hit, self.recovered_at
         return {
             "source": self.source, "format": "caffe" if self.caffe else "plain",
             "readings": self.count, "stuck": self.stuck,
@@ -376,73 +493,73 @@ class LogReport:
             "recovered_at": None if rec is None else {
                 "iteration": rec.iteration, "line": rec.line,
                 "value": rec.main[0]},
-            "episodes": [{"start_iteration": self.readings[a].iteration,
-                          "start_line": self.readings[a].line,
-                          "readings": b - a} for a, b in self.episodes],
-            "lr_at_hit": None if lr is None else lr[0],
+            "episode_count": self.episode_count,
+            "episodes": [{"start_iteration": e.start.iteration,
+                          "start_line": e.start.line,
+                          "readings": e.length} for e in self.episodes],
+            "lr_at_hit": None if lr is None else lr.lr,
             "trend": self.trend if hit is not None else None,
-            "uniform_classes": None if self.uniform is None else self.uniform[2],
+            "uniform_classes": (None if self.uniform is None
+                                else self.uniform.classes),
         }
 
     # -- words ---------------------------------------------------------
     def __str__(self):
         paragraphs = [self._summary()]
-        if self.first_hit is None:
-            paragraphs.append(self._clean())
-        else:
+        if self.first_hit is not None:
             paragraphs.append(self._facts())
             paragraphs.append(_fill("What it means: " + self._meaning()))
             paragraphs.append(_fill("What to do: " + self._advice()))
+        elif self.count:
+            paragraphs.append(self._clean())
         if self.uniform is not None:
             paragraphs.append(_fill(self._uniform_note()))
         return "\n\n".join(paragraphs) + "\n"
 
     def _summary(self):
         kind = "Caffe (glog)" if self.caffe else "plain-text"
-        its = [r.iteration for r in self.readings if r.iteration is not None]
+        first, last = self.first_iteration, self.last_iteration
         span = ""
-        if its:
-            span = (f", iteration {its[0]}" if its[0] == its[-1]
-                    else f", iterations {its[0]} to {its[-1]}")
+        if first is not None:
+            span = (f", iteration {first}" if first == last
+                    else f", iterations {first} to {last}")
         head = f"{self.source}: " if self.source else ""
         lr = "" if self.lr_logged else "; no learning rate logged"
         noun = "reading" if self.count == 1 else "readings"
         return _fill(f"{head}{kind} log, {self.count} loss {noun}{span}{lr}.")
 
     def _clean(self):
-        first, last = self.readings[0], self.readings[-1]
-        low = min(self.readings, key=lambda r: r.main[1])
+        first, last, low = self.first, self.last, self.lowest
         text = (f"The loss never hit {_FLT_MIN.value:g} (-ln(FLT_MIN), "
                 "Caffe's clamp), nan or inf: ")
         if first is last:
-            return _fill(text + f"its one reading is {first.main[0]} "
+            return _fill(text + f"its one reading is {_loss(first)} "
                                 f"({first.where}).")
-        text += (f"it went from {first.main[0]} ({first.short_where}) to "
-                 f"{last.main[0]} ({last.short_where})")
+        text += (f"it went from {_loss(first)} ({first.short_where}) to "
+                 f"{_loss(last)} ({last.short_where})")
         if low is not last:
-            text += f", lowest {low.main[0]} at {low.short_where}"
+            text += f", lowest {_loss(low)} at {low.short_where}"
         return _fill(text + ".")
 
     def _hit_phrase(self, r):
-        value = f"{r.hit_source} = {r.hit_text}"
+        value = f"{abbreviate(r.hit_source)} = {abbreviate(r.hit_text)}"
         name = {"nan": "not a number", "inf": "-log(0)"}.get(r.status)
         if r.constant:
-            name = next(c.name for c in CONSTANTS if c.key == r.constant)
+            name = CONSTANT_BY_KEY[r.constant].name
         return f"{value} ({name})"
 
     def _facts(self):
         hit = self.first_hit
         lines = [f"First hit: {self._hit_phrase(hit)} at {hit.where}."]
         if hit.hit_source != "loss" and hit.text is not None:
-            lines[0] += (f"  The averaged 'loss =' line read {hit.text} "
+            lines[0] += (f"  The averaged 'loss =' line read {_loss(hit)} "
                          "there (Caffe averages it over average_loss "
                          "iterations).")
-        start, end = self.episodes[0]
-        last = self.readings[-1]
-        if self.stays and end - start == 1:
+        n = self.episodes[0].length
+        last = self.last
+        if self.stays and n == 1:
             lines.append("Stays there: it is the last reading of the log.")
         elif self.stays:
-            n = end - start
             lines.append(
                 f"Stays there: all {n} reading{'s' if n > 1 else ''} from "
                 f"{hit.short_where} to the end of the log ({last.short_where}) "
@@ -450,55 +567,53 @@ class LogReport:
         else:
             rec = self.recovered_at
             lines.append(
-                f"Recovers: {end - start} reading{'s' if end - start > 1 else ''}"
-                f" hit, then the loss reads {rec.main[0]} at {rec.where}.")
-            if len(self.episodes) > 1:
-                again = self.readings[self.episodes[1][0]]
-                more = len(self.episodes) - 1
+                f"Recovers: {n} reading{'s' if n > 1 else ''} hit, then the "
+                f"loss reads {_loss(rec)} at {rec.where}.")
+            if self.episode_count > 1:
+                again = self.episodes[1].start
+                more = self.episode_count - 1
                 lines.append(
-                    f"It hits again at {again.where}: {again.hit_text}, "
+                    f"It hits again at {again.where}: "
+                    f"{abbreviate(again.hit_text)}, "
                     f"{more} more episode{'s' if more > 1 else ''} in all"
                     + ("; it is stuck at the end of the log."
                        if self.ends_stuck else "; the log ends on a "
                        f"reading that does not hit ({last.short_where}, "
-                       f"loss {last.main[0]})."))
+                       f"loss {_loss(last)})."))
             else:
                 lines.append(f"No further hits up to the end of the log "
-                             f"({last.short_where}, loss {last.main[0]}).")
+                             f"({last.short_where}, loss {_loss(last)}).")
         lines.append(self._trend_sentence())
         lines.append(self._lr_sentence())
         return "\n".join(_fill(line, subsequent_indent="  ") for line in lines)
 
     def _trend_sentence(self):
-        prior = self.before()
-        window = prior[-TREND_WINDOW:]
+        window, low = self.before_hit, self.lowest
         if not window:
             return ("Before it: no finite reading; it hit at the first "
                     "reading of the log.")
-        values = " -> ".join(_num(r.main[0]) for r in window)
+        values = " -> ".join(f"{r.main[1]:.4g}" for r in window)
         span = (f" ({window[0].short_where} to {window[-1].short_where})"
                 if len(window) > 1 else f" ({window[0].short_where})")
-        low = min(prior, key=lambda r: r.main[1])
-        lowest = (f"; lowest {_num(low.main[0])} at {low.short_where}"
+        lowest = (f"; lowest {low.main[1]:.4g} at {low.short_where}"
                   if low is not window[-1] else "")
         if len(window) == 1:
             return f"Before it: one reading, {values}{span}."
         return f"Before it: the loss was {self.trend}: {values}{span}{lowest}."
 
     def _lr_sentence(self):
-        index = self.episodes[0][0]
-        at = self.lr_at(index)
+        at, first = self.lr_at_hit, self.first_lr
         if at is None:
             return "Learning rate: not logged."
-        text, r = at
-        first = self.first_lr()
-        sentence = f"Learning rate: {text} at {r.short_where}"
-        if first is not None and first[1] is not r:
-            if parse_value(first[0])[0] == parse_value(text)[0]:
-                sentence += f", unchanged since {first[1].short_where}"
+        sentence = f"Learning rate: {abbreviate(at.lr)} at {at.short_where}"
+        if first is not at:
+            lr, first_lr = parse_value(at.lr)[0], parse_value(first.lr)[0]
+            if lr == first_lr:
+                sentence += f", unchanged since {first.short_where}"
             else:
-                sentence += f", was {first[0]} at {first[1].short_where}"
-                if parse_value(text)[0] > parse_value(first[0])[0]:
+                sentence += (f", was {abbreviate(first.lr)} at "
+                             f"{first.short_where}")
+                if lr > first_lr:
                     sentence += " (it rose before the hit)"
         return sentence + "."
 
@@ -510,22 +625,21 @@ class LogReport:
             text = ("inf is -log(0): a label probability reached exactly 0 "
                     "with nothing to clamp it (a log taken of a softmax "
                     "output), or the loss summed an overflowed value.")
-        elif hit.constant in _CAFFE_CLAMPS:
-            c = next(c for c in CONSTANTS if c.key == hit.constant)
-            tiny, c_type = (("FLT_MIN", "float32") if c.key == "flt_min"
-                            else ("DBL_MIN", "float64"))
+        elif hit.constant == "flt_min":
+            c = _FLT_MIN
             text = (f"{c.value:g} = {c.name}: Caffe's SoftmaxWithLoss clamps "
-                    f"the label probability at {tiny} = {math.exp(-c.value):g}, "
-                    f"the smallest normal {c_type}, so each sample whose label "
-                    f"probability fell below {tiny} adds exactly "
-                    f"{c.value:g}; a reading of exactly this value means "
-                    "every sample was clamped.  Their logits had a gap above "
-                    f"{c.value:.4g} (the probability underflowed), or a logit "
-                    f"above {_FLT_MAX.value:.4g} = ln(FLT_MAX) overflowed "
-                    "exp() and x/inf = 0 (the softmax itself overflowed).  "
-                    "The clamp hides how large the true loss is.")
+                    f"the label probability at FLT_MIN = {FLT_MIN:g}, the "
+                    "smallest normal float32, in float and in double alike, "
+                    "so each sample whose label probability fell below "
+                    f"FLT_MIN adds exactly {c.value:g}; a reading of exactly "
+                    "this value means every sample was clamped.  Their logits "
+                    f"had a gap above {c.value:.4g} (the probability fell "
+                    f"below FLT_MIN), or a logit above {_FLT_MAX.value:.4g} = "
+                    "ln(FLT_MAX) overflowed a float32 exp() and x/inf = 0 "
+                    "(the softmax itself overflowed).  The clamp hides how "
+                    "large the true loss is.")
         else:
-            c = next(c for c in CONSTANTS if c.key == hit.constant)
+            c = CONSTANT_BY_KEY[hit.constant]
             text = f"{c.value:g} = {c.name}.  {c.what}  {c.why}"
         return text + "  " + self._course() + "  " + self._onset()
 
@@ -540,7 +654,7 @@ class LogReport:
                     "blown up and the network is confidently wrong on every "
                     "sample; the run has diverged and will not recover by "
                     "itself.")
-        if len(self.episodes) == 1:
+        if self.episode_count == 1:
             if self.first_hit.status == "nan":
                 return ("It recovered, so the weights did not turn nan: "
                         "single batches produced it (an overflow in their "
@@ -550,12 +664,12 @@ class LogReport:
                     "up (a spike, a bad batch or an outlier label), and their "
                     "true loss was higher than the log shows.")
         if self.ends_stuck:
-            more = len(self.episodes) - 1
+            more = self.episode_count - 1
             return (f"It recovered for a while but hit again "
                     f"{more} more time{'s' if more > 1 else ''} and is stuck at "
                     "the end of the log: the run sits at the edge of "
                     "stability and has now diverged.")
-        return (f"It recovered each of the {len(self.episodes)} times: some "
+        return (f"It recovered each of the {self.episode_count} times: some "
                 "batches blow up (bad batches, outlier labels, or a learning "
                 "rate at the edge of stability), and their true loss was "
                 "higher than the log shows.")
@@ -580,8 +694,8 @@ class LogReport:
 
     def _advice(self):
         hit = self.first_hit
-        lr = self.lr_at(self.episodes[0][0])
-        lr_text = f" (logged: {lr[0]})" if lr else ""
+        lr = self.lr_at_hit
+        lr_text = f" (logged: {abbreviate(lr.lr)})" if lr else ""
         lower_lr = (f"lower the learning rate{lr_text}, e.g. 10x, and "
                     "consider gradient clipping")
         data = ("check the data and the labels (nan or inf in the inputs, "
@@ -602,15 +716,16 @@ class LogReport:
         text += ("  Save the logits and labels of a failing batch and run "
                  "`python -m pysafemax diagnose LOGITS.npy LABELS.npy` to "
                  "see which one applies; `python -m pysafemax explain "
-                 f"{hit.hit_text}` explains the value.")
+                 f"{abbreviate(hit.hit_text)}` explains the value.")
         return text
 
     def _uniform_note(self):
-        start, end, classes = self.uniform
-        a, b = self.readings[start], self.readings[end - 1]
-        text = (f"Note: the loss sat at {a.main[0]} = ln({classes}), the loss "
-                f"of a uniform prediction over {classes} classes, from "
-                f"{a.short_where} to {b.short_where} ({end - start} readings)")
+        plateau = self.uniform
+        classes = plateau.classes
+        text = (f"Note: the loss sat at {_loss(plateau.first)} = ln({classes}), "
+                f"the loss of a uniform prediction over {classes} classes, "
+                f"from {plateau.first.short_where} to "
+                f"{plateau.last.short_where} ({plateau.length} readings)")
         if self.uniform_to_end:
             text += (": it never left it, so the network outputs the same "
                      "score for every class and is not learning (dead "
@@ -621,23 +736,41 @@ class LogReport:
         return text
 
 
+def _loss(reading):
+    """The loss of a reading as printed, as the report quotes it."""
+    return abbreviate(reading.main[0])
+
+
 def _fill(text, **kwargs):
     return textwrap.fill(text, WIDTH, break_on_hyphens=False,
                          break_long_words=False, **kwargs)
 
 
 def scan_log(lines, source=None):
-    """Scan training-log lines (any iterable of str or bytes).
+    """Scan training-log lines (any iterable of str or bytes), one at a time.
 
     Returns a LogReport; report.count is 0 when no line holds a loss.
     """
-    readings, state = _parse(lines)
-    readings = [r for r in readings if r.values()]
-    caffe = bool(readings) and bool(state.get("caffe"))
-    _classify(readings)
-    lr_logged = state.get("caffe_lr_logged" if caffe else "plain_lr_logged")
-    return LogReport(readings, caffe=caffe, lr_logged=bool(lr_logged),
-                     source=source)
+    caffe_scan, plain_scan = _Scan(), _Scan()
+    caffe = _CaffeReadings(caffe_scan.add)
+    plain_lr_logged = False
+    for line_no, line in enumerate(lines, 1):
+        if isinstance(line, bytes):
+            line = line.decode("utf-8", "replace")
+        glog = _GLOG.match(line)
+        if glog:
+            caffe.feed(glog, line_no)
+        elif not caffe.found:
+            # In a Caffe log the losses are in glog lines; the other lines
+            # are parameter dumps ("average_loss: 10") and the like.
+            reading = _plain_reading(line, line_no)
+            if reading is not None:
+                plain_lr_logged = plain_lr_logged or reading.lr is not None
+                plain_scan.add(reading)
+    caffe.close()
+    if caffe.found:
+        return caffe_scan.finish(source, True, caffe.lr_logged)
+    return plain_scan.finish(source, False, plain_lr_logged)
 
 
 def _stdin_lines():

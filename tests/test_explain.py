@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import pysafemax
-from pysafemax.explain import (CONSTANTS, cli_explain, explain, match_constant,
-                               matches, parse_value, uniform_classes)
+from pysafemax._constants import DBL_MIN_LOSS, FLT_MIN_LOSS, FLT_MIN_LOSS_F64
+from pysafemax.explain import (CONSTANTS, ECHO_LIMIT, abbreviate, cli_explain,
+                               explain, match_constant, matches, parse_value,
+                               uniform_classes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LN2 = math.log(2.0)
@@ -62,10 +64,12 @@ def test_constants_are_the_documented_values():
              "flt_max": "88.7228", "dbl_max": "709.783"}
     for key, text in shown.items():
         assert f"{BY_KEY[key].value:g}" == text
-    assert BY_KEY["flt_min"].value == pytest.approx(pysafemax.FLT_MIN_LOSS,
-                                                    rel=1e-7)
-    assert BY_KEY["dbl_min"].value == pytest.approx(pysafemax.DBL_MIN_LOSS,
-                                                    rel=1e-15)
+    # The library's constants, not copies: -ln(FLT_MIN) in double (what
+    # Caffe<double> prints) and its float32 rounding, -ln(DBL_MIN).
+    assert BY_KEY["flt_min"].value == FLT_MIN_LOSS_F64 == 87.3365447505531
+    assert BY_KEY["flt_min"].rounded == (("float32", FLT_MIN_LOSS),)
+    assert FLT_MIN_LOSS == pysafemax.FLT_MIN_LOSS == 87.3365478515625
+    assert BY_KEY["dbl_min"].value == DBL_MIN_LOSS == pysafemax.DBL_MIN_LOSS
 
 
 def test_float32_and_float16_roundings_are_kept():
@@ -94,6 +98,7 @@ def test_every_print_of_every_constant_is_named(key):
     ("87.3365", "flt_min"), ("87.33655", "flt_min"), ("87.3", "flt_min"),
     ("87.34", "flt_min"), ("8.73365e+01", "flt_min"), ("8.733655E1", "flt_min"),
     ("87.336548", "flt_min"), ("87.3365478515625", "flt_min"),
+    ("87.3365447505531", "flt_min"), ("87.33654475", "flt_min"),
     (" 87.3365\n", "flt_min"), ("+87.3365", "flt_min"),
     ("103.279", "flt_denorm"), ("103.28", "flt_denorm"), ("103", "flt_denorm"),
     ("708.396", "dbl_min"), ("708.4", "dbl_min"), ("7.08396e+02", "dbl_min"),
@@ -167,7 +172,8 @@ def test_nan_from_numbers():
     assert explain(np.float32("nan")).kind == "nan"
 
 
-@pytest.mark.parametrize("text", ["inf", "+inf", "Infinity", "1.#INF", "-inf"])
+@pytest.mark.parametrize("text", ["inf", "+inf", "Infinity", "infinity",
+                                  "1.#INF", "-inf"])
 def test_inf_spellings(text):
     result = explain(text)
     assert result.known and result.kind == "inf"
@@ -197,11 +203,75 @@ def test_uniform_rejects_ambiguous_and_out_of_range():
     assert uniform_classes("nan") is None
 
 
-@pytest.mark.parametrize("text", ["abc", "", "  ", "87,3365", "1.2.3",
-                                  "0x1p3", "87.3365f", "loss = 87.3365", "1e"])
+@pytest.mark.parametrize("text", [
+    "abc", "", "  ", "87,3365", "1.2.3", "87.3365f", "loss = 87.3365", "1e",
+    "0x1p3", "0x1.8p1",                 # hex floats
+    "\u0661\u0662", "\u0663.\u0665",      # Arabic-Indic 12 and 3.5: float() takes them
+    "\uff11\uff12", "8\u0667.3365",        # fullwidth 12, a mix of scripts
+    "1_000", "1e1_0",                   # float() takes underscores
+    "nan(\u0661)", "1e1234567890",      # another script's payload; a 10-digit exponent
+])
 def test_not_a_number(text):
     with pytest.raises(ValueError, match="not a number"):
         explain(text)
+    with pytest.raises(ValueError, match="not a number"):
+        parse_value(text)
+
+
+def test_decimals_beyond_float64_match_nothing():
+    # A decimal, not an inf spelling: it is no limit of any format.
+    for text in ("1e999", "-1e999999999", "9" * 400):
+        result = explain(text)
+        assert result.kind == "unknown" and result.value in (math.inf, -math.inf)
+        assert match_constant(text) is None and not matches(text, 3.0)
+    assert explain("1e-999999999").kind == "unknown"
+
+
+def test_abbreviate():
+    assert abbreviate("a" * ECHO_LIMIT) == "a" * ECHO_LIMIT
+    assert abbreviate("a" * 41) == "a" * 40 + "... (41 characters)"
+    assert abbreviate("ab", quote=True) == "'ab'"
+    assert abbreviate("a" * 41, quote=True) == f"'{'a' * 40}'... (41 characters)"
+
+
+def test_long_input_is_not_echoed_whole():
+    digits = "9" * 5000
+    out, err = io.StringIO(), io.StringIO()
+    assert cli_explain(digits, out=out, err=err) == 1
+    flat = " ".join(out.getvalue().split())
+    assert flat.startswith(f"{'9' * 40}... (5000 characters): no known constant")
+    assert len(out.getvalue()) < 2000 and err.getvalue() == ""
+    clamped = "87.3365" + "0" * 5000
+    out = io.StringIO()
+    assert cli_explain(clamped, out=out) == 0
+    flat = " ".join(out.getvalue().split())
+    assert flat.startswith(f"{clamped[:40]}... (5007 characters) = -ln(FLT_MIN)")
+    assert all(len(line) <= 80 for line in out.getvalue().splitlines())
+    assert explain(clamped).text == clamped      # the data keeps it whole
+    out, err = io.StringIO(), io.StringIO()
+    assert cli_explain("x" * 5000, out=out, err=err) == 2
+    assert err.getvalue() == (f"pysafemax explain: not a number: '{'x' * 40}'... "
+                              "(5000 characters) (give the loss value as "
+                              "printed, e.g. 87.3365 or nan)\n")
+    assert out.getvalue() == ""
+
+
+def test_flt_min_is_caffes_clamp_in_float_and_double():
+    text = " ".join(str(explain("87.3365")).split())
+    assert ("Caffe's SoftmaxWithLoss computes -log(max(p[label], "
+            "Dtype(FLT_MIN))) in float and in double alike") in text
+    assert "(87.3365479 in float, 87.3365447505531 in double)" in text
+    assert explain("87.3365447505531").key == "flt_min"
+
+
+def test_dbl_min_is_not_caffes():
+    text = " ".join(str(explain("708.396")).split())
+    assert ("Code that clamps the label probability at float64's own smallest "
+            "normal (numpy's finfo(float64).tiny, sys.float_info.min, a "
+            "hand-written max(p, DBL_MIN)) reports it") in text
+    assert ("It is not Caffe's clamp: SoftmaxWithLossLayer<double> clamps at "
+            "FLT_MIN too and reports 87.3365447505531, and no pysafemax method "
+            "reports it.") in text
 
 
 def test_parse_value():
@@ -263,6 +333,7 @@ def test_cli_known_value():
 
 def test_cli_exit_codes():
     assert _run("708.396").returncode == 0
+    assert _run("87.3365447505531").returncode == 0
     assert _run("nan").returncode == 0
     assert _run("--", "-nan").returncode == 0
     unknown = _run("42.5")
@@ -273,6 +344,17 @@ def test_cli_exit_codes():
     assert bad.stderr.startswith("pysafemax explain: ")
     assert len(bad.stderr.strip().splitlines()) == 1
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_other_scripts_and_long_values():
+    arabic = _run("\u0661\u0662")
+    assert arabic.returncode == 2 and arabic.stdout == ""
+    assert arabic.stderr == ("pysafemax explain: not a number: '\u0661\u0662' "
+                             "(give the loss value as printed, e.g. 87.3365 or "
+                             "nan)\n")
+    long = _run("1" * 5000)
+    assert long.returncode == 1 and long.stderr == ""
+    assert len(long.stdout) < 2000 and "... (5000 characters)" in long.stdout
 
 
 @pytest.mark.parametrize("value", ["-nan", "-inf", "-87.3365"])

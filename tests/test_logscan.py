@@ -11,10 +11,12 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import pytest
 
-from pysafemax.logscan import cli_scan_log, scan_log
+from pysafemax.logscan import (EPISODES_KEPT, LAST_KEPT, cli_scan_log,
+                               scan_log)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
@@ -71,9 +73,11 @@ def test_clean_run():
     assert facts["readings"] == 11          # 10 displays + the final line
     assert facts["first_hit"] is None and not report.stuck
     # The test phase's outputs are not training readings.
-    assert [r.iteration for r in report.readings] == list(range(0, 1001, 100))
-    assert report.readings[0].lr == "0.01"
-    assert report.readings[-1].text == "0.0412316"
+    assert report.first.iteration == 0
+    assert [r.iteration for r in report.last_readings] == list(range(100, 1001, 100))
+    assert (report.first_iteration, report.last_iteration) == (0, 1000)
+    assert report.first.lr == "0.01"
+    assert report.last.text == "0.0412316"
     code, out, err = _cli(CLEAN)
     assert code == 0 and err == ""
     assert "never hit 87.3365" in out
@@ -90,7 +94,7 @@ def test_diverging_run_sticks_at_87():
     # (average_loss: 10) still reads 61.6205.
     assert hit == {"kind": "clamp", "value": "87.3365", "constant": "flt_min",
                    "source": "output #0: loss", "iteration": 900, "line": 42}
-    assert report.readings[9].text == "61.6205"
+    assert report.first_hit.text == "61.6205"
     assert facts["stays"] and facts["ends_stuck"]
     assert facts["recovered_at"] is None
     assert facts["episodes"] == [{"start_iteration": 900, "start_line": 42,
@@ -123,8 +127,8 @@ def test_nan_run():
     assert facts["lr_at_hit"] == "0.05"
     assert facts["trend"] == "falling"
     # "-nan" (glibc's spelling) counts too; the test net's nan is no reading.
-    assert [r.status for r in report.readings[6:]] == ["nan"] * 4
-    assert report.readings[-1].text == "-nan"
+    assert [r.status for r in report.last_readings] == ["ok"] * 6 + ["nan"] * 4
+    assert report.last.text == "-nan"
     code, out, err = _cli(NAN)
     assert code == 1
     assert "First hit: loss = nan (not a number) at iteration 600 (line 34)." in out
@@ -269,11 +273,12 @@ def test_cli_undecodable_bytes_are_tolerated(tmp_path):
     "100/100 [====] - 1s 9ms/step - loss: 0.5 - accuracy: 0.9 - val_loss: 0.7",
     "Train Epoch: 1 [640/60000 (1%)]\tLoss: 0.5",
     "iter 7, loss = tensor(0.5, device='cuda:0')",
+    "Epoch 3 done, loss = 0.5.",
 ])
 def test_plain_formats(line):
     report = scan_log([line])
     assert report.count == 1
-    assert float(report.readings[0].text) == 0.5
+    assert float(report.first.text) == 0.5
 
 
 @pytest.mark.parametrize("line", [
@@ -297,9 +302,97 @@ def test_nan_and_inf_spellings(spelling):
     assert hit["kind"] in ("nan", "inf")
 
 
+@pytest.mark.parametrize("value", [
+    "0x1p3", "0x1.8p1",                 # hex floats: no reading of 0
+    "\u0661\u0662", "\u0663.\u0665",      # Arabic-Indic 12 and 3.5
+    "\uff11\uff12",                     # fullwidth 12
+    "1\u0662",                          # an ASCII digit, then another script's
+    "1_000", "1.5e", "87.3365f", "1.2.3",
+    "1e1234567890",                     # an exponent of 10 digits
+])
+def test_values_that_are_not_decimal_floats(value):
+    assert scan_log([f"step 1 loss = {value}"]).count == 0
+    caffe = _glog(("solver.cpp:218", "Iteration 0 (0 iter/s, 0.1s/20 iters), "
+                                     f"loss = {value}"))
+    assert scan_log(caffe).count == 0
+
+
+def test_iterations_are_ascii_digits():
+    report = scan_log(["step \u0661\u0662 loss: 0.5"])
+    assert report.count == 1 and report.first.iteration is None
+    caffe = _glog(("solver.cpp:218", "Iteration \u0661\u0662 (0 iter/s, "
+                                     "0.1s/20 iters), loss = 0.5"))
+    assert scan_log(caffe).count == 0
+
+
+def test_huge_numbers_read_without_a_traceback():
+    # int() refuses more than 4300 digits; such an iteration is none.
+    lines = [f"step {'9' * 5000} loss: 0.5",
+             f"Iteration {'1' * 5000}, loss = 0.25"]
+    report = scan_log(lines)
+    assert report.count == 2
+    assert report.first.iteration is None and report.last.iteration is None
+    assert "iteration" not in str(report).split("\n")[0]
+
+
+def test_pathological_values_are_not_echoed_whole(tmp_path):
+    huge = "87.3365" + "0" * 5000       # -ln(FLT_MIN) to 5007 digits
+    name = "loss_" + "x" * 5000
+    lr = "0.0" + "1" * 5000
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(_glog(
+        ("solver.cpp:218", "Iteration 0 (0 iter/s, 0.1s/20 iters), loss = 2.3"),
+        ("solver.cpp:218", "Iteration 20 (1 iter/s, 1s/20 iters), loss = 44.8"),
+        ("solver.cpp:237", f"    Train net output #0: {name} = {huge} "
+                           f"(* 1 = {huge} loss)"),
+        ("sgd_solver.cpp:105", f"Iteration 20, lr = {lr}"))) + "\n")
+    report = scan_log(log.open())
+    # The report keeps what it read...
+    assert report.first_hit.hit_text == huge
+    assert report.first_hit.hit_source == f"output #0: {name}"
+    assert report.lr_at_hit.lr == lr
+    # ...and quotes at most 40 characters of it, with its length.
+    code, out, err = _cli(str(log))
+    assert code == 1 and err == ""
+    assert len(out) < 4000
+    assert f"{huge[:40]}... (5007 characters)" in out
+    assert f"output #0: {name[:29]}... (5016 characters) = " in out
+    assert f"Learning rate: {lr[:40]}... (5003 characters) at iteration 20" in out
+    assert f"explain {huge[:40]}... (5007 characters)`" in out
+    assert all(len(line) <= 80 for line in str(report).splitlines())
+
+
+def test_caffe_in_double_reads_the_float_clamp():
+    # SoftmaxWithLossLayer<double> clamps at FLT_MIN too and prints
+    # -ln(FLT_MIN) computed in double.
+    report = scan_log(["Iteration 0, loss = 2.3",
+                       "Iteration 20, loss = 87.3365447505531"])
+    hit = report.to_dict()["first_hit"]
+    assert hit["kind"] == "clamp" and hit["constant"] == "flt_min"
+    assert hit["iteration"] == 20
+    text = _flat(str(report))
+    assert "87.3365447505531 (-ln(FLT_MIN))" in text
+    assert ("Caffe's SoftmaxWithLoss clamps the label probability at FLT_MIN "
+            "= 1.17549e-38, the smallest normal float32, in float and in "
+            "double alike") in text
+
+
+def test_dbl_min_is_a_clamp_but_not_caffes():
+    report = scan_log(["Iteration 0, loss = 2.3", "Iteration 20, loss = 708.396"])
+    assert report.first_hit.constant == "dbl_min"
+    text = _flat(str(report))
+    assert "First hit: loss = 708.396 (-ln(DBL_MIN)) at iteration 20" in text
+    assert "What it means: 708.396 = -ln(DBL_MIN)." in text
+    assert "numpy's finfo(float64).tiny" in text
+    assert ("It is not Caffe's clamp: SoftmaxWithLossLayer<double> clamps at "
+            "FLT_MIN too and reports 87.3365447505531") in text
+    assert "Caffe's SoftmaxWithLoss clamps" not in text
+
+
 @pytest.mark.parametrize("value, hits", [
     ("87.3365", True), ("87.33655", True), ("87.3", True), ("87.34", True),
-    ("8.73365e+01", True), ("87.3365479", True), ("708.396", True),
+    ("8.73365e+01", True), ("87.3365479", True), ("87.3365447505531", True),
+    ("708.396", True),
     ("87.33", False), ("86.9", False), ("88.7228", False), ("87", False),
 ])
 def test_print_rounding_of_the_clamp(value, hits):
@@ -316,7 +409,7 @@ def test_caffe_log_ignores_plain_lines():
         ("solver.cpp:218", "Iteration 0 (0 iter/s, 0.1s/20 iters), loss = 2.3"))
     report = scan_log(lines)
     assert report.caffe and report.count == 1
-    assert report.readings[0].text == "2.3"
+    assert report.first.text == "2.3"
 
 
 def test_older_caffe_format_and_bytes():
@@ -354,12 +447,24 @@ def test_several_loss_outputs_and_accuracy():
         ("sgd_solver.cpp:105", "Iteration 40, lr = 0.001"))
     report = scan_log(lines)
     assert report.count == 1
-    reading = report.readings[0]
+    reading = report.first
     assert [name for name, _, _ in reading.outputs] == [
         "output #1: loss_bbox", "output #2: loss_cls"]
     hit = report.to_dict()["first_hit"]
     assert hit["source"] == "output #2: loss_cls" and hit["iteration"] == 40
     assert "averaged 'loss =' line read 87.5365" in _flat(str(report))
+
+
+def test_a_repeated_output_index_starts_a_reading():
+    # Without Iteration lines, output #0 coming round again is the next step.
+    lines = _glog(
+        ("solver.cpp:237", "    Train net output #0: loss = 2.3 (* 1 = 2.3 loss)"),
+        ("solver.cpp:237", "    Train net output #1: loss2 = 0.1 (* 1 = 0.1 loss)"),
+        ("solver.cpp:237", "    Train net output #0: loss = 87.3365 (* 1 = 87.3365 loss)"),
+        ("solver.cpp:237", "    Train net output #1: loss2 = 0.1 (* 1 = 0.1 loss)"))
+    report = scan_log(lines)
+    assert report.count == 2 and len(report.first.outputs) == 2
+    assert report.first_hit.line == 3
 
 
 def test_weighted_output_uses_the_raw_value():
@@ -433,6 +538,39 @@ def test_uniform_to_the_end_exits_1(tmp_path):
     log.write_text("\n".join(f"step {i} loss: 6.90776" for i in range(4)) + "\n")
     code, out, _ = _cli(str(log))
     assert code == 1 and "ln(1000)" in out
+
+
+def _many_readings(n, caffe):
+    """n readings, made line by line; every 10th reads 87.3365, so the log
+    has n // 10 episodes of hits."""
+    for i in range(n):
+        loss = "87.3365" if i % 10 == 5 else f"{2.3 / (1 + i % 977):g}"
+        if caffe:
+            yield from _glog(
+                ("solver.cpp:218", f"Iteration {i} (9 iter/s, 1s/1 iters), loss = {loss}"),
+                ("solver.cpp:237", f"    Train net output #0: loss = {loss} (* 1 = {loss} loss)"),
+                ("sgd_solver.cpp:105", f"Iteration {i}, lr = 0.01"))
+        else:
+            yield f"step {i} loss: {loss} lr: 0.01"
+
+
+@pytest.mark.parametrize("caffe", [True, False])
+def test_memory_does_not_grow_with_the_log(caffe):
+    scan_log(_many_readings(10, caffe))     # fill the caches first
+    peaks = []
+    for n in (500, 10000):
+        tracemalloc.start()
+        try:
+            report = scan_log(_many_readings(n, caffe))
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert report.count == n and report.episode_count == n // 10
+        assert len(report.episodes) == EPISODES_KEPT
+        assert len(report.last_readings) == LAST_KEPT
+        assert report.to_dict()["episode_count"] == n // 10
+    # The readings, kept in a list, would take megabytes.
+    assert max(peaks) < 64 * 1024, peaks
 
 
 def test_large_log_is_fast():
