@@ -1,6 +1,8 @@
 """method="maxsub" with Caffe's normalizations against a direct numpy
 transcription of Caffe's SoftmaxLayer and SoftmaxWithLossLayer (Forward_cpu
-and Backward_cpu), which is itself checked on hand-computed cases."""
+and Backward_cpu) for Dtype float and double, which is itself checked on
+hand-computed cases.  Both Dtypes clamp at FLT_MIN: Caffe writes
+std::max(prob, Dtype(FLT_MIN))."""
 import math
 
 import numpy as np
@@ -12,12 +14,12 @@ FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 F32 = np.float32
 
 
-def caffe_softmax(bottom, axis):
-    """SoftmaxLayer<float>::Forward_cpu, loop for loop (vectorised over inner)."""
+def caffe_softmax(bottom, axis, dtype=F32):
+    """SoftmaxLayer<Dtype>::Forward_cpu, loop for loop (vectorised over inner)."""
     outer = math.prod(bottom.shape[:axis])
     channels = bottom.shape[axis]
     inner = math.prod(bottom.shape[axis + 1:])
-    data = bottom.astype(F32).reshape(outer, channels, inner)
+    data = bottom.astype(dtype).reshape(outer, channels, inner)
     top = np.empty_like(data)
     for i in range(outer):
         scale = data[i, 0].copy()               # scale_data = bottom[i*dim + k]
@@ -27,14 +29,14 @@ def caffe_softmax(bottom, axis):
         block = data[i] - scale                 # gemm: top -= 1 * scale
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             block = np.exp(block)               # caffe_exp
-            total = np.zeros(inner, F32)        # gemv over channels, in float
+            total = np.zeros(inner, dtype)      # gemv over channels, in Dtype
             for j in range(channels):
                 total = total + block[j]
             top[i] = block / total              # caffe_div
     return top
 
 
-def get_normalizer(mode, outer, inner, valid_count):
+def get_normalizer(mode, outer, inner, valid_count, dtype=F32):
     if mode == "full":
         normalizer = outer * inner
     elif mode == "valid":
@@ -43,16 +45,16 @@ def get_normalizer(mode, outer, inner, valid_count):
         normalizer = outer
     else:                                      # NONE
         normalizer = 1
-    return max(F32(1.0), F32(normalizer))
+    return max(dtype(1.0), dtype(normalizer))
 
 
 def caffe_softmax_with_loss(bottom, labels, *, axis=1, ignore_label=None,
-                            normalization="valid"):
-    """SoftmaxWithLossLayer<float>: (top loss, bottom diff with top_diff = 1)."""
-    prob = caffe_softmax(bottom, axis)
+                            normalization="valid", dtype=F32):
+    """SoftmaxWithLossLayer<Dtype>: (top loss, bottom diff with top_diff = 1)."""
+    prob = caffe_softmax(bottom, axis, dtype)
     outer, channels, inner = prob.shape
     label = np.asarray(labels).reshape(outer, inner)
-    loss = F32(0)
+    loss = dtype(0)
     count = 0
     for i in range(outer):
         for j in range(inner):
@@ -61,9 +63,9 @@ def caffe_softmax_with_loss(bottom, labels, *, axis=1, ignore_label=None,
                 continue
             assert 0 <= y < channels
             with np.errstate(divide="ignore"):
-                loss -= np.log(max(prob[i, y, j], FLT_MIN))
+                loss -= np.log(max(prob[i, y, j], dtype(FLT_MIN)))
             count += 1
-    top = loss / get_normalizer(normalization, outer, inner, count)
+    top = loss / get_normalizer(normalization, outer, inner, count, dtype)
 
     diff = prob.copy()
     count = 0
@@ -75,7 +77,7 @@ def caffe_softmax_with_loss(bottom, labels, *, axis=1, ignore_label=None,
             else:
                 diff[i, y, j] -= 1
                 count += 1
-    loss_weight = F32(1.0) / get_normalizer(normalization, outer, inner, count)
+    loss_weight = dtype(1.0) / get_normalizer(normalization, outer, inner, count, dtype)
     diff *= loss_weight                        # caffe_scal
     return top, diff.reshape(bottom.shape)
 
@@ -91,6 +93,10 @@ def test_transcription_seed():
     assert loss == 0.0
     loss, _ = caffe_softmax_with_loss(np.array([[0.0, 100.0]], F32), [0])
     assert loss == F32(-math.log(FLT_MIN))                 # 87.3365, clamped
+    # Dtype = double: what BVLC Caffe's real SoftmaxWithLossLayer<double>
+    # printed for this input.
+    loss, _ = caffe_softmax_with_loss(np.array([[0.0, 100.0]]), [0], dtype=np.float64)
+    assert loss == 87.3365447505531
 
 
 def test_transcription_walks_inner_and_normalizes():
@@ -128,13 +134,20 @@ CAFFE_MODES = {"valid": "valid", "full": "full", "batch_size": "batch_size",
                "sum": "none"}
 
 
+# Caffe's float arithmetic against the kernel's (sums in double, then rounded
+# to Dtype): about 5e-6 relative in float, a few ULP in double.
+TOLERANCE = {F32: (2e-6, 1e-6, 1e-7), np.float64: (1e-13, 1e-13, 1e-15)}
+
+
+@pytest.mark.parametrize("dtype", [F32, np.float64], ids=["float", "double"])
 @pytest.mark.parametrize("reduction", list(CAFFE_MODES))
 @pytest.mark.parametrize("seed", range(12))
-def test_maxsub_matches_caffe(reduction, seed):
+def test_maxsub_matches_caffe(reduction, seed, dtype):
     rng = np.random.default_rng(seed)
     outer, channels = int(rng.integers(1, 5)), int(rng.integers(1, 9))
     spatial = [(), (int(rng.integers(1, 4)),), (2, int(rng.integers(1, 3)))][seed % 3]
-    x = (rng.standard_normal((outer, channels) + spatial) * [1, 20, 60][seed % 3]).astype(F32)
+    # * 60: gaps past 87.3 in some positions, clamped in both Dtypes
+    x = (rng.standard_normal((outer, channels) + spatial) * [1, 20, 60][seed % 3]).astype(dtype)
     labels = rng.integers(0, channels, (outer,) + spatial)
     ignore = 255 if seed % 2 else None
     if ignore is not None:
@@ -142,11 +155,12 @@ def test_maxsub_matches_caffe(reduction, seed):
         if seed % 4 == 1:
             labels[...] = ignore                       # all ignored: loss 0
     want_loss, want_diff = caffe_softmax_with_loss(
-        x, labels, ignore_label=ignore, normalization=CAFFE_MODES[reduction])
+        x, labels, ignore_label=ignore, normalization=CAFFE_MODES[reduction], dtype=dtype)
     loss, grad = pysafemax.softmax_loss(x, labels, method="maxsub", reduction=reduction,
                                         ignore_index=ignore, return_grad=True)
-    assert loss == pytest.approx(float(want_loss), rel=2e-6, abs=1e-6)
-    np.testing.assert_allclose(grad, want_diff, rtol=2e-6, atol=1e-7)
+    rel, abs_loss, abs_grad = TOLERANCE[dtype]
+    assert loss == pytest.approx(float(want_loss), rel=rel, abs=abs_loss)
+    np.testing.assert_allclose(grad, want_diff, rtol=rel, atol=abs_grad)
 
 
 def test_maxsub_reports_caffe_s_plateau_with_an_inner_axis():
