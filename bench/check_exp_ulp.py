@@ -44,7 +44,7 @@ ALL_BITS = [(0, 2 ** 32)]
 
 
 def kernel_exp(x, portable):
-    from _pysafemax_kernel import ffi, lib
+    from pysafemax._kernel import ffi, lib
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty_like(x)
     lib.psm_exp_f32(ffi.from_buffer("float[]", x), x.size, int(portable),
@@ -197,7 +197,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from _pysafemax_kernel import lib
+    from pysafemax._kernel import lib
     import pysafemax
     simd = bool(lib.psm_simd_level())
     portable = 1 if args.portable else 0

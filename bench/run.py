@@ -46,7 +46,7 @@ import numpy as np
 
 import pysafemax
 import pysafemax.reference
-from _pysafemax_kernel import ffi, lib
+from pysafemax._kernel import ffi, lib
 
 SHAPES = [(32, 10), (1, 10), (65536, 10), (8192, 1000), (1024, 32000),
           (64, 128256), (4096, 50257)]

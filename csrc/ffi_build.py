@@ -1,4 +1,4 @@
-"""Describes the cffi extension `_pysafemax_kernel`; setup.py's cffi_modules builds it.
+"""Describes the cffi extension `pysafemax._kernel`; setup.py's cffi_modules builds it.
 
 Nothing is compiled on import: this module only configures the builder.  The
 cdef is the public header's declaration block, read verbatim, so the two cannot
@@ -36,7 +36,7 @@ def _compile_args():
 ffibuilder = FFI()
 ffibuilder.cdef(_public_declarations(HEADER))
 ffibuilder.set_source(
-    "_pysafemax_kernel",
+    "pysafemax._kernel",
     '#include "softmax_loss.h"',
     sources=[os.path.relpath(os.path.join(HERE, "softmax_loss.c"))],
     # Headers are listed so that an in-tree build/ recompiles when only they change.

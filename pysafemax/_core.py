@@ -9,9 +9,9 @@ import os
 import warnings
 
 import numpy as np
-from _pysafemax_kernel import ffi, lib
 
 from . import _validation, reference
+from ._kernel import ffi, lib
 
 _METHOD_IDS = {"naive": lib.PSM_NAIVE, "maxsub": lib.PSM_MAXSUB,
                "stable": lib.PSM_STABLE}

@@ -14,9 +14,9 @@ Like pysafemax._core, this module only validates, allocates and calls the
 kernel; the arithmetic is csrc's (psm_softmax_partials and its siblings).
 """
 import numpy as np
-from _pysafemax_kernel import ffi, lib
 
 from . import _core, _validation
+from ._kernel import ffi, lib
 
 __all__ = ["SoftmaxPartials", "softmax_partials", "combine_partials",
            "loss_from_partials", "grad_from_partials"]

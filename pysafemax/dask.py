@@ -48,7 +48,7 @@ except ImportError as exc:     # pysafemax itself never needs dask
     raise ImportError(f'pysafemax.dask needs dask ({exc}): pip install "pysafemax[dask]"') \
         from None
 
-from _pysafemax_kernel import ffi, lib
+from ._kernel import ffi, lib
 
 from . import _core, _partials, _validation
 from ._partials import combine_partials, loss_from_partials, softmax_partials

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from _pysafemax_kernel import ffi, lib
+from pysafemax._kernel import ffi, lib
 
 import pysafemax
 from pysafemax import _core, reference

@@ -7,7 +7,7 @@ within the error stated in csrc/exp_f32.h.
 """
 import numpy as np
 import pytest
-from _pysafemax_kernel import ffi, lib
+from pysafemax._kernel import ffi, lib
 
 import pysafemax
 from pysafemax import _core
