@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from . import _validation, reference
+from ._blocks import position_blocks
 from ._kernel import ffi, lib
 
 _METHOD_IDS = {"naive": lib.PSM_NAIVE, "maxsub": lib.PSM_MAXSUB,
@@ -272,37 +273,15 @@ def _staged_bytes(x, probs, grad):
 
 def _blocks(x, position_bytes):
     """(index, positions): the blocks of whole positions that softmax_loss
-    converts and computes one at a time, in the positions' C order; index
-    selects a block of the logits, positions its labels (the Ellipsis keeps a
-    0-d block an array).  A block holds at most _STREAM_BYTES //
-    position_bytes positions: a run along one non-class axis k, every later
-    axis whole, every earlier one fixed (as a length-1 slice, so that the
-    class axis stays where it was), k the first axis whose indices fit in a
-    block.  Blocks take as many indices as fit, so every block but a run's
-    last holds more than half the positions allowed."""
-    shape, axis = x.array.shape, x.axis
-    whole = (slice(None),) * len(shape)
-    positions = math.prod(x.position_shape)
-    # One position cannot be cut (its classes go to one call): 1-D logits,
-    # or a position bigger than the budget, are converted whole.
-    if positions * position_bytes <= _STREAM_BYTES or positions == 1:
-        yield whole, whole[:-1] + (...,)
-        return
-    per_block = max(1, _STREAM_BYTES // position_bytes)
-    fixed, unit = [], positions
-    for k in (a for a in range(len(shape)) if a != axis):
-        unit //= shape[k]              # positions per index along axis k
-        if unit <= per_block:
-            break
-        fixed.append(k)
-    step = per_block // unit
-    for prefix in np.ndindex(*(shape[a] for a in fixed)):
-        index = list(whole)
-        for a, i in zip(fixed, prefix):
-            index[a] = slice(i, i + 1)
-        for start in range(0, shape[k], step):
-            index[k] = slice(start, start + step)
-            yield tuple(index), tuple(index[:axis] + index[axis + 1:]) + (...,)
+    converts and computes one at a time (see position_blocks), each of at
+    most _STREAM_BYTES // position_bytes positions, and at least one (all of
+    them when nothing is staged)."""
+    if position_bytes == 0:
+        per_block = math.prod(x.position_shape)
+    else:
+        per_block = max(1, _STREAM_BYTES // position_bytes)
+    for block in position_blocks(x.array.shape, x.axis, per_block):
+        yield block.index, block.positions
 
 
 def _kernel_output(whole, index, dtype):

@@ -380,3 +380,15 @@ def test_memory_stays_within_the_block_budget(monkeypatch):
     assert peak < budget + (24 << 10), peak
     assert _bits_equal(out, expected[1].astype(np.float16))
     _same_loss(loss, expected[0], "sum")
+
+
+@pytest.mark.parametrize("shape, axis", LAYOUTS[:4])
+@pytest.mark.parametrize("block_positions", [1, 3, 7, 1000])
+def test_position_blocks_name_their_first_position_and_count(shape, axis, block_positions):
+    from pysafemax._blocks import position_blocks
+    axis %= len(shape)
+    position_shape = shape[:axis] + shape[axis + 1:]
+    order = np.arange(np.prod(position_shape)).reshape(position_shape)
+    for block in position_blocks(shape, axis, block_positions):
+        flat = order[block.positions].reshape(-1)
+        assert list(flat) == list(range(block.first, block.first + block.count))
