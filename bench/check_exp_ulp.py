@@ -44,12 +44,8 @@ ALL_BITS = [(0, 2 ** 32)]
 
 
 def kernel_exp(x, portable):
-    from pysafemax._kernel import ffi, lib
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    lib.psm_exp_f32(ffi.from_buffer("float[]", x), x.size, int(portable),
-                    ffi.from_buffer("float[]", out))
-    return out
+    from pysafemax import _bindings
+    return _bindings.exp_f32(np.ascontiguousarray(x, dtype=np.float32), portable)
 
 
 def hex_float(x):
@@ -197,9 +193,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from pysafemax._kernel import lib
     import pysafemax
-    simd = bool(lib.psm_simd_level())
+    from pysafemax import _bindings
+    simd = bool(_bindings.simd_level())
     portable = 1 if args.portable else 0
     path = "portable" if portable or not simd else "avx2+fma"
     print(f"pysafemax {pysafemax.__version__}, numpy {np.__version__}, CPU SIMD "

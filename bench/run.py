@@ -16,7 +16,7 @@ reduction "mean":
   torch forward                       torch.nn.functional.cross_entropy(x, y)
   torch forward+backward              the same, then torch.autograd.grad of
                                       the loss with respect to x
-  read probe                          lib.psm_read_probe_f32: a SIMD sum over
+  read probe                          psm_read_probe_f32: a SIMD sum over
                                       the same bytes with the same threads
 
 and prints the median time per call, G elements/s and GB/s (logits bytes
@@ -46,7 +46,7 @@ import numpy as np
 
 import pysafemax
 import pysafemax.reference
-from pysafemax._kernel import ffi, lib
+from pysafemax import _bindings
 
 SHAPES = [(32, 10), (1, 10), (65536, 10), (8192, 1000), (1024, 32000),
           (64, 128256), (4096, 50257)]
@@ -169,7 +169,6 @@ def make_rows(shape, thread_counts, torch, rng):
     y = rng.integers(0, c, n, dtype=np.int64)
     grad = np.empty_like(x)
     grad.fill(0.0)                   # touch: np.zeros would map pages lazily
-    x_buffer = ffi.from_buffer("float[]", x)
     loss = pysafemax.softmax_loss
     rows = []
     for group, t in enumerate(thread_counts):
@@ -198,7 +197,7 @@ def make_rows(shape, thread_counts, torch, rng):
                             lambda r: float(r), torch_threads=t))
             rows.append(Row(TORCH_BACKWARD, t, forward_backward,
                             lambda r: float(r.detach()), torch_threads=t))
-        rows.append(Row(PROBE, t, lambda t=t: lib.psm_read_probe_f32(x_buffer, x.size, t, 0),
+        rows.append(Row(PROBE, t, lambda t=t: _bindings.read_probe_f32(x, t, False),
                         float))
     return x, y, grad, rows
 

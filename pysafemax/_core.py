@@ -1,8 +1,9 @@
-"""Thin wrappers over the C kernel: validate, allocate, call, check the status.
+"""softmax_loss, softmax and log_softmax: validate, allocate, call the kernel
+through pysafemax._bindings, and return results in the caller's dtype; and
+the default thread count.
 
-This is the only module that touches the compiled extension.  cffi releases
-the GIL around each kernel call, and the kernel keeps no state, so every
-function here is safe to call from many threads at once.
+cffi releases the GIL around each kernel call, and the kernel keeps no
+state, so every function here is safe to call from many threads at once.
 """
 import math
 import os
@@ -10,20 +11,8 @@ import warnings
 
 import numpy as np
 
-from . import _validation, reference
+from . import _bindings, _validation, reference
 from ._blocks import position_blocks
-from ._kernel import ffi, lib
-
-_METHOD_IDS = {"naive": lib.PSM_NAIVE, "maxsub": lib.PSM_MAXSUB,
-               "stable": lib.PSM_STABLE}
-
-# dtype -> (C element type, softmax_loss, softmax, log_softmax)
-_KERNELS = {
-    np.dtype(np.float32): ("float[]", lib.psm_softmax_loss_f32,
-                           lib.psm_softmax_f32, lib.psm_log_softmax_f32),
-    np.dtype(np.float64): ("double[]", lib.psm_softmax_loss_f64,
-                           lib.psm_softmax_f64, lib.psm_log_softmax_f64),
-}
 
 
 class ReferenceMismatchError(RuntimeError):
@@ -44,14 +33,13 @@ def check_tolerance(dtype, classes):
     return 8 * float(np.finfo(dtype).eps) + classes * 2.0 ** -53
 
 
-# Tests set this to compare the portable scalar code with the SIMD code.
-_PORTABLE = False
 _num_threads = None   # set_num_threads(); None: the default
 
 
 def simd_level():
     """The kernel's code path on this CPU: "avx2+fma" or "portable"."""
-    return "avx2+fma" if lib.psm_simd_level() and not _PORTABLE else "portable"
+    simd = _bindings.simd_level() and not _bindings.portable()
+    return "avx2+fma" if simd else "portable"
 
 
 def _available_cores():
@@ -65,9 +53,9 @@ _CORES = _available_cores()
 
 
 def _capped(threads):
-    """The kernel starts at most PSM_MAX_THREADS threads; a larger count
-    (any Python int) means as many as it will start."""
-    return min(threads, lib.PSM_MAX_THREADS)
+    """The kernel starts at most MAX_THREADS threads; a larger count (any
+    Python int) means as many as it will start."""
+    return min(threads, _bindings.MAX_THREADS)
 
 
 def _threads_from_environment():
@@ -100,26 +88,6 @@ def set_num_threads(n):
 def get_num_threads():
     """How many threads a call uses unless it passes threads=."""
     return _env_threads if _num_threads is None else _num_threads
-
-
-def _buffer(array, ctype):
-    """A zero-copy view for the kernel; its arguments' arrays are validated
-    (dtype, C-contiguous, aligned), and the outputs are writable arrays."""
-    if array is None:
-        return ffi.NULL
-    return ffi.from_buffer(ctype, array)
-
-
-def _raise_for_status(status):
-    if status == lib.PSM_NO_MEMORY:
-        raise MemoryError("pysafemax kernel could not allocate its work space")
-    if status != lib.PSM_OK:
-        raise RuntimeError(f"pysafemax kernel rejected its arguments (status {status})")
-
-
-_REDUCTION_IDS = {"none": lib.PSM_NONE, "sum": lib.PSM_SUM, "mean": lib.PSM_MEAN,
-                  "valid": lib.PSM_VALID, "full": lib.PSM_FULL,
-                  "batch_size": lib.PSM_BATCH_SIZE}
 
 
 def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
@@ -178,31 +146,34 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
             ("logits", logits), ("logits", x.array), ("labels", labels),
             ("labels", t.labels), ("labels", t.probs), ("weight", weight),
             ("weight", t.weight)))
-
-    compute = x.compute_dtype
-    ctype, loss_kernel, _, _ = _KERNELS[compute]
     # Results in the caller's dtype, filled block by block.
     losses = (np.empty(x.position_shape, dtype=x.result_dtype)
               if reduction == "none" or check else None)
     grad = None
     if return_grad:
         grad = out if out is not None else np.empty(x.array.shape, dtype=x.result_dtype)
-    options, _weight = kernel_options(method, reduction, threads, t.weight,
-                                      t.ignore_index, t.label_smoothing)
-    if x.array.size * compute.itemsize * 3 <= _STREAM_BYTES:
+    if x.array.size * x.compute_dtype.itemsize * 3 <= _STREAM_BYTES:
         blocks = [(..., ...)]   # small enough to stage everything at once
     else:
         blocks = list(_blocks(x, _staged_bytes(x, t.probs, grad)))
+    loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check)
+    if reduction == "none":
+        loss = losses
+    return (loss, grad) if return_grad else loss
+
+
+def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
+    """One kernel call per block, filling losses and grad (or None); returns
+    the reduced loss.  Several blocks sum their losses and scale their
+    gradient by the whole batch's normalizer (checking every label before
+    any block runs); one block is one call that reduces by itself."""
     streamed = len(blocks) > 1
-    normalizer = _batch_normalizer(x, t, reduction, options) if streamed or check else None
-    if streamed:
-        # Every block sums its losses and scales its gradient by the whole
-        # batch's normalizer; the total is divided by it once, at the end.
-        options.reduction = lib.PSM_SUM
-        options.has_normalizer = 1
-        options.normalizer = normalizer
-    # else one call: the kernel checks the labels and reduces by itself.
-    result = ffi.new("double *")
+    normalizer = (_batch_normalizer(x, t, reduction, threads) if streamed or check
+                  else None)
+    opts = _bindings.options(method, "sum" if streamed else reduction, threads,
+                             t.weight, t.ignore_index, t.label_smoothing,
+                             normalizer if streamed else None)
+    compute = x.compute_dtype
     total = -0.0   # the identity of +: all -0.0 losses sum to -0.0, as in one call
     for index, positions in blocks:
         block = _kernel_input(x.array[index], compute)
@@ -210,15 +181,13 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         probs_block = None if t.probs is None else _kernel_input(t.probs[index], compute)
         losses_to, losses_block = _kernel_output(losses, positions, compute)
         grad_to, grad_block = _kernel_output(grad, index, compute)
-        status = loss_kernel(
-            _buffer(block, ctype), math.prod(block.shape[:x.axis]), x.classes,
-            math.prod(block.shape[x.axis + 1:]), _buffer(labels_block, "int64_t[]"),
-            _buffer(probs_block, ctype), options, _buffer(losses_block, ctype), result,
-            _buffer(grad_block, ctype))
-        if status > 0:   # one call (streamed calls checked every label first)
-            raise _validation.label_out_of_range(t.given_labels, status - 1,
-                                                 x.classes, t.ignore_index)
-        _raise_for_status(status)
+        try:
+            result = _bindings.softmax_loss(
+                block, math.prod(block.shape[:x.axis]), x.classes,
+                math.prod(block.shape[x.axis + 1:]), labels_block, probs_block, opts,
+                losses_block, grad_block)
+        except _bindings.BadLabel as bad:   # one call: its own check found it
+            raise t.label_error(bad.position, x.classes) from None
         if check:  # before float16 results are rounded to float16
             origin = (tuple(s.start or 0 for s in positions[:-1]) if streamed
                       else (0,) * len(x.position_shape))
@@ -227,17 +196,10 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
                 method, normalizer, losses_block, grad_block, origin)
         _store(losses_to, losses_block)
         _store(grad_to, grad_block)
-        total += result[0]
+        total += result
         # Freed before the next block's copies are made, not after.
         del block, probs_block, losses_block, grad_block
-
-    if reduction == "none":
-        loss = losses
-    elif streamed:
-        loss = lib.psm_reduce(_REDUCTION_IDS[reduction], total, normalizer)
-    else:
-        loss = result[0]
-    return (loss, grad) if return_grad else loss
+    return _bindings.reduce(reduction, total, normalizer) if streamed else result
 
 
 # Logits, probability targets and gradients the kernel cannot use in place (of
@@ -300,65 +262,32 @@ def _store(part, block):
             np.copyto(part, block, casting="unsafe")
 
 
-def kernel_options(method, reduction, threads, weight=None, ignore_index=None,
-                   label_smoothing=0.0):
-    """(psm_options, the weight buffer they point into): the buffer must be
-    kept alive through the call.  threads None: get_num_threads()."""
-    options = ffi.new("psm_options *")      # zeroed: no weights, no ignore
-    options.method = _METHOD_IDS[method]
-    options.reduction = _REDUCTION_IDS[reduction]
-    options.threads = get_num_threads() if threads is None else _capped(threads)
-    options.portable = _PORTABLE
-    if ignore_index is not None:
-        options.use_ignore_index = 1
-        options.ignore_index = ignore_index
-    weight_buffer = None
-    if weight is not None:
-        weight_buffer = _buffer(weight, "double[]")
-        options.class_weight = weight_buffer
-    if label_smoothing:
-        options.label_smoothing = label_smoothing
-    return options, weight_buffer
-
-
-def label_summary(labels, positions, classes, options):
-    """psm_label_summary: (status, how many positions are not ignored, the
-    sum of their class weights); status is 1 + the position of the first bad
-    label, or 0."""
-    valid, weight_sum = ffi.new("int64_t *"), ffi.new("double *")
-    status = lib.psm_label_summary(_buffer(labels, "int64_t[]"), positions, classes,
-                                   options, valid, weight_sum)
-    return status, valid[0], weight_sum[0]
-
-
-def _batch_normalizer(x, t, reduction, options):
+def _batch_normalizer(x, t, reduction, threads):
     """What the whole batch's reduction divides by (psm_normalizer).  Checks
     every label first, and raises the ValueError naming the first bad one."""
     positions = math.prod(x.position_shape)
-    status, valid, weight_sum = label_summary(t.labels, positions, x.classes, options)
-    if status > 0:
-        raise _validation.label_out_of_range(t.given_labels, status - 1,
-                                             x.classes, t.ignore_index)
-    _raise_for_status(status)
-    return lib.psm_normalizer(_REDUCTION_IDS[reduction], valid, weight_sum,
-                              positions, x.outer)
+    opts = _bindings.options("stable", reduction, threads, t.weight, t.ignore_index,
+                             t.label_smoothing)
+    try:
+        valid, weight_sum = _bindings.label_summary(t.labels, positions, x.classes, opts)
+    except _bindings.BadLabel as bad:
+        raise t.label_error(bad.position, x.classes) from None
+    return _bindings.normalizer(reduction, valid, weight_sum, positions, x.outer)
 
 
-_PLAIN_KERNELS = {np.dtype(np.float32): ("float[]", lib.psm_softmax_loss_f32),
-                  np.dtype(np.float64): ("double[]", lib.psm_softmax_loss_f64)}
-_plain_options = {}   # (method, reduction, threads, portable) -> psm_options
+_plain_options = {}   # (method, reduction, threads, portable) -> Options
 
 
 def _plain_loss(logits, labels, method, reduction, threads):
     """softmax_loss's most common call, made cheap: (N, C) float32/float64
     logits and (N,) int64 labels, C-contiguous and aligned, a reduced loss and
-    no options.  Anything else (including anything invalid) returns None, for
-    the general path to handle or reject.  The options structs are built once
-    and only ever read by the kernel, so threads can share them."""
-    ctype, kernel = _PLAIN_KERNELS.get(logits.dtype, (None, None))
-    if (kernel is None or reduction == "none" or logits.ndim != 2
-            or labels.dtype is not _validation.INT64 or labels.shape != logits.shape[:1]
-            or logits.shape[1] == 0):
+    no options.  Anything else (including an unknown method or a bad thread
+    count) returns None, for the general path to handle or reject.  The
+    options are built once and only ever read by the kernel, so threads can
+    share them."""
+    if (logits.dtype not in _bindings.KERNELS or reduction == "none"
+            or logits.ndim != 2 or labels.dtype is not _validation.INT64
+            or labels.shape != logits.shape[:1] or logits.shape[1] == 0):
         return None
     flags, label_flags = logits.flags, labels.flags
     if not (flags.c_contiguous and flags.aligned
@@ -368,29 +297,18 @@ def _plain_loss(logits, labels, method, reduction, threads):
         threads = get_num_threads()
     elif type(threads) is not int or threads < 1:
         return None
-    key = (method, reduction, threads, _PORTABLE)
-    options = _plain_options.get(key)
-    if options is None:
-        if method not in _METHOD_IDS or reduction not in _REDUCTION_IDS:
+    key = (method, reduction, threads, _bindings.portable())
+    opts = _plain_options.get(key)
+    if opts is None:
+        if method not in _bindings.METHOD_IDS or reduction not in _bindings.REDUCTION_IDS:
             return None
-        options, _ = kernel_options(method, reduction, threads)   # no weight buffer
-        _plain_options[key] = options
-    result = ffi.new("double *")
+        opts = _plain_options[key] = _bindings.options(method, reduction, threads)
     rows, classes = logits.shape
-    status = kernel(ffi.from_buffer(ctype, logits), rows, classes, 1,
-                    ffi.from_buffer("int64_t[]", labels), ffi.NULL, options, ffi.NULL,
-                    result, ffi.NULL)
-    if status > 0:
-        raise _validation.label_out_of_range(labels, status - 1, classes)
-    _raise_for_status(status)
-    return result[0]
-
-
-def _in_dtype(result, x):
-    """A result in the dtype the caller's logits had (float16 stays float16;
-    a value beyond float16's range becomes inf, without a warning)."""
-    with np.errstate(over="ignore"):
-        return result.astype(x.result_dtype, copy=False)
+    try:
+        return _bindings.softmax_loss(logits, rows, classes, 1, labels, None, opts,
+                                      None, None)
+    except _bindings.BadLabel as bad:
+        raise _validation.label_out_of_range(labels, bad.position, classes) from None
 
 
 def _check_against_reference(logits, targets, t, axis, method, normalizer,
@@ -412,7 +330,7 @@ def _check_against_reference(logits, targets, t, axis, method, normalizer,
     # psm_reduce makes of a loss of 1), in the logits' dtype (one more
     # rounding for stable, well within tol).  Ignored positions are zeroed
     # after scaling, as the kernel leaves them.
-    scale = logits.dtype.type(lib.psm_reduce(lib.PSM_MEAN, 1.0, normalizer))
+    scale = logits.dtype.type(_bindings.reduce("mean", 1.0, normalizer))
     with np.errstate(invalid="ignore"):
         expected_grad = np.moveaxis(expected_grad, axis, -1) * scale
     if t.ignore_index is not None:
@@ -460,19 +378,14 @@ def softmax(logits, *, axis=1, method="stable"):
     """Softmax probabilities of `logits` along the class axis, by method."""
     x = _validation.logits_array(logits, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
-    ctype, _, softmax_kernel, _ = _KERNELS[x.array.dtype]
     out = np.empty_like(x.array)
-    _raise_for_status(softmax_kernel(_buffer(x.array, ctype), x.outer, x.classes,
-                                     x.inner, _METHOD_IDS[method],
-                                     _buffer(out, ctype)))
-    return _in_dtype(out, x)
+    _bindings.softmax(x.array, x.outer, x.classes, x.inner, method, out)
+    return x.in_result_dtype(out)
 
 
 def log_softmax(logits, *, axis=1):
     """Log-softmax of `logits` along the class axis, in the log domain (exact)."""
     x = _validation.logits_array(logits, axis)
-    ctype, _, _, log_softmax_kernel = _KERNELS[x.array.dtype]
     out = np.empty_like(x.array)
-    _raise_for_status(log_softmax_kernel(_buffer(x.array, ctype), x.outer,
-                                         x.classes, x.inner, _buffer(out, ctype)))
-    return _in_dtype(out, x)
+    _bindings.log_softmax(x.array, x.outer, x.classes, x.inner, out)
+    return x.in_result_dtype(out)

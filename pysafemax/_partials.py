@@ -11,30 +11,16 @@ are those of one call over all the classes, up to float rounding, whatever
 the grouping and order of the merges.
 
 Like pysafemax._core, this module only validates, allocates and calls the
-kernel; the arithmetic is csrc's (psm_softmax_partials and its siblings).
+kernel (through pysafemax._bindings); the arithmetic is csrc's
+(psm_softmax_partials and its siblings).
 """
 import numpy as np
 
-from . import _core, _validation
-from ._kernel import ffi, lib
+from . import _bindings, _validation
+from ._core import get_num_threads
 
 __all__ = ["SoftmaxPartials", "softmax_partials", "combine_partials",
            "loss_from_partials", "grad_from_partials"]
-
-# psm_partial, field for field (csrc/softmax_loss.h).
-STATE_DTYPE = np.dtype([
-    ("max", np.float64), ("rest", np.float64), ("ties", np.float64),
-    ("cross", np.float64), ("cross_mass", np.float64), ("mass", np.float64),
-    ("label_logit", np.float64), ("label_found", np.int32), ("cross_inf", np.int32),
-])
-assert STATE_DTYPE.itemsize == ffi.sizeof("psm_partial")
-
-_PARTIAL_KERNELS = {
-    np.dtype(np.float32): ("float[]", lib.psm_softmax_partials_f32,
-                           lib.psm_loss_from_partials_f32, lib.psm_grad_from_partials_f32),
-    np.dtype(np.float64): ("double[]", lib.psm_softmax_partials_f64,
-                           lib.psm_loss_from_partials_f64, lib.psm_grad_from_partials_f64),
-}
 
 
 class SoftmaxPartials:
@@ -127,9 +113,12 @@ class SoftmaxPartials:
                 f"of {of}, method={self.method!r}, "
                 f"dtype={self.result_dtype})")
 
-    def _options(self, reduction, threads):
-        return _core.kernel_options(self.method, reduction, threads, self.weight,
-                                    self.ignore_index, self.label_smoothing)
+    def kernel_options(self, reduction, threads=None, normalizer=None):
+        """The kernel's options for this state's method and options (threads
+        None: get_num_threads())."""
+        return _bindings.options(
+            self.method, reduction, get_num_threads() if threads is None else threads,
+            self.weight, self.ignore_index, self.label_smoothing, normalizer)
 
 
 # The kernel's class count for a block whose total is not known yet: labels
@@ -166,7 +155,7 @@ def _class_block(class_offset, num_classes, block_classes, weight):
     return class_offset, num_classes
 
 
-def _not_decomposable(method):
+def not_decomposable(method):
     return ValueError(
         f"method={method!r} has no partial state with label smoothing or "
         f"probability targets: it clamps every class's probability after the "
@@ -179,15 +168,6 @@ def _block_targets(x, labels, num_classes, weight, ignore_index, label_smoothing
     whole = x._replace(classes=_kernel_classes(num_classes))
     return _validation.targets(labels, whole, weight=weight, ignore_index=ignore_index,
                                label_smoothing=label_smoothing)
-
-
-def _label_error(t, status, num_classes):
-    if status > 0:
-        raise _validation.label_out_of_range(t.given_labels, status - 1, num_classes,
-                                             t.ignore_index)
-    if status == lib.PSM_NOT_DECOMPOSABLE:
-        raise RuntimeError("pysafemax kernel found no partial state for these options")
-    _core._raise_for_status(status)
 
 
 def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, axis=1,
@@ -220,18 +200,18 @@ def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, 
         raise ValueError("label_smoothing spreads over every class: pass num_classes, "
                          "the class count of the whole rows")
     if method != "stable" and (t.probs is not None or t.label_smoothing != 0.0):
-        raise _not_decomposable(method)
-    threads = None if threads is None else _validation.thread_count(threads)
+        raise not_decomposable(method)
+    threads = get_num_threads() if threads is None else _validation.thread_count(threads)
 
-    ctype, partials_kernel, _, _ = _PARTIAL_KERNELS[x.array.dtype]
-    state = np.empty(x.outer * x.inner, dtype=STATE_DTYPE)
-    options, _weight = _core.kernel_options(method, "sum", threads, t.weight,
-                                            t.ignore_index, t.label_smoothing)
-    status = partials_kernel(
-        _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset,
-        _kernel_classes(num_classes), _core._buffer(t.labels, "int64_t[]"),
-        _core._buffer(t.probs, ctype), options, ffi.from_buffer("psm_partial[]", state))
-    _label_error(t, status, num_classes)
+    state = np.empty(x.outer * x.inner, dtype=_bindings.STATE_DTYPE)
+    opts = _bindings.options(method, "sum", threads, t.weight, t.ignore_index,
+                             t.label_smoothing)
+    try:
+        _bindings.softmax_partials(x.array, x.outer, x.classes, x.inner, class_offset,
+                                   _kernel_classes(num_classes), t.labels, t.probs,
+                                   opts, state)
+    except _bindings.BadLabel as bad:
+        raise t.label_error(bad.position, num_classes) from None
     return SoftmaxPartials(
         state, classes_covered=[(class_offset, class_offset + x.classes)],
         num_classes=num_classes, position_shape=x.position_shape, axis=x.axis,
@@ -303,12 +283,10 @@ def combine_partials(*parts):
     if num_classes is not None and covered[-1][1] > num_classes:
         raise ValueError(f"classes up to {covered[-1][1]} merged, past num_classes = "
                          f"{num_classes}")
-    state = parts[0]._state.copy()
-    into = ffi.from_buffer("psm_partial[]", state)
-    for part in parts[1:]:
-        lib.psm_combine_partials(state.size, ffi.from_buffer(
-            "psm_partial[]", part._state, require_writable=False), into)
     first = parts[0]
+    state = first.state.reshape(-1).copy()
+    for part in parts[1:]:
+        _bindings.combine_partials(state, part.state.reshape(-1))
     return SoftmaxPartials(
         state, classes_covered=covered, num_classes=num_classes,
         position_shape=first.position_shape, axis=first.axis,
@@ -341,25 +319,22 @@ def loss_from_partials(state, *, reduction="mean"):
     "none" the per-position losses in the logits' dtype)."""
     _require_complete(state, "loss_from_partials")
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
-    ctype, _, loss_kernel, _ = _PARTIAL_KERNELS[state.compute_dtype]
     outer, inner = _outer_inner(state)
     losses = (np.empty(state.position_shape, dtype=state.compute_dtype)
               if reduction == "none" else None)
-    options, _weight = state._options(reduction, 1)
-    result = ffi.new("double *")
-    status = loss_kernel(
-        ffi.from_buffer("psm_partial[]", state._state, require_writable=False), outer,
-        inner, state.total_classes, _core._buffer(state.labels, "int64_t[]"), options,
-        _core._buffer(losses, ctype), result)
-    if status > 0:   # beyond the classes merged, when no block knew their count
+    try:
+        loss = _bindings.loss_from_partials(
+            state.state.reshape(-1), outer, inner, state.total_classes, state.labels,
+            state.kernel_options(reduction, 1), losses, state.compute_dtype)
+    except _bindings.BadLabel as bad:   # beyond the classes merged, when no
+        # block knew their count
         raise _validation.label_out_of_range(state.labels.reshape(state.position_shape),
-                                             status - 1, state.total_classes,
-                                             state.ignore_index)
-    _core._raise_for_status(status)
+                                             bad.position, state.total_classes,
+                                             state.ignore_index) from None
     if reduction == "none":
         with np.errstate(over="ignore"):
             return losses.astype(state.result_dtype, copy=False)
-    return result[0]
+    return loss
 
 
 def _outer_inner(state):
@@ -406,19 +381,15 @@ def block_grad(state, logits_block, labels, class_offset, reduction, threads,
         raise ValueError("labels differ from those the partials were computed with")
     threads = None if threads is None else _validation.thread_count(threads)
 
-    ctype, _, _, grad_kernel = _PARTIAL_KERNELS[x.array.dtype]
     grad = np.empty_like(x.array)
-    options, _weight = state._options(reduction, threads)
-    if normalizer is not None:
-        options.has_normalizer = 1
-        options.normalizer = normalizer
     # The state's own labels, equal to the caller's: those may change during
     # the call, the state's cannot.
-    status = grad_kernel(
-        _core._buffer(x.array, ctype), x.outer, x.classes, x.inner, class_offset, total,
-        _core._buffer(state.labels, "int64_t[]"), _core._buffer(t.probs, ctype), options,
-        ffi.from_buffer("psm_partial[]", state._state, require_writable=False),
-        _core._buffer(grad, ctype))
-    _label_error(t, status, total)
+    try:
+        _bindings.grad_from_partials(
+            x.array, x.outer, x.classes, x.inner, class_offset, total, state.labels,
+            t.probs, state.kernel_options(reduction, threads, normalizer),
+            state.state.reshape(-1), grad)
+    except _bindings.BadLabel as bad:
+        raise t.label_error(bad.position, total) from None
     with np.errstate(over="ignore"):
         return grad.astype(x.result_dtype, copy=False)

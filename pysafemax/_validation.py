@@ -50,6 +50,12 @@ class Logits(NamedTuple):
         """The logits' shape without the class axis: one loss per entry."""
         return self.array.shape[:self.axis] + self.array.shape[self.axis + 1:]
 
+    def in_result_dtype(self, result):
+        """A result in the dtype the caller's logits had (float16 stays
+        float16; a value beyond float16's range becomes inf, silently)."""
+        with np.errstate(over="ignore"):
+            return result.astype(self.result_dtype, copy=False)
+
 
 class Targets(NamedTuple):
     labels: Optional[np.ndarray]   # int64 class indices, position_shape
@@ -58,6 +64,12 @@ class Targets(NamedTuple):
     weight: Optional[np.ndarray]   # float64 (classes,)
     ignore_index: Optional[int]
     label_smoothing: float
+
+    def label_error(self, position, classes):
+        """The ValueError for the label at flat position `position` (one the
+        kernel found out of range; classes None: not known yet)."""
+        return label_out_of_range(self.given_labels, position, classes,
+                                  self.ignore_index)
 
 
 # What a masked array's caller should do instead, per argument.

@@ -48,9 +48,8 @@ except ImportError as exc:     # pysafemax itself never needs dask
     raise ImportError(f'pysafemax.dask needs dask ({exc}): pip install "pysafemax[dask]"') \
         from None
 
-from ._kernel import ffi, lib
-
-from . import _core, _partials, _validation
+from . import _bindings, _partials, _validation
+from ._core import get_num_threads
 from ._partials import combine_partials, loss_from_partials, softmax_partials
 
 __all__ = ["softmax_loss"]
@@ -126,7 +125,7 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     targets = _dask_targets(labels, logits, x.axis)
     split = len(logits.chunks[x.axis]) > 1
     if split and method != "stable" and (uses_probabilities or label_smoothing != 0):
-        raise _partials._not_decomposable(method)
+        raise _partials.not_decomposable(method)
     call = _Call(x.axis, logits.shape[x.axis], method, reduction,
                  _validation.class_weight(weight, logits.shape[x.axis]),
                  None if ignore_index is None else int(ignore_index),
@@ -369,13 +368,13 @@ def _checked_labels(call, start, labels_shape, block):
         # would wrap to a negative int64, which could pass for ignore_index
         raise _label_error(call, given, start, labels_shape)
     labels = np.require(given, dtype=np.int64, requirements="CA")
-    options, _weight = _core.kernel_options(call.method, "sum", 1, call.weight,
-                                            call.ignore_index, call.label_smoothing)
-    status, valid, weight_sum = _core.label_summary(labels, labels.size, call.classes,
-                                                    options)
-    if status > 0:
-        raise _label_error(call, given, start, labels_shape)
-    _core._raise_for_status(status)
+    opts = _bindings.options(call.method, "sum", 1, call.weight, call.ignore_index,
+                             call.label_smoothing)
+    try:
+        valid, weight_sum = _bindings.label_summary(labels, labels.size, call.classes,
+                                                    opts)
+    except _bindings.BadLabel:
+        raise _label_error(call, given, start, labels_shape) from None
     return _LabelBlock(labels, valid, weight_sum)
 
 
@@ -404,8 +403,7 @@ def _add_summaries(*summaries):
 
 def _normalizer(reduction, positions, outer, summary):
     valid, weight_sum = summary
-    return lib.psm_normalizer(_core._REDUCTION_IDS[reduction], valid, weight_sum,
-                              positions, outer)
+    return _bindings.normalizer(reduction, valid, weight_sum, positions, outer)
 
 
 def _add(*parts):
@@ -414,23 +412,11 @@ def _add(*parts):
 
 def _finish_loss(reduction, total, normalizer):
     """The reduced loss as the kernel finishes it (psm_reduce)."""
-    return np.float64(lib.psm_reduce(_core._REDUCTION_IDS[reduction], total, normalizer))
+    return np.float64(_bindings.reduce(reduction, total, normalizer))
 
 
 def _targets_of(block):
     return block.labels if isinstance(block, _LabelBlock) else block
-
-
-def _scaled_options(call, normalizer, t):
-    """The kernel's options for a block: it sums the block's losses (or keeps
-    them per position) and scales its gradient by 1 / the whole batch's
-    normalizer instead of the block's own."""
-    options, weight_buffer = _core.kernel_options(
-        call.method, "none" if call.reduction == "none" else "sum", call.threads,
-        t.weight, t.ignore_index, t.label_smoothing)
-    options.has_normalizer = 1
-    options.normalizer = normalizer
-    return options, weight_buffer
 
 
 def _whole_rows(call, normalizer, logits_block, targets_block):
@@ -440,19 +426,22 @@ def _whole_rows(call, normalizer, logits_block, targets_block):
     t = _validation.targets(_targets_of(targets_block), x, weight=call.weight,
                             ignore_index=call.ignore_index,
                             label_smoothing=call.label_smoothing)
-    ctype, loss_kernel, _, _ = _core._KERNELS[x.array.dtype]
-    options, _weight = _scaled_options(call, normalizer, t)
+    # The block sums its losses (or keeps them per position) and scales its
+    # gradient by 1 / the whole batch's normalizer instead of its own.
+    opts = _bindings.options(
+        call.method, "none" if call.reduction == "none" else "sum",
+        get_num_threads() if call.threads is None else call.threads, t.weight,
+        t.ignore_index, t.label_smoothing, normalizer)
     losses = (np.empty(x.position_shape, dtype=x.array.dtype)
               if call.reduction == "none" else None)
     grad = np.empty_like(x.array) if call.return_grad else None
-    total = ffi.new("double *")
-    status = loss_kernel(
-        _core._buffer(x.array, ctype), x.outer, x.classes, x.inner,
-        _core._buffer(t.labels, "int64_t[]"), _core._buffer(t.probs, ctype), options,
-        _core._buffer(losses, ctype), total, _core._buffer(grad, ctype))
-    _partials._label_error(t, status, x.classes)   # labels were checked already
-    loss = total[0] if losses is None else _core._in_dtype(losses, x)
-    return loss, None if grad is None else _core._in_dtype(grad, x)
+    try:
+        total = _bindings.softmax_loss(x.array, x.outer, x.classes, x.inner, t.labels,
+                                       t.probs, opts, losses, grad)
+    except _bindings.BadLabel as bad:   # changed since the labels task checked it
+        raise t.label_error(bad.position, x.classes) from None
+    loss = total if losses is None else x.in_result_dtype(losses)
+    return loss, None if grad is None else x.in_result_dtype(grad)
 
 
 def _block_partials(call, logits_block, targets_block, class_offset):

@@ -10,10 +10,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from pysafemax._kernel import ffi, lib
 
 import pysafemax
-from pysafemax import _core, reference
+from pysafemax import _bindings, _core, reference
+from pysafemax._bindings import ffi, lib
 
 FLOATS = [np.float32, np.float64]
 CTYPE = {np.float32: "float[]", np.float64: "double[]"}
@@ -98,7 +98,7 @@ def test_kernel_bounds_labels_its_own_gradient_overwrote(dtype, method, threads)
     buf = np.zeros(30, dtype)
     labels = buf[:6 * 8 // buf.itemsize].view(np.int64)
     assert labels.shape == (6,) and not labels.any()
-    options, _ = _core.kernel_options(method, "mean", threads)
+    options = _bindings.options(method, "mean", threads).struct
     loss = ffi.new("double *")
     status = KERNEL[dtype](ffi.from_buffer(CTYPE[dtype], x), 6, 5, 1,
                            ffi.from_buffer("int64_t[]", labels), ffi.NULL, options,
@@ -115,7 +115,7 @@ def test_partial_gradient_bounds_labels_too(dtype):
     state = pysafemax.softmax_partials(x, labels, num_classes=5)
     buf = np.zeros(30, dtype)
     aliased = buf[:6 * 8 // buf.itemsize].view(np.int64)
-    options, _ = _core.kernel_options("stable", "mean", 1)
+    options = _bindings.options("stable", "mean", 1).struct
     kernel = {np.float32: lib.psm_grad_from_partials_f32,
               np.float64: lib.psm_grad_from_partials_f64}[dtype]
     status = kernel(ffi.from_buffer(CTYPE[dtype], x), 6, 5, 1, 0, 5,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pysafemax
-from pysafemax import _core, reference
+from pysafemax import _bindings, reference
 
 N, C = 6, 5
 MODULES = [pytest.param(pysafemax, id="kernel"), pytest.param(reference, id="reference")]
@@ -773,7 +773,7 @@ def test_nd_caller_memory_is_never_written(module, layout):
 # --- what reaches the kernel uncopied ------------------------------------------
 
 class _RecordingFFI:
-    """Stands in for _core.ffi and records the address of every buffer the
+    """Stands in for _bindings.ffi and records the address of every buffer the
     wrappers hand to the kernel; everything else goes to the real ffi."""
 
     def __init__(self, real):
@@ -791,8 +791,8 @@ class _RecordingFFI:
 
 @pytest.fixture
 def kernel_buffers(monkeypatch):
-    recorder = _RecordingFFI(_core.ffi)
-    monkeypatch.setattr(_core, "ffi", recorder)
+    recorder = _RecordingFFI(_bindings.ffi)
+    monkeypatch.setattr(_bindings, "ffi", recorder)
     return recorder.addresses
 
 

@@ -6,6 +6,7 @@ The single call (pysafemax.softmax_loss, itself checked against the numpy
 references and the float64 oracles) is the oracle here; the blocks' states
 are checked against pysafemax.reference.softmax_partials.
 """
+import contextlib
 import pickle
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pysafemax
-from pysafemax import reference
+from pysafemax import _bindings, reference
 
 RNG = np.random.default_rng(7)
 REDUCTIONS = pysafemax.REDUCTIONS
@@ -266,11 +267,11 @@ def test_threads_and_portable_code_give_the_same_bits(monkeypatch):
     logits, labels = _problem(np.float32, (3000, 1500), 1, False)
     results = []
     for portable in (False, True):
-        monkeypatch.setattr(pysafemax._core, "_PORTABLE", portable)
-        for threads in (1, 2, 3):
-            state = pysafemax.softmax_partials(logits[:, 700:], labels, class_offset=700,
-                                               threads=threads)
-            results.append(state.state.tobytes())
+        with _bindings.portable_code() if portable else contextlib.nullcontext():
+            for threads in (1, 2, 3):
+                state = pysafemax.softmax_partials(logits[:, 700:], labels,
+                                                   class_offset=700, threads=threads)
+                results.append(state.state.tobytes())
     assert all(r == results[0] for r in results)
 
 

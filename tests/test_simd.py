@@ -7,22 +7,17 @@ within the error stated in csrc/exp_f32.h.
 """
 import numpy as np
 import pytest
-from pysafemax._kernel import ffi, lib
 
 import pysafemax
-from pysafemax import _core
+from pysafemax import _bindings, _core
 
-needs_simd = pytest.mark.skipif(not lib.psm_simd_level(), reason="no AVX2+FMA here")
+needs_simd = pytest.mark.skipif(not _bindings.simd_level(), reason="no AVX2+FMA here")
 # Widths around the vector (8), group (32) and block (2048) sizes.
 WIDTHS = list(range(1, 70)) + [255, 256, 257, 2047, 2048, 2049, 2050, 4095, 4097, 6151]
 
 
 def kernel_exp(x, portable):
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    lib.psm_exp_f32(ffi.from_buffer("float[]", x), x.size, portable,
-                    ffi.from_buffer("float[]", out))
-    return out
+    return _bindings.exp_f32(np.ascontiguousarray(x, dtype=np.float32), portable)
 
 
 def ulp_error(got, x):
@@ -70,8 +65,10 @@ def test_vector_and_portable_exp_agree_bit_for_bit():
 
 
 def results(x, y, portable, monkeypatch, **kw):
-    monkeypatch.setattr(_core, "_PORTABLE", portable)
-    return pysafemax.softmax_loss(x, y, return_grad=True, reduction="none", **kw)
+    if not portable:
+        return pysafemax.softmax_loss(x, y, return_grad=True, reduction="none", **kw)
+    with _bindings.portable_code():
+        return pysafemax.softmax_loss(x, y, return_grad=True, reduction="none", **kw)
 
 
 def assert_same_bits(a, b):
@@ -170,8 +167,7 @@ def test_read_probe_sums_what_it_reads():
     x = np.arange(100003, dtype=np.float32) % 7
     for portable in (0, 1):
         for threads in (1, 2):
-            total = lib.psm_read_probe_f32(ffi.from_buffer("float[]", x), x.size,
-                                           threads, portable)
+            total = _bindings.read_probe_f32(x, threads, portable)
             assert total == float(x.astype(np.float64).sum())
 
 

@@ -1,0 +1,241 @@
+"""The one door into the compiled kernel, pysafemax._kernel.
+
+Only this module imports it.  Each C entry point has one thin wrapper here,
+in PyNaCl's way: take arrays the caller has validated (dtype, C-contiguous,
+aligned; outputs writable), make the zero-copy buffers, call, and turn the
+status into an exception.  The wrappers know the C contract
+(csrc/softmax_loss.h) and nothing of the Python API's arguments: a bad label
+found by the kernel comes out as BadLabel(position), which the caller, who
+holds the labels as given, turns into its ValueError.
+
+cffi releases the GIL around each call and the kernel keeps no state, so
+every function here may run on many threads at once.
+"""
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._kernel import ffi, lib
+
+METHOD_IDS = {"naive": lib.PSM_NAIVE, "maxsub": lib.PSM_MAXSUB,
+              "stable": lib.PSM_STABLE}
+REDUCTION_IDS = {"none": lib.PSM_NONE, "sum": lib.PSM_SUM, "mean": lib.PSM_MEAN,
+                 "valid": lib.PSM_VALID, "full": lib.PSM_FULL,
+                 "batch_size": lib.PSM_BATCH_SIZE}
+# The kernel starts at most this many threads.
+MAX_THREADS = lib.PSM_MAX_THREADS
+
+# psm_partial, field for field (csrc/softmax_loss.h).
+STATE_DTYPE = np.dtype([
+    ("max", np.float64), ("rest", np.float64), ("ties", np.float64),
+    ("cross", np.float64), ("cross_mass", np.float64), ("mass", np.float64),
+    ("label_logit", np.float64), ("label_found", np.int32), ("cross_inf", np.int32),
+])
+assert STATE_DTYPE.itemsize == ffi.sizeof("psm_partial")
+
+
+class _Kernels(NamedTuple):
+    """One dtype's entry points."""
+    ctype: str
+    softmax_loss: Any
+    softmax: Any
+    log_softmax: Any
+    partials: Any
+    loss_from_partials: Any
+    grad_from_partials: Any
+
+
+KERNELS = {
+    np.dtype(np.float32): _Kernels(
+        "float[]", lib.psm_softmax_loss_f32, lib.psm_softmax_f32,
+        lib.psm_log_softmax_f32, lib.psm_softmax_partials_f32,
+        lib.psm_loss_from_partials_f32, lib.psm_grad_from_partials_f32),
+    np.dtype(np.float64): _Kernels(
+        "double[]", lib.psm_softmax_loss_f64, lib.psm_softmax_f64,
+        lib.psm_log_softmax_f64, lib.psm_softmax_partials_f64,
+        lib.psm_loss_from_partials_f64, lib.psm_grad_from_partials_f64),
+}
+
+
+class BadLabel(Exception):
+    """The kernel found the label at flat position `position` outside
+    [0, classes) (and not ignored), where it read it."""
+
+    def __init__(self, position):
+        super().__init__(position)
+        self.position = position
+
+
+def _check(status):
+    if status > 0:
+        raise BadLabel(status - 1)
+    if status == lib.PSM_OK:
+        return
+    if status == lib.PSM_NO_MEMORY:
+        raise MemoryError("pysafemax kernel could not allocate its work space")
+    if status == lib.PSM_NOT_DECOMPOSABLE:
+        raise RuntimeError("pysafemax kernel found no partial state for these options")
+    raise RuntimeError(f"pysafemax kernel rejected its arguments (status {status})")
+
+
+def _in(array, ctype):
+    """An input buffer, or NULL."""
+    return ffi.NULL if array is None else ffi.from_buffer(ctype, array)
+
+
+def _out(array, ctype):
+    """An output buffer, or NULL."""
+    return ffi.NULL if array is None else ffi.from_buffer(ctype, array,
+                                                          require_writable=True)
+
+
+class Options(NamedTuple):
+    """A psm_options and the weight buffer it points into (kept alive with it)."""
+    struct: Any
+    weight_buffer: Any
+
+
+def options(method, reduction, threads, weight=None, ignore_index=None,
+            label_smoothing=0.0, normalizer=None):
+    """The psm_options of a call, built whole: method and reduction by name,
+    threads an int >= 1 (capped at MAX_THREADS), weight a float64 array the
+    caller keeps unchanged, normalizer what the reduction divides by instead
+    of its own (the whole batch's, for a call on part of it)."""
+    struct = ffi.new("psm_options *")      # zeroed: no weights, no ignore
+    struct.method = METHOD_IDS[method]
+    struct.reduction = REDUCTION_IDS[reduction]
+    struct.threads = min(threads, MAX_THREADS)
+    struct.portable = _portable
+    if ignore_index is not None:
+        struct.use_ignore_index = 1
+        struct.ignore_index = ignore_index
+    weight_buffer = None
+    if weight is not None:
+        weight_buffer = ffi.from_buffer("double[]", weight)
+        struct.class_weight = weight_buffer
+    if label_smoothing:
+        struct.label_smoothing = label_smoothing
+    if normalizer is not None:
+        struct.has_normalizer = 1
+        struct.normalizer = normalizer
+    return Options(struct, weight_buffer)
+
+
+# ---- the entry points --------------------------------------------------------
+
+def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, grad):
+    """psm_softmax_loss: the reduced loss; losses and grad (or None) filled."""
+    k = KERNELS[logits.dtype]
+    loss = ffi.new("double *")
+    _check(k.softmax_loss(_in(logits, k.ctype), outer, classes, inner,
+                          _in(labels, "int64_t[]"), _in(probs, k.ctype), opts.struct,
+                          _out(losses, k.ctype), loss, _out(grad, k.ctype)))
+    return loss[0]
+
+
+def softmax(logits, outer, classes, inner, method, out):
+    k = KERNELS[logits.dtype]
+    _check(k.softmax(_in(logits, k.ctype), outer, classes, inner, METHOD_IDS[method],
+                     _out(out, k.ctype)))
+
+
+def log_softmax(logits, outer, classes, inner, out):
+    k = KERNELS[logits.dtype]
+    _check(k.log_softmax(_in(logits, k.ctype), outer, classes, inner,
+                         _out(out, k.ctype)))
+
+
+def softmax_partials(logits, outer, classes, inner, class_offset, total_classes,
+                     labels, probs, opts, state):
+    """psm_softmax_partials into state (STATE_DTYPE, one per position)."""
+    k = KERNELS[logits.dtype]
+    _check(k.partials(_in(logits, k.ctype), outer, classes, inner, class_offset,
+                      total_classes, _in(labels, "int64_t[]"), _in(probs, k.ctype),
+                      opts.struct, _out(state, "psm_partial[]")))
+
+
+def combine_partials(into, part):
+    """psm_combine_partials: into = into (+) part, position by position."""
+    lib.psm_combine_partials(into.size, _in(part, "psm_partial[]"),
+                             _out(into, "psm_partial[]"))
+
+
+def loss_from_partials(state, outer, inner, total_classes, labels, opts, losses,
+                       dtype):
+    """psm_loss_from_partials for logits of `dtype`: the reduced loss."""
+    k = KERNELS[dtype]
+    loss = ffi.new("double *")
+    _check(k.loss_from_partials(_in(state, "psm_partial[]"), outer, inner,
+                                total_classes, _in(labels, "int64_t[]"), opts.struct,
+                                _out(losses, k.ctype), loss))
+    return loss[0]
+
+
+def grad_from_partials(logits, outer, classes, inner, class_offset, total_classes,
+                       labels, probs, opts, state, grad):
+    k = KERNELS[logits.dtype]
+    _check(k.grad_from_partials(_in(logits, k.ctype), outer, classes, inner,
+                                class_offset, total_classes, _in(labels, "int64_t[]"),
+                                _in(probs, k.ctype), opts.struct,
+                                _in(state, "psm_partial[]"), _out(grad, k.ctype)))
+
+
+def label_summary(labels, positions, classes, opts):
+    """psm_label_summary: (positions not ignored, the sum of their class
+    weights); labels None (probability targets) count every position."""
+    valid, weight_sum = ffi.new("int64_t *"), ffi.new("double *")
+    _check(lib.psm_label_summary(_in(labels, "int64_t[]"), positions, classes,
+                                 opts.struct, valid, weight_sum))
+    return valid[0], weight_sum[0]
+
+
+def normalizer(reduction, valid, weight_sum, positions, outer):
+    """psm_normalizer: what `reduction` divides the summed loss by."""
+    return lib.psm_normalizer(REDUCTION_IDS[reduction], valid, weight_sum, positions,
+                              outer)
+
+
+def reduce(reduction, total, normalizer):
+    """psm_reduce: the reduced loss from the summed one (NaN for a mean over
+    no weight)."""
+    return lib.psm_reduce(REDUCTION_IDS[reduction], total, normalizer)
+
+
+def simd_level():
+    """1 when this CPU runs the AVX2+FMA paths."""
+    return lib.psm_simd_level()
+
+
+# ---- test hooks ----------------------------------------------------------------
+
+_portable = 0
+
+
+@contextmanager
+def portable_code():
+    """Run the portable scalar twins instead of the vector code, for tests
+    that compare the two bit for bit."""
+    global _portable
+    before, _portable = _portable, 1
+    try:
+        yield
+    finally:
+        _portable = before
+
+
+def portable():
+    return bool(_portable)
+
+
+def exp_f32(x, portable):
+    """The kernel's float exp of each element of a float32 array."""
+    out = np.empty_like(x)
+    lib.psm_exp_f32(_in(x, "float[]"), x.size, int(portable), _out(out, "float[]"))
+    return out
+
+
+def read_probe_f32(x, threads, portable):
+    """The sum of a float32 array read with the kernel's SIMD and threads:
+    the read-bandwidth probe of the benchmarks."""
+    return lib.psm_read_probe_f32(_in(x, "float[]"), x.size, threads, int(portable))
