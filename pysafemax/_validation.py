@@ -176,10 +176,7 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
 
     if given.dtype.kind == "f":
         if given.shape != logits.array.shape:
-            raise TypeError(
-                f"floating labels are probability targets and must have the "
-                f"logits' shape {logits.array.shape}, got {given.shape}; "
-                f"class indices must be integers")
+            raise probabilities_shape_error(given.shape, logits.array.shape)
         if ignore_index is not None:
             raise ValueError(
                 "ignore_index applies to class-index labels only; probability "
@@ -193,9 +190,7 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
             f"labels must be integer class indices or floating probabilities, "
             f"got dtype {given.dtype}")
     if given.shape != position_shape:
-        raise ValueError(
-            f"labels must have shape {position_shape} (the logits' shape "
-            f"{logits.array.shape} without axis {logits.axis}), got {given.shape}")
+        raise labels_shape_error(given.shape, logits.array.shape, logits.axis)
     if given.dtype.kind == "u" and given.itemsize == 8 and given.size:
         _reject_uint64_beyond_int64(given, logits.classes, ignore_index)
     if given.dtype is INT64 and given.flags.c_contiguous and given.flags.aligned:
@@ -203,6 +198,23 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
     else:
         ints = np.require(given, dtype=np.int64, requirements="CA")
     return Targets(ints, given, None, weight, ignore_index, label_smoothing)
+
+
+def labels_shape_error(shape, logits_shape, axis):
+    """The ValueError for class-index labels of `shape` against logits of
+    logits_shape with the class axis `axis` (non-negative)."""
+    position_shape = tuple(logits_shape[:axis]) + tuple(logits_shape[axis + 1:])
+    return ValueError(
+        f"labels must have shape {position_shape} (the logits' shape "
+        f"{tuple(logits_shape)} without axis {axis}), got {tuple(shape)}")
+
+
+def probabilities_shape_error(shape, logits_shape):
+    """The TypeError for floating labels (probability targets) of `shape`."""
+    return TypeError(
+        f"floating labels are probability targets and must have the "
+        f"logits' shape {tuple(logits_shape)}, got {tuple(shape)}; "
+        f"class indices must be integers")
 
 
 def _reject_python_ints_beyond_int64(labels, classes, ignore_index):
@@ -217,9 +229,9 @@ def _reject_python_ints_beyond_int64(labels, classes, ignore_index):
     if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
                for v in flat):
         return
-    for position, value in enumerate(flat):
-        if value != ignore_index and not 0 <= value < classes:
-            raise label_out_of_range(values, position, classes, ignore_index)
+    bad = out_of_range(flat, classes, ignore_index)
+    if bad.any():
+        raise label_out_of_range(values, int(np.argmax(bad)), classes, ignore_index)
 
 
 def _reject_uint64_beyond_int64(given, classes, ignore_index):
@@ -237,7 +249,12 @@ def out_of_range(labels, classes, ignore_index=None):
     (an int64 or None).  Exact for every integer dtype on every numpy: the
     bounds are numpy scalars of the labels' own kind, since numpy before 1.25
     compares uint64 with a Python int through float64 (2**63 passed for
-    2**63 - 1)."""
+    2**63 - 1).  An object array of Python ints is compared as Python ints."""
+    if labels.dtype.kind == "O":
+        bad = (labels < 0) | (labels >= classes)
+        if ignore_index is not None:
+            bad &= labels != ignore_index
+        return bad.astype(bool)
     if labels.dtype.kind == "u" and labels.itemsize == 8:
         bad = labels >= np.uint64(classes)
         if ignore_index is not None and ignore_index >= 0:

@@ -185,15 +185,10 @@ def _check_targets(labels, logits, x, weight, ignore_index, label_smoothing):
     _validation.targets(stand_in, x._replace(classes=logits.shape[x.axis]),
                         weight=weight, ignore_index=ignore_index,
                         label_smoothing=label_smoothing)
-    position_shape = _without(logits.shape, x.axis)
     if probabilities and labels.shape != logits.shape:
-        raise TypeError(
-            f"floating labels are probability targets and must have the logits' "
-            f"shape {logits.shape}, got {labels.shape}; class indices must be integers")
-    if not probabilities and labels.shape != position_shape:
-        raise ValueError(
-            f"labels must have shape {position_shape} (the logits' shape "
-            f"{logits.shape} without axis {x.axis}), got {labels.shape}")
+        raise _validation.probabilities_shape_error(labels.shape, logits.shape)
+    if not probabilities and labels.shape != _without(logits.shape, x.axis):
+        raise _validation.labels_shape_error(labels.shape, logits.shape, x.axis)
     return probabilities
 
 
