@@ -349,45 +349,25 @@ def _labels(labels, info):
         raise ValueError(
             f"labels must have shape {position_shape} (the logits' shape "
             f"{info.array.shape} without axis {info.axis}), got {given.shape}")
-    return given.reshape(info.outer, info.inner)
-
-
-def _blocks(info):
-    """(outer slice, inner slice) pairs covering every position in order, each
-    at most _BLOCK_POSITIONS positions and about _BLOCK_ELEMENTS logits;
-    none when there are no positions."""
-    if not info.outer or not info.inner:
-        return
-    size = max(1, min(_BLOCK_POSITIONS, _BLOCK_ELEMENTS // info.classes))
-    if info.inner >= size:
-        for o in range(info.outer):
-            for i in range(0, info.inner, size):
-                yield slice(o, o + 1), slice(i, min(i + size, info.inner))
-    else:
-        step = max(1, size // info.inner)
-        for o in range(0, info.outer, step):
-            yield slice(o, min(o + step, info.outer)), slice(0, info.inner)
+    return given
 
 
 def _label_masks(raw, classes, ignore_index):
-    """(ignored, in_range, int64 labels with 0 where out of range)."""
-    raw = raw.reshape(-1)
+    """(ignored, in range and not ignored, int64 labels with 0 where out of
+    range) of a block's labels, flat.  ignore_index may be any int: a value
+    no label of the dtype can hold ignores nothing."""
+    in_range = ~out_of_range(raw, classes)
     if raw.dtype.kind == "u" and raw.dtype.itemsize == 8:
         # uint64 beyond int64 would wrap to a negative int64: compare as uint64
-        in_range = raw < np.uint64(classes)   # exact on numpy < 1.25 too
         if ignore_index is not None and 0 <= ignore_index <= 2 * _INT64_MAX + 1:
             ignored = raw == np.uint64(ignore_index)
         else:
             ignored = np.zeros(raw.shape, dtype=bool)
-        values = np.where(in_range, raw, 0).astype(np.int64)
+    elif ignore_index is not None and -_INT64_MAX - 1 <= ignore_index <= _INT64_MAX:
+        ignored = raw.astype(np.int64) == ignore_index
     else:
-        values = raw.astype(np.int64)
-        in_range = (values >= 0) & (values < classes)
-        if ignore_index is not None and -_INT64_MAX - 1 <= ignore_index <= _INT64_MAX:
-            ignored = values == ignore_index
-        else:
-            ignored = np.zeros(values.shape, dtype=bool)
-        values = np.where(in_range, values, 0)
+        ignored = np.zeros(raw.shape, dtype=bool)
+    values = np.where(in_range, raw, 0).astype(np.int64)
     return ignored, in_range & ~ignored, values
 
 
@@ -408,25 +388,28 @@ def diagnose(logits, labels, *, axis=1, ignore_index=None):
     x, info = _logits(logits, axis)
     if ignore_index is not None:
         ignore_index = integer(ignore_index, "ignore_index")
-    labels2 = _labels(labels, info)
+    labels = _labels(labels, info)
     t = thresholds(info.compute_dtype)
     report = DiagnosisReport(shape=tuple(int(n) for n in x.shape), axis=info.axis,
                              dtype=str(info.result_dtype),
                              ignore_index=ignore_index, thresholds=t)
     report.rows = info.outer * info.inner
     counters = {key: _Counter(report, key) for key in COUNT_KEYS + _DETAIL_KEYS}
-    x3 = x.reshape(info.outer, info.classes, info.inner)
+    classes = info.classes
+    # blocks of at most _BLOCK_POSITIONS positions and about _BLOCK_ELEMENTS
+    # logits, read at call time (the tests shrink them)
+    max_positions = max(1, min(_BLOCK_POSITIONS, _BLOCK_ELEMENTS // classes))
     loss_sum = 0.0
     with np.errstate(all="ignore"):
-        for rows, cols in _blocks(info):
-            block = x3[rows, :, cols]
-            xd = np.moveaxis(block, 1, -1).reshape(-1, info.classes).astype(np.float64)
-            flat = np.add.outer(np.arange(rows.start, rows.stop) * info.inner,
-                                np.arange(cols.start, cols.stop)).reshape(-1)
-            ignored, in_range, lab = _label_masks(labels2[rows, cols], info.classes,
-                                                  ignore_index)
+        for block in position_blocks(x.shape, info.axis, max_positions):
+            # rows in the positions' C order: flat indices first, first + 1, ...
+            xd = np.moveaxis(x[block.index], info.axis, -1).reshape(
+                -1, classes).astype(np.float64)
+            flat = np.arange(block.first, block.first + block.count)
+            raw = labels[block.positions].reshape(-1)
+            ignored, in_range, lab = _label_masks(raw, classes, ignore_index)
             scan = _scan_block(report, counters, xd, flat, ignored, in_range,
-                               labels2[rows, cols], t)
+                               raw, t)
             loss_sum += _loss_block(report, counters, xd, flat, in_range, lab, t,
                                     *scan)
     if report.loss_rows:
@@ -448,7 +431,7 @@ def _scan_block(report, counters, xd, flat, ignored, in_range, raw_labels, t):
     out = keep & ~in_range
     if out.any() and len(report.out_of_range_values) < MAX_POSITIONS:
         room = MAX_POSITIONS - len(report.out_of_range_values)
-        values = raw_labels.reshape(-1)[out][:room]
+        values = raw_labels[out][:room]
         report.out_of_range_values.extend(int(v) for v in values)
     counters["out_of_range_labels"].add(out, flat)
 
