@@ -443,16 +443,28 @@ def _scan_block(report, counters, xd, flat, ignored, in_range, raw_labels, t):
 
     usable = keep & ~has_nan & ~has_pinf
     m = xd.max(axis=1)
-    shift = np.where(np.isfinite(m), m, 0.0)
-    lse = shift + np.log(np.exp(xd - shift[:, None]).sum(axis=1))
     all_neg_inf = usable & (m == -np.inf)
     counters["all_neg_inf_rows"].add(all_neg_inf, flat)
     usable &= ~all_neg_inf     # the rest need a finite row max
+    lse = _log_sum_exp(xd, m, usable)
     overflow = usable & ((m > t.exp_overflow) | (lse > t.exp_overflow))
     underflow = usable & (m < t.sum_underflow)
     counters["naive_overflow_rows"].add(overflow, flat)
     counters["naive_underflow_rows"].add(underflow, flat)
     return usable, m, overflow, underflow
+
+
+def _log_sum_exp(xd, m, rows):
+    """Each row's log-sum-exp where `rows` holds (rows with a finite max m),
+    -inf elsewhere, from the library: the stable loss of the label at the
+    row max is log(sum(exp(x - m))), computed here in float64 as xd is."""
+    lse = np.full(xd.shape[0], -np.inf)
+    where = np.flatnonzero(rows)
+    if where.size:
+        picked = xd[where]
+        lse[where] = m[where] + softmax_loss(
+            picked, np.argmax(picked, axis=1), method="stable", reduction="none")
+    return lse
 
 
 def _loss_block(report, counters, xd, flat, in_range, lab, t, usable, m,
