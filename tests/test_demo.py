@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pysafemax
-from pysafemax import __main__ as cli
+from pysafemax.tools import cli
 from pysafemax.tools import demo
 from pysafemax.tools.text import number
 

@@ -21,7 +21,7 @@ import pytest
 import pysafemax
 from pysafemax import reference
 from pysafemax.tools import diagnose as diagnostics
-from pysafemax.__main__ import build_parser
+from pysafemax.tools.cli import build_parser
 from pysafemax.tools.diagnose import COUNT_KEYS, cli_diagnose, diagnose
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

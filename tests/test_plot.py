@@ -66,7 +66,7 @@ def test_plot_unwritable_path(tmp_path, capsys):
 _WITHOUT_MATPLOTLIB = """\
 import sys
 sys.modules["matplotlib"] = None  # import matplotlib now raises ImportError
-from pysafemax.__main__ import main
+from pysafemax.tools.cli import main
 sys.exit(main(["demo", "--plot", sys.argv[1]]))
 """
 
