@@ -64,6 +64,11 @@ def test_old_names_beyond_all():
     assert demo.FLT_MIN == plotting.FLT_MIN == FLT_MIN
     assert plotting.FLT_DENORM_MIN == limits.FLT_DENORM_MIN
     assert explain.NAN_STORY.startswith("nan is not a number")
+    assert explain.NUMBER_SPELLING.startswith(f"(?:{explain.NAN_SPELLING}|")
+    # the widths each report had: diagnose's 80, explain's and scan-log's 79
+    from pysafemax import diagnostics, logscan
+
+    assert (diagnostics.WIDTH, explain.WIDTH, logscan.WIDTH) == (80, 79, 79)
 
 
 def test_package_and_main_use_the_new_homes():
