@@ -11,8 +11,8 @@ is cli_diagnose().  (Moved from pysafemax.diagnostics, which re-exports it.)
 The thresholds are those of the dtype the kernel computes in: float32 for
 float16 and float32 logits, float64 for float64 logits.  The clamp is
 Caffe's, at FLT_MIN in both dtypes (pysafemax._constants.clamp_loss).  The
-blocks are pysafemax._blocks.position_blocks', and each row's log-sum-exp is
-the library's (pysafemax.softmax_loss, method "stable").
+blocks come from pysafemax._blocks.position_blocks, and each row's
+log-sum-exp from the library (pysafemax.softmax_loss, method "stable").
 
                               float32   float64
   naive's exp overflows       88.7228   709.783   ln(max)
