@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import pysafemax
-from pysafemax import __main__ as cli
-from pysafemax import demo
+from pysafemax.tools import cli
+from pysafemax.tools import demo
+from pysafemax.tools.text import number
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,7 +125,7 @@ def test_printed_losses_are_the_kernels():
     ((1e8, 1e8), 0, "0.693147"),
 ])
 def test_true_loss(logits, label, expected):
-    assert demo._num(demo.true_loss(logits, label)) == expected
+    assert number(demo.true_loss(logits, label)) == expected
 
 
 def test_no_command_prints_help_and_exits_2():

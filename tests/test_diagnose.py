@@ -1,4 +1,4 @@
-"""pysafemax.diagnostics.diagnose and `python -m pysafemax diagnose`.
+"""pysafemax.tools.diagnose.diagnose and `python -m pysafemax diagnose`.
 
 Every batch here is built so that its findings are known by construction
 (which rows overflow, clamp, hold nan, ...); the tests check those counts and
@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 import pysafemax
-from pysafemax import diagnostics, reference
-from pysafemax.__main__ import build_parser
-from pysafemax.diagnostics import COUNT_KEYS, cli_diagnose, diagnose
+from pysafemax import reference
+from pysafemax.tools import diagnose as diagnostics
+from pysafemax.tools.cli import build_parser
+from pysafemax.tools.diagnose import COUNT_KEYS, cli_diagnose, diagnose
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32_OVERFLOW = float(np.log(np.float64(np.finfo(np.float32).max)))   # 88.7228
@@ -902,7 +903,7 @@ def test_npz_reads_only_the_member_it_needs(tmp_path):
 _CAPPED_DIAGNOSE = r"""
 import io, json, resource, sys
 import numpy as np
-from pysafemax import diagnostics
+from pysafemax.tools import diagnose as diagnostics
 
 path, budget = sys.argv[1], int(sys.argv[2])
 diagnostics._BLOCK_ELEMENTS = 1 << 19       # blocks of 4 MB as float64

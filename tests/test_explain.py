@@ -1,4 +1,4 @@
-"""`python -m pysafemax explain VALUE` and pysafemax.explain."""
+"""`python -m pysafemax explain VALUE` and pysafemax.tools.explain."""
 import io
 import json
 import math
@@ -11,9 +11,10 @@ import pytest
 
 import pysafemax
 from pysafemax._constants import DBL_MIN_LOSS, FLT_MIN_LOSS, FLT_MIN_LOSS_F64
-from pysafemax.explain import (CONSTANTS, ECHO_LIMIT, abbreviate, cli_explain,
-                               explain, match_constant, matches, parse_value,
-                               uniform_classes)
+from pysafemax.tools.explain import (CONSTANTS, cli_explain, explain,
+                                     match_constant, matches, parse_value,
+                                     uniform_classes)
+from pysafemax.tools.text import ECHO_LIMIT, abbreviate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LN2 = math.log(2.0)

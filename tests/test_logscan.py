@@ -1,4 +1,4 @@
-"""`python -m pysafemax scan-log FILE` and pysafemax.logscan.
+"""`python -m pysafemax scan-log FILE` and pysafemax.tools.scan_log.
 
 The logs under tests/data/ are written in Caffe's glog line format
 (solver.cpp's "Iteration N (x iter/s, ys/D iters), loss = X" and
@@ -15,8 +15,8 @@ import tracemalloc
 
 import pytest
 
-from pysafemax.logscan import (EPISODES_KEPT, LAST_KEPT, cli_scan_log,
-                               scan_log)
+from pysafemax.tools.scan_log import (EPISODES_KEPT, LAST_KEPT, cli_scan_log,
+                                      scan_log)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")

@@ -1,4 +1,4 @@
-"""`python -m pysafemax demo --plot FILE.png` and pysafemax.plotting."""
+"""`python -m pysafemax demo --plot FILE.png` and pysafemax.tools.plot."""
 import os
 import struct
 import subprocess
@@ -43,7 +43,7 @@ def test_demo_plot_writes_png(tmp_path):
 
 def test_plot_loss_vs_gap_direct(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from pysafemax.plotting import plot_loss_vs_gap
+    from pysafemax.tools.plot import plot_loss_vs_gap
 
     path = tmp_path / "direct.png"
     assert plot_loss_vs_gap(path) == 0
@@ -53,7 +53,7 @@ def test_plot_loss_vs_gap_direct(tmp_path, capsys):
 
 def test_plot_unwritable_path(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from pysafemax.plotting import plot_loss_vs_gap
+    from pysafemax.tools.plot import plot_loss_vs_gap
 
     path = tmp_path / "no such directory" / "x.png"
     assert plot_loss_vs_gap(path) == 2
@@ -66,7 +66,7 @@ def test_plot_unwritable_path(tmp_path, capsys):
 _WITHOUT_MATPLOTLIB = """\
 import sys
 sys.modules["matplotlib"] = None  # import matplotlib now raises ImportError
-from pysafemax.__main__ import main
+from pysafemax.tools.cli import main
 sys.exit(main(["demo", "--plot", sys.argv[1]]))
 """
 
@@ -83,7 +83,7 @@ def test_demo_plot_without_matplotlib(tmp_path):
 
 
 def test_plot_without_matplotlib_in_process(tmp_path, capsys, monkeypatch):
-    from pysafemax.plotting import plot_loss_vs_gap
+    from pysafemax.tools.plot import plot_loss_vs_gap
 
     for name in list(sys.modules):
         if name == "matplotlib" or name.startswith("matplotlib."):
