@@ -41,7 +41,8 @@ import numpy as np
 
 from .. import METHODS, softmax_loss
 from .._blocks import position_blocks
-from .._validation import as_array, integer, logits_array, out_of_range
+from .._validation import (as_array, integer, labels_shape_error, logits_array,
+                           out_of_range)
 from .limits import clamp_loss, ln_denorm_min, ln_max, significand_bits
 from .text import number, wrap
 
@@ -344,11 +345,8 @@ def _labels(labels, info):
     given = as_array(labels, "labels")
     if given.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices, got dtype {given.dtype}")
-    position_shape = info.position_shape
-    if given.shape != position_shape:
-        raise ValueError(
-            f"labels must have shape {position_shape} (the logits' shape "
-            f"{info.array.shape} without axis {info.axis}), got {given.shape}")
+    if given.shape != info.position_shape:
+        raise labels_shape_error(given.shape, info.array.shape, info.axis)
     return given
 
 
