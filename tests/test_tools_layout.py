@@ -159,6 +159,19 @@ def test_the_private_read_check_finds_them(tmp_path):
         (4, "np._NoValue")]
 
 
-@pytest.mark.parametrize("name", sorted(n for n in os.listdir(TOOLS) if n.endswith(".py")))
-def test_tools_read_no_private_name_of_another_module(name):
-    assert _private_reads(os.path.join(TOOLS, name)) == []
+PACKAGE = os.path.join(ROOT, "pysafemax")
+MODULES = sorted(os.path.relpath(os.path.join(d, n), PACKAGE)
+                 for d in (PACKAGE, TOOLS) for n in os.listdir(d) if n.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_no_module_reads_a_private_name_of_another(name):
+    assert _private_reads(os.path.join(PACKAGE, name)) == []
+
+
+def test_one_module_imports_the_compiled_kernel():
+    importers = [name for name in MODULES
+                 if re.search(r"^\s*from\s+\.?_kernel\s+import|^\s*import\s+\S*_kernel",
+                              open(os.path.join(PACKAGE, name), encoding="utf-8").read(),
+                              re.MULTILINE)]
+    assert importers == ["_bindings.py"]
