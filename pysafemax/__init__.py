@@ -20,7 +20,7 @@ from ._core import (ReferenceMismatchError, check_tolerance,  # noqa: E402
 from ._partials import (SoftmaxPartials, combine_partials, grad_from_partials,
                         loss_from_partials, softmax_partials)
 from ._validation import METHODS, REDUCTIONS
-from .diagnostics import DiagnosisReport, diagnose
+from .tools.diagnose import DiagnosisReport, diagnose  # noqa: E402
 
 __version__ = "0.1.0"
 
