@@ -38,11 +38,12 @@ ffibuilder.cdef(_public_declarations(HEADER))
 ffibuilder.set_source(
     "pysafemax._kernel",
     '#include "softmax_loss.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "softmax_loss.c"))],
+    sources=[os.path.relpath(os.path.join(HERE, name))
+             for name in ("softmax_loss.c", "chunks.c")],
     # Headers are listed so that an in-tree build/ recompiles when only they change.
     depends=[os.path.relpath(os.path.join(HERE, name))
-             for name in ("softmax_loss.h", "softmax_loss_impl.h", "exp_f32.h",
-                         "rows_avx2.h")],
+             for name in ("softmax_loss.h", "internal.h", "chunks.h",
+                          "softmax_loss_impl.h", "exp_f32.h", "rows_avx2.h")],
     include_dirs=[os.path.relpath(HERE)],
     libraries=[] if sys.platform == "win32" else ["m", "pthread"],
     extra_compile_args=_compile_args(),

@@ -584,7 +584,7 @@ static void FN(run_chunk)(const void *job_, int64_t chunk)
  * labels changed after they were checked), or a status. */
 static int64_t FN(run_job)(FN(job) *job, double *total)
 {
-    int64_t chunk_positions = chunk_positions_for(job->classes);
+    int64_t chunk_positions = psm_chunk_positions(job->classes);
     int64_t chunks = (job->positions + chunk_positions - 1) / chunk_positions;
     double one_partial;
     int64_t one_bad;
@@ -599,8 +599,9 @@ static int64_t FN(run_job)(FN(job) *job, double *total)
         job->chunk_positions = chunk_positions;
         job->partials = partials;
         job->first_bad = first_bad;
-        status = run_chunks(FN(run_chunk), job, chunks,
-                            threads_for(job->opt->threads, job->positions * job->classes));
+        status = psm_run_chunks(FN(run_chunk), job, chunks,
+                                psm_threads_for(job->opt->threads,
+                                                job->positions * job->classes));
         double sum = 0.0;
         for (int64_t c = 0; c < chunks; c++) {
             if (first_bad[c] >= 0) {
@@ -624,7 +625,7 @@ static FN(job) FN(job_for)(const REAL *logits, int64_t outer, int64_t classes,
                            const REAL *target_probs, const psm_options *opt)
 {
     FN(job) job = {logits, classes, inner, class_offset, total_classes, labels,
-                   target_probs, opt, 1.0, FLOAT_ROWS && use_simd(opt),
+                   target_probs, opt, 1.0, FLOAT_ROWS && psm_use_simd(opt),
                    outer * inner, 0, NULL, NULL, NULL, NULL, NULL, NULL};
     return job;
 }
@@ -642,16 +643,16 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
                              const psm_options *opt, REAL *losses,
                              double *loss, REAL *grad)
 {
-    if (!options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
+    if (!psm_options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
         loss == NULL)
         return PSM_BAD_ARGUMENT;
     double normalizer;
-    int64_t status = call_normalizer(labels, outer, inner, classes, opt, &normalizer);
+    int64_t status = psm_call_normalizer(labels, outer, inner, classes, opt, &normalizer);
     if (status != PSM_OK)
         return status;
     FN(job) job = FN(job_for)(logits, outer, classes, inner, 0, classes, labels,
                               target_probs, opt);
-    job.scale = gradient_scale(normalizer);
+    job.scale = psm_gradient_scale(normalizer);
     job.losses = losses;
     job.grad = grad;
     double total;
@@ -671,20 +672,20 @@ static int64_t FN(block_job)(const REAL *logits, int64_t outer, int64_t classes,
                              const REAL *target_probs, const psm_options *opt,
                              int outputs_ok, FN(job) *job)
 {
-    if (!options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
-        !block_ok(classes, class_offset, total_classes) ||
+    if (!psm_options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
+        !psm_block_ok(classes, class_offset, total_classes) ||
         (!outputs_ok && outer * inner > 0))
         return PSM_BAD_ARGUMENT;
     if (!FN(decomposable)(opt, labels))
         return PSM_NOT_DECOMPOSABLE;
     double normalizer;
-    int64_t status = call_normalizer(labels, outer, inner, total_classes, opt,
-                                     &normalizer);
+    int64_t status = psm_call_normalizer(labels, outer, inner, total_classes, opt,
+                                         &normalizer);
     if (status != PSM_OK)
         return status;
     *job = FN(job_for)(logits, outer, classes, inner, class_offset, total_classes,
                        labels, target_probs, opt);
-    job->scale = gradient_scale(normalizer);
+    job->scale = psm_gradient_scale(normalizer);
     return PSM_OK;
 }
 
@@ -730,18 +731,18 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
                                    REAL *losses, double *loss)
 {
     /* the states stand in for logits: only their presence is checked */
-    if (!options_ok(state, outer, total_classes, inner, labels,
+    if (!psm_options_ok(state, outer, total_classes, inner, labels,
                     labels ? NULL : (const void *)state, opt) || loss == NULL)
         return PSM_BAD_ARGUMENT;
     if (!FN(decomposable)(opt, labels))
         return PSM_NOT_DECOMPOSABLE;
     double normalizer;
-    int64_t status = call_normalizer(labels, outer, inner, total_classes, opt,
-                                     &normalizer);
+    int64_t status = psm_call_normalizer(labels, outer, inner, total_classes, opt,
+                                         &normalizer);
     if (status != PSM_OK)
         return status;
     /* summed as psm_softmax_loss sums: by chunks, in order */
-    int64_t chunk_positions = chunk_positions_for(total_classes);
+    int64_t chunk_positions = psm_chunk_positions(total_classes);
     double total = 0.0, chunk_total = 0.0;
     for (int64_t pos = 0; pos < outer * inner; pos++) {
         if (pos % chunk_positions == 0) {
@@ -780,7 +781,7 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
 int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
                         int64_t inner, int method, REAL *out)
 {
-    if (!shape_ok(logits, outer, classes, inner, method))
+    if (!psm_shape_ok(logits, outer, classes, inner, method))
         return PSM_BAD_ARGUMENT;
     for (int64_t o = 0; o < outer; o++) {
         for (int64_t i = 0; i < inner; i++) {
@@ -807,7 +808,7 @@ int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
 int64_t FN(psm_log_softmax)(const REAL *logits, int64_t outer,
                             int64_t classes, int64_t inner, REAL *out)
 {
-    if (!shape_ok(logits, outer, classes, inner, PSM_STABLE))
+    if (!psm_shape_ok(logits, outer, classes, inner, PSM_STABLE))
         return PSM_BAD_ARGUMENT;
     for (int64_t o = 0; o < outer; o++) {
         for (int64_t i = 0; i < inner; i++) {
