@@ -31,13 +31,6 @@ static inline PSM_AVX2 double psm_hsum_pd_avx2(__m256d v)
     return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
 }
 
-static inline PSM_AVX2 float psm_hsum_ps_avx2(__m256 v)
-{
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    return _mm_cvtss_f32(_mm_add_ss(a, _mm_shuffle_ps(a, a, 1)));
-}
-
 /* The max of n floats, NaN skipped as `x > max` skips it; -inf if none.
  * max_ps(v, m) returns m when v is NaN. */
 static PSM_AVX2 float psm_block_max_avx2(const float *x, int64_t n)
@@ -196,33 +189,6 @@ static PSM_AVX2 void psm_grad_row_avx2(const float *x, int64_t n, float shift,
         float e = psm_expf(x[j] - shift);
         g[j] = divide ? ((e / divisor) * factor) * scale : e * factor;
     }
-}
-
-static PSM_AVX2 void psm_exp_array_avx2(const float *in, int64_t n, float *out)
-{
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        _mm256_storeu_ps(out + j, psm_expf_avx2(_mm256_loadu_ps(in + j)));
-    for (; j < n; j++)
-        out[j] = psm_expf(in[j]);
-}
-
-/* The read-bandwidth probe: a plain sum, four accumulators. */
-static PSM_AVX2 double psm_sum_avx2(const float *x, int64_t n)
-{
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + j));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + j + 8));
-        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x + j + 16));
-        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x + j + 24));
-    }
-    double s = psm_hsum_ps_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1),
-                                              _mm256_add_ps(a2, a3)));
-    for (; j < n; j++)
-        s += x[j];
-    return s;
 }
 
 #endif /* PSM_HAVE_AVX2 */

@@ -213,14 +213,6 @@ int64_t psm_log_softmax_f64(const double *logits, int64_t outer,
                             int64_t classes, int64_t inner, double *out);
 /* 1 when this CPU runs the AVX2+FMA paths, 0 when only the portable ones. */
 int psm_simd_level(void);
-
-/* The kernel's own float exp of each element (for tests and the exhaustive
- * accuracy check in bench/check_exp_ulp.py). */
-void psm_exp_f32(const float *in, int64_t n, int portable, float *out);
-
-/* The sum of n floats, read with the kernel's SIMD and threads: the
- * read-bandwidth probe the benchmarks compare the loss against. */
-double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable);
 /* cdef-end */
 
 #ifdef __cplusplus

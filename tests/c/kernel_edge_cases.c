@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "softmax_loss.h"
+#include "testing.h"
 
 static int failures = 0;
 
