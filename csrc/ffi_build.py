@@ -13,8 +13,9 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The public contract first, then the hooks the tests and benchmarks use.
 CDEF_HEADERS = ("softmax_loss.h", "testing.h")
-SOURCES = ("softmax_loss.c", "chunks.c", "testing.c")
-HEADERS = CDEF_HEADERS + ("internal.h", "chunks.h", "softmax_loss_impl.h", "exp_f32.h",
+SOURCES = ("softmax_loss.c", "softmax_loss_f32.c", "softmax_loss_f64.c", "chunks.c",
+           "testing.c")
+HEADERS = CDEF_HEADERS + ("internal.h", "chunks.h", "row.h", "driver.h", "exp_f32.h",
                           "rows_avx2.h")
 
 

@@ -22,6 +22,13 @@
 #define PSM_INTERNAL
 #endif
 
+/* The AVX2+FMA loops (exp_f32.h, rows_avx2.h) are compiled wherever the
+ * compiler takes target attributes on x86-64, with no -mavx2 for the whole
+ * build; psm_simd_level says at run time whether this CPU may run them. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PSM_HAVE_AVX2 1
+#endif
+
 /* A row is read in blocks of this many logits: 8 KB of float, in L1. */
 #define PSM_BLOCK 2048
 

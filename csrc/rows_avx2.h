@@ -14,6 +14,7 @@
 #define PYSAFEMAX_ROWS_AVX2_H
 
 #include "exp_f32.h"
+#include "internal.h"   /* PSM_BLOCK */
 
 #ifdef PSM_HAVE_AVX2
 

@@ -1,8 +1,9 @@
 /*
- * The kernel's entry points: softmax_loss_impl.h instantiated for float
- * (with the AVX2 rows of rows_avx2.h) and for double, plus CPU dispatch and
- * the checks and label summary every entry point shares (internal.h).
- * Threads are chunks.c's.
+ * The entry points that do not depend on the floating type (the label
+ * summary, the normalizer, psm_reduce, psm_combine_partials, the CPU's SIMD
+ * level) and the checks every typed entry point shares (internal.h).  The
+ * typed ones are softmax_loss_f32.c's and softmax_loss_f64.c's; threads are
+ * chunks.c's.
  *
  * CPU dispatch: the AVX2+FMA code is compiled through target attributes and
  * chosen at run time with __builtin_cpu_supports, so the build needs no
@@ -10,15 +11,10 @@
  */
 #include "softmax_loss.h"
 
-#include <float.h>
 #include <math.h>
 #include <stddef.h>
-#include <stdlib.h>
 
-#include "chunks.h"
-#include "exp_f32.h"
 #include "internal.h"
-#include "rows_avx2.h"
 
 int psm_simd_level(void)
 {
@@ -172,38 +168,3 @@ void psm_combine_partials(int64_t positions, const psm_partial *part,
     }
 }
 
-#define REAL float
-#define FN(name) name##_f32
-#define LANE_SUMS 1
-#define EXP psm_expf
-#define LOG logf
-#define BIG FLT_MAX
-#ifdef PSM_HAVE_AVX2
-#define FLOAT_ROWS 1
-#else
-#define FLOAT_ROWS 0
-#endif
-#include "softmax_loss_impl.h"
-#undef REAL
-#undef FN
-#undef EXP
-#undef LOG
-#undef BIG
-#undef FLOAT_ROWS
-#undef LANE_SUMS
-
-#define REAL double
-#define FN(name) name##_f64
-#define LANE_SUMS 0
-#define EXP exp
-#define LOG log
-#define BIG DBL_MAX
-#define FLOAT_ROWS 0
-#include "softmax_loss_impl.h"
-#undef REAL
-#undef FN
-#undef EXP
-#undef LOG
-#undef BIG
-#undef FLOAT_ROWS
-#undef LANE_SUMS
