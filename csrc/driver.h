@@ -13,140 +13,224 @@
  * position.
  */
 
-/* Everything one call needs, shared read-only by its threads.  A call reads
- * classes [class_offset, class_offset + classes) of total_classes: all of
- * them but for the partials' calls. */
+/* What every job of a call shares: its logits, targets and options, how
+ * its positions are cut into chunks, and where each chunk records its first
+ * bad label.  A call reads classes [class_offset, class_offset +
+ * classes) of total_classes: all of them but for the partials' calls.
+ * Read-only to the threads but for each chunk's own first_bad slot. */
 typedef struct {
     const REAL *logits;
     int64_t classes, inner, class_offset, total_classes;
     const int64_t *labels;
     const REAL *probs;
     const psm_options *opt;
-    double scale;
-    int fast;                /* contiguous rows may take the AVX2 loops */
+    int fast;                /* contiguous rows may take the AVX2 loops: read
+                                once, on the calling thread (psm_use_simd) */
     int64_t positions, chunk_positions;
-    REAL *losses, *grad;
-    psm_partial *state_out;  /* write each position's partial state, or */
-    const psm_partial *state_in; /* the gradient from these whole states */
-    double *partials;        /* each chunk's summed loss */
     int64_t *first_bad;      /* each chunk's first label out of range, or -1 */
-} FN(job);
+} FN(call);
 
-/* Positions [chunk * chunk_positions, ...) of a call, summing their losses
- * in order into partials[chunk]. */
-static void FN(run_chunk)(const void *job_, int64_t chunk)
+/* The three jobs, one per kind of result, each a call and its outputs. */
+
+/* Losses and, optionally, the gradient (psm_softmax_loss). */
+typedef struct {
+    FN(call) call;
+    double scale;            /* every loss's gradient is multiplied by this */
+    REAL *losses, *grad;     /* either may be NULL */
+    double *chunk_loss;      /* each chunk's summed loss */
+} FN(loss_job);
+
+/* The partial state of every position over a block of classes
+ * (psm_softmax_partials). */
+typedef struct {
+    FN(call) call;
+    psm_partial *state;
+} FN(partials_job);
+
+/* A block's gradient from whole, merged states (psm_grad_from_partials). */
+typedef struct {
+    FN(call) call;
+    double scale;
+    const psm_partial *state;
+    REAL *grad;
+} FN(grad_job);
+
+/* The positions [*first, *last) of a chunk, which has found no bad label
+ * yet. */
+static void FN(chunk_span)(const FN(call) *c, int64_t chunk, int64_t *first,
+                           int64_t *last)
 {
-    const FN(job) *job = job_;
-    const psm_options *opt = job->opt;
-    int64_t classes = job->classes, inner = job->inner;
-    int64_t first = chunk * job->chunk_positions;
-    int64_t last = first + job->chunk_positions;
-    if (last > job->positions)
-        last = job->positions;
-    int track_max = opt->method != PSM_NAIVE;
+    *first = chunk * c->chunk_positions;
+    *last = *first + c->chunk_positions;
+    if (*last > c->positions)
+        *last = c->positions;
+    c->first_bad[chunk] = -1;
+}
+
+/* Position pos of a call: the offset of its first logit (and of its first
+ * probability and gradient entry; the next class is inner further on) and
+ * its target.  Returns target_at's 1, or 0 for an ignored label; -1 is a
+ * label out of range where it was read, recorded as the chunk's first bad
+ * position, at which the chunk stops. */
+static int FN(position)(const FN(call) *c, int64_t chunk, int64_t pos, int64_t *base,
+                        FN(target) *t)
+{
+    int64_t inner = c->inner;
+    int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
+    *base = o * c->classes * inner + i;
+    int counts = FN(target_at)(c->opt, c->labels, pos, c->probs ? c->probs + *base : NULL,
+                               c->class_offset, c->total_classes, t);
+    if (counts < 0)
+        c->first_bad[chunk] = pos;
+    return counts;
+}
+
+/* A chunk of a loss job, summing its losses in order into chunk_loss[chunk]. */
+static void FN(loss_chunk)(const void *job_, int64_t chunk)
+{
+    const FN(loss_job) *job = job_;
+    const FN(call) *c = &job->call;
+    int method = c->opt->method;
+    int64_t classes = c->classes, inner = c->inner, first, last;
+    FN(chunk_span)(c, chunk, &first, &last);
     double total = 0.0;
-    job->first_bad[chunk] = -1;
     for (int64_t pos = first; pos < last; pos++) {
-        int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
-        int64_t base = o * classes * inner + i;
-        const REAL *x = job->logits + base;
+        int64_t base;
         FN(target) t;
-        int counts = FN(target_at)(opt, job->labels, pos,
-                                   job->probs ? job->probs + base : NULL,
-                                   job->class_offset, job->total_classes, &t);
-        if (counts < 0) {
-            job->first_bad[chunk] = pos;
+        int counts = FN(position)(c, chunk, pos, &base, &t);
+        if (counts < 0)
             break;
-        }
         if (!counts) {
             for (int64_t j = 0; job->grad && j < classes; j++)
                 job->grad[base + j * inner] = 0;
             if (job->losses)
                 job->losses[pos] = 0;
-            if (job->state_out)
-                job->state_out[pos] = FN(no_state);
             continue;
         }
-        if (job->state_out) {
-            FN(block_partial)(x, classes, inner, &t, opt->method, job->fast,
-                              &job->state_out[pos]);
-            continue;
-        }
-        if (job->state_in) {
-            const psm_partial *whole = &job->state_in[pos];
-            FN(row_state) st = FN(state_from)(whole);
-            double mass = FN(is_one_hot)(&t) ? t.label_part : whole->mass;
-            FN(position_grad)(&st, x, classes, inner, &t, opt->method, job->scale,
-                              job->fast, mass, job->grad + base);
-            continue;
-        }
+        const REAL *x = c->logits + base;
         FN(row_state) st;
-        int want_cross = opt->method == PSM_STABLE && !FN(is_one_hot)(&t);
-        FN(row_pass)(x, classes, inner, track_max, opt->method == PSM_STABLE, job->fast,
+        int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);
+        FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE, c->fast,
                      want_cross ? &t : NULL, &st);
         REAL x_y = FN(is_one_hot)(&t) ? x[t.label * inner] : 0;
-        double loss = FN(position_loss)(&st, x_y, x, classes, inner, &t, opt->method);
+        double loss = FN(position_loss)(&st, x_y, x, classes, inner, &t, method);
         if (job->losses)
             job->losses[pos] = (REAL)loss;
         total += loss;
         if (job->grad)
-            FN(position_grad)(&st, x, classes, inner, &t, opt->method, job->scale,
-                              job->fast, FN(target_total)(&t, classes, inner),
-                              job->grad + base);
+            FN(position_grad)(&st, x, classes, inner, &t, method, job->scale, c->fast,
+                              FN(target_total)(&t, classes, inner), job->grad + base);
     }
-    job->partials[chunk] = total;
+    job->chunk_loss[chunk] = total;
 }
 
-/* Runs a job over all its positions on the threads the options allow and
- * sums the chunks' losses in order into *total.  Returns 1 + the position
- * of the first label found out of range where it was used (the caller's
- * labels changed after they were checked), or a status. */
-static int64_t FN(run_job)(FN(job) *job, double *total)
+/* A chunk of a partials job: each position's state over the block. */
+static void FN(partials_chunk)(const void *job_, int64_t chunk)
 {
-    int64_t chunk_positions = psm_chunk_positions(job->classes);
-    int64_t chunks = (job->positions + chunk_positions - 1) / chunk_positions;
-    double one_partial;
+    const FN(partials_job) *job = job_;
+    const FN(call) *c = &job->call;
+    int64_t first, last;
+    FN(chunk_span)(c, chunk, &first, &last);
+    for (int64_t pos = first; pos < last; pos++) {
+        int64_t base;
+        FN(target) t;
+        int counts = FN(position)(c, chunk, pos, &base, &t);
+        if (counts < 0)
+            break;
+        if (!counts)
+            job->state[pos] = FN(no_state);
+        else
+            FN(block_partial)(c->logits + base, c->classes, c->inner, &t, c->opt->method,
+                              c->fast, &job->state[pos]);
+    }
+}
+
+/* A chunk of a grad-from-partials job: the block's gradient of each
+ * position, from its whole state. */
+static void FN(grad_chunk)(const void *job_, int64_t chunk)
+{
+    const FN(grad_job) *job = job_;
+    const FN(call) *c = &job->call;
+    int64_t classes = c->classes, inner = c->inner, first, last;
+    FN(chunk_span)(c, chunk, &first, &last);
+    for (int64_t pos = first; pos < last; pos++) {
+        int64_t base;
+        FN(target) t;
+        int counts = FN(position)(c, chunk, pos, &base, &t);
+        if (counts < 0)
+            break;
+        if (!counts) {
+            for (int64_t j = 0; j < classes; j++)
+                job->grad[base + j * inner] = 0;
+            continue;
+        }
+        const psm_partial *whole = &job->state[pos];
+        FN(row_state) st = FN(state_from)(whole);
+        double mass = FN(is_one_hot)(&t) ? t.label_part : whole->mass;
+        FN(position_grad)(&st, c->logits + base, classes, inner, &t, c->opt->method,
+                          job->scale, c->fast, mass, job->grad + base);
+    }
+}
+
+/* Runs a job's chunk function over all its call's positions, on the threads
+ * the options allow.  chunk_loss: where the job's chunk losses go (NULL for
+ * a job without losses), summed in order into *total.  Returns PSM_OK,
+ * PSM_NO_MEMORY, or 1 + the position of the first label found out of range
+ * where it was used (the caller's labels changed after they were checked). */
+static int64_t FN(run_job)(psm_chunk_fn chunk_fn, const void *job, FN(call) *c,
+                           double **chunk_loss, double *total)
+{
+    int64_t chunk_positions = psm_chunk_positions(c->classes);
+    int64_t chunks = (c->positions + chunk_positions - 1) / chunk_positions;
+    double one_loss;
     int64_t one_bad;
-    double *partials = &one_partial;
+    double *losses = &one_loss;
     int64_t *first_bad = &one_bad;
     if (chunks > 1) {
-        partials = malloc((size_t)chunks * sizeof *partials);
         first_bad = malloc((size_t)chunks * sizeof *first_bad);
+        if (chunk_loss)
+            losses = malloc((size_t)chunks * sizeof *losses);
     }
     int64_t status = PSM_NO_MEMORY;
-    if (partials != NULL && first_bad != NULL) {
-        job->chunk_positions = chunk_positions;
-        job->partials = partials;
-        job->first_bad = first_bad;
-        status = psm_run_chunks(FN(run_chunk), job, chunks,
-                                psm_threads_for(job->opt->threads,
-                                                job->positions * job->classes));
+    if (losses != NULL && first_bad != NULL) {
+        c->chunk_positions = chunk_positions;
+        c->first_bad = first_bad;
+        if (chunk_loss)
+            *chunk_loss = losses;
+        status = psm_run_chunks(chunk_fn, job, chunks,
+                                psm_threads_for(c->opt->threads, c->positions * c->classes));
         double sum = 0.0;
-        for (int64_t c = 0; c < chunks; c++) {
-            if (first_bad[c] >= 0) {
-                status = first_bad[c] + 1;
+        for (int64_t k = 0; k < chunks; k++) {
+            if (first_bad[k] >= 0) {
+                status = first_bad[k] + 1;
                 break;
             }
-            sum += partials[c];
+            if (chunk_loss)
+                sum += losses[k];
         }
-        *total = sum;
+        if (total)
+            *total = sum;
     }
     if (chunks > 1) {
-        free(partials);
         free(first_bad);
+        if (chunk_loss)
+            free(losses);
     }
     return status;
 }
 
-static FN(job) FN(job_for)(const REAL *logits, int64_t outer, int64_t classes,
-                           int64_t inner, int64_t class_offset,
-                           int64_t total_classes, const int64_t *labels,
-                           const REAL *target_probs, const psm_options *opt)
+/* A call over classes [class_offset, class_offset + classes) of
+ * total_classes.  Whether its rows take the AVX2 loops is decided here, on
+ * the calling thread, before any worker starts. */
+static FN(call) FN(call_for)(const REAL *logits, int64_t outer, int64_t classes,
+                             int64_t inner, int64_t class_offset, int64_t total_classes,
+                             const int64_t *labels, const REAL *target_probs,
+                             const psm_options *opt)
 {
-    FN(job) job = {logits, classes, inner, class_offset, total_classes, labels,
-                   target_probs, opt, 1.0, FLOAT_ROWS && psm_use_simd(opt),
-                   outer * inner, 0, NULL, NULL, NULL, NULL, NULL, NULL};
-    return job;
+    FN(call) c = {logits, classes, inner, class_offset, total_classes, labels,
+                  target_probs, opt, FLOAT_ROWS && psm_use_simd(opt), outer * inner, 0,
+                  NULL};
+    return c;
 }
 
 /* naive and maxsub clamp each class's p, which needs the finished sum: with
@@ -169,13 +253,11 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
     int64_t status = psm_call_normalizer(labels, outer, inner, classes, opt, &normalizer);
     if (status != PSM_OK)
         return status;
-    FN(job) job = FN(job_for)(logits, outer, classes, inner, 0, classes, labels,
-                              target_probs, opt);
-    job.scale = psm_gradient_scale(normalizer);
-    job.losses = losses;
-    job.grad = grad;
+    FN(loss_job) job = {FN(call_for)(logits, outer, classes, inner, 0, classes, labels,
+                                     target_probs, opt),
+                        psm_gradient_scale(normalizer), losses, grad, NULL};
     double total;
-    status = FN(run_job)(&job, &total);
+    status = FN(run_job)(FN(loss_chunk), &job, &job.call, &job.chunk_loss, &total);
     if (status != PSM_OK)
         return status;
     *loss = psm_reduce(opt->reduction, total, normalizer);
@@ -183,13 +265,13 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
 }
 
 /* What the calls on one block of classes share: their checks (outputs_ok
- * says the caller's outputs are there), the labels' check, and the job,
- * scaled by the reduction's normalizer. */
-static int64_t FN(block_job)(const REAL *logits, int64_t outer, int64_t classes,
-                             int64_t inner, int64_t class_offset,
-                             int64_t total_classes, const int64_t *labels,
-                             const REAL *target_probs, const psm_options *opt,
-                             int outputs_ok, FN(job) *job)
+ * says the caller's outputs are there), the labels' check, the call, and
+ * the scale of its gradient (by the reduction's normalizer). */
+static int64_t FN(block_call)(const REAL *logits, int64_t outer, int64_t classes,
+                              int64_t inner, int64_t class_offset,
+                              int64_t total_classes, const int64_t *labels,
+                              const REAL *target_probs, const psm_options *opt,
+                              int outputs_ok, FN(call) *call, double *scale)
 {
     if (!psm_options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
         !psm_block_ok(classes, class_offset, total_classes) ||
@@ -202,9 +284,9 @@ static int64_t FN(block_job)(const REAL *logits, int64_t outer, int64_t classes,
                                          &normalizer);
     if (status != PSM_OK)
         return status;
-    *job = FN(job_for)(logits, outer, classes, inner, class_offset, total_classes,
-                       labels, target_probs, opt);
-    job->scale = psm_gradient_scale(normalizer);
+    *call = FN(call_for)(logits, outer, classes, inner, class_offset, total_classes,
+                         labels, target_probs, opt);
+    *scale = psm_gradient_scale(normalizer);
     return PSM_OK;
 }
 
@@ -214,15 +296,15 @@ int64_t FN(psm_softmax_partials)(const REAL *logits, int64_t outer,
                                  const int64_t *labels, const REAL *target_probs,
                                  const psm_options *opt, psm_partial *state)
 {
-    FN(job) job;
-    int64_t status = FN(block_job)(logits, outer, classes, inner, class_offset,
-                                   total_classes, labels, target_probs, opt,
-                                   state != NULL, &job);
+    FN(partials_job) job;
+    double unused_scale;
+    int64_t status = FN(block_call)(logits, outer, classes, inner, class_offset,
+                                    total_classes, labels, target_probs, opt,
+                                    state != NULL, &job.call, &unused_scale);
     if (status != PSM_OK)
         return status;
-    job.state_out = state;
-    double unused;
-    return FN(run_job)(&job, &unused);
+    job.state = state;
+    return FN(run_job)(FN(partials_chunk), &job, &job.call, NULL, NULL);
 }
 
 int64_t FN(psm_grad_from_partials)(const REAL *logits, int64_t outer,
@@ -232,16 +314,15 @@ int64_t FN(psm_grad_from_partials)(const REAL *logits, int64_t outer,
                                    const psm_options *opt,
                                    const psm_partial *state, REAL *grad)
 {
-    FN(job) job;
-    int64_t status = FN(block_job)(logits, outer, classes, inner, class_offset,
-                                   total_classes, labels, target_probs, opt,
-                                   state != NULL && grad != NULL, &job);
+    FN(grad_job) job;
+    int64_t status = FN(block_call)(logits, outer, classes, inner, class_offset,
+                                    total_classes, labels, target_probs, opt,
+                                    state != NULL && grad != NULL, &job.call, &job.scale);
     if (status != PSM_OK)
         return status;
-    job.state_in = state;
+    job.state = state;
     job.grad = grad;
-    double unused;
-    return FN(run_job)(&job, &unused);
+    return FN(run_job)(FN(grad_chunk), &job, &job.call, NULL, NULL);
 }
 
 int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
