@@ -228,7 +228,7 @@ static FN(call) FN(call_for)(const REAL *logits, int64_t outer, int64_t classes,
                              const psm_options *opt)
 {
     FN(call) c = {logits, classes, inner, class_offset, total_classes, labels,
-                  target_probs, opt, FLOAT_ROWS && psm_use_simd(opt), outer * inner, 0,
+                  target_probs, opt, FLOAT_ROWS && psm_use_simd(), outer * inner, 0,
                   NULL};
     return c;
 }

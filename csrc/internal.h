@@ -60,8 +60,10 @@ PSM_INTERNAL int64_t psm_call_normalizer(const int64_t *labels, int64_t outer,
 /* What each loss's gradient is multiplied by: NaN where the loss is. */
 PSM_INTERNAL double psm_gradient_scale(double normalizer);
 
-/* 1 when this call may take the AVX2 loops: the CPU has them and the options
- * do not ask for the portable twins. */
-PSM_INTERNAL int psm_use_simd(const psm_options *opt);
+/* 1 when this call may take the AVX2 loops: the CPU has them and the calling
+ * thread has not asked for the portable twins (psm_testing_set_portable).
+ * Entry points ask once, on the calling thread, before any worker starts,
+ * and hand the answer to their workers. */
+PSM_INTERNAL int psm_use_simd(void);
 
 #endif /* PYSAFEMAX_INTERNAL_H */

@@ -15,6 +15,7 @@
 #include <stddef.h>
 
 #include "internal.h"
+#include "testing.h"   /* psm_testing_portable */
 
 int psm_simd_level(void)
 {
@@ -26,9 +27,9 @@ int psm_simd_level(void)
 #endif
 }
 
-int psm_use_simd(const psm_options *opt)
+int psm_use_simd(void)
 {
-    return !opt->portable && psm_simd_level();
+    return !psm_testing_portable() && psm_simd_level();
 }
 
 int psm_shape_ok(const void *logits, int64_t outer, int64_t classes, int64_t inner,

@@ -86,7 +86,6 @@ typedef struct {
     const double *class_weight; /* classes of them, or NULL */
     double label_smoothing;     /* eps, in [0, 1] */
     int threads;                /* at most this many threads (< 1: one) */
-    int portable;               /* 1: no CPU-specific code (the scalar twin) */
     int has_normalizer;         /* 1: divide by `normalizer` instead of the */
     double normalizer;          /* reduction's own, for a call that sees only
                                    part of a batch (the gradient's scale too) */

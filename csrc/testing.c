@@ -1,7 +1,8 @@
 /*
- * The test-only hooks of testing.h: the kernel's float exp over an array,
- * and the read-bandwidth probe, each with its AVX2 loop and the scalar
- * twin.  They share exp_f32.h and chunks.c with the kernel, so they measure
+ * The test-only hooks of testing.h: the thread-local flag that sends a
+ * thread's calls down the portable twins, the kernel's float exp over an
+ * array, and the read-bandwidth probe, each with its AVX2 loop and the
+ * scalar twin.  They share exp_f32.h and chunks.c with the kernel, so they measure
  * the code the kernel runs.
  */
 #include "testing.h"
@@ -12,6 +13,31 @@
 #include "chunks.h"
 #include "exp_f32.h"
 #include "internal.h"
+
+/* C11's thread-local storage, or MSVC's. */
+#if defined(_MSC_VER)
+#define PSM_THREAD_LOCAL __declspec(thread)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define PSM_THREAD_LOCAL _Thread_local
+#elif defined(__GNUC__)
+#define PSM_THREAD_LOCAL __thread
+#else
+#error "no thread-local storage: psm_testing_set_portable needs it"
+#endif
+
+/* The kernel's only variable outside a call, and a thread's own: set by
+ * tests, read by the entry points through psm_use_simd. */
+static PSM_THREAD_LOCAL int portable_here;
+
+void psm_testing_set_portable(int portable)
+{
+    portable_here = portable != 0;
+}
+
+int psm_testing_portable(void)
+{
+    return portable_here;
+}
 
 #ifdef PSM_HAVE_AVX2
 static inline PSM_AVX2 float psm_hsum_ps_avx2(__m256 v)
