@@ -308,7 +308,7 @@ def kernel_options(method, reduction, threads, weight=None, ignore_index=None,
     options.method = _METHOD_IDS[method]
     options.reduction = _REDUCTION_IDS[reduction]
     options.threads = get_num_threads() if threads is None else _capped(threads)
-    options.portable = _PORTABLE
+    lib.psm_testing_set_portable(1 if _PORTABLE else 0)
     if ignore_index is not None:
         options.use_ignore_index = 1
         options.ignore_index = ignore_index
