@@ -4,9 +4,10 @@
  * checks every entry point makes, the normalizer of a call and the choice of
  * code path.  No cdef reads this file.
  *
- * The functions declared here are defined in softmax_loss.c (and chunks.c):
- * real functions rather than copies in every file, hidden from the shared
- * library's exported symbols where the compiler allows it.
+ * The functions declared here are defined in softmax_loss.c: real functions
+ * rather than copies in every file, hidden from the shared library's
+ * exported symbols where the compiler allows it (PSM_INTERNAL, which
+ * chunks.h uses too).
  */
 #ifndef PYSAFEMAX_INTERNAL_H
 #define PYSAFEMAX_INTERNAL_H

@@ -1,11 +1,14 @@
 /*
- * AVX2+FMA loops over contiguous float logits: the hot path of
- * psm_softmax_loss_f32.  Compiled for AVX2 through target attributes only,
- * and called only when the CPU has AVX2 and FMA (see softmax_loss.c), so the
- * build itself needs no -mavx2.
+ * AVX2+FMA loops over contiguous float logits: the hot path of the float
+ * entry points (included by softmax_loss_f32.c only).  Compiled for AVX2
+ * through target attributes only, and called only when the CPU has AVX2 and
+ * FMA (psm_simd_level, softmax_loss.c) and the calling thread has not asked
+ * for the portable twins, so the build itself needs no -mavx2.  (The test
+ * hooks' own loops, the exp over an array and the read probe, are
+ * testing.c's.)
  *
- * Each loop has a portable twin in softmax_loss_impl.h (block_max,
- * block_sums, grad_row) that performs the same float operations in the same
+ * Each loop has a portable twin in row.h (block_max, block_sum, grad_row)
+ * that performs the same float operations in the same
  * order on 8 emulated lanes, for any stride: both give the same bits, so
  * results do not depend on the CPU, the layout or the path, and the tests
  * hold them to that.
