@@ -28,6 +28,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "internal.h"   /* PSM_HAVE_AVX2 */
+
 #define PSM_EXP_MIN_ARG -104.0f          /* exp below rounds to 0 */
 #define PSM_EXP_MAX_ARG 89.0f            /* exp above is inf (ln FLT_MAX ~= 88.72) */
 #define PSM_EXP_FAST_LIMIT 87.0f         /* below it 2^e y is a normal float */
@@ -83,8 +85,7 @@ static inline float psm_expf(float x)
     return psm_expf_core(x, &e) * psm_pow2i(e);
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define PSM_HAVE_AVX2 1
+#ifdef PSM_HAVE_AVX2
 #include <immintrin.h>
 
 #define PSM_AVX2 __attribute__((target("avx2,fma")))

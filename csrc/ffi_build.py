@@ -1,8 +1,9 @@
 """Describes the cffi extension `pysafemax._kernel`; setup.py's cffi_modules builds it.
 
 Nothing is compiled on import: this module only configures the builder.  The
-cdef is the public header's declaration block, read verbatim, so the two cannot
-drift apart.
+cdef is the declaration blocks of the public header (softmax_loss.h) and of
+the test-only one (testing.h), in that order, read verbatim, so the headers
+and the module cannot drift apart.
 """
 import os
 import sys
@@ -10,10 +11,15 @@ import sys
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HEADER = os.path.join(HERE, "softmax_loss.h")
+# The public contract first, then the hooks the tests and benchmarks use.
+CDEF_HEADERS = ("softmax_loss.h", "testing.h")
+SOURCES = ("softmax_loss.c", "softmax_loss_f32.c", "softmax_loss_f64.c", "chunks.c",
+           "testing.c")
+HEADERS = CDEF_HEADERS + ("internal.h", "chunks.h", "row.h", "driver.h", "exp_f32.h",
+                          "rows_avx2.h")
 
 
-def _public_declarations(header_path):
+def _declarations(header_path):
     with open(header_path, encoding="utf-8") as f:
         text = f.read()
     begin = text.index("/* cdef-begin */") + len("/* cdef-begin */")
@@ -33,16 +39,18 @@ def _compile_args():
     return ["-std=c11", "-O3", "-fno-math-errno", "-ffp-contract=off"] + extra
 
 
+def _here(name):
+    return os.path.relpath(os.path.join(HERE, name))
+
+
 ffibuilder = FFI()
-ffibuilder.cdef(_public_declarations(HEADER))
+ffibuilder.cdef("".join(_declarations(os.path.join(HERE, name)) for name in CDEF_HEADERS))
 ffibuilder.set_source(
     "pysafemax._kernel",
-    '#include "softmax_loss.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "softmax_loss.c"))],
+    "".join(f'#include "{name}"\n' for name in CDEF_HEADERS),
+    sources=[_here(name) for name in SOURCES],
     # Headers are listed so that an in-tree build/ recompiles when only they change.
-    depends=[os.path.relpath(os.path.join(HERE, name))
-             for name in ("softmax_loss.h", "softmax_loss_impl.h", "exp_f32.h",
-                         "rows_avx2.h")],
+    depends=[_here(name) for name in HEADERS],
     include_dirs=[os.path.relpath(HERE)],
     libraries=[] if sys.platform == "win32" else ["m", "pthread"],
     extra_compile_args=_compile_args(),

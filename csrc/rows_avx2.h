@@ -1,11 +1,14 @@
 /*
- * AVX2+FMA loops over contiguous float logits: the hot path of
- * psm_softmax_loss_f32.  Compiled for AVX2 through target attributes only,
- * and called only when the CPU has AVX2 and FMA (see softmax_loss.c), so the
- * build itself needs no -mavx2.
+ * AVX2+FMA loops over contiguous float logits: the hot path of the float
+ * entry points (included by softmax_loss_f32.c only).  Compiled for AVX2
+ * through target attributes only, and called only when the CPU has AVX2 and
+ * FMA (psm_simd_level, softmax_loss.c) and the calling thread has not asked
+ * for the portable twins, so the build itself needs no -mavx2.  (The test
+ * hooks' own loops, the exp over an array and the read probe, are
+ * testing.c's.)
  *
- * Each loop has a portable twin in softmax_loss_impl.h (block_max,
- * block_sums, grad_row) that performs the same float operations in the same
+ * Each loop has a portable twin in row.h (block_max, block_sum, grad_row)
+ * that performs the same float operations in the same
  * order on 8 emulated lanes, for any stride: both give the same bits, so
  * results do not depend on the CPU, the layout or the path, and the tests
  * hold them to that.
@@ -14,6 +17,7 @@
 #define PYSAFEMAX_ROWS_AVX2_H
 
 #include "exp_f32.h"
+#include "internal.h"   /* PSM_BLOCK */
 
 #ifdef PSM_HAVE_AVX2
 
@@ -29,13 +33,6 @@ static inline PSM_AVX2 double psm_hsum_pd_avx2(__m256d v)
 {
     __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
-}
-
-static inline PSM_AVX2 float psm_hsum_ps_avx2(__m256 v)
-{
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    return _mm_cvtss_f32(_mm_add_ss(a, _mm_shuffle_ps(a, a, 1)));
 }
 
 /* The max of n floats, NaN skipped as `x > max` skips it; -inf if none.
@@ -196,33 +193,6 @@ static PSM_AVX2 void psm_grad_row_avx2(const float *x, int64_t n, float shift,
         float e = psm_expf(x[j] - shift);
         g[j] = divide ? ((e / divisor) * factor) * scale : e * factor;
     }
-}
-
-static PSM_AVX2 void psm_exp_array_avx2(const float *in, int64_t n, float *out)
-{
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        _mm256_storeu_ps(out + j, psm_expf_avx2(_mm256_loadu_ps(in + j)));
-    for (; j < n; j++)
-        out[j] = psm_expf(in[j]);
-}
-
-/* The read-bandwidth probe: a plain sum, four accumulators. */
-static PSM_AVX2 double psm_sum_avx2(const float *x, int64_t n)
-{
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + j));
-        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + j + 8));
-        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x + j + 16));
-        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x + j + 24));
-    }
-    double s = psm_hsum_ps_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1),
-                                              _mm256_add_ps(a2, a3)));
-    for (; j < n; j++)
-        s += x[j];
-    return s;
 }
 
 #endif /* PSM_HAVE_AVX2 */

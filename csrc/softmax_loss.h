@@ -17,8 +17,30 @@
  * (std::max(prob, Dtype(FLT_MIN))): a clamped double loss reads
  * 87.3365447505531, -log(FLT_MIN) rounded to double.
  *
- * The kernel never touches Python state and keeps no globals: every call is
- * reentrant and may run concurrently with any other.
+ * The kernel never touches Python state and keeps no globals (but for the
+ * thread-local test flag of testing.h): every call is reentrant and may run
+ * concurrently with any other.
+ *
+ * The kernel's files (csrc/):
+ *   softmax_loss.h     this contract: the entry points and their types
+ *   testing.h          test-only hooks: the portable-path flag, the float
+ *                      exp over an array, the read-bandwidth probe
+ *   softmax_loss.c     the entry points that do not depend on the dtype
+ *                      (label summary, normalizer, reduce, combine, SIMD
+ *                      level) and the checks the others share
+ *   softmax_loss_f32.c the float entry points: the dtype's macros, defined
+ *   softmax_loss_f64.c once, then row.h and driver.h; likewise for double
+ *   row.h              template: one position's math (target, one pass,
+ *                      block sums, loss, gradient, partial state)
+ *   driver.h           template: the loss, partials and grad-from-partials
+ *                      jobs, their chunks, and the typed entry points
+ *   chunks.c, .h       chunks of whole positions run on POSIX threads
+ *   internal.h         what the .c files share privately (PSM_BLOCK,
+ *                      read_label, argument checks, the SIMD choice)
+ *   exp_f32.h          the float exp and its AVX2 twin, with its error bound
+ *   rows_avx2.h        the AVX2 loops over float rows (twins in row.h)
+ *   testing.c          testing.h's hooks
+ *   ffi_build.py       the cffi build: cdef from this header, then testing.h
  *
  * The block between cdef-begin and cdef-end is fed verbatim to cffi's cdef,
  * so it must stay free of preprocessor lines.
@@ -86,7 +108,6 @@ typedef struct {
     const double *class_weight; /* classes of them, or NULL */
     double label_smoothing;     /* eps, in [0, 1] */
     int threads;                /* at most this many threads (< 1: one) */
-    int portable;               /* 1: no CPU-specific code (the scalar twin) */
     int has_normalizer;         /* 1: divide by `normalizer` instead of the */
     double normalizer;          /* reduction's own, for a call that sees only
                                    part of a batch (the gradient's scale too) */
@@ -213,14 +234,6 @@ int64_t psm_log_softmax_f64(const double *logits, int64_t outer,
                             int64_t classes, int64_t inner, double *out);
 /* 1 when this CPU runs the AVX2+FMA paths, 0 when only the portable ones. */
 int psm_simd_level(void);
-
-/* The kernel's own float exp of each element (for tests and the exhaustive
- * accuracy check in bench/check_exp_ulp.py). */
-void psm_exp_f32(const float *in, int64_t n, int portable, float *out);
-
-/* The sum of n floats, read with the kernel's SIMD and threads: the
- * read-bandwidth probe the benchmarks compare the loss against. */
-double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable);
 /* cdef-end */
 
 #ifdef __cplusplus

@@ -106,7 +106,6 @@ def options(method, reduction, threads, weight=None, ignore_index=None,
     struct.method = METHOD_IDS[method]
     struct.reduction = REDUCTION_IDS[reduction]
     struct.threads = min(threads, MAX_THREADS)
-    struct.portable = _portable
     if ignore_index is not None:
         struct.use_ignore_index = 1
         struct.ignore_index = ignore_index
@@ -207,25 +206,23 @@ def simd_level():
     return lib.psm_simd_level()
 
 
-# ---- test hooks ----------------------------------------------------------------
-
-_portable = 0
-
+# ---- test hooks (csrc/testing.h) -----------------------------------------------
 
 @contextmanager
 def portable_code():
-    """Run the portable scalar twins instead of the vector code, for tests
-    that compare the two bit for bit."""
-    global _portable
-    before, _portable = _portable, 1
+    """Calls on this thread run the portable scalar twins instead of the
+    vector code, for tests that compare the two bit for bit."""
+    before = lib.psm_testing_portable()
+    lib.psm_testing_set_portable(1)
     try:
         yield
     finally:
-        _portable = before
+        lib.psm_testing_set_portable(before)
 
 
 def portable():
-    return bool(_portable)
+    """Whether calls on this thread run the portable twins."""
+    return bool(lib.psm_testing_portable())
 
 
 def exp_f32(x, portable):

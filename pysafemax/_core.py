@@ -275,7 +275,7 @@ def _batch_normalizer(x, t, reduction, threads):
     return _bindings.normalizer(reduction, valid, weight_sum, positions, x.outer)
 
 
-_plain_options = {}   # (method, reduction, threads, portable) -> Options
+_plain_options = {}   # (method, reduction, threads) -> Options
 
 
 def _plain_loss(logits, labels, method, reduction, threads):
@@ -297,7 +297,7 @@ def _plain_loss(logits, labels, method, reduction, threads):
         threads = get_num_threads()
     elif type(threads) is not int or threads < 1:
         return None
-    key = (method, reduction, threads, _bindings.portable())
+    key = (method, reduction, threads)
     opts = _plain_options.get(key)
     if opts is None:
         if method not in _bindings.METHOD_IDS or reduction not in _bindings.REDUCTION_IDS:

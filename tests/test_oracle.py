@@ -1,5 +1,5 @@
 """stable against a wider-precision oracle, with the error bound stated in
-csrc/softmax_loss_impl.h: per term, exp's 1 ULP plus the rounding of x_j - m
+csrc/row.h: per term, exp's 1 ULP plus the rounding of x_j - m
 in the working type; then one final rounding.
 
 The oracle is written here from the mathematics alone (it shares no code with

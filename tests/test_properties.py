@@ -83,7 +83,7 @@ def oracle_tolerance(x, labels, options, oracle_loss, oracle_grad):
         |loss error|   <= 8u |loss| + Q (8u S + C 2^-53 P)
         |grad_j error| <= 8u (|g_j| + Q p_j e_j) + Q (8u S + C 2^-53 P) max(p_j, q_j / Q)
     plus C subnormals.  The terms are exp's error and the rounding of
-    x_j - max (per class, as in csrc/softmax_loss_impl.h), the double sum over
+    x_j - max (per class, as in csrc/row.h), the double sum over
     C classes, and the final rounding."""
     axis = options["axis"] % x.ndim
     xw = np.moveaxis(x.astype(np.float64), axis, -1)

@@ -10,6 +10,12 @@
 #include <string.h>
 
 #include "softmax_loss.h"
+#include "testing.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#define HAVE_PTHREADS 1
+#endif
 
 static int failures = 0;
 
@@ -199,11 +205,12 @@ static void threads_and_twins(void)
             double a, b;
             one.threads = 1;
             other.threads = 2;
-            other.portable = 1;
             CHECK(psm_softmax_loss_f32(x, used_outer, classes, inner_used, y, NULL,
                                        &one, l1, &a, g1) == PSM_OK);
+            psm_testing_set_portable(1);   /* the workers follow this thread */
             CHECK(psm_softmax_loss_f32(x, used_outer, classes, inner_used, y, NULL,
                                        &other, l2, &b, g2) == PSM_OK);
+            psm_testing_set_portable(0);
             CHECK(memcmp(&a, &b, sizeof a) == 0);
             CHECK(memcmp(l1, l2, (size_t)(outer * inner) * sizeof *l1) == 0);
             CHECK(memcmp(g1, g2, (size_t)n * sizeof *g1) == 0);
@@ -218,6 +225,37 @@ static void threads_and_twins(void)
     CHECK(fabs(psm_read_probe_f32(x, n, 2, 0) - exact) < 1e-4 * (double)n);
     CHECK(fabs(psm_read_probe_f32(x, n, 1, 1) - exact) < 1e-4 * (double)n);
     free(x); free(y); free(g1); free(g2); free(l1); free(l2);
+}
+
+#ifdef HAVE_PTHREADS
+static void *portable_flag_of_a_new_thread(void *seen)
+{
+    *(int *)seen = psm_testing_portable();
+    psm_testing_set_portable(1);   /* its own: the caller's stays as it was */
+    return NULL;
+}
+#endif
+
+/* psm_testing_set_portable is the calling thread's alone. */
+static void portable_flag_is_per_thread(void)
+{
+    CHECK(psm_testing_portable() == 0);
+    psm_testing_set_portable(5);
+    CHECK(psm_testing_portable() == 1);
+#ifdef HAVE_PTHREADS
+    int seen = -1;
+    pthread_t other;
+    psm_testing_set_portable(0);
+    CHECK(pthread_create(&other, NULL, portable_flag_of_a_new_thread, &seen) == 0);
+    pthread_join(other, NULL);
+    CHECK(seen == 0 && psm_testing_portable() == 0);
+    psm_testing_set_portable(1);
+    CHECK(pthread_create(&other, NULL, portable_flag_of_a_new_thread, &seen) == 0);
+    pthread_join(other, NULL);
+    CHECK(seen == 0 && psm_testing_portable() == 1);
+#endif
+    psm_testing_set_portable(0);
+    CHECK(psm_testing_portable() == 0);
 }
 
 /* Class blocks: every block's partial state, merged, gives the single call's
@@ -323,6 +361,7 @@ int main(void)
     special_values();
     bad_arguments();
     threads_and_twins();
+    portable_flag_is_per_thread();
     labels_bounded_where_read();
     for (size_t b = 0; b < sizeof classes / sizeof *classes; b++) {
         class_blocks(3, classes[b], 1);

@@ -1,0 +1,427 @@
+/*
+ * The driver, written once per floating type: a call's jobs, their chunks
+ * of positions, and the entry points of softmax_loss.h that run them on
+ * chunks.c's threads.  The per-position math is row.h's, included before
+ * this file by softmax_loss_f32.c and softmax_loss_f64.c, with the same
+ * macros (REAL, FN, EXP, LOG, BIG, FLOAT_ROWS, LANE_SUMS; see row.h).
+ *
+ * Chunks are cut by the shape alone and their losses summed in order, so
+ * every thread count gives the same bits.  Every entry point checks all its
+ * labels before it writes anything (psm_call_normalizer), and every label is
+ * bounded again where a job reads it (target_at): one that another thread
+ * changed meanwhile stops its chunk, and the call reports 1 + the first such
+ * position.
+ */
+
+/* What every job of a call shares: its logits, targets and options, how
+ * its positions are cut into chunks, and where each chunk records its first
+ * bad label.  A call reads classes [class_offset, class_offset +
+ * classes) of total_classes: all of them but for the partials' calls.
+ * Read-only to the threads but for each chunk's own first_bad slot. */
+typedef struct {
+    const REAL *logits;
+    int64_t classes, inner, class_offset, total_classes;
+    const int64_t *labels;
+    const REAL *probs;
+    const psm_options *opt;
+    int fast;                /* contiguous rows may take the AVX2 loops: read
+                                once, on the calling thread (psm_use_simd) */
+    int64_t positions, chunk_positions;
+    int64_t *first_bad;      /* each chunk's first label out of range, or -1 */
+} FN(call);
+
+/* The three jobs, one per kind of result, each a call and its outputs. */
+
+/* Losses and, optionally, the gradient (psm_softmax_loss). */
+typedef struct {
+    FN(call) call;
+    double scale;            /* every loss's gradient is multiplied by this */
+    REAL *losses, *grad;     /* either may be NULL */
+    double *chunk_loss;      /* each chunk's summed loss */
+} FN(loss_job);
+
+/* The partial state of every position over a block of classes
+ * (psm_softmax_partials). */
+typedef struct {
+    FN(call) call;
+    psm_partial *state;
+} FN(partials_job);
+
+/* A block's gradient from whole, merged states (psm_grad_from_partials). */
+typedef struct {
+    FN(call) call;
+    double scale;
+    const psm_partial *state;
+    REAL *grad;
+} FN(grad_job);
+
+/* The positions [*first, *last) of a chunk, which has found no bad label
+ * yet. */
+static void FN(chunk_span)(const FN(call) *c, int64_t chunk, int64_t *first,
+                           int64_t *last)
+{
+    *first = chunk * c->chunk_positions;
+    *last = *first + c->chunk_positions;
+    if (*last > c->positions)
+        *last = c->positions;
+    c->first_bad[chunk] = -1;
+}
+
+/* Position pos of a call: the offset of its first logit (and of its first
+ * probability and gradient entry; the next class is inner further on) and
+ * its target.  Returns target_at's 1, or 0 for an ignored label; -1 is a
+ * label out of range where it was read, recorded as the chunk's first bad
+ * position, at which the chunk stops. */
+static int FN(position)(const FN(call) *c, int64_t chunk, int64_t pos, int64_t *base,
+                        FN(target) *t)
+{
+    int64_t inner = c->inner;
+    int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
+    *base = o * c->classes * inner + i;
+    int counts = FN(target_at)(c->opt, c->labels, pos, c->probs ? c->probs + *base : NULL,
+                               c->class_offset, c->total_classes, t);
+    if (counts < 0)
+        c->first_bad[chunk] = pos;
+    return counts;
+}
+
+/* A chunk of a loss job, summing its losses in order into chunk_loss[chunk]. */
+static void FN(loss_chunk)(const void *job_, int64_t chunk)
+{
+    const FN(loss_job) *job = job_;
+    const FN(call) *c = &job->call;
+    int method = c->opt->method;
+    int64_t classes = c->classes, inner = c->inner, first, last;
+    FN(chunk_span)(c, chunk, &first, &last);
+    double total = 0.0;
+    for (int64_t pos = first; pos < last; pos++) {
+        int64_t base;
+        FN(target) t;
+        int counts = FN(position)(c, chunk, pos, &base, &t);
+        if (counts < 0)
+            break;
+        if (!counts) {
+            for (int64_t j = 0; job->grad && j < classes; j++)
+                job->grad[base + j * inner] = 0;
+            if (job->losses)
+                job->losses[pos] = 0;
+            continue;
+        }
+        const REAL *x = c->logits + base;
+        FN(row_state) st;
+        int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);
+        FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE, c->fast,
+                     want_cross ? &t : NULL, &st);
+        REAL x_y = FN(is_one_hot)(&t) ? x[t.label * inner] : 0;
+        double loss = FN(position_loss)(&st, x_y, x, classes, inner, &t, method);
+        if (job->losses)
+            job->losses[pos] = (REAL)loss;
+        total += loss;
+        if (job->grad)
+            FN(position_grad)(&st, x, classes, inner, &t, method, job->scale, c->fast,
+                              FN(target_total)(&t, classes, inner), job->grad + base);
+    }
+    job->chunk_loss[chunk] = total;
+}
+
+/* A chunk of a partials job: each position's state over the block. */
+static void FN(partials_chunk)(const void *job_, int64_t chunk)
+{
+    const FN(partials_job) *job = job_;
+    const FN(call) *c = &job->call;
+    int64_t first, last;
+    FN(chunk_span)(c, chunk, &first, &last);
+    for (int64_t pos = first; pos < last; pos++) {
+        int64_t base;
+        FN(target) t;
+        int counts = FN(position)(c, chunk, pos, &base, &t);
+        if (counts < 0)
+            break;
+        if (!counts)
+            job->state[pos] = FN(no_state);
+        else
+            FN(block_partial)(c->logits + base, c->classes, c->inner, &t, c->opt->method,
+                              c->fast, &job->state[pos]);
+    }
+}
+
+/* A chunk of a grad-from-partials job: the block's gradient of each
+ * position, from its whole state. */
+static void FN(grad_chunk)(const void *job_, int64_t chunk)
+{
+    const FN(grad_job) *job = job_;
+    const FN(call) *c = &job->call;
+    int64_t classes = c->classes, inner = c->inner, first, last;
+    FN(chunk_span)(c, chunk, &first, &last);
+    for (int64_t pos = first; pos < last; pos++) {
+        int64_t base;
+        FN(target) t;
+        int counts = FN(position)(c, chunk, pos, &base, &t);
+        if (counts < 0)
+            break;
+        if (!counts) {
+            for (int64_t j = 0; j < classes; j++)
+                job->grad[base + j * inner] = 0;
+            continue;
+        }
+        const psm_partial *whole = &job->state[pos];
+        FN(row_state) st = FN(state_from)(whole);
+        double mass = FN(is_one_hot)(&t) ? t.label_part : whole->mass;
+        FN(position_grad)(&st, c->logits + base, classes, inner, &t, c->opt->method,
+                          job->scale, c->fast, mass, job->grad + base);
+    }
+}
+
+/* Runs a job's chunk function over all its call's positions, on the threads
+ * the options allow.  chunk_loss: where the job's chunk losses go (NULL for
+ * a job without losses), summed in order into *total.  Returns PSM_OK,
+ * PSM_NO_MEMORY, or 1 + the position of the first label found out of range
+ * where it was used (the caller's labels changed after they were checked). */
+static int64_t FN(run_job)(psm_chunk_fn chunk_fn, const void *job, FN(call) *c,
+                           double **chunk_loss, double *total)
+{
+    int64_t chunk_positions = psm_chunk_positions(c->classes);
+    int64_t chunks = (c->positions + chunk_positions - 1) / chunk_positions;
+    double one_loss;
+    int64_t one_bad;
+    double *losses = &one_loss;
+    int64_t *first_bad = &one_bad;
+    if (chunks > 1) {
+        first_bad = malloc((size_t)chunks * sizeof *first_bad);
+        if (chunk_loss)
+            losses = malloc((size_t)chunks * sizeof *losses);
+    }
+    int64_t status = PSM_NO_MEMORY;
+    if (losses != NULL && first_bad != NULL) {
+        c->chunk_positions = chunk_positions;
+        c->first_bad = first_bad;
+        if (chunk_loss)
+            *chunk_loss = losses;
+        status = psm_run_chunks(chunk_fn, job, chunks,
+                                psm_threads_for(c->opt->threads, c->positions * c->classes));
+        double sum = 0.0;
+        for (int64_t k = 0; k < chunks; k++) {
+            if (first_bad[k] >= 0) {
+                status = first_bad[k] + 1;
+                break;
+            }
+            if (chunk_loss)
+                sum += losses[k];
+        }
+        if (total)
+            *total = sum;
+    }
+    if (chunks > 1) {
+        free(first_bad);
+        if (chunk_loss)
+            free(losses);
+    }
+    return status;
+}
+
+/* A call over classes [class_offset, class_offset + classes) of
+ * total_classes.  Whether its rows take the AVX2 loops is decided here, on
+ * the calling thread, before any worker starts. */
+static FN(call) FN(call_for)(const REAL *logits, int64_t outer, int64_t classes,
+                             int64_t inner, int64_t class_offset, int64_t total_classes,
+                             const int64_t *labels, const REAL *target_probs,
+                             const psm_options *opt)
+{
+    FN(call) c = {logits, classes, inner, class_offset, total_classes, labels,
+                  target_probs, opt, FLOAT_ROWS && psm_use_simd(), outer * inner, 0,
+                  NULL};
+    return c;
+}
+
+/* naive and maxsub clamp each class's p, which needs the finished sum: with
+ * a target that is not one-hot, only the stable method decomposes. */
+static int FN(decomposable)(const psm_options *opt, const int64_t *labels)
+{
+    return opt->method == PSM_STABLE || (labels != NULL && opt->label_smoothing == 0.0);
+}
+
+int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
+                             int64_t classes, int64_t inner,
+                             const int64_t *labels, const REAL *target_probs,
+                             const psm_options *opt, REAL *losses,
+                             double *loss, REAL *grad)
+{
+    if (!psm_options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
+        loss == NULL)
+        return PSM_BAD_ARGUMENT;
+    double normalizer;
+    int64_t status = psm_call_normalizer(labels, outer, inner, classes, opt, &normalizer);
+    if (status != PSM_OK)
+        return status;
+    FN(loss_job) job = {FN(call_for)(logits, outer, classes, inner, 0, classes, labels,
+                                     target_probs, opt),
+                        psm_gradient_scale(normalizer), losses, grad, NULL};
+    double total;
+    status = FN(run_job)(FN(loss_chunk), &job, &job.call, &job.chunk_loss, &total);
+    if (status != PSM_OK)
+        return status;
+    *loss = psm_reduce(opt->reduction, total, normalizer);
+    return PSM_OK;
+}
+
+/* What the calls on one block of classes share: their checks (outputs_ok
+ * says the caller's outputs are there), the labels' check, the call, and
+ * the scale of its gradient (by the reduction's normalizer). */
+static int64_t FN(block_call)(const REAL *logits, int64_t outer, int64_t classes,
+                              int64_t inner, int64_t class_offset,
+                              int64_t total_classes, const int64_t *labels,
+                              const REAL *target_probs, const psm_options *opt,
+                              int outputs_ok, FN(call) *call, double *scale)
+{
+    if (!psm_options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
+        !psm_block_ok(classes, class_offset, total_classes) ||
+        (!outputs_ok && outer * inner > 0))
+        return PSM_BAD_ARGUMENT;
+    if (!FN(decomposable)(opt, labels))
+        return PSM_NOT_DECOMPOSABLE;
+    double normalizer;
+    int64_t status = psm_call_normalizer(labels, outer, inner, total_classes, opt,
+                                         &normalizer);
+    if (status != PSM_OK)
+        return status;
+    *call = FN(call_for)(logits, outer, classes, inner, class_offset, total_classes,
+                         labels, target_probs, opt);
+    *scale = psm_gradient_scale(normalizer);
+    return PSM_OK;
+}
+
+int64_t FN(psm_softmax_partials)(const REAL *logits, int64_t outer,
+                                 int64_t classes, int64_t inner,
+                                 int64_t class_offset, int64_t total_classes,
+                                 const int64_t *labels, const REAL *target_probs,
+                                 const psm_options *opt, psm_partial *state)
+{
+    FN(partials_job) job;
+    double unused_scale;
+    int64_t status = FN(block_call)(logits, outer, classes, inner, class_offset,
+                                    total_classes, labels, target_probs, opt,
+                                    state != NULL, &job.call, &unused_scale);
+    if (status != PSM_OK)
+        return status;
+    job.state = state;
+    return FN(run_job)(FN(partials_chunk), &job, &job.call, NULL, NULL);
+}
+
+int64_t FN(psm_grad_from_partials)(const REAL *logits, int64_t outer,
+                                   int64_t classes, int64_t inner,
+                                   int64_t class_offset, int64_t total_classes,
+                                   const int64_t *labels, const REAL *target_probs,
+                                   const psm_options *opt,
+                                   const psm_partial *state, REAL *grad)
+{
+    FN(grad_job) job;
+    int64_t status = FN(block_call)(logits, outer, classes, inner, class_offset,
+                                    total_classes, labels, target_probs, opt,
+                                    state != NULL && grad != NULL, &job.call, &job.scale);
+    if (status != PSM_OK)
+        return status;
+    job.state = state;
+    job.grad = grad;
+    return FN(run_job)(FN(grad_chunk), &job, &job.call, NULL, NULL);
+}
+
+int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
+                                   int64_t inner, int64_t total_classes,
+                                   const int64_t *labels, const psm_options *opt,
+                                   REAL *losses, double *loss)
+{
+    /* the states stand in for logits: only their presence is checked */
+    if (!psm_options_ok(state, outer, total_classes, inner, labels,
+                    labels ? NULL : (const void *)state, opt) || loss == NULL)
+        return PSM_BAD_ARGUMENT;
+    if (!FN(decomposable)(opt, labels))
+        return PSM_NOT_DECOMPOSABLE;
+    double normalizer;
+    int64_t status = psm_call_normalizer(labels, outer, inner, total_classes, opt,
+                                         &normalizer);
+    if (status != PSM_OK)
+        return status;
+    /* summed as psm_softmax_loss sums: by chunks, in order */
+    int64_t chunk_positions = psm_chunk_positions(total_classes);
+    double total = 0.0, chunk_total = 0.0;
+    for (int64_t pos = 0; pos < outer * inner; pos++) {
+        if (pos % chunk_positions == 0) {
+            total += chunk_total;
+            chunk_total = 0.0;
+        }
+        const psm_partial *p = &state[pos];
+        REAL x_y = 0;
+        FN(target) t;
+        /* probability targets are marked by any pointer: never read here */
+        int counts = FN(target_at)(opt, labels, pos, labels ? NULL : &x_y, 0,
+                                   total_classes, &t);
+        if (counts < 0)
+            return pos + 1;
+        if (!counts) {
+            if (losses)
+                losses[pos] = 0;
+            continue;
+        }
+        if (FN(is_one_hot)(&t)) {
+            if (p->label_found != 1)   /* the label's block is missing, or twice */
+                return PSM_BAD_ARGUMENT;
+            x_y = (REAL)p->label_logit;
+        }
+        FN(row_state) st = FN(state_from)(p);
+        double l = FN(position_loss)(&st, x_y, NULL, total_classes, 1, &t, opt->method);
+        if (losses)
+            losses[pos] = (REAL)l;
+        chunk_total += l;
+    }
+    total += chunk_total;
+    *loss = psm_reduce(opt->reduction, total, normalizer);
+    return PSM_OK;
+}
+
+int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
+                        int64_t inner, int method, REAL *out)
+{
+    if (!psm_shape_ok(logits, outer, classes, inner, method))
+        return PSM_BAD_ARGUMENT;
+    for (int64_t o = 0; o < outer; o++) {
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t base = o * classes * inner + i;
+            const REAL *x = logits + base;
+            FN(row_state) st;
+            FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE, 0,
+                         NULL, &st);
+            REAL total = FN(float_total)(&st, method);
+            double denom = 1.0 + FN(stable_rest)(&st);
+            for (int64_t j = 0; j < classes; j++) {
+                REAL v = x[j * inner];
+                if (method != PSM_STABLE)
+                    out[base + j * inner] = EXP(v - st.max) / total;
+                else
+                    out[base + j * inner] = (REAL)(
+                        (v == st.max ? 1.0 : (double)EXP(v - st.max)) / denom);
+            }
+        }
+    }
+    return PSM_OK;
+}
+
+int64_t FN(psm_log_softmax)(const REAL *logits, int64_t outer,
+                            int64_t classes, int64_t inner, REAL *out)
+{
+    if (!psm_shape_ok(logits, outer, classes, inner, PSM_STABLE))
+        return PSM_BAD_ARGUMENT;
+    for (int64_t o = 0; o < outer; o++) {
+        for (int64_t i = 0; i < inner; i++) {
+            int64_t base = o * classes * inner + i;
+            const REAL *x = logits + base;
+            FN(row_state) st;
+            FN(row_pass)(x, classes, inner, 1, 1, 0, NULL, &st);
+            double log_norm = log1p(FN(stable_rest)(&st));
+            for (int64_t j = 0; j < classes; j++) {
+                double shifted = (double)x[j * inner] - (double)st.max;
+                out[base + j * inner] = (REAL)(shifted - log_norm);
+            }
+        }
+    }
+    return PSM_OK;
+}

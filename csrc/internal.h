@@ -1,0 +1,70 @@
+/*
+ * What the kernel's translation units share and its callers never see: the
+ * block size of a row's pass, the one way a label is read, the argument
+ * checks every entry point makes, the normalizer of a call and the choice of
+ * code path.  No cdef reads this file.
+ *
+ * The functions declared here are defined in softmax_loss.c: real functions
+ * rather than copies in every file, hidden from the shared library's
+ * exported symbols where the compiler allows it (PSM_INTERNAL, which
+ * chunks.h uses too).
+ */
+#ifndef PYSAFEMAX_INTERNAL_H
+#define PYSAFEMAX_INTERNAL_H
+
+#include <stdint.h>
+
+#include "softmax_loss.h"
+
+/* One .c file's function for another: not exported by the extension. */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
+#define PSM_INTERNAL __attribute__((visibility("hidden")))
+#else
+#define PSM_INTERNAL
+#endif
+
+/* The AVX2+FMA loops (exp_f32.h, rows_avx2.h) are compiled wherever the
+ * compiler takes target attributes on x86-64, with no -mavx2 for the whole
+ * build; psm_simd_level says at run time whether this CPU may run them. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PSM_HAVE_AVX2 1
+#endif
+
+/* A row is read in blocks of this many logits: 8 KB of float, in L1. */
+#define PSM_BLOCK 2048
+
+/* A label, read exactly once: the caller's labels may change under a call
+ * (another thread writing the array), so the value that is bounded must be
+ * the value that is used as an index, never a second load of it. */
+static inline int64_t read_label(const int64_t *labels, int64_t pos)
+{
+    return ((const volatile int64_t *)labels)[pos];
+}
+
+/* Arguments every entry point checks; the Python layer validates first,
+ * these only keep a direct C caller from walking off its arrays. */
+PSM_INTERNAL int psm_shape_ok(const void *logits, int64_t outer, int64_t classes,
+                              int64_t inner, int method);
+PSM_INTERNAL int psm_options_ok(const void *logits, int64_t outer, int64_t classes,
+                                int64_t inner, const int64_t *labels,
+                                const void *target_probs, const psm_options *opt);
+/* A block of [class_offset, class_offset + classes) within total_classes. */
+PSM_INTERNAL int psm_block_ok(int64_t classes, int64_t class_offset,
+                              int64_t total_classes);
+
+/* Checks every label (before anything is written) and finds what the call's
+ * reduction divides by: the caller's normalizer, or the reduction's own.
+ * Returns PSM_OK, or 1 + the position of the first bad label. */
+PSM_INTERNAL int64_t psm_call_normalizer(const int64_t *labels, int64_t outer,
+                                         int64_t inner, int64_t classes,
+                                         const psm_options *opt, double *normalizer);
+/* What each loss's gradient is multiplied by: NaN where the loss is. */
+PSM_INTERNAL double psm_gradient_scale(double normalizer);
+
+/* 1 when this call may take the AVX2 loops: the CPU has them and the calling
+ * thread has not asked for the portable twins (psm_testing_set_portable).
+ * Entry points ask once, on the calling thread, before any worker starts,
+ * and hand the answer to their workers. */
+PSM_INTERNAL int psm_use_simd(void);
+
+#endif /* PYSAFEMAX_INTERNAL_H */
