@@ -53,7 +53,7 @@ SHAPES = [(32, 10), (1, 10), (65536, 10), (8192, 1000), (1024, 32000),
 QUICK_SHAPES = [(32, 10), (1, 10), (2048, 300)]
 # Shapes with fewer logits than this are reported as time per call only.
 LATENCY_ELEMENTS = 4096
-METHODS = ("naive", "maxsub", "stable")
+METHODS = pysafemax.METHODS
 TORCH_FORWARD = "torch forward"
 TORCH_BACKWARD = "torch forward+backward"
 PROBE = "read probe"

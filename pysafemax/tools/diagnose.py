@@ -512,7 +512,7 @@ def _trusted(counts):
     if (counts["naive_overflow_rows"] or counts["naive_underflow_rows"]
             or counts["naive_subnormal_rows"]):
         return ["maxsub", "stable"]
-    return ["naive", "maxsub", "stable"]
+    return list(METHODS)
 
 
 def _n(count, noun):
