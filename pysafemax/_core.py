@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from . import _bindings, _validation, reference
-from ._blocks import position_blocks
+from ._blocks import Block, position_blocks
 
 
 class ReferenceMismatchError(RuntimeError):
@@ -153,7 +153,8 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     if return_grad:
         grad = out if out is not None else np.empty(x.array.shape, dtype=x.result_dtype)
     if x.array.size * x.compute_dtype.itemsize * 3 <= _STREAM_BYTES:
-        blocks = [(..., ...)]   # small enough to stage everything at once
+        # small enough to stage everything at once
+        blocks = [Block(..., ..., 0, math.prod(x.position_shape))]
     else:
         blocks = list(_blocks(x, _staged_bytes(x, t.probs, grad)))
     loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check)
@@ -175,7 +176,7 @@ def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
                              normalizer if streamed else None)
     compute = x.compute_dtype
     total = -0.0   # the identity of +: all -0.0 losses sum to -0.0, as in one call
-    for index, positions in blocks:
+    for index, positions, first, _ in blocks:
         block = _kernel_input(x.array[index], compute)
         labels_block = None if t.labels is None else t.labels[positions]
         probs_block = None if t.probs is None else _kernel_input(t.probs[index], compute)
@@ -186,8 +187,9 @@ def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
                 block, math.prod(block.shape[:x.axis]), x.classes,
                 math.prod(block.shape[x.axis + 1:]), labels_block, probs_block, opts,
                 losses_block, grad_block)
-        except _bindings.BadLabel as bad:   # one call: its own check found it
-            raise t.label_error(bad.position, x.classes) from None
+        except _bindings.BadLabel as bad:   # one call's own check found it, or a
+            # block found a label changed since the batch's check
+            raise t.label_error(first + bad.position, x.classes) from None
         if check:  # before float16 results are rounded to float16
             origin = (tuple(s.start or 0 for s in positions[:-1]) if streamed
                       else (0,) * len(x.position_shape))
@@ -234,16 +236,15 @@ def _staged_bytes(x, probs, grad):
 
 
 def _blocks(x, position_bytes):
-    """(index, positions): the blocks of whole positions that softmax_loss
-    converts and computes one at a time (see position_blocks), each of at
+    """The blocks of whole positions that softmax_loss converts and computes
+    one at a time (see position_blocks), each of at
     most _STREAM_BYTES // position_bytes positions, and at least one (all of
     them when nothing is staged)."""
     if position_bytes == 0:
         per_block = math.prod(x.position_shape)
     else:
         per_block = max(1, _STREAM_BYTES // position_bytes)
-    for block in position_blocks(x.array.shape, x.axis, per_block):
-        yield block.index, block.positions
+    return position_blocks(x.array.shape, x.axis, per_block)
 
 
 def _kernel_output(whole, index, dtype):

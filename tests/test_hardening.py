@@ -448,3 +448,27 @@ def test_a_bfloat16_tensor_is_a_type_error():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="^logits could not be read as an array"):
         pysafemax.softmax_loss(torch.zeros((2, 3), dtype=torch.bfloat16), [0, 1])
+
+
+def test_a_label_found_bad_in_a_later_block_is_named_in_the_whole_batch(monkeypatch):
+    # A streamed call checks every label first; a label another thread
+    # changes afterwards is found by its block's kernel call, which counts
+    # positions from the block's start: the error must count from the batch's.
+    monkeypatch.setattr(_core, "_STREAM_BYTES", 64)
+    x = np.zeros((10, 3), np.float16)            # converted: streamed
+    y = np.arange(10) % 3
+    calls = []
+    real = _bindings.softmax_loss
+
+    def second_block_finds_position_1(*args):
+        calls.append(args[0].shape)
+        if len(calls) == 2:
+            raise _bindings.BadLabel(1)
+        return real(*args)
+
+    monkeypatch.setattr(_bindings, "softmax_loss", second_block_finds_position_1)
+    with pytest.raises(ValueError) as error:
+        pysafemax.softmax_loss(x, y)
+    first_block = calls[0][0]
+    assert str(error.value).startswith(f"labels[{first_block + 1}] was out of range when "
+                                       f"it was read, and is {y[first_block + 1]} now")

@@ -349,7 +349,7 @@ def test_blocks_cover_every_position_once_in_order(shape, axis, block_positions)
     seen = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_core, "_STREAM_BYTES", block_positions * 10)
-        for index, positions in _core._blocks(x, 10):
+        for index, positions, _, _ in _core._blocks(x, 10):
             block = order[positions]
             assert block.size <= block_positions
             assert x.array[index].shape[x.axis] == x.classes
