@@ -124,12 +124,20 @@ def options(method, reduction, threads, weight=None, ignore_index=None,
 # ---- the entry points --------------------------------------------------------
 
 def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, grad):
-    """psm_softmax_loss: the reduced loss; losses and grad (or None) filled."""
+    """psm_softmax_loss: the reduced loss; losses and grad (or None) filled.
+    The buffers are made inline: a (32, 10) call takes about 3 us in all, and
+    a helper call per buffer would add a tenth to it."""
     k = KERNELS[logits.dtype]
+    ctype, buffer, null = k.ctype, ffi.from_buffer, ffi.NULL
     loss = ffi.new("double *")
-    _check(k.softmax_loss(_in(logits, k.ctype), outer, classes, inner,
-                          _in(labels, "int64_t[]"), _in(probs, k.ctype), opts.struct,
-                          _out(losses, k.ctype), loss, _out(grad, k.ctype)))
+    status = k.softmax_loss(
+        buffer(ctype, logits), outer, classes, inner,
+        null if labels is None else buffer("int64_t[]", labels),
+        null if probs is None else buffer(ctype, probs), opts.struct,
+        null if losses is None else buffer(ctype, losses, require_writable=True), loss,
+        null if grad is None else buffer(ctype, grad, require_writable=True))
+    if status:
+        _check(status)
     return loss[0]
 
 
