@@ -1,5 +1,6 @@
 /*
- * The driver, written once per floating type: a call's jobs, their chunks
+ * The driver, written once per floating type: a call's jobs (loss,
+ * partials, grad-from-partials, softmax), their chunks
  * of positions, and the entry points of softmax_loss.h that run them on
  * chunks.c's threads.  The per-position math is row.h's, included before
  * this file by softmax_loss_f32.c and softmax_loss_f64.c, with the same
@@ -54,6 +55,13 @@ typedef struct {
     const psm_partial *state;
     REAL *grad;
 } FN(grad_job);
+
+/* Softmax or log-softmax, written to out (psm_softmax, psm_log_softmax). */
+typedef struct {
+    FN(call) call;
+    int method;              /* enum psm_method, or -1 for log-softmax */
+    REAL *out;
+} FN(softmax_job);
 
 /* The positions [*first, *last) of a chunk, which has found no bad label
  * yet. */
@@ -169,6 +177,25 @@ static void FN(grad_chunk)(const void *job_, int64_t chunk)
         double mass = FN(is_one_hot)(&t) ? t.label_part : whole->mass;
         FN(position_grad)(&st, c->logits + base, classes, inner, &t, c->opt->method,
                           job->scale, c->fast, mass, job->grad + base);
+    }
+}
+
+/* A chunk of a softmax job: each position's probabilities or
+ * log-probabilities (no labels, so no position is ever bad). */
+static void FN(softmax_chunk)(const void *job_, int64_t chunk)
+{
+    const FN(softmax_job) *job = job_;
+    const FN(call) *c = &job->call;
+    int64_t classes = c->classes, inner = c->inner, first, last;
+    FN(chunk_span)(c, chunk, &first, &last);
+    for (int64_t pos = first; pos < last; pos++) {
+        int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
+        int64_t base = o * classes * inner + i;
+        if (job->method < 0)
+            FN(log_softmax_row)(c->logits + base, classes, inner, c->fast, job->out + base);
+        else
+            FN(softmax_row)(c->logits + base, classes, inner, job->method, c->fast,
+                            job->out + base);
     }
 }
 
@@ -378,50 +405,34 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
     return PSM_OK;
 }
 
-int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
-                        int64_t inner, int method, REAL *out)
+/* Softmax (method) or log-softmax (method -1) of every position of a call
+ * without targets, on the threads `threads` allows. */
+static int64_t FN(run_softmax)(const REAL *logits, int64_t outer, int64_t classes,
+                               int64_t inner, int method, int threads, REAL *out)
 {
-    if (!psm_shape_ok(logits, outer, classes, inner, method))
+    psm_options opt = {0};
+    opt.method = method < 0 ? PSM_STABLE : method;
+    opt.threads = threads;
+    FN(softmax_job) job = {FN(call_for)(logits, outer, classes, inner, 0, classes, NULL,
+                                        NULL, &opt),
+                           method, out};
+    return FN(run_job)(FN(softmax_chunk), &job, &job.call, NULL, NULL);
+}
+
+int64_t FN(psm_softmax)(const REAL *logits, int64_t outer, int64_t classes,
+                        int64_t inner, int method, int threads, REAL *out)
+{
+    if (!psm_shape_ok(logits, outer, classes, inner, method) ||
+        (out == NULL && outer * inner > 0))
         return PSM_BAD_ARGUMENT;
-    for (int64_t o = 0; o < outer; o++) {
-        for (int64_t i = 0; i < inner; i++) {
-            int64_t base = o * classes * inner + i;
-            const REAL *x = logits + base;
-            FN(row_state) st;
-            FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE, 0,
-                         NULL, &st);
-            REAL total = FN(float_total)(&st, method);
-            double denom = 1.0 + FN(stable_rest)(&st);
-            for (int64_t j = 0; j < classes; j++) {
-                REAL v = x[j * inner];
-                if (method != PSM_STABLE)
-                    out[base + j * inner] = EXP(v - st.max) / total;
-                else
-                    out[base + j * inner] = (REAL)(
-                        (v == st.max ? 1.0 : (double)EXP(v - st.max)) / denom);
-            }
-        }
-    }
-    return PSM_OK;
+    return FN(run_softmax)(logits, outer, classes, inner, method, threads, out);
 }
 
 int64_t FN(psm_log_softmax)(const REAL *logits, int64_t outer,
-                            int64_t classes, int64_t inner, REAL *out)
+                            int64_t classes, int64_t inner, int threads, REAL *out)
 {
-    if (!psm_shape_ok(logits, outer, classes, inner, PSM_STABLE))
+    if (!psm_shape_ok(logits, outer, classes, inner, PSM_STABLE) ||
+        (out == NULL && outer * inner > 0))
         return PSM_BAD_ARGUMENT;
-    for (int64_t o = 0; o < outer; o++) {
-        for (int64_t i = 0; i < inner; i++) {
-            int64_t base = o * classes * inner + i;
-            const REAL *x = logits + base;
-            FN(row_state) st;
-            FN(row_pass)(x, classes, inner, 1, 1, 0, NULL, &st);
-            double log_norm = log1p(FN(stable_rest)(&st));
-            for (int64_t j = 0; j < classes; j++) {
-                double shifted = (double)x[j * inner] - (double)st.max;
-                out[base + j * inner] = (REAL)(shifted - log_norm);
-            }
-        }
-    }
-    return PSM_OK;
+    return FN(run_softmax)(logits, outer, classes, inner, -1, threads, out);
 }

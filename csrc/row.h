@@ -350,6 +350,126 @@ static REAL FN(float_total)(const FN(row_state) *st, int method)
     return (REAL)(st->rest + st->ties);
 }
 
+/* exp(v - shift), stored to *e; the term block_sum would add (0 for a tie,
+ * counted, when ties is non-NULL). */
+static REAL FN(stored_term)(REAL v, REAL shift, double *ties, REAL *e)
+{
+    REAL x = EXP(v - shift);
+    *e = x;
+    if (ties && v == shift) {
+        *ties += 1.0;
+        return 0;
+    }
+    return x;
+}
+
+/* Softmax's one exp per element: e_j = exp(x_j - shift) stored to e (the
+ * stride of x), and block_sum's sum of the terms, in its order:
+ * psm_exp_store_sum_avx2 on 8 emulated lanes for float. */
+static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
+                                int fast, double *ties, REAL *e)
+{
+#if FLOAT_ROWS
+    if (fast && stride == 1)
+        return psm_exp_store_sum_avx2(x, n, shift, ties, e);
+#else
+    (void)fast;
+#endif
+#if LANE_SUMS
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    REAL s[8];
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        for (int l = 0; l < 8; l++) {
+            int64_t k = j + l;
+            REAL e0 = FN(stored_term)(x[k * stride], shift, ties, &e[k * stride]);
+            REAL e1 = FN(stored_term)(x[(k + 8) * stride], shift, ties, &e[(k + 8) * stride]);
+            REAL e2 = FN(stored_term)(x[(k + 16) * stride], shift, ties, &e[(k + 16) * stride]);
+            REAL e3 = FN(stored_term)(x[(k + 24) * stride], shift, ties, &e[(k + 24) * stride]);
+            s[l] = (e0 + e1) + (e2 + e3);
+        }
+        FN(add_wide)(acc, s);
+    }
+    for (; j + 8 <= n; j += 8) {
+        for (int l = 0; l < 8; l++)
+            s[l] = FN(stored_term)(x[(j + l) * stride], shift, ties, &e[(j + l) * stride]);
+        FN(add_wide)(acc, s);
+    }
+    if (j < n) {   /* the lanes of psm_load_tail_avx2; the others add +0 */
+        int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
+        for (int l = 0; l < 8; l++) {
+            int64_t k = first + l;
+            s[l] = l >= done && k < n
+                       ? FN(stored_term)(x[k * stride], shift, ties, &e[k * stride])
+                       : 0;
+        }
+        FN(add_wide)(acc, s);
+    }
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+#else
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++)
+        sum += (double)FN(stored_term)(x[j * stride], shift, ties, &e[j * stride]);
+    return sum;
+#endif
+}
+
+/* The softmax of one position into y (the stride of x), one exp per logit:
+ * e_j = exp(x_j - shift) is stored while it is summed, then scaled in place.
+ *   stable         shift the max m; s the sum over x_j != m, the x_j == m
+ *                  counted (as row_pass does); y_j = e_j * (1 / (1 + s)),
+ *                  the factor rounded to REAL once
+ *   naive, maxsub  shift 0 or m; y_j = e_j / total, total the sum in REAL
+ *                  (float_total's semantics)
+ * The max is taken over the whole row first, so no sum is ever rescaled. */
+static void FN(softmax_row)(const REAL *x, int64_t classes, int64_t stride, int method,
+                            int fast, REAL *y)
+{
+    int stable = method == PSM_STABLE;
+    REAL m = 0;
+    if (method != PSM_NAIVE) {
+        m = FN(block_max)(x, classes, stride, fast);
+        if (m == 0)
+            m = 0;   /* +0, whichever zero the lanes kept */
+    }
+    /* naive and maxsub: -BIG for -inf, as row_pass (exp(-inf) = 0, not NaN) */
+    REAL shift = stable || m != (REAL)-INFINITY ? m : -BIG;
+    double rest = 0.0, ties = 0.0;
+    for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
+        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
+        rest += FN(exp_store_sum)(x + start * stride, len, stride, shift, fast,
+                                  stable ? &ties : NULL, y + start * stride);
+    }
+    FN(row_state) st = {m, rest, ties, 0.0, 0.0, 0.0, 0};
+    if (stable) {
+        REAL scale = (REAL)(1.0 / (1.0 + FN(stable_rest)(&st)));
+        for (int64_t j = 0; j < classes; j++)
+            y[j * stride] *= scale;
+    } else {
+        REAL total = FN(float_total)(&st, method);
+        for (int64_t j = 0; j < classes; j++)
+            y[j * stride] /= total;
+    }
+}
+
+/* The log-softmax of one position into y: (x_j - m) - log1p(s) in double,
+ * rounded to REAL, after one row_pass (psm_log_softmax_row_avx2's twin). */
+static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, int fast,
+                                REAL *y)
+{
+    FN(row_state) st;
+    FN(row_pass)(x, classes, stride, 1, 1, fast, NULL, &st);
+    double log_norm = log1p(FN(stable_rest)(&st));
+#if FLOAT_ROWS
+    if (fast && stride == 1) {
+        psm_log_softmax_row_avx2(x, classes, st.max, log_norm, y);
+        return;
+    }
+#endif
+    for (int64_t j = 0; j < classes; j++)
+        y[j * stride] = (REAL)(((double)x[j * stride] - (double)st.max) - log_norm);
+}
+
 /* naive and maxsub: loss_c = -log(max(p_c, FLT_MIN)) with p_c in REAL, as
  * Caffe's loss -= log(std::max(p, Dtype(FLT_MIN))), for double too: a NaN p
  * stays NaN, and a certain prediction gives +0, not -0. */

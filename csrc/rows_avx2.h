@@ -7,7 +7,8 @@
  * hooks' own loops, the exp over an array and the read probe, are
  * testing.c's.)
  *
- * Each loop has a portable twin in row.h (block_max, block_sum, grad_row)
+ * Each loop has a portable twin in row.h (block_max, block_sum, grad_row,
+ * exp_store_sum, log_softmax_row)
  * that performs the same float operations in the same
  * order on 8 emulated lanes, for any stride: both give the same bits, so
  * results do not depend on the CPU, the layout or the path, and the tests
@@ -171,6 +172,90 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
     }
     *rest += psm_hsum_pd_avx2(acc);
     *ties += psm_hsum_epi32_avx2(tie_count);
+}
+
+/* e_j = exp(x_j - shift), written to e, one 8-lane group; the term it adds
+ * to the sum: e_j, or with count_ties, 0 where x_j == shift, those lanes
+ * counted into *ties. */
+static inline PSM_AVX2 __m256 psm_stored_term_avx2(__m256 v, __m256 sv, int count_ties,
+                                                   __m256i *ties, float *e)
+{
+    __m256 ex = psm_expf_avx2(_mm256_sub_ps(v, sv));
+    _mm256_storeu_ps(e, ex);
+    if (!count_ties)
+        return ex;
+    __m256 tie = _mm256_cmp_ps(v, sv, _CMP_EQ_OQ);
+    *ties = _mm256_sub_epi32(*ties, _mm256_castps_si256(tie));
+    return _mm256_andnot_ps(tie, ex);
+}
+
+/* Softmax's one exp per element: e_j = exp(x_j - shift) stored to e (n
+ * floats; e may be x itself: every x_j is read before its e_j is written,
+ * and the tail stores only its new lanes), and the sum of the terms in
+ * psm_block_total_avx2's order, or with ties (non-NULL), psm_block_sums_avx2's
+ * sum over x_j != shift with the x_j == shift counted into *ties.  Twin:
+ * exp_store_sum in row.h. */
+static PSM_AVX2 double psm_exp_store_sum_avx2(const float *x, int64_t n, float shift,
+                                              double *ties, float *e)
+{
+    const __m256 sv = _mm256_set1_ps(shift);
+    const int count = ties != NULL;
+    __m256d acc = _mm256_setzero_pd();
+    __m256i tie_count = _mm256_setzero_si256();
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
+        __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+        __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
+        __m256 e0 = psm_stored_term_avx2(v0, sv, count, &tie_count, e + j);
+        __m256 e1 = psm_stored_term_avx2(v1, sv, count, &tie_count, e + j + 8);
+        __m256 e2 = psm_stored_term_avx2(v2, sv, count, &tie_count, e + j + 16);
+        __m256 e3 = psm_stored_term_avx2(v3, sv, count, &tie_count, e + j + 24);
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
+                                                   _mm256_add_ps(e2, e3)));
+    }
+    for (; j + 8 <= n; j += 8)
+        acc = psm_add_wide_avx2(acc, psm_stored_term_avx2(_mm256_loadu_ps(x + j), sv, count,
+                                                          &tie_count, e + j));
+    if (j < n) {
+        __m256 valid;
+        __m256 v = psm_load_tail_avx2(x, n, j, shift, &valid);
+        float lanes[8];
+        __m256 t = psm_stored_term_avx2(v, sv, 0, &tie_count, lanes);
+        if (count) {
+            __m256 tie = _mm256_and_ps(_mm256_cmp_ps(v, sv, _CMP_EQ_OQ), valid);
+            tie_count = _mm256_sub_epi32(tie_count, _mm256_castps_si256(tie));
+            t = _mm256_andnot_ps(tie, t);
+        }
+        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, t));
+        /* the lanes psm_load_tail_avx2 placed: the block's last 8, or its first n */
+        int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
+        for (int64_t l = done; first + l < n && l < 8; l++)
+            e[first + l] = lanes[l];
+    }
+    if (count)
+        *ties += psm_hsum_epi32_avx2(tie_count);
+    return psm_hsum_pd_avx2(acc);
+}
+
+/* log-softmax of a row: y_j = (x_j - m) - log_norm in double, rounded to
+ * float, as the portable loop of log_softmax_row (row.h). */
+static PSM_AVX2 void psm_log_softmax_row_avx2(const float *x, int64_t n, float m,
+                                              double log_norm, float *y)
+{
+    const __m256d mv = _mm256_set1_pd((double)m), lv = _mm256_set1_pd(log_norm);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        lo = _mm256_sub_pd(_mm256_sub_pd(lo, mv), lv);
+        hi = _mm256_sub_pd(_mm256_sub_pd(hi, mv), lv);
+        _mm256_storeu_ps(y + j, _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)));
+    }
+    for (; j < n; j++)
+        y[j] = (float)(((double)x[j] - (double)m) - log_norm);
 }
 
 /* g_j = exp(x_j - shift) * factor, or with divide: ((exp(x_j - shift) /

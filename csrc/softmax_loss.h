@@ -32,8 +32,8 @@
  *   softmax_loss_f64.c once, then row.h and driver.h; likewise for double
  *   row.h              template: one position's math (target, one pass,
  *                      block sums, loss, gradient, partial state)
- *   driver.h           template: the loss, partials and grad-from-partials
- *                      jobs, their chunks, and the typed entry points
+ *   driver.h           template: the loss, partials, grad-from-partials and
+ *                      softmax jobs, their chunks, and the typed entry points
  *   chunks.c, .h       chunks of whole positions run on POSIX threads
  *   internal.h         what the .c files share privately (PSM_BLOCK,
  *                      read_label, argument checks, the SIMD choice)
@@ -221,17 +221,22 @@ double psm_normalizer(int reduction, int64_t valid, double label_weight_sum,
  * PSM_SUM, else total / normalizer, NaN for a normalizer of 0. */
 double psm_reduce(int reduction, double total, double normalizer);
 
-/* Softmax probabilities by the given method, written to out (logits' shape). */
+/* Softmax probabilities by the given method, written to out (logits' shape),
+ * on at most `threads` threads (< 1: one; as psm_options.threads: fewer for
+ * small inputs, and every count gives the same bits).  stable: e_j =
+ * exp(x_j - max) is stored while it is summed, then scaled by 1 / (1 + s);
+ * naive and maxsub: exp(x_j - shift) / total in REAL. */
 int64_t psm_softmax_f32(const float *logits, int64_t outer, int64_t classes,
-                        int64_t inner, int method, float *out);
+                        int64_t inner, int method, int threads, float *out);
 int64_t psm_softmax_f64(const double *logits, int64_t outer, int64_t classes,
-                        int64_t inner, int method, double *out);
+                        int64_t inner, int method, int threads, double *out);
 
-/* Log-softmax in the log domain (the stable method only). */
+/* Log-softmax in the log domain (the stable method only): (x_j - max) -
+ * log1p(s); threads and out as psm_softmax. */
 int64_t psm_log_softmax_f32(const float *logits, int64_t outer,
-                            int64_t classes, int64_t inner, float *out);
+                            int64_t classes, int64_t inner, int threads, float *out);
 int64_t psm_log_softmax_f64(const double *logits, int64_t outer,
-                            int64_t classes, int64_t inner, double *out);
+                            int64_t classes, int64_t inner, int threads, double *out);
 /* 1 when this CPU runs the AVX2+FMA paths, 0 when only the portable ones. */
 int psm_simd_level(void);
 /* cdef-end */

@@ -141,16 +141,18 @@ def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, gra
     return loss[0]
 
 
-def softmax(logits, outer, classes, inner, method, out):
+def softmax(logits, outer, classes, inner, method, threads, out):
+    """psm_softmax into out, on at most threads threads (capped at MAX_THREADS)."""
     k = KERNELS[logits.dtype]
     _check(k.softmax(_in(logits, k.ctype), outer, classes, inner, METHOD_IDS[method],
-                     _out(out, k.ctype)))
+                     min(threads, MAX_THREADS), _out(out, k.ctype)))
 
 
-def log_softmax(logits, outer, classes, inner, out):
+def log_softmax(logits, outer, classes, inner, threads, out):
+    """psm_log_softmax into out, on at most threads threads."""
     k = KERNELS[logits.dtype]
     _check(k.log_softmax(_in(logits, k.ctype), outer, classes, inner,
-                         _out(out, k.ctype)))
+                         min(threads, MAX_THREADS), _out(out, k.ctype)))
 
 
 def softmax_partials(logits, outer, classes, inner, class_offset, total_classes,

@@ -375,18 +375,28 @@ def _compare(what, got, expected, tol, method, width, origin):
         f"{int(position_bad.sum())} position(s) disagree")
 
 
-def softmax(logits, *, axis=1, method="stable"):
-    """Softmax probabilities of `logits` along the class axis, by method."""
+def softmax(logits, *, axis=1, method="stable", threads=None):
+    """Softmax probabilities of `logits` along the class axis, by method.
+
+    threads    how many threads (None: get_num_threads()); small inputs use
+               one, and every count gives the same bits
+    """
     x = _validation.logits_array(logits, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
+    threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     out = np.empty_like(x.array)
-    _bindings.softmax(x.array, x.outer, x.classes, x.inner, method, out)
+    _bindings.softmax(x.array, x.outer, x.classes, x.inner, method, threads, out)
     return x.in_result_dtype(out)
 
 
-def log_softmax(logits, *, axis=1):
-    """Log-softmax of `logits` along the class axis, in the log domain (exact)."""
+def log_softmax(logits, *, axis=1, threads=None):
+    """Log-softmax of `logits` along the class axis, in the log domain (exact).
+
+    threads    how many threads (None: get_num_threads()); small inputs use
+               one, and every count gives the same bits
+    """
     x = _validation.logits_array(logits, axis)
+    threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     out = np.empty_like(x.array)
-    _bindings.log_softmax(x.array, x.outer, x.classes, x.inner, out)
+    _bindings.log_softmax(x.array, x.outer, x.classes, x.inner, threads, out)
     return x.in_result_dtype(out)

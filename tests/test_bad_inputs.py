@@ -519,6 +519,9 @@ for _value, _exc, _match in (
         (True, TypeError, r"^threads must be an int, got True$")):
     TABLE += _row(f"threads-{_typed_id(_value)}", "softmax_loss", (X, Y), {"threads": _value},
                   _exc, _match, "threads", modules=("kernel",))
+    for _function in ("softmax", "log_softmax"):
+        TABLE += _row(f"threads-{_typed_id(_value)}", _function, (X,), {"threads": _value},
+                      _exc, _match, "threads", modules=("kernel",))
 
 _GRAD = {"return_grad": True}
 _READ_ONLY = np.empty((N, C), np.float32)
@@ -580,6 +583,9 @@ for _name, _value in (("check", True), ("threads", 2), ("out", np.empty((N, C)))
     TABLE += _row(f"reference-has-no-{_name}", "softmax_loss", (X, Y), {_name: _value},
                   TypeError, rf"unexpected keyword argument '{_name}'", _name,
                   modules=("reference",))
+for _function in ("softmax", "log_softmax"):
+    TABLE += _row("reference-has-no-threads", _function, (X,), {"threads": 2}, TypeError,
+                  r"unexpected keyword argument 'threads'", "threads", modules=("reference",))
 
 
 @pytest.mark.parametrize("module, function, args, kwargs, exc, match, arg", TABLE)

@@ -114,11 +114,11 @@ static void shape_sweep(int64_t outer, int64_t classes, int64_t inner)
             CHECK(psm_softmax_loss_f32(x, outer, classes, inner, NULL, probs, &o,
                                        NULL, &loss, grad) == PSM_OK);
         }
-        CHECK(psm_softmax_f32(x, outer, classes, inner, method, grad) == PSM_OK);
-        CHECK(psm_softmax_f64(xd, outer, classes, inner, method, grad_d) == PSM_OK);
+        CHECK(psm_softmax_f32(x, outer, classes, inner, method, 2, grad) == PSM_OK);
+        CHECK(psm_softmax_f64(xd, outer, classes, inner, method, 2, grad_d) == PSM_OK);
     }
-    CHECK(psm_log_softmax_f32(x, outer, classes, inner, grad) == PSM_OK);
-    CHECK(psm_log_softmax_f64(xd, outer, classes, inner, grad_d) == PSM_OK);
+    CHECK(psm_log_softmax_f32(x, outer, classes, inner, 2, grad) == PSM_OK);
+    CHECK(psm_log_softmax_f64(xd, outer, classes, inner, 2, grad_d) == PSM_OK);
     free(x); free(xd); free(y); free(losses); free(losses_d); free(grad);
     free(grad_d); free(weight); free(probs);
 }
@@ -175,8 +175,10 @@ static void bad_arguments(void)
     o.reduction = PSM_SUM;
     o.label_smoothing = NAN;
     CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
-    CHECK(psm_softmax_f32(x, 3, 2, 1, 3, grad) == PSM_BAD_ARGUMENT);
-    CHECK(psm_log_softmax_f32(x, 3, 0, 1, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_f32(x, 3, 2, 1, 3, 1, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_log_softmax_f32(x, 3, 0, 1, 1, grad) == PSM_BAD_ARGUMENT);
+    CHECK(psm_softmax_f32(x, 3, 2, 1, PSM_STABLE, 1, NULL) == PSM_BAD_ARGUMENT);
+    CHECK(psm_log_softmax_f64(NULL, 3, 2, 1, 1, NULL) == PSM_BAD_ARGUMENT);
     /* empty: nothing is read, the mean is nan, the sum 0 */
     o.label_smoothing = 0;
     o.reduction = PSM_MEAN;
@@ -214,7 +216,25 @@ static void threads_and_twins(void)
             CHECK(memcmp(&a, &b, sizeof a) == 0);
             CHECK(memcmp(l1, l2, (size_t)(outer * inner) * sizeof *l1) == 0);
             CHECK(memcmp(g1, g2, (size_t)n * sizeof *g1) == 0);
+            /* softmax: 1 thread on the vector path, 2 and 3 on the portable */
+            CHECK(psm_softmax_f32(x, used_outer, classes, inner_used, method, 1, g1) ==
+                  PSM_OK);
+            psm_testing_set_portable(1);
+            CHECK(psm_softmax_f32(x, used_outer, classes, inner_used, method, 2, g2) ==
+                  PSM_OK);
+            psm_testing_set_portable(0);
+            CHECK(memcmp(g1, g2, (size_t)n * sizeof *g1) == 0);
+            CHECK(psm_softmax_f32(x, used_outer, classes, inner_used, method, 3, g2) ==
+                  PSM_OK);
+            CHECK(memcmp(g1, g2, (size_t)n * sizeof *g1) == 0);
         }
+        CHECK(psm_log_softmax_f32(x, used_outer, classes, inner_used, 1, g1) == PSM_OK);
+        psm_testing_set_portable(1);
+        CHECK(psm_log_softmax_f32(x, used_outer, classes, inner_used, 2, g2) == PSM_OK);
+        psm_testing_set_portable(0);
+        CHECK(memcmp(g1, g2, (size_t)n * sizeof *g1) == 0);
+        CHECK(psm_log_softmax_f32(x, used_outer, classes, inner_used, 3, g2) == PSM_OK);
+        CHECK(memcmp(g1, g2, (size_t)n * sizeof *g1) == 0);
     }
     float e[3], in[3] = {0.5f, -90.0f, 88.0f};
     psm_exp_f32(in, 3, 0, e);
