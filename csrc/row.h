@@ -442,9 +442,16 @@ static void FN(softmax_row)(const REAL *x, int64_t classes, int64_t stride, int 
     }
     FN(row_state) st = {m, rest, ties, 0.0, 0.0, 0.0, 0};
     if (stable) {
-        REAL scale = (REAL)(1.0 / (1.0 + FN(stable_rest)(&st)));
-        for (int64_t j = 0; j < classes; j++)
-            y[j * stride] *= scale;
+        /* no softmax (a NaN s): NaN written, not multiplied in, whose sign
+         * would depend on the operand order a vectorizing compiler picks */
+        double s = FN(stable_rest)(&st);
+        REAL scale = (REAL)(1.0 / (1.0 + s));
+        if (isnan(s))
+            for (int64_t j = 0; j < classes; j++)
+                y[j * stride] = (REAL)NAN;
+        else
+            for (int64_t j = 0; j < classes; j++)
+                y[j * stride] *= scale;
     } else {
         REAL total = FN(float_total)(&st, method);
         for (int64_t j = 0; j < classes; j++)

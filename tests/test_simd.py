@@ -125,6 +125,61 @@ def test_every_thread_count_gives_the_same_bits(shape):
         np.testing.assert_array_equal(none, first[1])
 
 
+# softmax and log_softmax: widths 1..70 and around the group and block sizes.
+SOFTMAX_WIDTHS = list(range(1, 71)) + [255, 256, 257, 2047, 2048, 2049, 2050, 4095, 4097,
+                                       6151]
+
+
+def softmax_results(x, method, **kw):
+    return (pysafemax.softmax(x, method=method, **kw),
+            pysafemax.log_softmax(x, **kw) if method == "stable" else np.empty(0, x.dtype))
+
+
+def assert_same_bits_any_dtype(a, b):
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        np.testing.assert_array_equal(u.view(np.uint8), v.view(np.uint8))
+
+
+@needs_simd
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+@pytest.mark.parametrize("classes", SOFTMAX_WIDTHS)
+def test_softmax_vector_path_gives_the_portable_bits(dtype, method, classes):
+    rng = np.random.default_rng(classes)
+    rows = 5 if classes > 1000 else 12
+    for scale in (0.5, 30.0, 300.0):
+        x = (rng.standard_normal((rows, classes)) * scale).astype(dtype)
+        x[0, classes // 2] = np.inf      # special values, ties and -inf rows
+        x[1, classes - 1] = np.nan
+        x[2, :] = x[2, 0]
+        x[3, :] = -np.inf
+        x[4, 0] = -np.inf
+        if classes > 1000:
+            x[4, 1:] = np.linspace(-200, 200, classes - 1)   # the max rises by block
+        else:
+            x[5, ::2] = -np.inf
+            x[6, -1] = 90.0                  # naive overflows
+        fast = softmax_results(x, method)
+        with _bindings.portable_code():
+            portable = softmax_results(x, method)
+        assert_same_bits_any_dtype(fast, portable)
+        # a strided class axis takes the portable loops: the same bits again
+        strided = softmax_results(np.ascontiguousarray(x.T), method, axis=0)
+        assert_same_bits_any_dtype(fast, [np.ascontiguousarray(a.T) for a in strided])
+
+
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+@pytest.mark.parametrize("shape", [(4500, 1000), (40, 100001), (1300000, 7)])
+def test_softmax_every_thread_count_gives_the_same_bits(method, shape):
+    # 4.5M logits and more: psm_threads_for gives 2 threads
+    rng = np.random.default_rng(len(shape))
+    x = (rng.standard_normal(shape) * 4).astype(np.float32)
+    first = softmax_results(x, method, threads=1)
+    for threads in (2, 3):
+        assert_same_bits_any_dtype(first, softmax_results(x, method, threads=threads))
+
+
 def read_environment(monkeypatch, value):
     """What importing pysafemax with PYSAFEMAX_NUM_THREADS=value would read."""
     if value is None:
