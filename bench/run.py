@@ -10,18 +10,23 @@ reduction "mean":
   pysafemax naive / maxsub / stable   softmax_loss(x, y, method=..., threads=n)
   pysafemax stable+grad               the same with return_grad=True, out=grad
                                       (a preallocated gradient array)
+  pysafemax softmax / log_softmax     softmax(x, threads=n) (stable) and
+                                      log_softmax(x, threads=n): an N x C
+                                      result allocated per call
   numpy naive / maxsub / stable       pysafemax.reference.softmax_loss; numpy
                                       runs on one thread, so these rows are
                                       timed once, in the first thread group
   torch forward                       torch.nn.functional.cross_entropy(x, y)
   torch forward+backward              the same, then torch.autograd.grad of
                                       the loss with respect to x
+  torch softmax / log_softmax         torch.softmax(x, 1), torch.log_softmax(x, 1)
   read probe                          psm_read_probe_f32: a SIMD sum over
                                       the same bytes with the same threads
 
 and prints the median time per call, G elements/s and GB/s (logits bytes
 over time), the speed against torch at the same thread count (torch time /
-row time; +grad rows against torch forward+backward) and against the read
+row time; +grad rows against torch forward+backward, softmax and log_softmax
+against torch's own) and against the read
 probe (probe time / row time: the share of the read bandwidth reached).
 
 Timing: arrays are made and written before timing; every row is called once
@@ -58,8 +63,17 @@ TORCH_FORWARD = "torch forward"
 TORCH_BACKWARD = "torch forward+backward"
 PROBE = "read probe"
 GRAD_ROW = "pysafemax stable+grad"
-ROW_NAMES = ([f"pysafemax {m}" for m in METHODS] + [GRAD_ROW]
-             + [f"numpy {m}" for m in METHODS] + [TORCH_FORWARD, TORCH_BACKWARD, PROBE])
+SOFTMAX_ROW = "pysafemax softmax"
+LOG_SOFTMAX_ROW = "pysafemax log_softmax"
+TORCH_SOFTMAX = "torch softmax"
+TORCH_LOG_SOFTMAX = "torch log_softmax"
+ROW_NAMES = ([f"pysafemax {m}" for m in METHODS] + [GRAD_ROW, SOFTMAX_ROW, LOG_SOFTMAX_ROW]
+             + [f"numpy {m}" for m in METHODS]
+             + [TORCH_FORWARD, TORCH_BACKWARD, TORCH_SOFTMAX, TORCH_LOG_SOFTMAX, PROBE])
+# The torch row each row's "vs torch" compares with (else torch forward).
+TORCH_BASELINE = {GRAD_ROW: TORCH_BACKWARD, TORCH_BACKWARD: TORCH_BACKWARD,
+                  SOFTMAX_ROW: TORCH_SOFTMAX, TORCH_SOFTMAX: TORCH_SOFTMAX,
+                  LOG_SOFTMAX_ROW: TORCH_LOG_SOFTMAX, TORCH_LOG_SOFTMAX: TORCH_LOG_SOFTMAX}
 
 
 def all_cores():
@@ -144,7 +158,8 @@ def print_header(info):
           f"up to {info['rounds']} interleaved rounds, each measurement >= "
           f"{info['target_ms']:g} ms (k calls looped).")
     print("vs torch = torch time / row time at the same thread count (+grad and "
-          "forward+backward rows: against torch forward+backward);")
+          "forward+backward rows: against torch forward+backward; softmax and "
+          "log_softmax: against torch's);")
     print("vs probe = read-probe time / row time (G elem/s of the row over the probe's). "
           "numpy rows run on one thread and appear once.")
 
@@ -170,6 +185,14 @@ def make_rows(shape, thread_counts, torch, rng):
     grad = np.empty_like(x)
     grad.fill(0.0)                   # touch: np.zeros would map pages lazily
     loss = pysafemax.softmax_loss
+    picked = np.arange(n)
+
+    def mean_nll(p, log=False):
+        """The mean loss read back from probabilities (or their logs), for
+        check_results: the same number as pysafemax stable's."""
+        p = np.asarray(p)[picked, y].astype(np.float64)
+        return float(-np.mean(p if log else np.log(p)))
+
     rows = []
     for group, t in enumerate(thread_counts):
         for m in METHODS:
@@ -178,6 +201,10 @@ def make_rows(shape, thread_counts, torch, rng):
         rows.append(Row(GRAD_ROW, t,
                         lambda t=t: loss(x, y, return_grad=True, out=grad, threads=t),
                         lambda r: float(r[0])))
+        rows.append(Row(SOFTMAX_ROW, t, lambda t=t: pysafemax.softmax(x, threads=t),
+                        mean_nll))
+        rows.append(Row(LOG_SOFTMAX_ROW, t, lambda t=t: pysafemax.log_softmax(x, threads=t),
+                        lambda r: mean_nll(r, log=True)))
         if group == 0:
             for m in METHODS:
                 rows.append(Row(f"numpy {m}", t,
@@ -197,6 +224,10 @@ def make_rows(shape, thread_counts, torch, rng):
                             lambda r: float(r), torch_threads=t))
             rows.append(Row(TORCH_BACKWARD, t, forward_backward,
                             lambda r: float(r.detach()), torch_threads=t))
+            rows.append(Row(TORCH_SOFTMAX, t, lambda xt=xt: torch.softmax(xt, 1),
+                            lambda r: mean_nll(r.numpy()), torch_threads=t))
+            rows.append(Row(TORCH_LOG_SOFTMAX, t, lambda xt=xt: torch.log_softmax(xt, 1),
+                            lambda r: mean_nll(r.numpy(), log=True), torch_threads=t))
         rows.append(Row(PROBE, t, lambda t=t: _bindings.read_probe_f32(x, t, False),
                         float))
     return x, y, grad, rows
@@ -296,7 +327,7 @@ def summarise(shape, rows):
     records = []
     for row in rows:
         seconds = median[(row.name, row.threads)]
-        baseline = TORCH_BACKWARD if row.name in (GRAD_ROW, TORCH_BACKWARD) else TORCH_FORWARD
+        baseline = TORCH_BASELINE.get(row.name, TORCH_FORWARD)
         torch_seconds = median.get((baseline, row.threads))
         probe_seconds = median.get((PROBE, row.threads))
         records.append({

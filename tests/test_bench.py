@@ -14,9 +14,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 PYSAFEMAX_ROWS = ["pysafemax naive", "pysafemax maxsub", "pysafemax stable",
-                  "pysafemax stable+grad"]
+                  "pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax"]
 NUMPY_ROWS = ["numpy naive", "numpy maxsub", "numpy stable"]
-TORCH_ROWS = ["torch forward", "torch forward+backward"]
+TORCH_ROWS = ["torch forward", "torch forward+backward", "torch softmax",
+              "torch log_softmax"]
+# the torch row each row's "vs torch" compares with (else torch forward)
+BASELINES = {"pysafemax stable+grad": "torch forward+backward",
+             "torch forward+backward": "torch forward+backward",
+             "pysafemax softmax": "torch softmax", "torch softmax": "torch softmax",
+             "pysafemax log_softmax": "torch log_softmax",
+             "torch log_softmax": "torch log_softmax"}
 FIELDS = {"shape", "elements", "logits_bytes", "threads", "row", "seconds",
           "seconds_all", "loops", "rounds", "g_elements_per_s", "gb_per_s",
           "torch_baseline", "ratio_to_torch", "ratio_to_probe"}
@@ -47,7 +54,7 @@ def test_quick_benchmark_prints_every_row_and_saves_json(tmp_path):
     shapes = {tuple(r["shape"]) for r in results}
     assert len(shapes) == len(saved["header"]["shapes"])
     # numpy rows once per shape (one thread), the others at each thread count
-    per_shape = 2 * (len(PYSAFEMAX_ROWS) + 1 + 2 * HAVE_TORCH) + len(NUMPY_ROWS)
+    per_shape = 2 * (len(PYSAFEMAX_ROWS) + 1 + len(TORCH_ROWS) * HAVE_TORCH) + len(NUMPY_ROWS)
     assert len(results) == len(shapes) * per_shape
     for record in results:
         assert FIELDS <= set(record), set(FIELDS) - set(record)
@@ -58,9 +65,7 @@ def test_quick_benchmark_prints_every_row_and_saves_json(tmp_path):
         else:
             assert record["ratio_to_probe"] > 0
         if HAVE_TORCH:
-            expected = ("torch forward+backward"
-                        if record["row"] in ("pysafemax stable+grad", "torch forward+backward")
-                        else "torch forward")
+            expected = BASELINES.get(record["row"], "torch forward")
             assert record["torch_baseline"] == expected
             assert record["ratio_to_torch"] > 0
         else:
