@@ -24,7 +24,8 @@
  * The kernel's files (csrc/):
  *   softmax_loss.h     this contract: the entry points and their types
  *   testing.h          test-only hooks: the portable-path flag, the float
- *                      exp over an array, the read-bandwidth probe
+ *                      exp over an array, the benchmarks' read, exp+sum
+ *                      and copy probes
  *   softmax_loss.c     the entry points that do not depend on the dtype
  *                      (label summary, normalizer, reduce, combine, SIMD
  *                      level) and the checks the others share

@@ -1,8 +1,8 @@
 /*
  * The test-only hooks of testing.h: the thread-local flag that sends a
  * thread's calls down the portable twins, the kernel's float exp over an
- * array, and the read-bandwidth probe, each with its AVX2 loop and the
- * scalar twin.  They share exp_f32.h and chunks.c with the kernel, so they measure
+ * array, and the machine-limit probes of the benchmarks (read, exp+sum,
+ * copy), each with its AVX2 loop and the scalar twin.  They share exp_f32.h and chunks.c with the kernel, so they measure
  * the code the kernel runs.
  */
 #include "testing.h"
@@ -73,6 +73,59 @@ static PSM_AVX2 double psm_sum_avx2(const float *x, int64_t n)
         s += x[j];
     return s;
 }
+/* As rows_avx2.h's psm_add_wide_avx2 and psm_hsum_pd_avx2 (that header's
+ * loops are softmax_loss_f32.c's alone): the loss's way of joining a float
+ * group sum to its double lanes, and of reading them out. */
+static inline PSM_AVX2 __m256d psm_probe_add_wide_avx2(__m256d acc, __m256 s)
+{
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
+    return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
+}
+
+static inline PSM_AVX2 double psm_probe_hsum_pd_avx2(__m256d v)
+{
+    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
+}
+
+/* The exp+sum probe: the loss's exp and its sum, without the max. */
+static PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n)
+{
+    __m256d acc = _mm256_setzero_pd();
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256 e0 = psm_expf_avx2(_mm256_loadu_ps(x + j));
+        __m256 e1 = psm_expf_avx2(_mm256_loadu_ps(x + j + 8));
+        __m256 e2 = psm_expf_avx2(_mm256_loadu_ps(x + j + 16));
+        __m256 e3 = psm_expf_avx2(_mm256_loadu_ps(x + j + 24));
+        acc = psm_probe_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
+                                                         _mm256_add_ps(e2, e3)));
+    }
+    for (; j + 8 <= n; j += 8)
+        acc = psm_probe_add_wide_avx2(acc, psm_expf_avx2(_mm256_loadu_ps(x + j)));
+    double s = psm_probe_hsum_pd_avx2(acc);
+    for (; j < n; j++)
+        s += psm_expf(x[j]);
+    return s;
+}
+
+/* The copy probe: four loads, then four stores. */
+static PSM_AVX2 void psm_copy_avx2(const float *x, int64_t n, float *out)
+{
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+        __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
+        _mm256_storeu_ps(out + j, v0);
+        _mm256_storeu_ps(out + j + 8, v1);
+        _mm256_storeu_ps(out + j + 16, v2);
+        _mm256_storeu_ps(out + j + 24, v3);
+    }
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(out + j, _mm256_loadu_ps(x + j));
+    for (; j < n; j++)
+        out[j] = x[j];
+}
 #endif /* PSM_HAVE_AVX2 */
 
 void psm_exp_f32(const float *in, int64_t n, int portable, float *out)
@@ -89,18 +142,52 @@ void psm_exp_f32(const float *in, int64_t n, int portable, float *out)
         out[j] = psm_expf(in[j]);
 }
 
+/* psm_exp_sum_avx2's twin: 8 emulated lanes, the same float and double
+ * additions in the same order (so the same bits). */
+static double exp_sum_portable(const float *x, int64_t n)
+{
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    float s[8];
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        for (int l = 0; l < 8; l++)
+            s[l] = (psm_expf(x[j + l]) + psm_expf(x[j + 8 + l]))
+                   + (psm_expf(x[j + 16 + l]) + psm_expf(x[j + 24 + l]));
+        for (int k = 0; k < 4; k++)
+            acc[k] = (acc[k] + (double)s[k]) + (double)s[k + 4];
+    }
+    for (; j + 8 <= n; j += 8) {
+        for (int l = 0; l < 8; l++)
+            s[l] = psm_expf(x[j + l]);
+        for (int k = 0; k < 4; k++)
+            acc[k] = (acc[k] + (double)s[k]) + (double)s[k + 4];
+    }
+    double total = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    for (; j < n; j++)
+        total += psm_expf(x[j]);
+    return total;
+}
+
 typedef struct {
     const float *x;
     int64_t n;
     int simd;
-    double *partials;
+    float *out;          /* the copy probe's */
+    double *partials;    /* one per chunk */
 } probe_job;
 
-static void probe_chunk(const void *job_, int64_t chunk)
+/* The first element and the length of a chunk of a probe. */
+static int64_t probe_span(const probe_job *job, int64_t chunk, int64_t *len)
+{
+    int64_t first = chunk * PSM_CHUNK_ELEMENTS;
+    *len = job->n - first < PSM_CHUNK_ELEMENTS ? job->n - first : PSM_CHUNK_ELEMENTS;
+    return first;
+}
+
+static void read_chunk(const void *job_, int64_t chunk)
 {
     const probe_job *job = job_;
-    int64_t first = chunk * PSM_CHUNK_ELEMENTS;
-    int64_t len = job->n - first < PSM_CHUNK_ELEMENTS ? job->n - first : PSM_CHUNK_ELEMENTS;
+    int64_t len, first = probe_span(job, chunk, &len);
     double s = 0.0;
 #ifdef PSM_HAVE_AVX2
     if (job->simd) {
@@ -113,17 +200,66 @@ static void probe_chunk(const void *job_, int64_t chunk)
     job->partials[chunk] = s;
 }
 
-double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable)
+static void exp_sum_chunk(const void *job_, int64_t chunk)
+{
+    const probe_job *job = job_;
+    int64_t len, first = probe_span(job, chunk, &len);
+#ifdef PSM_HAVE_AVX2
+    if (job->simd) {
+        job->partials[chunk] = psm_exp_sum_avx2(job->x + first, len);
+        return;
+    }
+#endif
+    job->partials[chunk] = exp_sum_portable(job->x + first, len);
+}
+
+static void copy_chunk(const void *job_, int64_t chunk)
+{
+    const probe_job *job = job_;
+    int64_t len, first = probe_span(job, chunk, &len);
+    const float *x = job->x + first;
+    float *out = job->out + first;
+#ifdef PSM_HAVE_AVX2
+    if (job->simd)
+        psm_copy_avx2(x, len, out);
+    else
+#endif
+        for (int64_t j = 0; j < len; j++)
+            out[j] = x[j];
+    /* read back through volatile: the value the store left in memory */
+    job->partials[chunk] = ((const volatile float *)out)[len - 1];
+}
+
+/* Runs a probe's chunks on the kernel's threads and adds their results in
+ * order (so the sum does not depend on the thread count); NaN if its work
+ * space cannot be allocated. */
+static double run_probe(psm_chunk_fn fn, const float *x, int64_t n, float *out,
+                        int threads, int portable)
 {
     int64_t chunks = (n + PSM_CHUNK_ELEMENTS - 1) / PSM_CHUNK_ELEMENTS;
     double *partials = malloc((size_t)(chunks ? chunks : 1) * sizeof *partials);
     if (partials == NULL)
         return NAN;
-    probe_job job = {x, n, !portable && psm_simd_level(), partials};
-    psm_run_chunks(probe_chunk, &job, chunks, psm_threads_for(threads, n));
+    probe_job job = {x, n, !portable && psm_simd_level(), out, partials};
+    psm_run_chunks(fn, &job, chunks, psm_threads_for(threads, n));
     double total = 0.0;
     for (int64_t c = 0; c < chunks; c++)
         total += partials[c];
     free(partials);
     return total;
+}
+
+double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable)
+{
+    return run_probe(read_chunk, x, n, NULL, threads, portable);
+}
+
+double psm_exp_sum_probe_f32(const float *x, int64_t n, int threads, int portable)
+{
+    return run_probe(exp_sum_chunk, x, n, NULL, threads, portable);
+}
+
+double psm_copy_probe_f32(const float *x, int64_t n, float *out, int threads, int portable)
+{
+    return run_probe(copy_chunk, x, n, out, threads, portable);
 }

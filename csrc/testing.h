@@ -38,6 +38,22 @@ void psm_exp_f32(const float *in, int64_t n, int portable, float *out);
 /* The sum of n floats, read with the kernel's SIMD and threads: the
  * read-bandwidth probe the benchmarks compare the loss against. */
 double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable);
+
+/* The sum of the kernel's float exp (exp_f32.h, the one the loss uses) of n
+ * floats, on the kernel's chunks and threads: the compute floor of a forward
+ * pass.  Per chunk, the vector path adds each 32 floats' exps as a float
+ * tree into double lanes, as the loss sums its terms; the scalar twin
+ * (portable 1) does the same operations in the same order, and the chunks'
+ * sums are added in order, so the result has the same bits on both paths
+ * and at every thread count. */
+double psm_exp_sum_probe_f32(const float *x, int64_t n, int threads, int portable);
+
+/* Copies n floats from x to out (not overlapping) with vector loads and
+ * stores on the kernel's chunks and threads: the floor of anything that
+ * reads the logits and writes an array of their size (a gradient).  Returns
+ * the sum of the last float each chunk wrote, read back from out, so that
+ * the copy is observed. */
+double psm_copy_probe_f32(const float *x, int64_t n, float *out, int threads, int portable);
 /* cdef-end */
 
 #ifdef __cplusplus

@@ -246,3 +246,25 @@ def read_probe_f32(x, threads, portable):
     """The sum of a float32 array read with the kernel's SIMD and threads:
     the read-bandwidth probe of the benchmarks."""
     return lib.psm_read_probe_f32(_in(x, "float[]"), x.size, threads, int(portable))
+
+
+def exp_sum_probe_f32(x, threads, portable):
+    """The sum of the kernel's float exp of a float32 array, on the kernel's
+    chunks and threads: the exp+sum (compute) probe of the benchmarks."""
+    return lib.psm_exp_sum_probe_f32(_in(x, "float[]"), x.size, threads, int(portable))
+
+
+def copy_probe_f32(x, out, threads, portable):
+    """Copies a float32 array into `out` (float32, as many elements, C
+    contiguous, not overlapping x) with the kernel's SIMD and threads: the
+    copy probe of the benchmarks.  Returns the sum of the last element of
+    each chunk, read back from `out`."""
+    for name, a in (("x", x), ("out", out)):
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            raise ValueError(f"copy_probe_f32: {name} must be C-contiguous float32")
+    if out.size != x.size:
+        raise ValueError(f"copy_probe_f32: out has {out.size} elements, x has {x.size}")
+    if np.shares_memory(x, out):
+        raise ValueError("copy_probe_f32: out overlaps x")
+    return lib.psm_copy_probe_f32(_in(x, "float[]"), x.size, _out(out, "float[]"),
+                                  threads, int(portable))

@@ -226,6 +226,32 @@ def test_read_probe_sums_what_it_reads():
             assert total == float(x.astype(np.float64).sum())
 
 
+# Enough elements for two threads (psm_threads_for: 2^21 per thread), and a
+# last chunk that is not a multiple of 32 or 8 floats.
+PROBE_ELEMENTS = 2 * (1 << 21) + 1003
+
+
+def test_exp_sum_probe_sums_the_kernels_exp_on_every_path():
+    x = np.random.default_rng(3).standard_normal(PROBE_ELEMENTS, dtype=np.float32) * 4
+    sums = {(portable, threads): _bindings.exp_sum_probe_f32(x, threads, portable)
+            for portable in (0, 1) for threads in (1, 2)}
+    assert len(set(sums.values())) == 1, sums          # the same bits everywhere
+    exact = float(np.exp(x.astype(np.float64)).sum())
+    # each exp within 0.603 ULP (exp_f32.h), float adds of 4 terms: ~1e-7
+    assert abs(sums[0, 1] - exact) <= 1e-6 * exact
+
+
+def test_copy_probe_copies_on_every_path():
+    x = np.random.default_rng(4).standard_normal(PROBE_ELEMENTS, dtype=np.float32)
+    results = set()
+    for portable in (0, 1):
+        for threads in (1, 2):
+            out = np.full_like(x, np.nan)
+            results.add(_bindings.copy_probe_f32(x, out, threads, portable))
+            np.testing.assert_array_equal(out, x)
+    assert len(results) == 1, results
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "valid", "full", "batch_size"])

@@ -244,6 +244,10 @@ static void threads_and_twins(void)
         exact += x[k];
     CHECK(fabs(psm_read_probe_f32(x, n, 2, 0) - exact) < 1e-4 * (double)n);
     CHECK(fabs(psm_read_probe_f32(x, n, 1, 1) - exact) < 1e-4 * (double)n);
+    double exp_sum = psm_exp_sum_probe_f32(x, n, 2, 0);   /* the same bits on both paths */
+    CHECK(exp_sum > 0 && exp_sum == psm_exp_sum_probe_f32(x, n, 1, 1));
+    CHECK(psm_copy_probe_f32(x, n, g1, 2, 0) == psm_copy_probe_f32(x, n, g2, 1, 1));
+    CHECK(memcmp(g1, x, (size_t)n * sizeof *x) == 0 && memcmp(g2, x, (size_t)n * sizeof *x) == 0);
     free(x); free(y); free(g1); free(g2); free(l1); free(l2);
 }
 
