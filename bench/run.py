@@ -22,12 +22,22 @@ reduction "mean":
   torch softmax / log_softmax         torch.softmax(x, 1), torch.log_softmax(x, 1)
   read probe                          psm_read_probe_f32: a SIMD sum over
                                       the same bytes with the same threads
+  exp+sum probe                       psm_exp_sum_probe_f32: the kernel's own
+                                      vector exp of every element, summed, on
+                                      the kernel's chunks and the same threads
+                                      (the cost floor of a forward pass)
+  copy probe                          psm_copy_probe_f32: x copied into the
+                                      gradient buffer with vector loads and
+                                      stores, same threads (the floor of
+                                      anything that writes a gradient)
 
 and prints the median time per call, G elements/s and GB/s (logits bytes
 over time), the speed against torch at the same thread count (torch time /
 row time; +grad rows against torch forward+backward, softmax and log_softmax
-against torch's own) and against the read
-probe (probe time / row time: the share of the read bandwidth reached).
+against torch's own) and against the probes (probe time / row time): the read
+probe (the share of the read bandwidth reached), the exp+sum probe (every
+row but that probe) and the copy probe (the rows that write N x C floats:
++grad, softmax, log_softmax and their torch peers).
 
 Timing: arrays are made and written before timing; every row is called once
 untimed, then calibrated to loop k calls per measurement (at least the
@@ -62,6 +72,9 @@ METHODS = pysafemax.METHODS
 TORCH_FORWARD = "torch forward"
 TORCH_BACKWARD = "torch forward+backward"
 PROBE = "read probe"
+EXP_PROBE = "exp+sum probe"
+COPY_PROBE = "copy probe"
+PROBES = (PROBE, EXP_PROBE, COPY_PROBE)
 GRAD_ROW = "pysafemax stable+grad"
 SOFTMAX_ROW = "pysafemax softmax"
 LOG_SOFTMAX_ROW = "pysafemax log_softmax"
@@ -69,11 +82,14 @@ TORCH_SOFTMAX = "torch softmax"
 TORCH_LOG_SOFTMAX = "torch log_softmax"
 ROW_NAMES = ([f"pysafemax {m}" for m in METHODS] + [GRAD_ROW, SOFTMAX_ROW, LOG_SOFTMAX_ROW]
              + [f"numpy {m}" for m in METHODS]
-             + [TORCH_FORWARD, TORCH_BACKWARD, TORCH_SOFTMAX, TORCH_LOG_SOFTMAX, PROBE])
+             + [TORCH_FORWARD, TORCH_BACKWARD, TORCH_SOFTMAX, TORCH_LOG_SOFTMAX] + list(PROBES))
 # The torch row each row's "vs torch" compares with (else torch forward).
 TORCH_BASELINE = {GRAD_ROW: TORCH_BACKWARD, TORCH_BACKWARD: TORCH_BACKWARD,
                   SOFTMAX_ROW: TORCH_SOFTMAX, TORCH_SOFTMAX: TORCH_SOFTMAX,
                   LOG_SOFTMAX_ROW: TORCH_LOG_SOFTMAX, TORCH_LOG_SOFTMAX: TORCH_LOG_SOFTMAX}
+# The rows that write N x C floats, compared with the copy probe too.
+WRITE_ROWS = {GRAD_ROW, SOFTMAX_ROW, LOG_SOFTMAX_ROW, TORCH_BACKWARD, TORCH_SOFTMAX,
+              TORCH_LOG_SOFTMAX}
 
 
 def all_cores():
@@ -160,13 +176,16 @@ def print_header(info):
     print("vs torch = torch time / row time at the same thread count (+grad and "
           "forward+backward rows: against torch forward+backward; softmax and "
           "log_softmax: against torch's);")
-    print("vs probe = read-probe time / row time (G elem/s of the row over the probe's). "
+    print("vs probe = read-probe time / row time (G elem/s of the row over the probe's); "
+          "vs exp = the same against the exp+sum probe;")
+    print("vs copy = against the copy probe, for the rows that write N x C floats. "
           "numpy rows run on one thread and appear once.")
 
 
 class Row:
     """One timed call: a name, a thread count and a function of no arguments
-    returning something whose loss (or sum, for the probe) can be checked."""
+    returning something whose loss (or sum, or copy check, for the probes) can
+    be checked."""
 
     def __init__(self, name, threads, call, value, torch_threads=None):
         self.name, self.threads, self.call, self.value = name, threads, call, value
@@ -230,6 +249,13 @@ def make_rows(shape, thread_counts, torch, rng):
                             lambda r: mean_nll(r.numpy(), log=True), torch_threads=t))
         rows.append(Row(PROBE, t, lambda t=t: _bindings.read_probe_f32(x, t, False),
                         float))
+        rows.append(Row(EXP_PROBE, t, lambda t=t: _bindings.exp_sum_probe_f32(x, t, False),
+                        float))
+        # into the +grad row's buffer (prepared, touched); its check is that
+        # the buffer then equals x (1.0), read right after the untimed call
+        rows.append(Row(COPY_PROBE, t,
+                        lambda t=t: _bindings.copy_probe_f32(x, grad, t, False),
+                        lambda r: float(np.array_equal(grad, x))))
     return x, y, grad, rows
 
 
@@ -274,16 +300,23 @@ def calibrate(row, target, torch, state):
 
 def check_results(shape, x, rows, results):
     """The rows must compute the same thing: every loss against pysafemax
-    stable's (the logits are moderate, so even naive agrees), the probe's sum
-    against numpy's (to well below the change one unread chunk would make:
-    the rounding of a float sum of random terms grows like their norm)."""
+    stable's (the logits are moderate, so even naive agrees), the read
+    probe's sum against numpy's (to well below the change one unread chunk
+    would make: the rounding of a float sum of random terms grows like their
+    norm), the exp+sum probe's against numpy's float64 exp (each exp within
+    0.603 ULP, then float adds of 4 terms: relative 1e-5 is loose), and the
+    copy probe's buffer against x (1.0: equal)."""
     reference = results[[row.name for row in rows].index("pysafemax stable")]
+    flat = x.reshape(-1)
     total = float(x.sum(dtype=np.float64))
-    total_tol = 1e-3 * (1 + float(np.linalg.norm(x.reshape(-1))))
+    exp_total = sum(float(np.exp(flat[i:i + (1 << 22)].astype(np.float64)).sum())
+                    for i in range(0, flat.size, 1 << 22))
+    expected_of = {PROBE: (total, 1e-3 * (1 + float(np.linalg.norm(flat)))),
+                   EXP_PROBE: (exp_total, 1e-5 * exp_total),
+                   COPY_PROBE: (1.0, 0.0)}
     problems = []
     for row, value in zip(rows, results):
-        expected, tol = ((total, total_tol) if row.name == PROBE
-                         else (reference, 1e-4 * (1 + abs(reference))))
+        expected, tol = expected_of.get(row.name, (reference, 1e-4 * (1 + abs(reference))))
         if not abs(value - expected) <= tol:
             problems.append(f"{row.name} ({row.threads} threads) gives {value!r}, "
                             f"expected {expected!r}")
@@ -330,6 +363,8 @@ def summarise(shape, rows):
         baseline = TORCH_BASELINE.get(row.name, TORCH_FORWARD)
         torch_seconds = median.get((baseline, row.threads))
         probe_seconds = median.get((PROBE, row.threads))
+        exp_seconds = median.get((EXP_PROBE, row.threads))
+        copy_seconds = median.get((COPY_PROBE, row.threads))
         records.append({
             "shape": [n, c],
             "elements": elements,
@@ -346,6 +381,12 @@ def summarise(shape, rows):
             "ratio_to_torch": torch_seconds / seconds if torch_seconds is not None else None,
             "ratio_to_probe": (probe_seconds / seconds
                                if probe_seconds is not None and row.name != PROBE else None),
+            "ratio_to_exp_probe": (exp_seconds / seconds
+                                   if exp_seconds is not None and row.name != EXP_PROBE
+                                   else None),
+            "ratio_to_copy_probe": (copy_seconds / seconds
+                                    if copy_seconds is not None and row.name in WRITE_ROWS
+                                    else None),
         })
     return records
 
@@ -369,7 +410,7 @@ def print_table(shape, records, seconds):
         print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'vs torch':>10}")
     else:
         print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'G elem/s':>10}{'GB/s':>8}"
-              f"{'vs torch':>10}{'vs probe':>10}")
+              f"{'vs torch':>10}{'vs probe':>10}{'vs exp':>8}{'vs copy':>9}")
     previous = None
     for rec in records:
         if previous is not None and rec["threads"] != previous:
@@ -380,9 +421,11 @@ def print_table(shape, records, seconds):
         if latency:
             print(f"{line}{ratio:>10}")
             continue
-        probe = "-" if rec["ratio_to_probe"] is None else f"{rec['ratio_to_probe']:.2f}"
+        probe, exp, copy = ("-" if rec[key] is None else f"{rec[key]:.2f}"
+                            for key in ("ratio_to_probe", "ratio_to_exp_probe",
+                                        "ratio_to_copy_probe"))
         print(f"{line}{rec['g_elements_per_s']:>10.3f}{rec['gb_per_s']:>8.2f}"
-              f"{ratio:>10}{probe:>10}")
+              f"{ratio:>10}{probe:>10}{exp:>8}{copy:>9}")
     sys.stdout.flush()
 
 
@@ -406,7 +449,7 @@ def plot(path, records, thread_counts):
                 continue
             xs = [i for i, s in enumerate(shapes) if s in points]
             ys = [points[shapes[i]] for i in xs]
-            style = "--" if name.startswith(("numpy", "torch")) else ":" if name == PROBE else "-"
+            style = "--" if name.startswith(("numpy", "torch")) else ":" if name in PROBES else "-"
             ax.plot(xs, ys, style, marker="o", label=name,
                     color=f"C{ROW_NAMES.index(name) % 10}")
         ax.set_xticks(range(len(shapes)))
@@ -448,7 +491,8 @@ def parse_threads(text):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description="Time pysafemax against numpy, PyTorch and a read-bandwidth probe.")
+        description="Time pysafemax against numpy, PyTorch and the read, exp+sum and "
+                    "copy probes.")
     parser.add_argument("--json", metavar="FILE", help="save all results as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw G elements/s against shape (needs matplotlib)")

@@ -16,8 +16,12 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 PYSAFEMAX_ROWS = ["pysafemax naive", "pysafemax maxsub", "pysafemax stable",
                   "pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax"]
 NUMPY_ROWS = ["numpy naive", "numpy maxsub", "numpy stable"]
+PROBE_ROWS = ["read probe", "exp+sum probe", "copy probe"]
 TORCH_ROWS = ["torch forward", "torch forward+backward", "torch softmax",
               "torch log_softmax"]
+# the rows that write N x C floats, compared with the copy probe too
+WRITE_ROWS = {"pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax",
+              "torch forward+backward", "torch softmax", "torch log_softmax"}
 # the torch row each row's "vs torch" compares with (else torch forward)
 BASELINES = {"pysafemax stable+grad": "torch forward+backward",
              "torch forward+backward": "torch forward+backward",
@@ -26,7 +30,8 @@ BASELINES = {"pysafemax stable+grad": "torch forward+backward",
              "torch log_softmax": "torch log_softmax"}
 FIELDS = {"shape", "elements", "logits_bytes", "threads", "row", "seconds",
           "seconds_all", "loops", "rounds", "g_elements_per_s", "gb_per_s",
-          "torch_baseline", "ratio_to_torch", "ratio_to_probe"}
+          "torch_baseline", "ratio_to_torch", "ratio_to_probe",
+          "ratio_to_exp_probe", "ratio_to_copy_probe"}
 
 
 def run(*args):
@@ -39,7 +44,7 @@ def test_quick_benchmark_prints_every_row_and_saves_json(tmp_path):
     done = run("bench/run.py", "--quick", "--threads", "1,2", "--json", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     table = done.stdout
-    for name in PYSAFEMAX_ROWS + NUMPY_ROWS + ["read probe"]:
+    for name in PYSAFEMAX_ROWS + NUMPY_ROWS + PROBE_ROWS:
         assert re.search(rf"^\s+\d+\s+{re.escape(name)}\s", table, re.M), name
     for name in TORCH_ROWS:
         assert (re.search(rf"^\s+\d+\s+{re.escape(name)}\s", table, re.M) is not None) \
@@ -54,7 +59,8 @@ def test_quick_benchmark_prints_every_row_and_saves_json(tmp_path):
     shapes = {tuple(r["shape"]) for r in results}
     assert len(shapes) == len(saved["header"]["shapes"])
     # numpy rows once per shape (one thread), the others at each thread count
-    per_shape = 2 * (len(PYSAFEMAX_ROWS) + 1 + len(TORCH_ROWS) * HAVE_TORCH) + len(NUMPY_ROWS)
+    per_shape = (2 * (len(PYSAFEMAX_ROWS) + len(PROBE_ROWS) + len(TORCH_ROWS) * HAVE_TORCH)
+                 + len(NUMPY_ROWS))
     assert len(results) == len(shapes) * per_shape
     for record in results:
         assert FIELDS <= set(record), set(FIELDS) - set(record)
@@ -64,6 +70,14 @@ def test_quick_benchmark_prints_every_row_and_saves_json(tmp_path):
             assert record["ratio_to_probe"] is None
         else:
             assert record["ratio_to_probe"] > 0
+        if record["row"] == "exp+sum probe":
+            assert record["ratio_to_exp_probe"] is None
+        else:
+            assert record["ratio_to_exp_probe"] > 0
+        if record["row"] in WRITE_ROWS:
+            assert record["ratio_to_copy_probe"] > 0
+        else:
+            assert record["ratio_to_copy_probe"] is None
         if HAVE_TORCH:
             expected = BASELINES.get(record["row"], "torch forward")
             assert record["torch_baseline"] == expected
