@@ -224,6 +224,19 @@ def make_rows(shape, thread_counts, torch, rng):
                         mean_nll))
         rows.append(Row(LOG_SOFTMAX_ROW, t, lambda t=t: pysafemax.log_softmax(x, threads=t),
                         lambda r: mean_nll(r, log=True)))
+        # The probes are timed before the torch rows: torch's OpenMP workers
+        # slow a multithreaded call that follows them for longer than the
+        # pause after each torch row (a 2-thread exp+sum probe took 2.5 ms
+        # there, 1.7 ms here); the table still lists them last (ROW_NAMES).
+        rows.append(Row(PROBE, t, lambda t=t: _bindings.read_probe_f32(x, t, False),
+                        float))
+        rows.append(Row(EXP_PROBE, t, lambda t=t: _bindings.exp_sum_probe_f32(x, t, False),
+                        float))
+        # into the +grad row's buffer (prepared, touched); its check is that
+        # the buffer then equals x (1.0), read right after the untimed call
+        rows.append(Row(COPY_PROBE, t,
+                        lambda t=t: _bindings.copy_probe_f32(x, grad, t, False),
+                        lambda r: float(np.array_equal(grad, x))))
         if group == 0:
             for m in METHODS:
                 rows.append(Row(f"numpy {m}", t,
@@ -247,15 +260,6 @@ def make_rows(shape, thread_counts, torch, rng):
                             lambda r: mean_nll(r.numpy()), torch_threads=t))
             rows.append(Row(TORCH_LOG_SOFTMAX, t, lambda xt=xt: torch.log_softmax(xt, 1),
                             lambda r: mean_nll(r.numpy(), log=True), torch_threads=t))
-        rows.append(Row(PROBE, t, lambda t=t: _bindings.read_probe_f32(x, t, False),
-                        float))
-        rows.append(Row(EXP_PROBE, t, lambda t=t: _bindings.exp_sum_probe_f32(x, t, False),
-                        float))
-        # into the +grad row's buffer (prepared, touched); its check is that
-        # the buffer then equals x (1.0), read right after the untimed call
-        rows.append(Row(COPY_PROBE, t,
-                        lambda t=t: _bindings.copy_probe_f32(x, grad, t, False),
-                        lambda r: float(np.array_equal(grad, x))))
     return x, y, grad, rows
 
 
@@ -358,7 +362,8 @@ def summarise(shape, rows):
     elements, nbytes = n * c, n * c * 4
     median = {(row.name, row.threads): statistics.median(row.times) for row in rows}
     records = []
-    for row in rows:
+    # in ROW_NAMES order within each thread count, whatever the timing order
+    for row in sorted(rows, key=lambda row: (row.threads, ROW_NAMES.index(row.name))):
         seconds = median[(row.name, row.threads)]
         baseline = TORCH_BASELINE.get(row.name, TORCH_FORWARD)
         torch_seconds = median.get((baseline, row.threads))
