@@ -19,6 +19,7 @@
 
 #include "exp_f32.h"
 #include "internal.h"   /* PSM_BLOCK */
+#include "lanes_avx2.h"
 
 #ifdef PSM_HAVE_AVX2
 
@@ -28,12 +29,6 @@ static inline PSM_AVX2 float psm_hmax_avx2(__m256 v)
     a = _mm_max_ps(a, _mm_movehl_ps(a, a));
     a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
     return _mm_cvtss_f32(a);
-}
-
-static inline PSM_AVX2 double psm_hsum_pd_avx2(__m256d v)
-{
-    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
 }
 
 /* The max of n floats, NaN skipped as `x > max` skips it; -inf if none.
@@ -100,12 +95,6 @@ static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties)
     __m256 tie = _mm256_cmp_ps(v, m, _CMP_EQ_OQ);
     *ties = _mm256_sub_epi32(*ties, _mm256_castps_si256(tie));
     return _mm256_andnot_ps(tie, psm_expf_avx2(_mm256_sub_ps(v, m)));
-}
-
-static inline PSM_AVX2 __m256d psm_add_wide_avx2(__m256d acc, __m256 s)
-{
-    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
-    return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
 }
 
 /* The sum of exp(x_j - shift) over n floats: per lane, groups of 4 terms

@@ -39,6 +39,8 @@
  *   internal.h         what the .c files share privately (PSM_BLOCK,
  *                      read_label, argument checks, the SIMD choice)
  *   exp_f32.h          the float exp and its AVX2 twin, with its error bound
+ *   lanes_avx2.h       the float-group-to-double-lanes sum every AVX2 sum
+ *                      shares (the loops and the exp+sum probe)
  *   rows_avx2.h        the AVX2 loops over float rows (twins in row.h)
  *   testing.c          testing.h's hooks
  *   ffi_build.py       the cffi build: cdef from this header, then testing.h

@@ -13,6 +13,7 @@
 #include "chunks.h"
 #include "exp_f32.h"
 #include "internal.h"
+#include "lanes_avx2.h"
 
 /* C11's thread-local storage, or MSVC's. */
 #if defined(_MSC_VER)
@@ -73,21 +74,6 @@ static PSM_AVX2 double psm_sum_avx2(const float *x, int64_t n)
         s += x[j];
     return s;
 }
-/* As rows_avx2.h's psm_add_wide_avx2 and psm_hsum_pd_avx2 (that header's
- * loops are softmax_loss_f32.c's alone): the loss's way of joining a float
- * group sum to its double lanes, and of reading them out. */
-static inline PSM_AVX2 __m256d psm_probe_add_wide_avx2(__m256d acc, __m256 s)
-{
-    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(s)));
-    return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1)));
-}
-
-static inline PSM_AVX2 double psm_probe_hsum_pd_avx2(__m256d v)
-{
-    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    return _mm_cvtsd_f64(_mm_add_sd(a, _mm_unpackhi_pd(a, a)));
-}
-
 /* The exp+sum probe: the loss's exp and its sum, without the max. */
 static PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n)
 {
@@ -98,12 +84,12 @@ static PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n)
         __m256 e1 = psm_expf_avx2(_mm256_loadu_ps(x + j + 8));
         __m256 e2 = psm_expf_avx2(_mm256_loadu_ps(x + j + 16));
         __m256 e3 = psm_expf_avx2(_mm256_loadu_ps(x + j + 24));
-        acc = psm_probe_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
                                                          _mm256_add_ps(e2, e3)));
     }
     for (; j + 8 <= n; j += 8)
-        acc = psm_probe_add_wide_avx2(acc, psm_expf_avx2(_mm256_loadu_ps(x + j)));
-    double s = psm_probe_hsum_pd_avx2(acc);
+        acc = psm_add_wide_avx2(acc, psm_expf_avx2(_mm256_loadu_ps(x + j)));
+    double s = psm_hsum_pd_avx2(acc);
     for (; j < n; j++)
         s += psm_expf(x[j]);
     return s;
