@@ -127,14 +127,23 @@ static REAL FN(block_max)(const REAL *x, int64_t n, int64_t stride, int fast)
     return m;
 }
 
-/* exp(v - shift); with ties, v == shift is counted there and adds 0. */
-static REAL FN(term)(REAL v, REAL shift, double *ties)
+/* exp(v - shift), also stored to *e when e is not NULL (softmax's one exp
+ * per element); with ties, v == shift is counted there and adds 0. */
+static REAL FN(term)(REAL v, REAL shift, double *ties, REAL *e)
 {
+    if (e)
+        *e = EXP(v - shift);
     if (ties && v == shift) {
         *ties += 1.0;
         return 0;
     }
-    return EXP(v - shift);
+    return e ? *e : EXP(v - shift);
+}
+
+/* &e[k], or NULL when nothing is stored. */
+static REAL *FN(store_at)(REAL *e, int64_t k)
+{
+    return e ? e + k : NULL;
 }
 
 #if LANE_SUMS
@@ -146,9 +155,60 @@ static void FN(add_wide)(double acc[4], const REAL s[8])
 }
 #endif
 
+/* The portable twin of the vector sums: the sum of exp(x_j - shift) over n
+ * logits, or with ties, over the x_j != shift, counting those into *ties;
+ * with e, each exp(x_j - shift) is also stored to e (x's stride).  For
+ * float, psm_block_total_avx2, psm_block_sums_avx2 and
+ * psm_exp_store_sum_avx2 on 8 emulated lanes. */
+static double FN(lane_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
+                           double *ties, REAL *e)
+{
+#if LANE_SUMS
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    REAL s[8];
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        for (int l = 0; l < 8; l++) {
+            int64_t k = j + l;
+            REAL e0 = FN(term)(x[k * stride], shift, ties, FN(store_at)(e, k * stride));
+            REAL e1 = FN(term)(x[(k + 8) * stride], shift, ties,
+                               FN(store_at)(e, (k + 8) * stride));
+            REAL e2 = FN(term)(x[(k + 16) * stride], shift, ties,
+                               FN(store_at)(e, (k + 16) * stride));
+            REAL e3 = FN(term)(x[(k + 24) * stride], shift, ties,
+                               FN(store_at)(e, (k + 24) * stride));
+            s[l] = (e0 + e1) + (e2 + e3);
+        }
+        FN(add_wide)(acc, s);
+    }
+    for (; j + 8 <= n; j += 8) {
+        for (int l = 0; l < 8; l++)
+            s[l] = FN(term)(x[(j + l) * stride], shift, ties,
+                            FN(store_at)(e, (j + l) * stride));
+        FN(add_wide)(acc, s);
+    }
+    if (j < n) {   /* the lanes of psm_load_tail_avx2; the others add +0 */
+        int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
+        for (int l = 0; l < 8; l++) {
+            int64_t k = first + l;
+            s[l] = l >= done && k < n
+                       ? FN(term)(x[k * stride], shift, ties, FN(store_at)(e, k * stride))
+                       : 0;
+        }
+        FN(add_wide)(acc, s);
+    }
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+#else
+    /* one sum in index order, so a -inf class (a 0 term) changes nothing */
+    double sum = 0.0;
+    for (int64_t j = 0; j < n; j++)
+        sum += (double)FN(term)(x[j * stride], shift, ties, FN(store_at)(e, j * stride));
+    return sum;
+#endif
+}
+
 /* The sum of exp(x_j - shift) over n logits, or with ties, over the x_j !=
- * shift, counting those into *ties: for float, psm_block_total_avx2 and
- * psm_block_sums_avx2 on 8 emulated lanes. */
+ * shift, counting those into *ties: the vector loops, or their twin. */
 static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
                             int fast, double *ties)
 {
@@ -163,40 +223,7 @@ static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift
 #else
     (void)fast;
 #endif
-#if LANE_SUMS
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    REAL s[8];
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-        for (int l = 0; l < 8; l++) {
-            REAL e0 = FN(term)(x[(j + l) * stride], shift, ties);
-            REAL e1 = FN(term)(x[(j + 8 + l) * stride], shift, ties);
-            REAL e2 = FN(term)(x[(j + 16 + l) * stride], shift, ties);
-            REAL e3 = FN(term)(x[(j + 24 + l) * stride], shift, ties);
-            s[l] = (e0 + e1) + (e2 + e3);
-        }
-        FN(add_wide)(acc, s);
-    }
-    for (; j + 8 <= n; j += 8) {
-        for (int l = 0; l < 8; l++)
-            s[l] = FN(term)(x[(j + l) * stride], shift, ties);
-        FN(add_wide)(acc, s);
-    }
-    if (j < n) {   /* the lanes of psm_load_tail_avx2; the others add +0 */
-        int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
-        for (int l = 0; l < 8; l++)
-            s[l] = l >= done && first + l < n ? FN(term)(x[(first + l) * stride], shift, ties)
-                                              : 0;
-        FN(add_wide)(acc, s);
-    }
-    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
-#else
-    /* one sum in index order, so a -inf class (a 0 term) changes nothing */
-    double sum = 0.0;
-    for (int64_t j = 0; j < n; j++)
-        sum += (double)FN(term)(x[j * stride], shift, ties);
-    return sum;
-#endif
+    return FN(lane_sum)(x, n, stride, shift, ties, NULL);
 }
 
 /* One block of a row, contiguous: strided blocks are copied when the vector
@@ -350,22 +377,9 @@ static REAL FN(float_total)(const FN(row_state) *st, int method)
     return (REAL)(st->rest + st->ties);
 }
 
-/* exp(v - shift), stored to *e; the term block_sum would add (0 for a tie,
- * counted, when ties is non-NULL). */
-static REAL FN(stored_term)(REAL v, REAL shift, double *ties, REAL *e)
-{
-    REAL x = EXP(v - shift);
-    *e = x;
-    if (ties && v == shift) {
-        *ties += 1.0;
-        return 0;
-    }
-    return x;
-}
-
 /* Softmax's one exp per element: e_j = exp(x_j - shift) stored to e (the
  * stride of x), and block_sum's sum of the terms, in its order:
- * psm_exp_store_sum_avx2 on 8 emulated lanes for float. */
+ * psm_exp_store_sum_avx2, or the same twin. */
 static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
                                 int fast, double *ties, REAL *e)
 {
@@ -375,43 +389,7 @@ static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL s
 #else
     (void)fast;
 #endif
-#if LANE_SUMS
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    REAL s[8];
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-        for (int l = 0; l < 8; l++) {
-            int64_t k = j + l;
-            REAL e0 = FN(stored_term)(x[k * stride], shift, ties, &e[k * stride]);
-            REAL e1 = FN(stored_term)(x[(k + 8) * stride], shift, ties, &e[(k + 8) * stride]);
-            REAL e2 = FN(stored_term)(x[(k + 16) * stride], shift, ties, &e[(k + 16) * stride]);
-            REAL e3 = FN(stored_term)(x[(k + 24) * stride], shift, ties, &e[(k + 24) * stride]);
-            s[l] = (e0 + e1) + (e2 + e3);
-        }
-        FN(add_wide)(acc, s);
-    }
-    for (; j + 8 <= n; j += 8) {
-        for (int l = 0; l < 8; l++)
-            s[l] = FN(stored_term)(x[(j + l) * stride], shift, ties, &e[(j + l) * stride]);
-        FN(add_wide)(acc, s);
-    }
-    if (j < n) {   /* the lanes of psm_load_tail_avx2; the others add +0 */
-        int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
-        for (int l = 0; l < 8; l++) {
-            int64_t k = first + l;
-            s[l] = l >= done && k < n
-                       ? FN(stored_term)(x[k * stride], shift, ties, &e[k * stride])
-                       : 0;
-        }
-        FN(add_wide)(acc, s);
-    }
-    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
-#else
-    double sum = 0.0;
-    for (int64_t j = 0; j < n; j++)
-        sum += (double)FN(stored_term)(x[j * stride], shift, ties, &e[j * stride]);
-    return sum;
-#endif
+    return FN(lane_sum)(x, n, stride, shift, ties, e);
 }
 
 /* The softmax of one position into y (the stride of x), one exp per logit:
