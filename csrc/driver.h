@@ -291,6 +291,18 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
     return PSM_OK;
 }
 
+/* The partials' checks past the arguments: a state exists for these
+ * options, and the labels (checked against total_classes) give what the
+ * reduction divides by. */
+static int64_t FN(partials_normalizer)(const int64_t *labels, int64_t outer,
+                                       int64_t inner, int64_t total_classes,
+                                       const psm_options *opt, double *normalizer)
+{
+    if (!FN(decomposable)(opt, labels))
+        return PSM_NOT_DECOMPOSABLE;
+    return psm_call_normalizer(labels, outer, inner, total_classes, opt, normalizer);
+}
+
 /* What the calls on one block of classes share: their checks (outputs_ok
  * says the caller's outputs are there), the labels' check, the call, and
  * the scale of its gradient (by the reduction's normalizer). */
@@ -304,11 +316,9 @@ static int64_t FN(block_call)(const REAL *logits, int64_t outer, int64_t classes
         !psm_block_ok(classes, class_offset, total_classes) ||
         (!outputs_ok && outer * inner > 0))
         return PSM_BAD_ARGUMENT;
-    if (!FN(decomposable)(opt, labels))
-        return PSM_NOT_DECOMPOSABLE;
     double normalizer;
-    int64_t status = psm_call_normalizer(labels, outer, inner, total_classes, opt,
-                                         &normalizer);
+    int64_t status = FN(partials_normalizer)(labels, outer, inner, total_classes, opt,
+                                             &normalizer);
     if (status != PSM_OK)
         return status;
     *call = FN(call_for)(logits, outer, classes, inner, class_offset, total_classes,
@@ -361,11 +371,9 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
     if (!psm_options_ok(state, outer, total_classes, inner, labels,
                     labels ? NULL : (const void *)state, opt) || loss == NULL)
         return PSM_BAD_ARGUMENT;
-    if (!FN(decomposable)(opt, labels))
-        return PSM_NOT_DECOMPOSABLE;
     double normalizer;
-    int64_t status = psm_call_normalizer(labels, outer, inner, total_classes, opt,
-                                         &normalizer);
+    int64_t status = FN(partials_normalizer)(labels, outer, inner, total_classes, opt,
+                                             &normalizer);
     if (status != PSM_OK)
         return status;
     /* summed as psm_softmax_loss sums: by chunks, in order */
