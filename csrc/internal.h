@@ -23,6 +23,16 @@
 #define PSM_INTERNAL
 #endif
 
+/* A function whose callers pass constants that must fold away in it (row.h's
+ * lane_sum, called with and without a store target). */
+#if defined(__GNUC__) || defined(__clang__)
+#define PSM_ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define PSM_ALWAYS_INLINE __forceinline
+#else
+#define PSM_ALWAYS_INLINE inline
+#endif
+
 /* The AVX2+FMA loops (exp_f32.h, rows_avx2.h) are compiled wherever the
  * compiler takes target attributes on x86-64, with no -mavx2 for the whole
  * build; psm_simd_level says at run time whether this CPU may run them. */
