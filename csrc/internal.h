@@ -23,14 +23,17 @@
 #define PSM_INTERNAL
 #endif
 
-/* A function whose callers pass constants that must fold away in it (row.h's
- * lane_sum, called with and without a store target). */
+/* Inlining that the hot loops' speed depends on (row.h's lane_sum: folded
+ * into block_sum, kept out of softmax's exp_store_sum). */
 #if defined(__GNUC__) || defined(__clang__)
 #define PSM_ALWAYS_INLINE inline __attribute__((always_inline))
+#define PSM_NOINLINE __attribute__((noinline))
 #elif defined(_MSC_VER)
 #define PSM_ALWAYS_INLINE __forceinline
+#define PSM_NOINLINE __declspec(noinline)
 #else
 #define PSM_ALWAYS_INLINE inline
+#define PSM_NOINLINE
 #endif
 
 /* The AVX2+FMA loops (exp_f32.h, rows_avx2.h) are compiled wherever the
