@@ -116,18 +116,24 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
             continue;
         }
         const REAL *x = c->logits + base;
-        FN(row_state) st;
-        int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);
-        FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE, c->fast,
-                     want_cross ? &t : NULL, &st);
-        REAL x_y = FN(is_one_hot)(&t) ? x[t.label * inner] : 0;
-        double loss = FN(position_loss)(&st, x_y, x, classes, inner, &t, method);
+        double loss;
+        if (job->grad && FN(is_one_hot)(&t)) {
+            loss = FN(one_hot_loss_grad)(x, classes, inner, &t, method, job->scale, c->fast,
+                                         job->grad + base);
+        } else {
+            FN(row_state) st;
+            int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);
+            FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE,
+                         c->fast, want_cross ? &t : NULL, &st);
+            REAL x_y = FN(is_one_hot)(&t) ? x[t.label * inner] : 0;
+            loss = FN(position_loss)(&st, x_y, x, classes, inner, &t, method);
+            if (job->grad)
+                FN(position_grad)(&st, x, classes, inner, &t, method, job->scale, c->fast,
+                                  FN(target_total)(&t, classes, inner), job->grad + base);
+        }
         if (job->losses)
             job->losses[pos] = (REAL)loss;
         total += loss;
-        if (job->grad)
-            FN(position_grad)(&st, x, classes, inner, &t, method, job->scale, c->fast,
-                              FN(target_total)(&t, classes, inner), job->grad + base);
     }
     job->chunk_loss[chunk] = total;
 }

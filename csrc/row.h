@@ -383,31 +383,87 @@ static REAL FN(float_total)(const FN(row_state) *st, int method)
 /* lane_sum with a store target, as a call of its own: inlined into
  * exp_store_sum it made float softmax's vector path 6-8% slower. */
 static PSM_NOINLINE double FN(stored_lane_sum)(const REAL *x, int64_t n, int64_t stride,
-                                               REAL shift, double *ties, REAL *e)
+                                               REAL shift, REAL *e)
 {
-    return FN(lane_sum)(x, n, stride, shift, ties, e);
+    return FN(lane_sum)(x, n, stride, shift, NULL, e);
 }
 
-/* Softmax's one exp per element: e_j = exp(x_j - shift) stored to e (the
- * stride of x), and block_sum's sum of the terms, in its order:
- * psm_exp_store_sum_avx2, or the same twin. */
+/* One exp per element: e_j = exp(x_j - shift) stored to e (the stride of x;
+ * e may be x), and block_sum's total of them, in its order:
+ * psm_exp_store_sum_avx2 (on a copy of a strided block), or the same twin.
+ * n <= PSM_BLOCK. */
 static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
-                                int fast, double *ties, REAL *e)
+                                int fast, REAL *e)
 {
 #if FLOAT_ROWS
     if (fast && stride == 1)
-        return psm_exp_store_sum_avx2(x, n, shift, ties, e);
+        return psm_exp_store_sum_avx2(x, n, shift, e);
+    if (fast) {
+        float copy[PSM_BLOCK];
+        for (int64_t j = 0; j < n; j++)
+            copy[j] = x[j * stride];
+        double sum = psm_exp_store_sum_avx2(copy, n, shift, copy);
+        for (int64_t j = 0; j < n; j++)
+            e[j * stride] = copy[j];
+        return sum;
+    }
 #else
     (void)fast;
 #endif
-    return FN(stored_lane_sum)(x, n, stride, shift, ties, e);
+    return FN(stored_lane_sum)(x, n, stride, shift, e);
+}
+
+/* The sum of e_j = exp(x_j - shift) over a whole position, each e_j stored
+ * to e (the stride of x) once, block by block. */
+static double FN(exp_store_total)(const REAL *x, int64_t classes, int64_t stride,
+                                  REAL shift, int fast, REAL *e)
+{
+    double total = 0.0;
+    for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
+        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
+        total += FN(exp_store_sum)(x + start * stride, len, stride, shift, fast,
+                                   e + start * stride);
+    }
+    return total;
+}
+
+/* g_j = ((g_j / divisor) * factor) * scale with divide, else g_j * factor,
+ * in place (the stride of x): grad_row's arithmetic on exps already stored.
+ * Elementwise, so psm_scale_row_avx2 rounds each g_j as this loop does. */
+static void FN(scale_row)(REAL *g, int64_t n, int64_t stride, int fast, int divide,
+                          REAL divisor, REAL factor, REAL scale)
+{
+#if FLOAT_ROWS
+    if (fast && stride == 1) {
+        psm_scale_row_avx2(g, n, divide, divisor, factor, scale);
+        return;
+    }
+#else
+    (void)fast;
+#endif
+    for (int64_t j = 0; j < n; j++) {
+        REAL e = g[j * stride];
+        g[j * stride] = divide ? ((e / divisor) * factor) * scale : e * factor;
+    }
+}
+
+/* The max that a row's exps are shifted by: none for naive (0), and +0
+ * for a zero max, whichever zero the lanes kept. */
+static REAL FN(row_shift_max)(const REAL *x, int64_t classes, int64_t stride, int method,
+                              int fast)
+{
+    if (method == PSM_NAIVE)
+        return 0;
+    REAL m = FN(block_max)(x, classes, stride, fast);
+    return m == 0 ? 0 : m;
 }
 
 /* The softmax of one position into y (the stride of x), one exp per logit:
  * e_j = exp(x_j - shift) is stored while it is summed, then scaled in place.
- *   stable         shift the max m; s the sum over x_j != m, the x_j == m
- *                  counted (as row_pass does); y_j = e_j * (1 / (1 + s)),
- *                  the factor rounded to REAL once
+ *   stable         shift the max m; S the sum of every e_j (the max's own
+ *                  terms are exp(0) = 1, so S = 1 + s >= 1 needs no tie
+ *                  count); y_j = e_j * (1 / S), the factor rounded to REAL
+ *                  once
  *   naive, maxsub  shift 0 or m; y_j = e_j / total, total the sum in REAL
  *                  (float_total's semantics)
  * The max is taken over the whole row first, so no sum is ever rescaled. */
@@ -415,36 +471,23 @@ static void FN(softmax_row)(const REAL *x, int64_t classes, int64_t stride, int 
                             int fast, REAL *y)
 {
     int stable = method == PSM_STABLE;
-    REAL m = 0;
-    if (method != PSM_NAIVE) {
-        m = FN(block_max)(x, classes, stride, fast);
-        if (m == 0)
-            m = 0;   /* +0, whichever zero the lanes kept */
-    }
+    REAL m = FN(row_shift_max)(x, classes, stride, method, fast);
     /* naive and maxsub: -BIG for -inf, as row_pass (exp(-inf) = 0, not NaN) */
     REAL shift = stable || m != (REAL)-INFINITY ? m : -BIG;
-    double rest = 0.0, ties = 0.0;
-    for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
-        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
-        rest += FN(exp_store_sum)(x + start * stride, len, stride, shift, fast,
-                                  stable ? &ties : NULL, y + start * stride);
-    }
-    FN(row_state) st = {m, rest, ties, 0.0, 0.0, 0.0, 0};
+    double sum = FN(exp_store_total)(x, classes, stride, shift, fast, y);
     if (stable) {
-        /* no softmax (a NaN s): NaN written, not multiplied in, whose sign
-         * would depend on the operand order a vectorizing compiler picks */
-        double s = FN(stable_rest)(&st);
-        REAL scale = (REAL)(1.0 / (1.0 + s));
-        if (isnan(s))
+        /* no softmax (a +inf logit, no finite one, or a NaN): NaN written,
+         * not multiplied in, whose sign would depend on the operand order a
+         * vectorizing compiler picks */
+        if (!isfinite(m) || isnan(sum)) {
             for (int64_t j = 0; j < classes; j++)
                 y[j * stride] = (REAL)NAN;
-        else
-            for (int64_t j = 0; j < classes; j++)
-                y[j * stride] *= scale;
+            return;
+        }
+        FN(scale_row)(y, classes, stride, fast, 0, 1, (REAL)(1.0 / sum), 1);
     } else {
-        REAL total = FN(float_total)(&st, method);
-        for (int64_t j = 0; j < classes; j++)
-            y[j * stride] /= total;
+        FN(row_state) st = {m, sum, 0.0, 0.0, 0.0, 0.0, 0};
+        FN(scale_row)(y, classes, stride, fast, 1, FN(float_total)(&st, method), 1, 1);
     }
 }
 
@@ -589,6 +632,73 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
     if (s < 1.0 && at_max >= 0)
         grad[at_max * stride] = (REAL)(((off_max_mass + (mass - block_mass)) -
                                         mass * (s / denom)) * scale);
+}
+
+/* One position's loss and gradient for a one-hot target (the label t->label
+ * in [0, classes)), with one exp per logit: the max (stable, maxsub); then
+ * e_j = exp(x_j - shift) written to grad while it is summed
+ * (exp_store_total, as softmax); then the loss from that sum, and the
+ * stored e_j scaled in place (from L2 for any row up to a few 100k
+ * classes), the label's entry last.  The arithmetic of position_grad, which
+ * computes each exp twice: the gradient has the same bits.
+ *
+ * stable sums every e_j, the max's own terms exp(0) = 1 among them, so
+ * S = 1 + s with no tie count.  s = S - 1 keeps the relative precision of
+ * the float sums while s >= 1 (the absolute error of S, ~2^-22 S, is at
+ * most ~2^-21 s); a row whose max dominates (s < 1, where log1p(s) needs s
+ * to full relative precision, e.g. a loss of 1e-30) sums its terms again
+ * with the max's own counted, not added (block_sum with ties), reading the
+ * row but computing no gradient twice. */
+static double FN(one_hot_loss_grad)(const REAL *x, int64_t classes, int64_t stride,
+                                    const FN(target) *t, int method, double scale,
+                                    int fast, REAL *grad)
+{
+    int stable = method == PSM_STABLE;
+    REAL m = FN(row_shift_max)(x, classes, stride, method, fast);
+    /* naive and maxsub: -BIG for -inf, as row_pass (exp(-inf) = 0, not NaN) */
+    REAL shift = stable || m != (REAL)-INFINITY ? m : -BIG;
+    double sum = FN(exp_store_total)(x, classes, stride, shift, fast, grad);
+    FN(row_state) st = {m, sum, 0.0, 0.0, 0.0, 0.0, 0};
+    if (stable) {
+        st.rest = sum - 1.0;
+        st.ties = 1.0;
+        if (isfinite(m) && st.rest < 1.0) {
+            st.rest = st.ties = 0.0;
+            for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
+                int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
+                REAL copy[PSM_BLOCK];
+                int64_t step;
+                const REAL *b = FN(block_values)(x + start * stride, len, stride, fast,
+                                                 copy, &step);
+                st.rest += FN(block_sum)(b, len, step, m, fast, &st.ties);
+            }
+        }
+    }
+    int64_t y = t->label;
+    REAL x_y = x[y * stride], e_y = grad[y * stride];
+    double loss = FN(position_loss)(&st, x_y, x, classes, stride, t, method);
+    double mass = t->label_part;
+    if (!stable) {
+        /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
+        REAL total = FN(float_total)(&st, method);
+        REAL rmass = (REAL)mass, rscale = (REAL)scale;
+        FN(scale_row)(grad, classes, stride, fast, 1, total, rmass, rscale);
+        grad[y * stride] = ((e_y / total) * rmass - (REAL)t->label_part) * rscale;
+        return loss;
+    }
+    double s = FN(stable_rest)(&st);
+    if (isnan(s)) {
+        for (int64_t j = 0; j < classes; j++)
+            grad[j * stride] = (REAL)NAN;
+        return loss;
+    }
+    double denom = 1.0 + s;
+    FN(scale_row)(grad, classes, stride, fast, 0, 1, (REAL)(mass * scale / denom), 1);
+    double g = mass * ((double)e_y / denom) - t->label_part;
+    if (x_y == m)   /* s < 1: the max is unique, and it is y */
+        g = s < 1.0 ? -mass * (s / denom) : mass / denom - t->label_part;
+    grad[y * stride] = (REAL)(g * scale);
+    return loss;
 }
 
 /* The partial state of a position over a block of its classes. */

@@ -8,8 +8,7 @@
  * testing.c's.)
  *
  * Each loop has a portable twin in row.h (block_max, block_sum, grad_row,
- * exp_store_sum, log_softmax_row)
- * that performs the same float operations in the same
+ * exp_store_sum, scale_row, log_softmax_row) that performs the same float operations in the same
  * order on 8 emulated lanes, for any stride: both give the same bits, so
  * results do not depend on the CPU, the layout or the path, and the tests
  * hold them to that.
@@ -163,69 +162,69 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
     *ties += psm_hsum_epi32_avx2(tie_count);
 }
 
-/* e_j = exp(x_j - shift), written to e, one 8-lane group; the term it adds
- * to the sum: e_j, or with count_ties, 0 where x_j == shift, those lanes
- * counted into *ties. */
-static inline PSM_AVX2 __m256 psm_stored_term_avx2(__m256 v, __m256 sv, int count_ties,
-                                                   __m256i *ties, float *e)
-{
-    __m256 ex = psm_expf_avx2(_mm256_sub_ps(v, sv));
-    _mm256_storeu_ps(e, ex);
-    if (!count_ties)
-        return ex;
-    __m256 tie = _mm256_cmp_ps(v, sv, _CMP_EQ_OQ);
-    *ties = _mm256_sub_epi32(*ties, _mm256_castps_si256(tie));
-    return _mm256_andnot_ps(tie, ex);
-}
-
-/* Softmax's one exp per element: e_j = exp(x_j - shift) stored to e (n
- * floats; e may be x itself: every x_j is read before its e_j is written,
- * and the tail stores only its new lanes), and the sum of the terms in
- * psm_block_total_avx2's order, or with ties (non-NULL), psm_block_sums_avx2's
- * sum over x_j != shift with the x_j == shift counted into *ties.  Twin:
- * exp_store_sum in row.h. */
+/* One exp per element: e_j = exp(x_j - shift) stored to e (n floats; e may
+ * be x itself: every x_j is read before its e_j is written, and the tail
+ * stores only its new lanes), and their sum in psm_block_total_avx2's
+ * order.  Twin: exp_store_sum in row.h. */
 static PSM_AVX2 double psm_exp_store_sum_avx2(const float *x, int64_t n, float shift,
-                                              double *ties, float *e)
+                                              float *e)
 {
     const __m256 sv = _mm256_set1_ps(shift);
-    const int count = ties != NULL;
     __m256d acc = _mm256_setzero_pd();
-    __m256i tie_count = _mm256_setzero_si256();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
         _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
         _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
-        __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
-        __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
-        __m256 e0 = psm_stored_term_avx2(v0, sv, count, &tie_count, e + j);
-        __m256 e1 = psm_stored_term_avx2(v1, sv, count, &tie_count, e + j + 8);
-        __m256 e2 = psm_stored_term_avx2(v2, sv, count, &tie_count, e + j + 16);
-        __m256 e3 = psm_stored_term_avx2(v3, sv, count, &tie_count, e + j + 24);
+        __m256 e0 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
+        __m256 e1 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), sv));
+        __m256 e2 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 16), sv));
+        __m256 e3 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 24), sv));
+        _mm256_storeu_ps(e + j, e0);
+        _mm256_storeu_ps(e + j + 8, e1);
+        _mm256_storeu_ps(e + j + 16, e2);
+        _mm256_storeu_ps(e + j + 24, e3);
         acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
                                                    _mm256_add_ps(e2, e3)));
     }
-    for (; j + 8 <= n; j += 8)
-        acc = psm_add_wide_avx2(acc, psm_stored_term_avx2(_mm256_loadu_ps(x + j), sv, count,
-                                                          &tie_count, e + j));
+    for (; j + 8 <= n; j += 8) {
+        __m256 ex = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
+        _mm256_storeu_ps(e + j, ex);
+        acc = psm_add_wide_avx2(acc, ex);
+    }
     if (j < n) {
         __m256 valid;
         __m256 v = psm_load_tail_avx2(x, n, j, shift, &valid);
         float lanes[8];
-        __m256 t = psm_stored_term_avx2(v, sv, 0, &tie_count, lanes);
-        if (count) {
-            __m256 tie = _mm256_and_ps(_mm256_cmp_ps(v, sv, _CMP_EQ_OQ), valid);
-            tie_count = _mm256_sub_epi32(tie_count, _mm256_castps_si256(tie));
-            t = _mm256_andnot_ps(tie, t);
-        }
-        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, t));
+        __m256 ex = psm_expf_avx2(_mm256_sub_ps(v, sv));
+        _mm256_storeu_ps(lanes, ex);
+        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, ex));
         /* the lanes psm_load_tail_avx2 placed: the block's last 8, or its first n */
         int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
         for (int64_t l = done; first + l < n && l < 8; l++)
             e[first + l] = lanes[l];
     }
-    if (count)
-        *ties += psm_hsum_epi32_avx2(tie_count);
     return psm_hsum_pd_avx2(acc);
+}
+
+/* g_j = ((g_j / divisor) * factor) * scale with divide, else g_j * factor,
+ * in place: the scaling of exps already stored.  Each element is rounded as
+ * the scalar loop of scale_row (row.h) rounds it, so both give the same
+ * bits. */
+static PSM_AVX2 void psm_scale_row_avx2(float *g, int64_t n, int divide, float divisor,
+                                        float factor, float scale)
+{
+    const __m256 dv = _mm256_set1_ps(divisor), fv = _mm256_set1_ps(factor);
+    const __m256 cv = _mm256_set1_ps(scale);
+    int64_t j = 0;
+    if (divide)
+        for (; j + 8 <= n; j += 8)
+            _mm256_storeu_ps(g + j, _mm256_mul_ps(_mm256_mul_ps(
+                                        _mm256_div_ps(_mm256_loadu_ps(g + j), dv), fv), cv));
+    else
+        for (; j + 8 <= n; j += 8)
+            _mm256_storeu_ps(g + j, _mm256_mul_ps(_mm256_loadu_ps(g + j), fv));
+    for (; j < n; j++)
+        g[j] = divide ? ((g[j] / divisor) * factor) * scale : g[j] * factor;
 }
 
 /* log-softmax of a row: y_j = (x_j - m) - log_norm in double, rounded to
