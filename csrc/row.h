@@ -634,6 +634,26 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
                                         mass * (s / denom)) * scale);
 }
 
+/* block_sum with ties (shift m), from e_j = exp(x_j - m) already stored
+ * in e: psm_stored_sums_avx2 reads them; the twin computes them again, with
+ * the same bits. */
+static void FN(stored_sums)(const REAL *x, const REAL *e, int64_t n, int64_t stride,
+                            REAL m, int fast, double *rest, double *ties)
+{
+#if FLOAT_ROWS
+    if (fast && stride == 1) {
+        psm_stored_sums_avx2(x, e, n, m, rest, ties);
+        return;
+    }
+#else
+    (void)e;
+#endif
+    REAL copy[PSM_BLOCK];
+    int64_t step;
+    const REAL *b = FN(block_values)(x, n, stride, fast, copy, &step);
+    *rest += FN(block_sum)(b, n, step, m, fast, ties);
+}
+
 /* One position's loss and gradient for a one-hot target (the label t->label
  * in [0, classes)), with one exp per logit: the max (stable, maxsub); then
  * e_j = exp(x_j - shift) written to grad while it is summed
@@ -647,8 +667,8 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
  * the float sums while s >= 1 (the absolute error of S, ~2^-22 S, is at
  * most ~2^-21 s); a row whose max dominates (s < 1, where log1p(s) needs s
  * to full relative precision, e.g. a loss of 1e-30) sums its terms again
- * with the max's own counted, not added (block_sum with ties), reading the
- * row but computing no gradient twice. */
+ * with the max's own counted, not added (block_sum's sum with ties, from
+ * the stored e_j: no exp computed twice). */
 static double FN(one_hot_loss_grad)(const REAL *x, int64_t classes, int64_t stride,
                                     const FN(target) *t, int method, double scale,
                                     int fast, REAL *grad)
@@ -666,11 +686,8 @@ static double FN(one_hot_loss_grad)(const REAL *x, int64_t classes, int64_t stri
             st.rest = st.ties = 0.0;
             for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
                 int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
-                REAL copy[PSM_BLOCK];
-                int64_t step;
-                const REAL *b = FN(block_values)(x + start * stride, len, stride, fast,
-                                                 copy, &step);
-                st.rest += FN(block_sum)(b, len, step, m, fast, &st.ties);
+                FN(stored_sums)(x + start * stride, grad + start * stride, len, stride, m,
+                                fast, &st.rest, &st.ties);
             }
         }
     }

@@ -87,13 +87,19 @@ static inline PSM_AVX2 int32_t psm_hsum_epi32_avx2(__m256i v)
     return _mm_cvtsi128_si32(a);
 }
 
-/* exp(v - m) where v != m, else 0; counts the v == m lanes into ties
- * (a true compare is -1 as an integer). */
-static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties)
+/* The lanes where v == m, counted into ties (a true compare is -1 as an
+ * integer). */
+static inline PSM_AVX2 __m256 psm_tie_avx2(__m256 v, __m256 m, __m256i *ties)
 {
     __m256 tie = _mm256_cmp_ps(v, m, _CMP_EQ_OQ);
     *ties = _mm256_sub_epi32(*ties, _mm256_castps_si256(tie));
-    return _mm256_andnot_ps(tie, psm_expf_avx2(_mm256_sub_ps(v, m)));
+    return tie;
+}
+
+/* exp(v - m) where v != m, else 0; counts the v == m lanes into ties. */
+static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties)
+{
+    return _mm256_andnot_ps(psm_tie_avx2(v, m, ties), psm_expf_avx2(_mm256_sub_ps(v, m)));
 }
 
 /* The sum of exp(x_j - shift) over n floats: per lane, groups of 4 terms
@@ -157,6 +163,39 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
         tie_count = _mm256_sub_epi32(tie_count, _mm256_castps_si256(tie));
         __m256 e = _mm256_andnot_ps(tie, psm_expf_avx2(_mm256_sub_ps(v, mv)));
         acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, e));
+    }
+    *rest += psm_hsum_pd_avx2(acc);
+    *ties += psm_hsum_epi32_avx2(tie_count);
+}
+
+/* psm_block_sums_avx2 on exps already computed: e_j = exp(x_j - m), as
+ * psm_exp_store_sum_avx2 stored them, summed over x_j != m in the same order
+ * (so with the same bits), the x_j == m counted into *ties. */
+static PSM_AVX2 void psm_stored_sums_avx2(const float *x, const float *e, int64_t n,
+                                          float m, double *rest, double *ties)
+{
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256d acc = _mm256_setzero_pd();
+    __m256i tie_count = _mm256_setzero_si256();
+    int64_t j = 0;
+#define PSM_STORED_TERM(k)                                                          \
+    _mm256_andnot_ps(psm_tie_avx2(_mm256_loadu_ps(x + j + (k)), mv, &tie_count),    \
+                     _mm256_loadu_ps(e + j + (k)))
+    for (; j + 32 <= n; j += 32)
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(PSM_STORED_TERM(0),
+                                                                 PSM_STORED_TERM(8)),
+                                                   _mm256_add_ps(PSM_STORED_TERM(16),
+                                                                 PSM_STORED_TERM(24))));
+    for (; j + 8 <= n; j += 8)
+        acc = psm_add_wide_avx2(acc, PSM_STORED_TERM(0));
+#undef PSM_STORED_TERM
+    if (j < n) {
+        __m256 valid, unused;
+        __m256 v = psm_load_tail_avx2(x, n, j, m, &valid);
+        __m256 ev = psm_load_tail_avx2(e, n, j, 0.0f, &unused);
+        __m256 tie = _mm256_and_ps(_mm256_cmp_ps(v, mv, _CMP_EQ_OQ), valid);
+        tie_count = _mm256_sub_epi32(tie_count, _mm256_castps_si256(tie));
+        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, _mm256_andnot_ps(tie, ev)));
     }
     *rest += psm_hsum_pd_avx2(acc);
     *ties += psm_hsum_epi32_avx2(tie_count);
