@@ -102,6 +102,11 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
     int64_t classes = c->classes, inner = c->inner, first, last;
     FN(chunk_span)(c, chunk, &first, &last);
     double total = 0.0;
+    /* rows of a few classes: row_pass of eight at once, [batch, batch + 8) */
+    FN(row_state) batch_state[8] = {{0}};
+    double batch_log_norm[8] = {0};
+    int64_t batch = -8;
+    int batches = FLOAT_ROWS && c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES;
     for (int64_t pos = first; pos < last; pos++) {
         int64_t base;
         FN(target) t;
@@ -123,10 +128,26 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
         } else {
             FN(row_state) st;
             int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);
-            FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE,
-                         c->fast, want_cross ? &t : NULL, &st);
+            if (batches && !want_cross && pos >= batch + 8 && pos + 8 <= last &&
+                FN(small_row_passes)(x, classes, method != PSM_NAIVE, method == PSM_STABLE,
+                                     c->fast, batch_state)) {
+                batch = pos;
+                /* eight independent logs in a row, not each behind its row's
+                 * loss: their latency overlaps */
+                for (int r = 0; method == PSM_STABLE && r < 8; r++)
+                    batch_log_norm[r] = FN(log_norm)(&batch_state[r]);
+            }
+            double log_norm;
+            if (!want_cross && pos < batch + 8) {
+                st = batch_state[pos - batch];
+                log_norm = batch_log_norm[pos - batch];
+            } else {
+                FN(row_pass)(x, classes, inner, method != PSM_NAIVE, method == PSM_STABLE,
+                             c->fast, want_cross ? &t : NULL, &st);
+                log_norm = method == PSM_STABLE ? FN(log_norm)(&st) : 0.0;
+            }
             REAL x_y = FN(is_one_hot)(&t) ? x[t.label * inner] : 0;
-            loss = FN(position_loss)(&st, x_y, x, classes, inner, &t, method);
+            loss = FN(position_loss_given)(&st, log_norm, x_y, x, classes, inner, &t, method);
             if (job->grad)
                 FN(position_grad)(&st, x, classes, inner, &t, method, job->scale, c->fast,
                                   FN(target_total)(&t, classes, inner), job->grad + base);

@@ -46,6 +46,10 @@
 /* A row is read in blocks of this many logits: 8 KB of float, in L1. */
 #define PSM_BLOCK 2048
 
+/* Rows of at most this many classes are read eight at a time, where a
+ * vector loop does so (rows_small_avx2.h). */
+#define PSM_SMALL_CLASSES 16
+
 /* A label, read exactly once: the caller's labels may change under a call
  * (another thread writing the array), so the value that is bounded must be
  * the value that is used as an index, never a second load of it. */

@@ -331,6 +331,35 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
     st->cross_inf = cross_inf;
 }
 
+/* Eight rows at once: row_pass(t = NULL) of rows x, x + classes, ...,
+ * x + 7 classes, contiguous, classes <= PSM_SMALL_CLASSES, on the vector
+ * path (rows_small_avx2.h), with the same states, bit for bit.  Returns 0
+ * where there is no such path: the caller passes the rows one by one. */
+static int FN(small_row_passes)(const REAL *x, int64_t classes, int track_max,
+                                int exact_rest, int fast, FN(row_state) st[8])
+{
+#if FLOAT_ROWS
+    if (fast && classes <= PSM_SMALL_CLASSES) {
+        float max[8];
+        double rest[8], ties[8];
+        psm_small_rows_avx2(x, (int)classes, track_max, exact_rest, BIG, max, rest, ties);
+        for (int r = 0; r < 8; r++) {
+            FN(row_state) one = {max[r], rest[r], ties[r], 0.0, 0.0, 0.0, 0};
+            st[r] = one;
+        }
+        return 1;
+    }
+#else
+    (void)x;
+    (void)classes;
+    (void)track_max;
+    (void)exact_rest;
+    (void)fast;
+    (void)st;
+#endif
+    return 0;
+}
+
 /* g_j = exp(x_j - shift) * factor, or with divide ((exp(x_j - shift) /
  * divisor) * factor) * scale, in REAL: psm_grad_row_avx2's twin. */
 static void FN(grad_row)(const REAL *x, int64_t n, int64_t stride, int fast,
@@ -519,24 +548,31 @@ static REAL FN(clamped_nll)(REAL shift, REAL total, REAL x)
     return (REAL)0 - LOG(p < tiny ? tiny : p);
 }
 
-/* One position's loss; x_y is the label's logit (one-hot targets), and x the
- * logits, which only naive and maxsub with other targets read. */
-static double FN(position_loss)(const FN(row_state) *st, REAL x_y, const REAL *x,
-                                int64_t classes, int64_t stride,
-                                const FN(target) *t, int method)
+/* stable: log(1 + s), the log of a position's softmax denominator over
+ * exp(max); NaN where it has none. */
+static double FN(log_norm)(const FN(row_state) *st)
+{
+    return log1p(FN(stable_rest)(st));
+}
+
+/* One position's loss, given its log_norm (stable; unused otherwise); x_y
+ * is the label's logit (one-hot targets), and x the logits, which only
+ * naive and maxsub with other targets read. */
+static double FN(position_loss_given)(const FN(row_state) *st, double log_norm, REAL x_y,
+                                      const REAL *x, int64_t classes, int64_t stride,
+                                      const FN(target) *t, int method)
 {
     if (method == PSM_STABLE) {
-        double s = FN(stable_rest)(st);
         if (FN(is_one_hot)(t)) {
             double cross = 0.0;
             /* (m - x_y) first: for logits {1e8, 1e8} it is 0, the loss ln 2 */
             if (t->label_part != 0.0)
                 cross = t->label_part * ((double)st->max - (double)x_y);
-            return cross + t->label_part * log1p(s);
+            return cross + t->label_part * log_norm;
         }
-        if (isnan(s))
+        if (isnan(log_norm))
             return NAN;
-        return (st->cross_inf ? INFINITY : st->cross) + st->mass * log1p(s);
+        return (st->cross_inf ? INFINITY : st->cross) + st->mass * log_norm;
     }
     REAL total = FN(float_total)(st, method);
     if (FN(is_one_hot)(t)) {
@@ -551,6 +587,15 @@ static double FN(position_loss)(const FN(row_state) *st, REAL x_y, const REAL *x
             loss += q * (double)FN(clamped_nll)(st->max, total, x[j * stride]);
     }
     return loss;
+}
+
+/* position_loss_given, the log_norm computed here. */
+static double FN(position_loss)(const FN(row_state) *st, REAL x_y, const REAL *x,
+                                int64_t classes, int64_t stride,
+                                const FN(target) *t, int method)
+{
+    double log_norm = method == PSM_STABLE ? FN(log_norm)(st) : 0.0;
+    return FN(position_loss_given)(st, log_norm, x_y, x, classes, stride, t, method);
 }
 
 /* Q = sum_j q_j over a position's classes. */

@@ -12,6 +12,7 @@
 #include "exp_f32.h"
 #include "internal.h"
 #include "rows_avx2.h"
+#include "rows_small_avx2.h"
 
 #define REAL float
 #define FN(name) name##_f32

@@ -279,3 +279,34 @@ def test_the_cheap_path_leaves_every_error_to_the_general_path():
         pysafemax.softmax_loss(x, np.array([0, 1, 1]), axis=True)
     with pytest.raises(ValueError, match="threads must be >= 1"):
         pysafemax.softmax_loss(x, np.array([0, 1, 1]), threads=0)
+
+
+def _loss_bits(x, y, **options):
+    return pysafemax.softmax_loss(x, y, reduction="none", **options).view(np.uint32)
+
+
+@needs_simd
+@pytest.mark.parametrize("classes", range(1, 18))
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(classes,
+                                                                           method):
+    """Rows of up to 16 classes take an eight-row vector loop: each row's
+    loss is the one it has alone (one row per call), and the twin's."""
+    rng = np.random.default_rng(classes)
+    rows = 8 * 3 + 5   # three batches of eight and a remainder
+    x = (rng.standard_normal((rows, classes)) * rng.choice([1.0, 30.0, 100.0], (rows, 1)))
+    x = x.astype(np.float32)
+    specials = [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e30, -1e30, 88.0, -104.0]
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, 9)] = specials
+    x[3] = x[3, 0]   # a row of ties
+    y = rng.integers(0, classes, rows)
+    for options in ({}, {"label_smoothing": 0.1}, {"ignore_index": 0},
+                    {"weight": rng.uniform(0, 2, classes)}):
+        got = _loss_bits(x, y, method=method, **options)
+        with _bindings.portable_code():
+            twin = _loss_bits(x, y, method=method, **options)
+        alone = np.concatenate([_loss_bits(x[i:i + 1], y[i:i + 1], method=method,
+                                           **options) for i in range(rows)])
+        np.testing.assert_array_equal(got, twin, err_msg=str(options))
+        np.testing.assert_array_equal(got, alone, err_msg=str(options))

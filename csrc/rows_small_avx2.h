@@ -1,0 +1,97 @@
+/*
+ * Rows of at most PSM_SMALL_CLASSES floats, eight at a time: row r of the
+ * eight in lane r of every vector (a gather per class), so that a row's max,
+ * its exps and its sums cost a few vector operations rather than a pass of
+ * its own, whose per-row start-up (the tail loads, the horizontal max and
+ * sums, each a chain of dependent steps) dominates a row of ten floats.
+ *
+ * Each row's result is row_pass's for that row alone, bit for bit: its max
+ * as psm_block_max_avx2 finds it, and its sum as psm_block_sums_avx2 or
+ * psm_block_total_avx2 (rows_avx2.h) adds it, the same float terms joining
+ * the same four double lanes in the same order.  So the portable twin of
+ * this file is row_pass's (block_max and lane_sum in row.h), and a row gives
+ * the same loss whichever path, batch or thread computes it.
+ */
+#ifndef PYSAFEMAX_ROWS_SMALL_AVX2_H
+#define PYSAFEMAX_ROWS_SMALL_AVX2_H
+
+#include "exp_f32.h"
+#include "internal.h"   /* PSM_SMALL_CLASSES */
+
+#ifdef PSM_HAVE_AVX2
+
+/* The class whose term lane l of group g of a block of n floats adds, or -1
+ * for a lane that adds nothing: psm_load_tail_avx2's placement.  Groups of 8
+ * floats, and for n % 8 a last group holding the block's last 8 floats with
+ * the lanes already summed masked out (the first n, padded, when n < 8). */
+static inline int psm_small_lane_class(int n, int g, int l)
+{
+    if (n < 8)
+        return l < n ? l : -1;
+    if (g < n / 8)
+        return 8 * g + l;
+    return l >= 8 - n % 8 ? n - 8 + l : -1;
+}
+
+/* What row_pass leaves for each of 8 rows of n <= PSM_SMALL_CLASSES
+ * contiguous floats (row r at x + r n): the max (track_max; else 0), and
+ * the sum of exp(x_j - max) over x_j != max with the x_j == max counted
+ * (exact_rest), or else the sum of every exp(x_j - shift), the shift being
+ * the max, or -big for a max of -inf. */
+static PSM_AVX2 void psm_small_rows_avx2(const float *x, int n, int track_max,
+                                         int exact_rest, float big, float max[8],
+                                         double rest[8], double ties[8])
+{
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256i rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                            _mm256_set1_epi32(n));
+    __m256 col[PSM_SMALL_CLASSES];
+    __m256 m = track_max ? _mm256_set1_ps(-INFINITY) : zero;
+    for (int j = 0; j < n; j++) {
+        col[j] = _mm256_i32gather_ps(x + j, rows, 4);
+        if (track_max)   /* max_ps(v, m) returns m when v is NaN */
+            m = _mm256_max_ps(col[j], m);
+    }
+    m = _mm256_andnot_ps(_mm256_cmp_ps(m, zero, _CMP_EQ_OQ), m);   /* +0 for -0 */
+    __m256 shift = m;
+    if (!exact_rest)
+        shift = _mm256_blendv_ps(m, _mm256_set1_ps(-big),
+                                 _mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
+    __m256 tie_count = zero;
+    for (int j = 0; j < n; j++) {
+        __m256 e = psm_expf_avx2(_mm256_sub_ps(col[j], shift));
+        if (exact_rest) {
+            __m256 tie = _mm256_cmp_ps(col[j], m, _CMP_EQ_OQ);
+            tie_count = _mm256_add_ps(tie_count, _mm256_and_ps(tie, _mm256_set1_ps(1.0f)));
+            e = _mm256_andnot_ps(tie, e);
+        }
+        col[j] = e;
+    }
+    /* acc[k] = (acc[k] + s[k]) + s[k + 4] per group, as psm_add_wide_avx2;
+     * a masked lane adds +0, which changes no sum (never -0), so it is
+     * skipped.  Rows 0-3 in lo, 4-7 in hi. */
+    __m256d lo[4], hi[4];
+    for (int k = 0; k < 4; k++)
+        lo[k] = hi[k] = _mm256_setzero_pd();
+    int groups = n < 8 ? 1 : (n + 7) / 8;
+    for (int g = 0; g < groups; g++)
+        for (int k = 0; k < 4; k++)
+            for (int l = k; l < 8; l += 4) {
+                int c = psm_small_lane_class(n, g, l);
+                if (c < 0)
+                    continue;
+                lo[k] = _mm256_add_pd(lo[k], _mm256_cvtps_pd(_mm256_castps256_ps128(col[c])));
+                hi[k] = _mm256_add_pd(hi[k], _mm256_cvtps_pd(_mm256_extractf128_ps(col[c], 1)));
+            }
+    /* psm_hsum_pd_avx2's order: (acc0 + acc2) + (acc1 + acc3) */
+    _mm256_storeu_pd(rest, _mm256_add_pd(_mm256_add_pd(lo[0], lo[2]),
+                                         _mm256_add_pd(lo[1], lo[3])));
+    _mm256_storeu_pd(rest + 4, _mm256_add_pd(_mm256_add_pd(hi[0], hi[2]),
+                                             _mm256_add_pd(hi[1], hi[3])));
+    _mm256_storeu_pd(ties, _mm256_cvtps_pd(_mm256_castps256_ps128(tie_count)));
+    _mm256_storeu_pd(ties + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(tie_count, 1)));
+    _mm256_storeu_ps(max, m);
+}
+
+#endif /* PSM_HAVE_AVX2 */
+#endif /* PYSAFEMAX_ROWS_SMALL_AVX2_H */
