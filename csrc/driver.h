@@ -132,10 +132,8 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 FN(small_row_passes)(x, classes, method != PSM_NAIVE, method == PSM_STABLE,
                                      c->fast, batch_state)) {
                 batch = pos;
-                /* eight independent logs in a row, not each behind its row's
-                 * loss: their latency overlaps */
-                for (int r = 0; method == PSM_STABLE && r < 8; r++)
-                    batch_log_norm[r] = FN(log_norm)(&batch_state[r]);
+                if (method == PSM_STABLE)
+                    FN(log_norms8)(batch_state, c->fast, batch_log_norm);
             }
             double log_norm;
             if (!want_cross && pos < batch + 8) {

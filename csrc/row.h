@@ -520,6 +520,31 @@ static void FN(softmax_row)(const REAL *x, int64_t classes, int64_t stride, int 
     }
 }
 
+/* stable: log(1 + s), the log of a position's softmax denominator over
+ * exp(max); NaN where it has none. */
+static double FN(log_norm)(const FN(row_state) *st)
+{
+    return psm_log1p(FN(stable_rest)(st));
+}
+
+/* log_norm of eight rows: four at a time where the vector path runs. */
+static void FN(log_norms8)(const FN(row_state) st[8], int fast, double out[8])
+{
+    for (int r = 0; r < 8; r++)
+        out[r] = FN(stable_rest)(&st[r]);
+#if FLOAT_ROWS
+    if (fast) {
+        psm_log1p4_avx2(out);
+        psm_log1p4_avx2(out + 4);
+        return;
+    }
+#else
+    (void)fast;
+#endif
+    for (int r = 0; r < 8; r++)
+        out[r] = psm_log1p(out[r]);
+}
+
 /* The log-softmax of one position into y: (x_j - m) - log1p(s) in double,
  * rounded to REAL, after one row_pass (psm_log_softmax_row_avx2's twin). */
 static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, int fast,
@@ -527,7 +552,7 @@ static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, 
 {
     FN(row_state) st;
     FN(row_pass)(x, classes, stride, 1, 1, fast, NULL, &st);
-    double log_norm = log1p(FN(stable_rest)(&st));
+    double log_norm = FN(log_norm)(&st);
 #if FLOAT_ROWS
     if (fast && stride == 1) {
         psm_log_softmax_row_avx2(x, classes, st.max, log_norm, y);
@@ -546,13 +571,6 @@ static REAL FN(clamped_nll)(REAL shift, REAL total, REAL x)
     const REAL tiny = (REAL)FLT_MIN;
     REAL p = EXP(x - shift) / total;
     return (REAL)0 - LOG(p < tiny ? tiny : p);
-}
-
-/* stable: log(1 + s), the log of a position's softmax denominator over
- * exp(max); NaN where it has none. */
-static double FN(log_norm)(const FN(row_state) *st)
-{
-    return log1p(FN(stable_rest)(st));
 }
 
 /* One position's loss, given its log_norm (stable; unused otherwise); x_y

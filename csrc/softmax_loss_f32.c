@@ -11,6 +11,7 @@
 #include "chunks.h"
 #include "exp_f32.h"
 #include "internal.h"
+#include "log1p_f64.h"
 #include "rows_avx2.h"
 #include "rows_small_avx2.h"
 

@@ -10,6 +10,7 @@
 
 #include "chunks.h"
 #include "internal.h"
+#include "log1p_f64.h"
 
 #define REAL double
 #define FN(name) name##_f64

@@ -1,7 +1,7 @@
 /*
  * The test-only hooks of testing.h: the thread-local flag that sends a
- * thread's calls down the portable twins, the kernel's float exp over an
- * array, and the machine-limit probes of the benchmarks (read, exp+sum,
+ * thread's calls down the portable twins, the kernel's float exp and double
+ * log1p over an array, and the machine-limit probes of the benchmarks (read, exp+sum,
  * copy), each with its AVX2 loop and the scalar twin.  They share exp_f32.h and chunks.c with the kernel, so they measure
  * the code the kernel runs.
  */
@@ -14,6 +14,7 @@
 #include "exp_f32.h"
 #include "internal.h"
 #include "lanes_avx2.h"
+#include "log1p_f64.h"
 
 /* C11's thread-local storage, or MSVC's. */
 #if defined(_MSC_VER)
@@ -248,4 +249,22 @@ double psm_exp_sum_probe_f32(const float *x, int64_t n, int threads, int portabl
 double psm_copy_probe_f32(const float *x, int64_t n, float *out, int threads, int portable)
 {
     return run_probe(copy_chunk, x, n, out, threads, portable);
+}
+
+void psm_log1p_f64(const double *in, int64_t n, int portable, double *out)
+{
+    int64_t j = 0;
+#ifdef PSM_HAVE_AVX2
+    if (!portable && psm_simd_level())
+        for (; j + 4 <= n; j += 4) {
+            double lanes[4] = {in[j], in[j + 1], in[j + 2], in[j + 3]};
+            psm_log1p4_avx2(lanes);
+            for (int l = 0; l < 4; l++)
+                out[j + l] = lanes[l];
+        }
+#else
+    (void)portable;
+#endif
+    for (; j < n; j++)
+        out[j] = psm_log1p(in[j]);
 }

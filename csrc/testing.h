@@ -35,6 +35,11 @@ int psm_testing_portable(void);
  * psm_testing_set_portable's flag. */
 void psm_exp_f32(const float *in, int64_t n, int portable, float *out);
 
+/* The kernel's own double log1p (log1p_f64.h) of each element, 4 lanes at a
+ * time unless portable (the scalar twin): for tests and
+ * bench/check_log1p_ulp.py. */
+void psm_log1p_f64(const double *in, int64_t n, int portable, double *out);
+
 /* The sum of n floats, read with the kernel's SIMD and threads: the
  * read-bandwidth probe the benchmarks compare the loss against. */
 double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable);

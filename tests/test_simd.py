@@ -310,3 +310,29 @@ def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(cla
                                            **options) for i in range(rows)])
         np.testing.assert_array_equal(got, twin, err_msg=str(options))
         np.testing.assert_array_equal(got, alone, err_msg=str(options))
+
+
+def test_log1p_within_its_stated_error_on_a_sample():
+    """csrc/log1p_f64.h's bound (bench/check_log1p_ulp.py measures it over
+    2^26 inputs) on a sample of the stable method's domain, s >= 0."""
+    rng = np.random.default_rng(2)
+    s = np.concatenate([np.exp2(rng.uniform(-60, 40, 2 ** 18)), rng.uniform(0, 4, 2 ** 16),
+                        [0.0, 5e-324, 1e-30, 0.40262, np.sqrt(0.5) - 1 + 1e-17, 2.0 ** 1000]])
+    exact = np.log1p(s.astype(np.longdouble))
+    ulp = np.abs(np.spacing(exact.astype(np.float64))).astype(np.longdouble)
+    for portable in (0, 1):
+        got = _bindings.log1p_f64(s, portable)
+        assert float((np.abs(got.astype(np.longdouble) - exact) / ulp).max()) <= 0.840
+        assert got[-6] == 0.0 and got[-4] == 1e-30   # log1p(s) = s for tiny s
+
+
+@needs_simd
+def test_vector_and_portable_log1p_agree_bit_for_bit():
+    rng = np.random.default_rng(3)
+    s = np.concatenate([np.exp2(rng.uniform(-80, 60, 2 ** 16)),
+                        [np.nan, np.inf, -0.0, -0.5, 2.0 ** 1001, 0.0, 1.0]])
+    vector = _bindings.log1p_f64(s, 0)
+    np.testing.assert_array_equal(vector.view(np.uint64),
+                                  _bindings.log1p_f64(s, 1).view(np.uint64))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(vector[-7:-2], np.log1p(s[-7:-2]))
