@@ -102,7 +102,8 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
     int64_t classes = c->classes, inner = c->inner, first, last;
     FN(chunk_span)(c, chunk, &first, &last);
     double total = 0.0;
-    /* rows of a few classes: row_pass of eight at once, [batch, batch + 8) */
+    /* rows of a few classes: eight at once, [batch, batch + 8), their
+     * row_pass (no gradient) or stored_exps (a one-hot gradient) */
     FN(row_state) batch_state[8] = {{0}};
     double batch_log_norm[8] = {0};
     int64_t batch = -8;
@@ -123,8 +124,20 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
         const REAL *x = c->logits + base;
         double loss;
         if (job->grad && FN(is_one_hot)(&t)) {
-            loss = FN(one_hot_loss_grad)(x, classes, inner, &t, method, job->scale, c->fast,
-                                         job->grad + base);
+            REAL *g = job->grad + base;
+            if (batches && pos >= batch + 8 && pos + 8 <= last &&
+                FN(small_stored_exps)(x, classes, method, c->fast, g, batch_state)) {
+                batch = pos;
+                if (method == PSM_STABLE)
+                    FN(log_norms8)(batch_state, c->fast, batch_log_norm);
+            }
+            if (pos < batch + 8)
+                loss = FN(finish_loss_grad)(&batch_state[pos - batch],
+                                            batch_log_norm[pos - batch], x, classes, inner,
+                                            &t, method, job->scale, c->fast, g);
+            else
+                loss = FN(one_hot_loss_grad)(x, classes, inner, &t, method, job->scale,
+                                             c->fast, g);
         } else {
             FN(row_state) st;
             int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);

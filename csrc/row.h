@@ -717,10 +717,9 @@ static void FN(stored_sums)(const REAL *x, const REAL *e, int64_t n, int64_t str
     *rest += FN(block_sum)(b, n, step, m, fast, ties);
 }
 
-/* One position's loss and gradient for a one-hot target (the label t->label
- * in [0, classes)), with one exp per logit: the max (stable, maxsub); then
- * e_j = exp(x_j - shift) written to grad while it is summed
- * (exp_store_total, as softmax); then the loss from that sum, and the
+/* A one-hot loss with its gradient, with one exp per logit: the max
+ * (stable, maxsub); then e_j = exp(x_j - shift) written to grad while it is
+ * summed (exp_store_total, as softmax); then the loss from that sum, and the
  * stored e_j scaled in place (from L2 for any row up to a few 100k
  * classes), the label's entry last.  The arithmetic of position_grad, which
  * computes each exp twice: the gradient has the same bits.
@@ -731,42 +730,97 @@ static void FN(stored_sums)(const REAL *x, const REAL *e, int64_t n, int64_t str
  * most ~2^-21 s); a row whose max dominates (s < 1, where log1p(s) needs s
  * to full relative precision, e.g. a loss of 1e-30) sums its terms again
  * with the max's own counted, not added (block_sum's sum with ties, from
- * the stored e_j: no exp computed twice). */
-static double FN(one_hot_loss_grad)(const REAL *x, int64_t classes, int64_t stride,
-                                    const FN(target) *t, int method, double scale,
-                                    int fast, REAL *grad)
+ * the stored e_j: no exp computed twice).
+ *
+ * exp_state: a row's state from its max m and the sum of its stored exps;
+ * 0 when stable must also have the exact sums (exact_state). */
+static int FN(exp_state)(REAL m, double sum, int method, FN(row_state) *st)
 {
-    int stable = method == PSM_STABLE;
+    FN(row_state) one = {m, sum, 0.0, 0.0, 0.0, 0.0, 0};
+    if (method == PSM_STABLE) {
+        one.rest = sum - 1.0;
+        one.ties = 1.0;
+    }
+    *st = one;
+    return method != PSM_STABLE || !(isfinite(m) && one.rest < 1.0);
+}
+
+static void FN(exact_state)(double rest, double ties, FN(row_state) *st)
+{
+    st->rest = rest;
+    st->ties = ties;
+}
+
+/* The exps of a position stored to grad, and its state (see exp_state). */
+static void FN(stored_exps)(const REAL *x, int64_t classes, int64_t stride, int method,
+                            int fast, REAL *grad, FN(row_state) *st)
+{
     REAL m = FN(row_shift_max)(x, classes, stride, method, fast);
     /* naive and maxsub: -BIG for -inf, as row_pass (exp(-inf) = 0, not NaN) */
-    REAL shift = stable || m != (REAL)-INFINITY ? m : -BIG;
+    REAL shift = method == PSM_STABLE || m != (REAL)-INFINITY ? m : -BIG;
     double sum = FN(exp_store_total)(x, classes, stride, shift, fast, grad);
-    FN(row_state) st = {m, sum, 0.0, 0.0, 0.0, 0.0, 0};
-    if (stable) {
-        st.rest = sum - 1.0;
-        st.ties = 1.0;
-        if (isfinite(m) && st.rest < 1.0) {
-            st.rest = st.ties = 0.0;
-            for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
-                int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
-                FN(stored_sums)(x + start * stride, grad + start * stride, len, stride, m,
-                                fast, &st.rest, &st.ties);
-            }
-        }
+    if (FN(exp_state)(m, sum, method, st))
+        return;
+    double rest = 0.0, ties = 0.0;
+    for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
+        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
+        FN(stored_sums)(x + start * stride, grad + start * stride, len, stride, m, fast,
+                        &rest, &ties);
     }
+    FN(exact_state)(rest, ties, st);
+}
+
+/* Eight rows' stored_exps at once: rows x, x + classes, ..., x + 7 classes,
+ * contiguous, classes <= PSM_SMALL_CLASSES, their exps stored to the rows
+ * of grad alike, on the vector path (rows_small_avx2.h), with the same bits
+ * and states.  Returns 0 where there is no such path. */
+static int FN(small_stored_exps)(const REAL *x, int64_t classes, int method, int fast,
+                                 REAL *grad, FN(row_state) st[8])
+{
+#if FLOAT_ROWS
+    if (fast && classes <= PSM_SMALL_CLASSES) {
+        float e[8 * PSM_SMALL_CLASSES], max[8];
+        double sum[8], rest[8], ties[8];
+        psm_small_exps_avx2(x, (int)classes, method, BIG, e, max, sum, rest, ties);
+        for (int r = 0; r < 8; r++) {
+            for (int64_t j = 0; j < classes; j++)
+                grad[r * classes + j] = e[j * 8 + r];
+            if (!FN(exp_state)(max[r], sum[r], method, &st[r]))
+                FN(exact_state)(rest[r], ties[r], &st[r]);
+        }
+        return 1;
+    }
+#else
+    (void)x;
+    (void)classes;
+    (void)method;
+    (void)fast;
+    (void)grad;
+    (void)st;
+#endif
+    return 0;
+}
+
+/* The loss of a position whose exps stored_exps left in grad, with its
+ * state and log_norm (stable), and its gradient, scaled in place. */
+static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
+                                   const REAL *x, int64_t classes, int64_t stride,
+                                   const FN(target) *t, int method, double scale,
+                                   int fast, REAL *grad)
+{
     int64_t y = t->label;
     REAL x_y = x[y * stride], e_y = grad[y * stride];
-    double loss = FN(position_loss)(&st, x_y, x, classes, stride, t, method);
+    double loss = FN(position_loss_given)(st, log_norm, x_y, x, classes, stride, t, method);
     double mass = t->label_part;
-    if (!stable) {
+    if (method != PSM_STABLE) {
         /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
-        REAL total = FN(float_total)(&st, method);
+        REAL total = FN(float_total)(st, method);
         REAL rmass = (REAL)mass, rscale = (REAL)scale;
         FN(scale_row)(grad, classes, stride, fast, 1, total, rmass, rscale);
         grad[y * stride] = ((e_y / total) * rmass - (REAL)t->label_part) * rscale;
         return loss;
     }
-    double s = FN(stable_rest)(&st);
+    double s = FN(stable_rest)(st);
     if (isnan(s)) {
         for (int64_t j = 0; j < classes; j++)
             grad[j * stride] = (REAL)NAN;
@@ -775,10 +829,23 @@ static double FN(one_hot_loss_grad)(const REAL *x, int64_t classes, int64_t stri
     double denom = 1.0 + s;
     FN(scale_row)(grad, classes, stride, fast, 0, 1, (REAL)(mass * scale / denom), 1);
     double g = mass * ((double)e_y / denom) - t->label_part;
-    if (x_y == m)   /* s < 1: the max is unique, and it is y */
+    if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
         g = s < 1.0 ? -mass * (s / denom) : mass / denom - t->label_part;
     grad[y * stride] = (REAL)(g * scale);
     return loss;
+}
+
+/* One position's loss and gradient for a one-hot target (the label t->label
+ * in [0, classes)). */
+static double FN(one_hot_loss_grad)(const REAL *x, int64_t classes, int64_t stride,
+                                    const FN(target) *t, int method, double scale,
+                                    int fast, REAL *grad)
+{
+    FN(row_state) st;
+    FN(stored_exps)(x, classes, stride, method, fast, grad, &st);
+    double log_norm = method == PSM_STABLE ? FN(log_norm)(&st) : 0.0;
+    return FN(finish_loss_grad)(&st, log_norm, x, classes, stride, t, method, scale, fast,
+                                grad);
 }
 
 /* The partial state of a position over a block of its classes. */

@@ -17,6 +17,7 @@
 
 #include "exp_f32.h"
 #include "internal.h"   /* PSM_SMALL_CLASSES */
+#include "softmax_loss.h"   /* PSM_STABLE, PSM_NAIVE */
 
 #ifdef PSM_HAVE_AVX2
 
@@ -33,44 +34,39 @@ static inline int psm_small_lane_class(int n, int g, int l)
     return l >= 8 - n % 8 ? n - 8 + l : -1;
 }
 
-/* What row_pass leaves for each of 8 rows of n <= PSM_SMALL_CLASSES
- * contiguous floats (row r at x + r n): the max (track_max; else 0), and
- * the sum of exp(x_j - max) over x_j != max with the x_j == max counted
- * (exact_rest), or else the sum of every exp(x_j - shift), the shift being
- * the max, or -big for a max of -inf. */
-static PSM_AVX2 void psm_small_rows_avx2(const float *x, int n, int track_max,
-                                         int exact_rest, float big, float max[8],
-                                         double rest[8], double ties[8])
+/* Column j of 8 rows of n contiguous floats (row r at x + r n) into col[j],
+ * and the rows' max (track_max; else 0) as psm_block_max_avx2 finds it,
+ * +0 for a zero max. */
+static inline PSM_AVX2 __m256 psm_small_columns_avx2(const float *x, int n, int track_max,
+                                                     __m256 col[PSM_SMALL_CLASSES])
 {
     const __m256 zero = _mm256_setzero_ps();
     const __m256i rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                             _mm256_set1_epi32(n));
-    __m256 col[PSM_SMALL_CLASSES];
     __m256 m = track_max ? _mm256_set1_ps(-INFINITY) : zero;
     for (int j = 0; j < n; j++) {
         col[j] = _mm256_i32gather_ps(x + j, rows, 4);
         if (track_max)   /* max_ps(v, m) returns m when v is NaN */
             m = _mm256_max_ps(col[j], m);
     }
-    m = _mm256_andnot_ps(_mm256_cmp_ps(m, zero, _CMP_EQ_OQ), m);   /* +0 for -0 */
-    __m256 shift = m;
-    if (!exact_rest)
-        shift = _mm256_blendv_ps(m, _mm256_set1_ps(-big),
-                                 _mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
-    __m256 tie_count = zero;
-    for (int j = 0; j < n; j++) {
-        __m256 e = psm_expf_avx2(_mm256_sub_ps(col[j], shift));
-        if (exact_rest) {
-            __m256 tie = _mm256_cmp_ps(col[j], m, _CMP_EQ_OQ);
-            tie_count = _mm256_add_ps(tie_count, _mm256_and_ps(tie, _mm256_set1_ps(1.0f)));
-            e = _mm256_andnot_ps(tie, e);
-        }
-        col[j] = e;
-    }
-    /* acc[k] = (acc[k] + s[k]) + s[k + 4] per group, as psm_add_wide_avx2;
-     * a masked lane adds +0, which changes no sum (never -0), so it is
-     * skipped.  Rows 0-3 in lo, 4-7 in hi. */
-    __m256d lo[4], hi[4];
+    return _mm256_andnot_ps(_mm256_cmp_ps(m, zero, _CMP_EQ_OQ), m);
+}
+
+/* The shift of naive and maxsub: the max, or -big for a max of -inf. */
+static inline PSM_AVX2 __m256 psm_small_shift_avx2(__m256 m, float big)
+{
+    return _mm256_blendv_ps(m, _mm256_set1_ps(-big),
+                            _mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
+}
+
+/* The 8 rows' sums of their n terms term[j], into sum[8]: per row, the
+ * terms join four double lanes as psm_add_wide_avx2 joins them,
+ * acc[k] = (acc[k] + s[k]) + s[k + 4] per group, then (acc0 + acc2) +
+ * (acc1 + acc3) as psm_hsum_pd_avx2.  A masked lane adds +0, which changes
+ * no sum (never -0), so it is skipped. */
+static inline PSM_AVX2 void psm_small_sums_avx2(const __m256 *term, int n, double sum[8])
+{
+    __m256d lo[4], hi[4];   /* rows 0-3, rows 4-7 */
     for (int k = 0; k < 4; k++)
         lo[k] = hi[k] = _mm256_setzero_pd();
     int groups = n < 8 ? 1 : (n + 7) / 8;
@@ -80,16 +76,81 @@ static PSM_AVX2 void psm_small_rows_avx2(const float *x, int n, int track_max,
                 int c = psm_small_lane_class(n, g, l);
                 if (c < 0)
                     continue;
-                lo[k] = _mm256_add_pd(lo[k], _mm256_cvtps_pd(_mm256_castps256_ps128(col[c])));
-                hi[k] = _mm256_add_pd(hi[k], _mm256_cvtps_pd(_mm256_extractf128_ps(col[c], 1)));
+                lo[k] = _mm256_add_pd(lo[k], _mm256_cvtps_pd(_mm256_castps256_ps128(term[c])));
+                hi[k] = _mm256_add_pd(hi[k],
+                                      _mm256_cvtps_pd(_mm256_extractf128_ps(term[c], 1)));
             }
-    /* psm_hsum_pd_avx2's order: (acc0 + acc2) + (acc1 + acc3) */
-    _mm256_storeu_pd(rest, _mm256_add_pd(_mm256_add_pd(lo[0], lo[2]),
-                                         _mm256_add_pd(lo[1], lo[3])));
-    _mm256_storeu_pd(rest + 4, _mm256_add_pd(_mm256_add_pd(hi[0], hi[2]),
-                                             _mm256_add_pd(hi[1], hi[3])));
-    _mm256_storeu_pd(ties, _mm256_cvtps_pd(_mm256_castps256_ps128(tie_count)));
-    _mm256_storeu_pd(ties + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(tie_count, 1)));
+    _mm256_storeu_pd(sum, _mm256_add_pd(_mm256_add_pd(lo[0], lo[2]),
+                                        _mm256_add_pd(lo[1], lo[3])));
+    _mm256_storeu_pd(sum + 4, _mm256_add_pd(_mm256_add_pd(hi[0], hi[2]),
+                                            _mm256_add_pd(hi[1], hi[3])));
+}
+
+/* exp(v - m) where v != m, else 0, and the v == m counted into *ties: the
+ * terms of psm_block_sums_avx2 from e = exp(v - m). */
+static inline PSM_AVX2 __m256 psm_small_untied_avx2(__m256 v, __m256 m, __m256 e,
+                                                    __m256 *ties)
+{
+    __m256 tie = _mm256_cmp_ps(v, m, _CMP_EQ_OQ);
+    *ties = _mm256_add_ps(*ties, _mm256_and_ps(tie, _mm256_set1_ps(1.0f)));
+    return _mm256_andnot_ps(tie, e);
+}
+
+static inline PSM_AVX2 void psm_small_store_ties_avx2(__m256 ties, double out[8])
+{
+    _mm256_storeu_pd(out, _mm256_cvtps_pd(_mm256_castps256_ps128(ties)));
+    _mm256_storeu_pd(out + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(ties, 1)));
+}
+
+/* What row_pass leaves for each of 8 rows of n <= PSM_SMALL_CLASSES
+ * contiguous floats (row r at x + r n): the max (track_max; else 0), and
+ * the sum of exp(x_j - max) over x_j != max with the x_j == max counted
+ * (exact_rest), or else the sum of every exp(x_j - shift), the shift being
+ * the max, or -big for a max of -inf. */
+static PSM_AVX2 void psm_small_rows_avx2(const float *x, int n, int track_max,
+                                         int exact_rest, float big, float max[8],
+                                         double rest[8], double ties[8])
+{
+    __m256 col[PSM_SMALL_CLASSES];
+    __m256 m = psm_small_columns_avx2(x, n, track_max, col);
+    __m256 shift = exact_rest ? m : psm_small_shift_avx2(m, big);
+    __m256 tie_count = _mm256_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        __m256 e = psm_expf_avx2(_mm256_sub_ps(col[j], shift));
+        col[j] = exact_rest ? psm_small_untied_avx2(col[j], m, e, &tie_count) : e;
+    }
+    psm_small_sums_avx2(col, n, rest);
+    psm_small_store_ties_avx2(tie_count, ties);
+    _mm256_storeu_ps(max, m);
+}
+
+/* What stored_exps (row.h) leaves for each of 8 rows of n <=
+ * PSM_SMALL_CLASSES contiguous floats: e_j = exp(x_j - shift) of row r at
+ * e[j * 8 + r], the rows' max (stable, maxsub; 0 for naive) and the sum of
+ * their e_j in psm_exp_store_sum_avx2's order; for stable also the sum
+ * over x_j != max with the x_j == max counted, in psm_stored_sums_avx2's
+ * order, which stored_exps takes for a row that needs it. */
+static PSM_AVX2 void psm_small_exps_avx2(const float *x, int n, int method, float big,
+                                         float *e, float max[8], double sum[8],
+                                         double rest[8], double ties[8])
+{
+    __m256 col[PSM_SMALL_CLASSES], untied[PSM_SMALL_CLASSES];
+    __m256 m = psm_small_columns_avx2(x, n, method != PSM_NAIVE, col);
+    int stable = method == PSM_STABLE;
+    __m256 shift = stable ? m : psm_small_shift_avx2(m, big);
+    __m256 tie_count = _mm256_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        __m256 ex = psm_expf_avx2(_mm256_sub_ps(col[j], shift));
+        _mm256_storeu_ps(e + 8 * j, ex);
+        if (stable)
+            untied[j] = psm_small_untied_avx2(col[j], m, ex, &tie_count);
+        col[j] = ex;
+    }
+    psm_small_sums_avx2(col, n, sum);
+    if (stable) {
+        psm_small_sums_avx2(untied, n, rest);
+        psm_small_store_ties_avx2(tie_count, ties);
+    }
     _mm256_storeu_ps(max, m);
 }
 

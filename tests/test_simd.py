@@ -282,7 +282,11 @@ def test_the_cheap_path_leaves_every_error_to_the_general_path():
 
 
 def _loss_bits(x, y, **options):
-    return pysafemax.softmax_loss(x, y, reduction="none", **options).view(np.uint32)
+    """The per-row losses' bits, and with the gradient its bits after them."""
+    got = pysafemax.softmax_loss(x, y, reduction="none", **options)
+    if options.get("return_grad"):
+        return np.concatenate([got[0].view(np.uint32), got[1].reshape(-1).view(np.uint32)])
+    return got.view(np.uint32)
 
 
 @needs_simd
@@ -291,7 +295,8 @@ def _loss_bits(x, y, **options):
 def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(classes,
                                                                            method):
     """Rows of up to 16 classes take an eight-row vector loop: each row's
-    loss is the one it has alone (one row per call), and the twin's."""
+    loss and gradient are the ones it has alone (one row per call), and the
+    twin's."""
     rng = np.random.default_rng(classes)
     rows = 8 * 3 + 5   # three batches of eight and a remainder
     x = (rng.standard_normal((rows, classes)) * rng.choice([1.0, 30.0, 100.0], (rows, 1)))
@@ -303,13 +308,17 @@ def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(cla
     y = rng.integers(0, classes, rows)
     for options in ({}, {"label_smoothing": 0.1}, {"ignore_index": 0},
                     {"weight": rng.uniform(0, 2, classes)}):
-        got = _loss_bits(x, y, method=method, **options)
-        with _bindings.portable_code():
-            twin = _loss_bits(x, y, method=method, **options)
-        alone = np.concatenate([_loss_bits(x[i:i + 1], y[i:i + 1], method=method,
-                                           **options) for i in range(rows)])
-        np.testing.assert_array_equal(got, twin, err_msg=str(options))
-        np.testing.assert_array_equal(got, alone, err_msg=str(options))
+        for grad in (False, True):
+            options["return_grad"] = grad
+            got = _loss_bits(x, y, method=method, **options)
+            with _bindings.portable_code():
+                twin = _loss_bits(x, y, method=method, **options)
+            alone = [_loss_bits(x[i:i + 1], y[i:i + 1], method=method, **options)
+                     for i in range(rows)]
+            if grad:   # the losses, then the gradient rows
+                alone = [a[:1] for a in alone] + [a[1:] for a in alone]
+            np.testing.assert_array_equal(got, twin, err_msg=str(options))
+            np.testing.assert_array_equal(got, np.concatenate(alone), err_msg=str(options))
 
 
 def test_log1p_within_its_stated_error_on_a_sample():
