@@ -382,6 +382,10 @@ int main(void)
         for (size_t b = 0; b < sizeof classes / sizeof *classes; b++)
             for (size_t c = 0; c < sizeof inners / sizeof *inners; c++)
                 shape_sweep(outers[a], classes[b], inners[c]);
+    /* rows of few classes eight at a time (rows_small_avx2.h): two batches
+     * and a row left over */
+    for (size_t b = 0; b < sizeof classes / sizeof *classes && classes[b] <= 17; b++)
+        shape_sweep(17, classes[b], 1);
     special_values();
     bad_arguments();
     threads_and_twins();
