@@ -30,14 +30,23 @@ reduction "mean":
                                       gradient buffer with vector loads and
                                       stores, same threads (the floor of
                                       anything that writes a gradient)
+  fresh copy probe                    the same into a new array each call
+                                      (np.empty_like): the floor of anything
+                                      that returns N x C floats, softmax and
+                                      log_softmax here and in torch, whose
+                                      pages the OS must map and zero first
 
-and prints the median time per call, G elements/s and GB/s (logits bytes
-over time), the speed against torch at the same thread count (torch time /
-row time; +grad rows against torch forward+backward, softmax and log_softmax
-against torch's own) and against the probes (probe time / row time): the read
-probe (the share of the read bandwidth reached), the exp+sum probe (every
-row but that probe) and the copy probe (the rows that write N x C floats:
-+grad, softmax, log_softmax and their torch peers).
+and prints the median time per call with the fastest and slowest round
+(as fractions of the median), G elements/s and GB/s (logits bytes over
+time), the speed against torch at the same thread count (torch's best time
+over the rounds / the row's median: torch's own time moves with its
+allocator's state, so it is warmed up and given its best; +grad rows
+against torch forward+backward, softmax and log_softmax against torch's
+own) and against the probes (probe time / row time): the read probe (the
+share of the read bandwidth reached), the exp+sum probe (every row but that
+probe), the copy probe (the rows that write into a given buffer: +grad) and
+the fresh copy probe (the rows that return a new N x C array: softmax,
+log_softmax and their torch peers).
 
 Timing: arrays are made and written before timing; every row is called once
 untimed, then calibrated to loop k calls per measurement (at least the
@@ -74,7 +83,8 @@ TORCH_BACKWARD = "torch forward+backward"
 PROBE = "read probe"
 EXP_PROBE = "exp+sum probe"
 COPY_PROBE = "copy probe"
-PROBES = (PROBE, EXP_PROBE, COPY_PROBE)
+FRESH_PROBE = "fresh copy probe"
+PROBES = (PROBE, EXP_PROBE, COPY_PROBE, FRESH_PROBE)
 GRAD_ROW = "pysafemax stable+grad"
 SOFTMAX_ROW = "pysafemax softmax"
 LOG_SOFTMAX_ROW = "pysafemax log_softmax"
@@ -87,9 +97,10 @@ ROW_NAMES = ([f"pysafemax {m}" for m in METHODS] + [GRAD_ROW, SOFTMAX_ROW, LOG_S
 TORCH_BASELINE = {GRAD_ROW: TORCH_BACKWARD, TORCH_BACKWARD: TORCH_BACKWARD,
                   SOFTMAX_ROW: TORCH_SOFTMAX, TORCH_SOFTMAX: TORCH_SOFTMAX,
                   LOG_SOFTMAX_ROW: TORCH_LOG_SOFTMAX, TORCH_LOG_SOFTMAX: TORCH_LOG_SOFTMAX}
-# The rows that write N x C floats, compared with the copy probe too.
-WRITE_ROWS = {GRAD_ROW, SOFTMAX_ROW, LOG_SOFTMAX_ROW, TORCH_BACKWARD, TORCH_SOFTMAX,
-              TORCH_LOG_SOFTMAX}
+# The rows that write N x C floats into a given buffer, compared with the
+# copy probe, and those that return a new N x C array, with the fresh one.
+WRITE_ROWS = {GRAD_ROW, TORCH_BACKWARD}
+FRESH_ROWS = {SOFTMAX_ROW, LOG_SOFTMAX_ROW, TORCH_SOFTMAX, TORCH_LOG_SOFTMAX}
 
 
 def all_cores():
@@ -173,13 +184,15 @@ def print_header(info):
     print(f"float32 logits = random normal * 4, int64 labels, reduction mean; median of "
           f"up to {info['rounds']} interleaved rounds, each measurement >= "
           f"{info['target_ms']:g} ms (k calls looped).")
-    print("vs torch = torch time / row time at the same thread count (+grad and "
-          "forward+backward rows: against torch forward+backward; softmax and "
-          "log_softmax: against torch's);")
+    print("min-max = the fastest and slowest round over the median; vs torch = torch's "
+          "best time / row time at the same thread count (+grad and forward+backward "
+          "rows: against torch forward+backward; softmax and log_softmax: against "
+          "torch's);")
     print("vs probe = read-probe time / row time (G elem/s of the row over the probe's); "
           "vs exp = the same against the exp+sum probe;")
-    print("vs copy = against the copy probe, for the rows that write N x C floats. "
-          "numpy rows run on one thread and appear once.")
+    print("vs copy = against the copy probe for the rows that write N x C floats into "
+          "a buffer (+grad), against the fresh copy probe for those that return a new "
+          "array (softmax, log_softmax). numpy rows run on one thread and appear once.")
 
 
 class Row:
@@ -194,6 +207,12 @@ class Row:
         self.seconds_estimate = None
         self.rounds = set()
         self.times = []
+
+
+def fresh_copy(x, threads):
+    out = np.empty_like(x)
+    _bindings.copy_probe_f32(x, out, threads, False)
+    return out
 
 
 def make_rows(shape, thread_counts, torch, rng):
@@ -237,6 +256,8 @@ def make_rows(shape, thread_counts, torch, rng):
         rows.append(Row(COPY_PROBE, t,
                         lambda t=t: _bindings.copy_probe_f32(x, grad, t, False),
                         lambda r: float(np.array_equal(grad, x))))
+        rows.append(Row(FRESH_PROBE, t, lambda t=t: fresh_copy(x, t),
+                        lambda r: float(np.array_equal(r, x))))
         if group == 0:
             for m in METHODS:
                 rows.append(Row(f"numpy {m}", t,
@@ -309,7 +330,7 @@ def check_results(shape, x, rows, results):
     would make: the rounding of a float sum of random terms grows like their
     norm), the exp+sum probe's against numpy's float64 exp (each exp within
     0.603 ULP, then float adds of 4 terms: relative 1e-5 is loose), and the
-    copy probe's buffer against x (1.0: equal)."""
+    copy probes' outputs against x (1.0: equal)."""
     reference = results[[row.name for row in rows].index("pysafemax stable")]
     flat = x.reshape(-1)
     total = float(x.sum(dtype=np.float64))
@@ -317,7 +338,7 @@ def check_results(shape, x, rows, results):
                     for i in range(0, flat.size, 1 << 22))
     expected_of = {PROBE: (total, 1e-3 * (1 + float(np.linalg.norm(flat)))),
                    EXP_PROBE: (exp_total, 1e-5 * exp_total),
-                   COPY_PROBE: (1.0, 0.0)}
+                   COPY_PROBE: (1.0, 0.0), FRESH_PROBE: (1.0, 0.0)}
     problems = []
     for row, value in zip(rows, results):
         expected, tol = expected_of.get(row.name, (reference, 1e-4 * (1 + abs(reference))))
@@ -361,15 +382,17 @@ def summarise(shape, rows):
     n, c = shape
     elements, nbytes = n * c, n * c * 4
     median = {(row.name, row.threads): statistics.median(row.times) for row in rows}
+    best = {(row.name, row.threads): min(row.times) for row in rows}
     records = []
     # in ROW_NAMES order within each thread count, whatever the timing order
     for row in sorted(rows, key=lambda row: (row.threads, ROW_NAMES.index(row.name))):
         seconds = median[(row.name, row.threads)]
         baseline = TORCH_BASELINE.get(row.name, TORCH_FORWARD)
-        torch_seconds = median.get((baseline, row.threads))
+        torch_seconds = best.get((baseline, row.threads))
         probe_seconds = median.get((PROBE, row.threads))
         exp_seconds = median.get((EXP_PROBE, row.threads))
         copy_seconds = median.get((COPY_PROBE, row.threads))
+        fresh_seconds = median.get((FRESH_PROBE, row.threads))
         records.append({
             "shape": [n, c],
             "elements": elements,
@@ -378,6 +401,8 @@ def summarise(shape, rows):
             "row": row.name,
             "seconds": seconds,
             "seconds_all": row.times,
+            "seconds_min": min(row.times),
+            "seconds_max": max(row.times),
             "loops": row.loops,
             "rounds": len(row.times),
             "g_elements_per_s": elements / seconds / 1e9,
@@ -391,6 +416,8 @@ def summarise(shape, rows):
                                    else None),
             "ratio_to_copy_probe": (copy_seconds / seconds
                                     if copy_seconds is not None and row.name in WRITE_ROWS
+                                    else fresh_seconds / seconds
+                                    if fresh_seconds is not None and row.name in FRESH_ROWS
                                     else None),
         })
     return records
@@ -412,17 +439,20 @@ def print_table(shape, records, seconds):
     print(f"== ({n}, {c}): {elements:,} elements, {elements * 4 / 1e6:.3g} MB of logits"
           f"{'; reported per call' if latency else ''}  [{seconds:.0f} s]")
     if latency:
-        print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'vs torch':>10}")
+        print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'min-max':>11}{'vs torch':>10}")
     else:
-        print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'G elem/s':>10}{'GB/s':>8}"
-              f"{'vs torch':>10}{'vs probe':>10}{'vs exp':>8}{'vs copy':>9}")
+        print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'min-max':>11}{'G elem/s':>10}"
+              f"{'GB/s':>8}{'vs torch':>10}{'vs probe':>10}{'vs exp':>8}{'vs copy':>9}")
     previous = None
     for rec in records:
         if previous is not None and rec["threads"] != previous:
             print()
         previous = rec["threads"]
         ratio = "-" if rec["ratio_to_torch"] is None else f"{rec['ratio_to_torch']:.2f}x"
-        line = f"{rec['threads']:>7}  {rec['row']:<24}{format_time(rec['seconds']):>12}"
+        spread_text = (f"{rec['seconds_min'] / rec['seconds']:.2f}-"
+                       f"{rec['seconds_max'] / rec['seconds']:.2f}")
+        line = (f"{rec['threads']:>7}  {rec['row']:<24}{format_time(rec['seconds']):>12}"
+                f"{spread_text:>11}")
         if latency:
             print(f"{line}{ratio:>10}")
             continue
