@@ -37,6 +37,7 @@ typedef struct {
 typedef struct {
     FN(call) call;
     double scale;            /* every loss's gradient is multiplied by this */
+    double weight_total;     /* the class weights' sum, or the class count */
     REAL *losses, *grad;     /* either may be NULL */
     double *chunk_loss;      /* each chunk's summed loss */
 } FN(loss_job);
@@ -138,6 +139,20 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
             else
                 loss = FN(one_hot_loss_grad)(x, classes, inner, &t, method, job->scale,
                                              c->fast, g);
+        } else if (method == PSM_STABLE && FN(smoothed_label)(&t)) {
+            /* the max, sums and exps as for a label, then the smoothing's
+             * cross term in one vector pass */
+            FN(row_state) st;
+            if (job->grad)
+                FN(stored_exps)(x, classes, inner, method, c->fast, job->grad + base, &st);
+            else
+                FN(row_pass)(x, classes, inner, 1, 1, c->fast, NULL, &st);
+            FN(smoothed_cross)(x, classes, inner, &t, job->weight_total, c->fast, &st);
+            loss = FN(position_loss_given)(&st, FN(log_norm)(&st), 0, x, classes, inner, &t,
+                                           method);
+            if (job->grad)
+                FN(smoothed_grad)(&st, x, classes, inner, &t, job->weight_total, job->scale,
+                                  c->fast, job->grad + base);
         } else {
             FN(row_state) st;
             int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);
@@ -318,9 +333,15 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
     int64_t status = psm_call_normalizer(labels, outer, inner, classes, opt, &normalizer);
     if (status != PSM_OK)
         return status;
+    double weight_total = (double)classes;
+    if (opt->class_weight) {
+        weight_total = 0.0;
+        for (int64_t k = 0; k < classes; k++)
+            weight_total += opt->class_weight[k];
+    }
     FN(loss_job) job = {FN(call_for)(logits, outer, classes, inner, 0, classes, labels,
                                      target_probs, opt),
-                        psm_gradient_scale(normalizer), losses, grad, NULL};
+                        psm_gradient_scale(normalizer), weight_total, losses, grad, NULL};
     double total;
     status = FN(run_job)(FN(loss_chunk), &job, &job.call, &job.chunk_loss, &total);
     if (status != PSM_OK)

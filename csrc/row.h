@@ -848,6 +848,118 @@ static double FN(one_hot_loss_grad)(const REAL *x, int64_t classes, int64_t stri
                                 grad);
 }
 
+/* Label smoothing over a label: q_j = smooth w_j + [j == y] label_part, the
+ * stable method's commonest target but one-hot. */
+static int FN(smoothed_label)(const FN(target) *t)
+{
+    return t->probs == NULL && t->smooth != 0.0;
+}
+
+/* sum_j w_j (m - x_j) over the x_j with w_j != 0 (w NULL: all 1) and x_j !=
+ * -inf, *neg_inf set where some w_j != 0 has x_j = -inf:
+ * psm_weighted_gaps_avx2, or its twin (8 double lanes, the last n % 8 in
+ * index order). */
+static double FN(weighted_gaps)(const REAL *x, int64_t n, int64_t stride, REAL m,
+                                const double *w, int fast, int *neg_inf)
+{
+#if FLOAT_ROWS
+    if (fast && stride == 1)
+        return psm_weighted_gaps_avx2(x, n, m, w, neg_inf);
+#else
+    (void)fast;
+#endif
+    double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0}, total;
+    int found = 0;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) {
+            double wj = w ? w[j + l] : 1.0;
+            REAL v = x[(j + l) * stride];
+            if (wj == 0.0)
+                continue;
+            if (v == (REAL)-INFINITY)
+                found = 1;
+            else
+                acc[l] += wj * ((double)m - (double)v);
+        }
+    total = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for (; j < n; j++) {
+        double wj = w ? w[j] : 1.0;
+        if (wj == 0.0)
+            continue;
+        if (x[j * stride] == (REAL)-INFINITY)
+            found = 1;
+        else
+            total += wj * ((double)m - (double)x[j * stride]);
+    }
+    if (found)
+        *neg_inf = 1;
+    return total;
+}
+
+/* A smoothed label's cross term and mass, for a whole position whose max
+ * st->max is final: sum_j q_j (m - x_j) = smooth sum_j w_j (m - x_j) +
+ * label_part (m - x_y), and Q = smooth W + label_part, W the sum of the
+ * class weights (or the class count).  One vector pass, where row_pass
+ * computed each q_j in the loop that follows its blocks' max. */
+static void FN(smoothed_cross)(const REAL *x, int64_t classes, int64_t stride,
+                               const FN(target) *t, double weight_total, int fast,
+                               FN(row_state) *st)
+{
+    int neg_inf = 0;
+    double cross = t->smooth * FN(weighted_gaps)(x, classes, stride, st->max, t->weight,
+                                                 fast, &neg_inf);
+    if (t->label_part != 0.0) {
+        REAL x_y = x[t->label * stride];
+        if (x_y == (REAL)-INFINITY)
+            neg_inf = 1;
+        else
+            cross += t->label_part * ((double)st->max - (double)x_y);
+    }
+    st->cross = cross;
+    st->cross_inf = neg_inf;
+    st->mass = t->smooth * weight_total + t->label_part;
+}
+
+/* A smoothed label's gradient, (p_j Q - q_j) scale, over the exps that
+ * stored_exps left in grad: position_grad's arithmetic, elementwise
+ * (psm_smoothed_grad_avx2 or this loop), then the label's entry and, where
+ * s < 1, the max's without cancellation, (Q - q_max) - Q s / (1 + s). */
+static void FN(smoothed_grad)(const FN(row_state) *st, const REAL *x, int64_t classes,
+                              int64_t stride, const FN(target) *t, double weight_total,
+                              double scale, int fast, REAL *grad)
+{
+    double s = FN(stable_rest)(st);
+    if (isnan(s)) {
+        for (int64_t j = 0; j < classes; j++)
+            grad[j * stride] = (REAL)NAN;
+        return;
+    }
+    double denom = 1.0 + s, mass = st->mass;
+    const double *w = t->weight;
+    int64_t y = t->label;
+    double e_y = (double)grad[y * stride];
+#if FLOAT_ROWS
+    if (fast && stride == 1)
+        psm_smoothed_grad_avx2(grad, classes, w, mass, denom, t->smooth, scale);
+    else
+#else
+    (void)fast;
+#endif
+        for (int64_t j = 0; j < classes; j++)
+            grad[j * stride] = (REAL)((mass * ((double)grad[j * stride] / denom) -
+                                       t->smooth * (w ? w[j] : 1.0)) * scale);
+    grad[y * stride] = (REAL)((mass * (e_y / denom) - FN(target_mass)(t, y, stride)) * scale);
+    if (s < 1.0) {   /* the max is unique */
+        int64_t at = 0;
+        while (at < classes - 1 && !(x[at * stride] == st->max))
+            at++;
+        double off_max_mass = t->smooth * (weight_total - (w ? w[at] : 1.0)) +
+                              (at == y ? 0.0 : t->label_part);
+        grad[at * stride] = (REAL)((off_max_mass - mass * (s / denom)) * scale);
+    }
+}
+
 /* The partial state of a position over a block of its classes. */
 static void FN(block_partial)(const REAL *x, int64_t classes, int64_t stride,
                               const FN(target) *t, int method, int fast,

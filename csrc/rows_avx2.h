@@ -266,6 +266,76 @@ static PSM_AVX2 void psm_scale_row_avx2(float *g, int64_t n, int divide, float d
         g[j] = divide ? ((g[j] / divisor) * factor) * scale : g[j] * factor;
 }
 
+/* sum_j w_j (m - x_j) over the x_j with w_j != 0 (w NULL: all 1) and
+ * x_j != -inf, in double: lane l of 8 takes j = 8 g + l, the lanes are
+ * combined as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), and the
+ * last n % 8 are added in index order.  *neg_inf is set where some w_j != 0
+ * has x_j = -inf.  Twin: weighted_gaps in row.h. */
+static PSM_AVX2 double psm_weighted_gaps_avx2(const float *x, int64_t n, float m,
+                                              const double *w, int *neg_inf)
+{
+    const __m256d md = _mm256_set1_pd((double)m), minus_inf = _mm256_set1_pd(-INFINITY);
+    const __m256d zero = _mm256_setzero_pd();
+    __m256d lo = zero, hi = zero;
+    int found = 0;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        __m256d x_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d x_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        __m256d d_lo = _mm256_sub_pd(md, x_lo), d_hi = _mm256_sub_pd(md, x_hi);
+        __m256d inf_lo = _mm256_cmp_pd(x_lo, minus_inf, _CMP_EQ_OQ);
+        __m256d inf_hi = _mm256_cmp_pd(x_hi, minus_inf, _CMP_EQ_OQ);
+        __m256d skip_lo = zero, skip_hi = zero;
+        if (w) {
+            __m256d w_lo = _mm256_loadu_pd(w + j), w_hi = _mm256_loadu_pd(w + j + 4);
+            d_lo = _mm256_mul_pd(w_lo, d_lo);
+            d_hi = _mm256_mul_pd(w_hi, d_hi);
+            skip_lo = _mm256_cmp_pd(w_lo, zero, _CMP_EQ_OQ);
+            skip_hi = _mm256_cmp_pd(w_hi, zero, _CMP_EQ_OQ);
+        }
+        found |= _mm256_movemask_pd(_mm256_andnot_pd(skip_lo, inf_lo)) |
+                 _mm256_movemask_pd(_mm256_andnot_pd(skip_hi, inf_hi));
+        lo = _mm256_add_pd(lo, _mm256_andnot_pd(_mm256_or_pd(skip_lo, inf_lo), d_lo));
+        hi = _mm256_add_pd(hi, _mm256_andnot_pd(_mm256_or_pd(skip_hi, inf_hi), d_hi));
+    }
+    double total = psm_hsum_pd_avx2(_mm256_add_pd(lo, hi));
+    for (; j < n; j++) {
+        double wj = w ? w[j] : 1.0;
+        if (wj == 0.0)
+            continue;
+        if (x[j] == -INFINITY)
+            found = 1;
+        else
+            total += wj * ((double)m - (double)x[j]);
+    }
+    if (found)
+        *neg_inf = 1;
+    return total;
+}
+
+/* g_j = (mass (e_j / denom) - smooth w_j) scale in double, rounded to float,
+ * in place over the stored e_j (w NULL: all 1): label smoothing's gradient
+ * but for the label's own entry.  Elementwise, so the twin's loop
+ * (smoothed_grad in row.h) gives the same bits. */
+static PSM_AVX2 void psm_smoothed_grad_avx2(float *g, int64_t n, const double *w,
+                                            double mass, double denom, double smooth,
+                                            double scale)
+{
+    const __m256d mv = _mm256_set1_pd(mass), dv = _mm256_set1_pd(denom);
+    const __m256d sv = _mm256_set1_pd(smooth), cv = _mm256_set1_pd(scale);
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        __m256d e = _mm256_cvtps_pd(_mm_loadu_ps(g + j));
+        __m256d q = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j)) : sv;
+        __m256d r = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(mv, _mm256_div_pd(e, dv)), q),
+                                  cv);
+        _mm_storeu_ps(g + j, _mm256_cvtpd_ps(r));
+    }
+    for (; j < n; j++)
+        g[j] = (float)((mass * ((double)g[j] / denom) - smooth * (w ? w[j] : 1.0)) * scale);
+}
+
 /* log-softmax of a row: y_j = (x_j - m) - log_norm in double, rounded to
  * float, as the portable loop of log_softmax_row (row.h). */
 static PSM_AVX2 void psm_log_softmax_row_avx2(const float *x, int64_t n, float m,
