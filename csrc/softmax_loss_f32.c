@@ -20,6 +20,7 @@
 #define BIG FLT_MAX
 #ifdef PSM_HAVE_AVX2
 #define FLOAT_ROWS 1
+#define VEC(name) psm_##name##_avx2
 #else
 #define FLOAT_ROWS 0
 #endif
