@@ -203,9 +203,9 @@ def main(argv=None):
           f"{shares['bits']:,} over all bits, and the directed ones)")
     print(f"  results           {stats['normal']:,} normal, {stats['subnormal']:,} "
           f"subnormal, {stats['nan_inputs']:,} NaN inputs")
-    print(f"  max ULP error     {stats['max_ulp']:.4f} (normal results) at x = "
+    print(f"  max ULP error     {stats['max_ulp']:.5f} (normal results) at x = "
           f"{show(stats['worst_x'])}")
-    print(f"  subnormal results max error {stats['max_steps']:.4f} steps (2^-1074) at x = "
+    print(f"  subnormal results max error {stats['max_steps']:.5f} steps (2^-1074) at x = "
           f"{show(stats['worst_sub_x'])}")
     print(f"  wrong specials    inf {stats['wrong_inf']}, 0 {stats['wrong_zero']}, "
           f"nan {stats['wrong_nan']}")
@@ -216,7 +216,7 @@ def main(argv=None):
         others = sorted(set(stats["worst"]) - {stats["worst_x"]})
         xs = [stats["worst_x"]] + others[:args.mpmath - 1]
         worst, at = mpmath_recheck(xs)
-        print(f"  mpmath recheck    {len(xs)} inputs above 0.5 ULP: max {worst:.4f} ULP "
+        print(f"  mpmath recheck    {len(xs)} inputs above 0.5 ULP: max {worst:.5f} ULP "
               f"at x = {show(at)}")
 
     failures = []

@@ -20,9 +20,9 @@
  * rounding on the subnormal grid).  The AVX2 twin sends a group with any such
  * lane to the scalar function, lane by lane: the cold path is one code.
  *
- * ULP error: at most 0.5107 on normal results (worst input found
- * -0x1.eeffc498a296ep+7 = -247.4995; mpmath at 200 bits: 0.5105); subnormal
- * results within 0.5024 of a subnormal step (2^-1074); inf, 0 and NaN exact
+ * ULP error: at most 0.51074 on normal results (worst input found
+ * -0x1.eeffc498a296ep+7 = -247.4995; mpmath at 200 bits: 0.51052); subnormal
+ * results within 0.50240 of a subnormal step (2^-1074); inf, 0 and NaN exact
  * (inf exactly where exp rounds to inf, 0 where it rounds to 0); the scalar
  * and AVX2 versions agree bit for bit.  Over 10^8 sampled inputs (half
  * uniform in value over [-746, 710], a quarter uniform over that range's bit
