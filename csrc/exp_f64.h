@@ -29,8 +29,9 @@
  * patterns, a quarter over all 2^64) and 12,455 directed ones (specials, the
  * thresholds and 64 neighbours of each, the table's switch points):
  * `python bench/check_exp_f64_ulp.py` (40 s on 2 cores).
- * The reference is numpy's 80-bit longdouble exp.  Constants and table: 2^(j/128) and ln2 to 200 bits (mpmath), rounded
- * to nearest.
+ * The reference is numpy's 80-bit longdouble exp.  Constants and table:
+ * 2^(j/128) and ln2 to 200 bits (mpmath), rounded to nearest
+ * (tests/test_simd.py checks the table against mpmath).
  */
 #ifndef PYSAFEMAX_EXP_F64_H
 #define PYSAFEMAX_EXP_F64_H

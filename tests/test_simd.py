@@ -116,6 +116,29 @@ def test_exp_f64_special_values_are_exact():
         assert np.isfinite(got[13]) and got[13] > 1.7e308
 
 
+def test_exp_f64_table_and_constants_are_the_rounded_values():
+    # exp_f64.h's table of H_j, T_j pairs and its ln2/128 split, recomputed
+    mpmath = pytest.importorskip("mpmath")
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).parent.parent / "csrc" / "exp_f64.h").read_text()
+    body = re.search(r"#define PSM_EXP_F64_TABLE \\\n(.*?)\n\n", text, re.S).group(1)
+    values = [float.fromhex(v) if v != "0.0" else 0.0
+              for v in re.findall(r"-?0x[0-9a-f.]+p[+-]\d+|0\.0", body)]
+    assert len(values) == 256
+    with mpmath.workprec(200):
+        for j in range(128):
+            exact = mpmath.power(2, mpmath.mpf(j) / 128)
+            h, t = values[2 * j], values[2 * j + 1]
+            assert h == float(exact) and t == float((exact - h) / h), j
+        ln2_128 = mpmath.log(2) / 128
+        hi = float.fromhex(re.search(r"PSM_LN2_128_HI (\S+)", text).group(1))
+        lo = float.fromhex(re.search(r"PSM_LN2_128_LO (\S+)", text).group(1))
+        assert float(ln2_128 - hi) == lo and abs(hi - ln2_128) < 2.0**-40
+        assert float.fromhex(re.search(r"PSM_128_OVER_LN2 (\S+)", text).group(1)) == \
+            float(128 / mpmath.log(2))
+
+
 @needs_simd
 def test_vector_and_portable_exp_f64_agree_bit_for_bit():
     rng = np.random.default_rng(2)
