@@ -2,6 +2,7 @@
 
     python bench/run.py [--json FILE] [--plot FILE.png] [--quick]
                         [--threads 1,2] [--shapes 32x10,8192x1000]
+                        [--dtype float64]
 
 For each shape (float32 logits: random normal * 4; random int64 labels) and
 each thread count (1 and all cores) it times these rows, each a loss with
@@ -35,6 +36,9 @@ reduction "mean":
                                       that returns N x C floats, softmax and
                                       log_softmax here and in torch, whose
                                       pages the OS must map and zero first
+
+With --dtype float64 the logits are float64 (the same draws' distribution)
+and the probe rows, which are float32 code, are left out.
 
 and prints the median time per call with the fastest and slowest round
 (as fractions of the median), G elements/s and GB/s (logits bytes over
@@ -181,7 +185,7 @@ def print_header(info):
     if info["environment"]:
         print("environment: " + ", ".join(f"{k}={v}" for k, v in info["environment"].items())
               + " (no BLAS is timed here)")
-    print(f"float32 logits = random normal * 4, int64 labels, reduction mean; median of "
+    print(f"{info['dtype']} logits = random normal * 4, int64 labels, reduction mean; median of "
           f"up to {info['rounds']} interleaved rounds, each measurement >= "
           f"{info['target_ms']:g} ms (k calls looped).")
     print("min-max = the fastest and slowest round over the median; vs torch = torch's "
@@ -215,9 +219,9 @@ def fresh_copy(x, threads):
     return out
 
 
-def make_rows(shape, thread_counts, torch, rng):
+def make_rows(shape, thread_counts, torch, rng, dtype=np.float32):
     n, c = shape
-    x = rng.standard_normal(shape, dtype=np.float32)
+    x = rng.standard_normal(shape, dtype=dtype)
     x *= 4
     y = rng.integers(0, c, n, dtype=np.int64)
     grad = np.empty_like(x)
@@ -247,17 +251,18 @@ def make_rows(shape, thread_counts, torch, rng):
         # slow a multithreaded call that follows them for longer than the
         # pause after each torch row (a 2-thread exp+sum probe took 2.5 ms
         # there, 1.7 ms here); the table still lists them last (ROW_NAMES).
-        rows.append(Row(PROBE, t, lambda t=t: _bindings.read_probe_f32(x, t, False),
-                        float))
-        rows.append(Row(EXP_PROBE, t, lambda t=t: _bindings.exp_sum_probe_f32(x, t, False),
-                        float))
-        # into the +grad row's buffer (prepared, touched); its check is that
-        # the buffer then equals x (1.0), read right after the untimed call
-        rows.append(Row(COPY_PROBE, t,
-                        lambda t=t: _bindings.copy_probe_f32(x, grad, t, False),
-                        lambda r: float(np.array_equal(grad, x))))
-        rows.append(Row(FRESH_PROBE, t, lambda t=t: fresh_copy(x, t),
-                        lambda r: float(np.array_equal(r, x))))
+        if dtype == np.float32:     # the probes read float32 only
+            rows.append(Row(PROBE, t, lambda t=t: _bindings.read_probe_f32(x, t, False),
+                            float))
+            rows.append(Row(EXP_PROBE, t,
+                            lambda t=t: _bindings.exp_sum_probe_f32(x, t, False), float))
+            # into the +grad row's buffer (prepared, touched); its check is that
+            # the buffer then equals x (1.0), read right after the untimed call
+            rows.append(Row(COPY_PROBE, t,
+                            lambda t=t: _bindings.copy_probe_f32(x, grad, t, False),
+                            lambda r: float(np.array_equal(grad, x))))
+            rows.append(Row(FRESH_PROBE, t, lambda t=t: fresh_copy(x, t),
+                            lambda r: float(np.array_equal(r, x))))
         if group == 0:
             for m in METHODS:
                 rows.append(Row(f"numpy {m}", t,
@@ -358,7 +363,7 @@ def spread(count, total):
 
 
 def measure_shape(shape, thread_counts, torch, args, rng):
-    x, y, grad, rows = make_rows(shape, thread_counts, torch, rng)
+    x, y, grad, rows = make_rows(shape, thread_counts, torch, rng, np.dtype(args.dtype))
     target = args.target_ms / 1000
     state = {}
     results = [calibrate(row, target, torch, state) for row in rows]
@@ -378,9 +383,9 @@ def measure_shape(shape, thread_counts, torch, args, rng):
     return rows, problems
 
 
-def summarise(shape, rows):
+def summarise(shape, rows, itemsize=4):
     n, c = shape
-    elements, nbytes = n * c, n * c * 4
+    elements, nbytes = n * c, n * c * itemsize
     median = {(row.name, row.threads): statistics.median(row.times) for row in rows}
     best = {(row.name, row.threads): min(row.times) for row in rows}
     records = []
@@ -431,12 +436,12 @@ def format_time(seconds):
     return f"{seconds:8.3f} s "
 
 
-def print_table(shape, records, seconds):
+def print_table(shape, records, seconds, itemsize=4):
     n, c = shape
     elements = n * c
     latency = elements < LATENCY_ELEMENTS
     print()
-    print(f"== ({n}, {c}): {elements:,} elements, {elements * 4 / 1e6:.3g} MB of logits"
+    print(f"== ({n}, {c}): {elements:,} elements, {elements * itemsize / 1e6:.3g} MB of logits"
           f"{'; reported per call' if latency else ''}  [{seconds:.0f} s]")
     if latency:
         print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'min-max':>11}{'vs torch':>10}")
@@ -543,6 +548,8 @@ def main(argv=None):
     parser.add_argument("--row-budget", type=float,
                         help="seconds of measurements per row and shape before a slow row "
                              "drops to fewer rounds (default 8; quick 0.05)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="logits' dtype (default float32; float64 has no probe rows)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -568,6 +575,7 @@ def main(argv=None):
     torch = import_torch()
     info = header(torch, args)
     info["threads"] = thread_counts
+    info["dtype"] = args.dtype
     info["shapes"] = [list(s) for s in shapes]
     print_header(info)
 
@@ -577,8 +585,9 @@ def main(argv=None):
     for shape in shapes:
         shape_start = time.perf_counter()
         rows, shape_problems = measure_shape(shape, thread_counts, torch, args, rng)
-        shape_records = summarise(shape, rows)
-        print_table(shape, shape_records, time.perf_counter() - shape_start)
+        itemsize = np.dtype(args.dtype).itemsize
+        shape_records = summarise(shape, rows, itemsize)
+        print_table(shape, shape_records, time.perf_counter() - shape_start, itemsize)
         records += shape_records
         problems += [f"{shape}: {p}" for p in shape_problems]
     info["seconds"] = time.perf_counter() - start

@@ -108,7 +108,7 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
     FN(row_state) batch_state[8] = {{0}};
     double batch_log_norm[8] = {0};
     int64_t batch = -8;
-    int batches = FLOAT_ROWS && c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES;
+    int batches = SMALL_ROWS && c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES;
     for (int64_t pos = first; pos < last; pos++) {
         int64_t base;
         FN(target) t;

@@ -10,13 +10,19 @@
  * before including it (and then driver.h):
  *   REAL      float or double
  *   FN(name)  name with the type's suffix appended (name##_f32)
- *   EXP, LOG  REAL's exp and log (psm_expf and logf for float)
+ *   EXP, LOG  REAL's exp and log (psm_expf and logf for float, psm_exp and log
+ *             for double)
  *   BIG       REAL's largest finite number (FLT_MAX, DBL_MAX)
- *   FLOAT_ROWS 1 where rows_avx2.h serves contiguous rows (float on x86-64)
- *   LANE_SUMS  1 to sum in the 8-lane order of rows_avx2.h (float), 0 to sum
- *              in index order (double, which has no vector path)
- * and after internal.h (PSM_BLOCK, read_label) and, for float,
- * rows_avx2.h.
+ *   FLOAT_ROWS 1 where AVX2 loops serve contiguous rows (x86-64; the name
+ *              is older than the double loops): rows_avx2.h for float,
+ *              rows_avx2_f64.h for double
+ *   VEC(name)  the AVX2 loop named name of those (psm_##name##_avx2 for float,
+ *              psm_##name##_f64_avx2 for double)
+ *   LANE_SUMS  1 to sum in the 8-float-lane order of rows_avx2.h (float), 0
+ *              in the 4-double-lane order of rows_avx2_f64.h (double)
+ *   SMALL_ROWS 1 where rows of at most PSM_SMALL_CLASSES are read eight at a
+ *              time (rows_small_avx2.h: float on x86-64)
+ * and after internal.h (PSM_BLOCK, read_label) and the type's AVX2 loops.
  *
  * One pass.  Every position's logits are read once, in blocks of PSM_BLOCK:
  * the block's max, then, from L1, the sum of exp(x_j - max) over the x_j
@@ -116,7 +122,7 @@ static REAL FN(block_max)(const REAL *x, int64_t n, int64_t stride, int fast)
 {
 #if FLOAT_ROWS
     if (fast && stride == 1)
-        return psm_block_max_avx2(x, n);
+        return VEC(block_max)(x, n);
 #else
     (void)fast;
 #endif
@@ -202,11 +208,30 @@ static PSM_ALWAYS_INLINE double FN(lane_sum)(const REAL *x, int64_t n,
     }
     return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 #else
-    /* one sum in index order, so a -inf class (a 0 term) changes nothing */
-    double sum = 0.0;
-    for (int64_t j = 0; j < n; j++)
-        sum += (double)FN(term)(x[j * stride], shift, ties, FN(store_at)(e, j * stride));
-    return sum;
+    /* 4 double lanes: each 16 terms as (e0 + e1) + (e2 + e3) per lane, then
+     * groups of 4, then the last n % 4 in lanes 0.., the others adding +0 */
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int l = 0; l < 4; l++) {
+            int64_t k = j + l;
+            REAL e0 = FN(term)(x[k * stride], shift, ties, FN(store_at)(e, k * stride));
+            REAL e1 = FN(term)(x[(k + 4) * stride], shift, ties,
+                               FN(store_at)(e, (k + 4) * stride));
+            REAL e2 = FN(term)(x[(k + 8) * stride], shift, ties,
+                               FN(store_at)(e, (k + 8) * stride));
+            REAL e3 = FN(term)(x[(k + 12) * stride], shift, ties,
+                               FN(store_at)(e, (k + 12) * stride));
+            acc[l] = acc[l] + ((e0 + e1) + (e2 + e3));
+        }
+    for (; j < n; j += 4)
+        for (int l = 0; l < 4; l++) {
+            int64_t k = j + l;
+            acc[l] = acc[l] + (k < n ? FN(term)(x[k * stride], shift, ties,
+                                                FN(store_at)(e, k * stride))
+                                     : 0);
+        }
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
 #endif
 }
 
@@ -218,9 +243,9 @@ static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift
 #if FLOAT_ROWS
     if (fast && stride == 1) {
         if (!ties)
-            return psm_block_total_avx2(x, n, shift);
+            return VEC(block_total)(x, n, shift);
         double rest = 0.0;
-        psm_block_sums_avx2(x, n, shift, &rest, ties);
+        VEC(block_sums)(x, n, shift, &rest, ties);
         return rest;
     }
 #else
@@ -265,14 +290,14 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
     if (fast && stride == 1 && classes <= PSM_BLOCK && t == NULL) {
         /* one contiguous block: the loop below, without its bookkeeping */
         if (track_max) {
-            m = psm_block_max_avx2(x, classes);
+            m = VEC(block_max)(x, classes);
             if (m == 0)
                 m = 0;
         }
         if (exact_rest)
-            psm_block_sums_avx2(x, classes, m, &rest, &ties);
+            VEC(block_sums)(x, classes, m, &rest, &ties);
         else
-            rest = psm_block_total_avx2(x, classes, m == (REAL)-INFINITY ? -BIG : m);
+            rest = VEC(block_total)(x, classes, m == (REAL)-INFINITY ? -BIG : m);
         FN(row_state) one = {m, rest, ties, 0.0, 0.0, 0.0, 0};
         *st = one;
         return;
@@ -338,7 +363,7 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
 static int FN(small_row_passes)(const REAL *x, int64_t classes, int track_max,
                                 int exact_rest, int fast, FN(row_state) st[8])
 {
-#if FLOAT_ROWS
+#if SMALL_ROWS
     if (fast && classes <= PSM_SMALL_CLASSES) {
         float max[8];
         double rest[8], ties[8];
@@ -368,16 +393,16 @@ static void FN(grad_row)(const REAL *x, int64_t n, int64_t stride, int fast,
 {
 #if FLOAT_ROWS
     if (fast && stride == 1) {
-        psm_grad_row_avx2(x, n, shift, divide, divisor, factor, scale, g);
+        VEC(grad_row)(x, n, shift, divide, divisor, factor, scale, g);
         return;
     }
     if (fast) {   /* strided: the vector loop on copies, block by block */
-        float in[PSM_BLOCK], out[PSM_BLOCK];
+        REAL in[PSM_BLOCK], out[PSM_BLOCK];
         for (int64_t start = 0; start < n; start += PSM_BLOCK) {
             int64_t len = n - start < PSM_BLOCK ? n - start : PSM_BLOCK;
             for (int64_t j = 0; j < len; j++)
                 in[j] = x[(start + j) * stride];
-            psm_grad_row_avx2(in, len, shift, divide, divisor, factor, scale, out);
+            VEC(grad_row)(in, len, shift, divide, divisor, factor, scale, out);
             for (int64_t j = 0; j < len; j++)
                 g[(start + j) * stride] = out[j];
         }
@@ -426,12 +451,12 @@ static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL s
 {
 #if FLOAT_ROWS
     if (fast && stride == 1)
-        return psm_exp_store_sum_avx2(x, n, shift, e);
+        return VEC(exp_store_sum)(x, n, shift, e);
     if (fast) {
-        float copy[PSM_BLOCK];
+        REAL copy[PSM_BLOCK];
         for (int64_t j = 0; j < n; j++)
             copy[j] = x[j * stride];
-        double sum = psm_exp_store_sum_avx2(copy, n, shift, copy);
+        double sum = VEC(exp_store_sum)(copy, n, shift, copy);
         for (int64_t j = 0; j < n; j++)
             e[j * stride] = copy[j];
         return sum;
@@ -464,7 +489,7 @@ static void FN(scale_row)(REAL *g, int64_t n, int64_t stride, int fast, int divi
 {
 #if FLOAT_ROWS
     if (fast && stride == 1) {
-        psm_scale_row_avx2(g, n, divide, divisor, factor, scale);
+        VEC(scale_row)(g, n, divide, divisor, factor, scale);
         return;
     }
 #else
@@ -555,7 +580,7 @@ static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, 
     double log_norm = FN(log_norm)(&st);
 #if FLOAT_ROWS
     if (fast && stride == 1) {
-        psm_log_softmax_row_avx2(x, classes, st.max, log_norm, y);
+        VEC(log_softmax_row)(x, classes, st.max, log_norm, y);
         return;
     }
 #endif
@@ -705,7 +730,7 @@ static void FN(stored_sums)(const REAL *x, const REAL *e, int64_t n, int64_t str
 {
 #if FLOAT_ROWS
     if (fast && stride == 1) {
-        psm_stored_sums_avx2(x, e, n, m, rest, ties);
+        VEC(stored_sums)(x, e, n, m, rest, ties);
         return;
     }
 #else
@@ -777,7 +802,7 @@ static void FN(stored_exps)(const REAL *x, int64_t classes, int64_t stride, int 
 static int FN(small_stored_exps)(const REAL *x, int64_t classes, int method, int fast,
                                  REAL *grad, FN(row_state) st[8])
 {
-#if FLOAT_ROWS
+#if SMALL_ROWS
     if (fast && classes <= PSM_SMALL_CLASSES) {
         float e[8 * PSM_SMALL_CLASSES], max[8];
         double sum[8], rest[8], ties[8];
@@ -864,7 +889,7 @@ static double FN(weighted_gaps)(const REAL *x, int64_t n, int64_t stride, REAL m
 {
 #if FLOAT_ROWS
     if (fast && stride == 1)
-        return psm_weighted_gaps_avx2(x, n, m, w, neg_inf);
+        return VEC(weighted_gaps)(x, n, m, w, neg_inf);
 #else
     (void)fast;
 #endif
@@ -941,7 +966,7 @@ static void FN(smoothed_grad)(const FN(row_state) *st, const REAL *x, int64_t cl
     double e_y = (double)grad[y * stride];
 #if FLOAT_ROWS
     if (fast && stride == 1)
-        psm_smoothed_grad_avx2(grad, classes, w, mass, denom, t->smooth, scale);
+        VEC(smoothed_grad)(grad, classes, w, mass, denom, t->smooth, scale);
     else
 #else
     (void)fast;

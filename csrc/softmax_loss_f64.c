@@ -1,23 +1,32 @@
 /*
  * The double entry points: row.h and driver.h instantiated for double,
- * with the C library's exp and log, and no vector path: its portable loops
- * sum in index order.  The template's macros (see row.h) are defined here,
- * once.
+ * whose contiguous rows take the AVX2 loops of rows_avx2_f64.h where the CPU
+ * has them, and whose exp is the kernel's own (exp_f64.h; the same bits on
+ * every path, within 0.51 ULP).  The template's macros (see row.h) are
+ * defined here, once.
  */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
 #include "chunks.h"
+#include "exp_f64.h"
 #include "internal.h"
 #include "log1p_f64.h"
+#include "rows_avx2_f64.h"
 
 #define REAL double
 #define FN(name) name##_f64
-#define EXP exp
+#define EXP psm_exp
 #define LOG log
 #define BIG DBL_MAX
+#ifdef PSM_HAVE_AVX2
+#define FLOAT_ROWS 1
+#define VEC(name) psm_##name##_f64_avx2
+#else
 #define FLOAT_ROWS 0
+#endif
+#define SMALL_ROWS 0
 #define LANE_SUMS 0
 
 #include "row.h"

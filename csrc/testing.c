@@ -12,6 +12,7 @@
 
 #include "chunks.h"
 #include "exp_f32.h"
+#include "exp_f64.h"
 #include "internal.h"
 #include "lanes_avx2.h"
 #include "log1p_f64.h"
@@ -56,6 +57,21 @@ static PSM_AVX2 void psm_exp_array_avx2(const float *in, int64_t n, float *out)
         _mm256_storeu_ps(out + j, psm_expf_avx2(_mm256_loadu_ps(in + j)));
     for (; j < n; j++)
         out[j] = psm_expf(in[j]);
+}
+
+/* The last n % 4 through a masked load and store: every element takes the
+ * vector exp, and nothing past the array is touched. */
+static PSM_AVX2 void psm_exp_array_f64_avx2(const double *in, int64_t n, double *out)
+{
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4)
+        _mm256_storeu_pd(out + j, psm_exp_avx2(_mm256_loadu_pd(in + j)));
+    if (j < n) {
+        __m256i valid = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - j),
+                                           _mm256_setr_epi64x(0, 1, 2, 3));
+        __m256d v = _mm256_maskload_pd(in + j, valid);
+        _mm256_maskstore_pd(out + j, valid, psm_exp_avx2(v));
+    }
 }
 
 /* The read-bandwidth probe: a plain sum, four accumulators. */
@@ -127,6 +143,20 @@ void psm_exp_f32(const float *in, int64_t n, int portable, float *out)
 #endif
     for (int64_t j = 0; j < n; j++)
         out[j] = psm_expf(in[j]);
+}
+
+void psm_exp_f64(const double *in, int64_t n, int portable, double *out)
+{
+#ifdef PSM_HAVE_AVX2
+    if (!portable && psm_simd_level()) {
+        psm_exp_array_f64_avx2(in, n, out);
+        return;
+    }
+#else
+    (void)portable;
+#endif
+    for (int64_t j = 0; j < n; j++)
+        out[j] = psm_exp(in[j]);
 }
 
 /* psm_exp_sum_avx2's twin: 8 emulated lanes, the same float and double

@@ -34,6 +34,8 @@ int psm_testing_portable(void);
  * This and the probe take their path from their argument alone, not from
  * psm_testing_set_portable's flag. */
 void psm_exp_f32(const float *in, int64_t n, int portable, float *out);
+/* The same for the kernel's double exp (exp_f64.h; bench/check_exp_f64_ulp.py). */
+void psm_exp_f64(const double *in, int64_t n, int portable, double *out);
 
 /* The kernel's own double log1p (log1p_f64.h) of each element, 4 lanes at a
  * time unless portable (the scalar twin): for tests and

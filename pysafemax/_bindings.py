@@ -242,6 +242,13 @@ def exp_f32(x, portable):
     return out
 
 
+def exp_f64(x, portable):
+    """The kernel's double exp of each element of a float64 array."""
+    out = np.empty_like(x)
+    lib.psm_exp_f64(_in(x, "double[]"), x.size, int(portable), _out(out, "double[]"))
+    return out
+
+
 def log1p_f64(x, portable):
     """The kernel's double log1p of each element of a float64 array."""
     out = np.empty_like(x)

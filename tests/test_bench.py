@@ -16,7 +16,7 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 PYSAFEMAX_ROWS = ["pysafemax naive", "pysafemax maxsub", "pysafemax stable",
                   "pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax"]
 NUMPY_ROWS = ["numpy naive", "numpy maxsub", "numpy stable"]
-PROBE_ROWS = ["read probe", "exp+sum probe", "copy probe"]
+PROBE_ROWS = ["read probe", "exp+sum probe", "copy probe", "fresh copy probe"]
 TORCH_ROWS = ["torch forward", "torch forward+backward", "torch softmax",
               "torch log_softmax"]
 # the rows that write N x C floats, compared with the copy probe too

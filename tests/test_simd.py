@@ -2,8 +2,8 @@
 and out=.
 
 The AVX2 loops and their portable twins perform the same float operations in
-the same order, so results must match bit for bit; the kernel's exp must stay
-within the error stated in csrc/exp_f32.h.
+the same order, so results must match bit for bit; the kernel's exps must stay
+within the errors stated in csrc/exp_f32.h and csrc/exp_f64.h.
 """
 import numpy as np
 import pytest
@@ -64,6 +64,93 @@ def test_vector_and_portable_exp_agree_bit_for_bit():
     assert same.all()
 
 
+def kernel_exp_f64(x, portable):
+    return _bindings.exp_f64(np.ascontiguousarray(x, dtype=np.float64), portable)
+
+
+def ulp_error_f64(got, x):
+    """|got - exp(x)| in ULPs of the double result, against 80-bit exp."""
+    exact = np.exp(x.astype(np.longdouble))
+    spacing = np.spacing(np.abs(exact).astype(np.float64)).astype(np.longdouble)
+    return (np.abs(got.astype(np.longdouble) - exact) / spacing).astype(np.float64)
+
+
+needs_long_double = pytest.mark.skipif(
+    np.finfo(np.longdouble).eps >= np.finfo(np.float64).eps,
+    reason="long double is no wider than double here")
+
+F64_EDGES = np.array([0.0, -0.0, 1e-300, -1e-300, 708.0, -708.0, 709.782712893384,
+                      -708.3964185322641, -745.1332191019411, -744.44007192138,
+                      -720.0, 705.5, -247.49954678520902])
+
+
+@needs_long_double
+def test_exp_f64_within_its_stated_error_on_a_sample():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-746, 710, 2**20),
+                        rng.integers(0, 2**64, 2**20, dtype=np.uint64).view(np.float64),
+                        F64_EDGES])
+    x = x[(x >= -746) & (x <= 709.78)]
+    tiny = np.finfo(np.float64).tiny
+    for portable in (0, 1):
+        got = kernel_exp_f64(x, portable)
+        with np.errstate(under="ignore"):
+            exact = np.exp(x.astype(np.longdouble))
+        normal = exact >= tiny
+        assert ulp_error_f64(got[normal], x[normal]).max() <= 0.5108   # exp_f64.h: 0.51074
+        sub = ~normal
+        steps = np.abs(got[sub].astype(np.longdouble) - exact[sub]) / np.longdouble(2.0**-1074)
+        assert steps.max() <= 0.5025   # exp_f64.h: 0.50244
+
+
+def test_exp_f64_special_values_are_exact():
+    x = np.array([np.inf, -np.inf, np.nan, -np.nan, 709.79, 710.0, 1e300, -745.14, -746.0,
+                  -1e300, 0.0, -0.0, -745.13, 709.78])
+    for portable in (0, 1):
+        got = kernel_exp_f64(x, portable)
+        assert got[0] == np.inf and got[1] == 0 and np.isnan(got[2]) and np.isnan(got[3])
+        assert got[4] == np.inf and got[5] == np.inf and got[6] == np.inf
+        assert got[7] == 0 and got[8] == 0 and got[9] == 0
+        assert got[10] == 1 and got[11] == 1
+        assert got[12] == 5e-324             # the smallest subnormal, rounded up
+        assert np.isfinite(got[13]) and got[13] > 1.7e308
+
+
+def test_exp_f64_table_and_constants_are_the_rounded_values():
+    # exp_f64.h's table of H_j, T_j pairs and its ln2/128 split, recomputed
+    mpmath = pytest.importorskip("mpmath")
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).parent.parent / "csrc" / "exp_f64.h").read_text()
+    body = re.search(r"#define PSM_EXP_F64_TABLE \\\n(.*?)\n\n", text, re.S).group(1)
+    values = [float.fromhex(v) if v != "0.0" else 0.0
+              for v in re.findall(r"-?0x[0-9a-f.]+p[+-]\d+|0\.0", body)]
+    assert len(values) == 256
+    with mpmath.workprec(200):
+        for j in range(128):
+            exact = mpmath.power(2, mpmath.mpf(j) / 128)
+            h, t = values[2 * j], values[2 * j + 1]
+            assert h == float(exact) and t == float((exact - h) / h), j
+        ln2_128 = mpmath.log(2) / 128
+        hi = float.fromhex(re.search(r"PSM_LN2_128_HI (\S+)", text).group(1))
+        lo = float.fromhex(re.search(r"PSM_LN2_128_LO (\S+)", text).group(1))
+        assert float(ln2_128 - hi) == lo and abs(hi - ln2_128) < 2.0**-40
+        assert float.fromhex(re.search(r"PSM_128_OVER_LN2 (\S+)", text).group(1)) == \
+            float(128 / mpmath.log(2))
+
+
+@needs_simd
+def test_vector_and_portable_exp_f64_agree_bit_for_bit():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.integers(0, 2**64, 2**20 + 3, dtype=np.uint64).view(np.float64),
+                        rng.uniform(-750, 712, 2**20 + 1), F64_EDGES,
+                        np.array([np.inf, -np.inf, np.nan])])
+    for start in (0, 1, 2, 3):            # every lane position of the tail
+        a, b = kernel_exp_f64(x[start:], 0), kernel_exp_f64(x[start:], 1)
+        same = (a.view(np.uint64) == b.view(np.uint64)) | (np.isnan(a) & np.isnan(b))
+        assert same.all()
+
+
 def results(x, y, portable, monkeypatch, **kw):
     """Per-position losses and gradient, and the losses of a call without
     the gradient (another path through the kernel)."""
@@ -78,19 +165,21 @@ def results(x, y, portable, monkeypatch, **kw):
 
 def assert_same_bits(a, b):
     for u, v in zip(a, b):
-        u, v = np.asarray(u), np.asarray(v)
+        u, v = np.ascontiguousarray(u), np.ascontiguousarray(v)
         assert u.dtype == v.dtype and u.shape == v.shape
-        np.testing.assert_array_equal(u.view(np.uint32), v.view(np.uint32))
+        np.testing.assert_array_equal(u.view(np.uint8), v.view(np.uint8))
 
 
 @needs_simd
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 @pytest.mark.parametrize("classes", WIDTHS)
-def test_vector_path_gives_the_portable_bits(method, classes, monkeypatch):
+def test_vector_path_gives_the_portable_bits(dtype, method, classes, monkeypatch):
     rng = np.random.default_rng(classes)
     rows = 3 if classes > 1000 else 9
-    for scale in (0.5, 30.0, 300.0):
-        x = (rng.standard_normal((rows, classes)) * scale).astype(np.float32)
+    # 300 and 1000: many x_j - max below -708, exp's cold path (float64)
+    for scale in (0.5, 30.0, 300.0) + ((1000.0,) if dtype == np.float64 else ()):
+        x = (rng.standard_normal((rows, classes)) * scale).astype(dtype)
         if classes > 2:   # special values and ties in some rows
             x[0, classes // 2] = np.inf if method != "naive" else 90.0
             x[1, 1] = np.nan
@@ -104,6 +193,39 @@ def test_vector_path_gives_the_portable_bits(method, classes, monkeypatch):
                         {"label_smoothing": 0.3, "weight": some_zero}):
             assert_same_bits(results(x, y, False, monkeypatch, method=method, **options),
                              results(x, y, True, monkeypatch, method=method, **options))
+
+
+@needs_simd
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+@pytest.mark.parametrize("classes", [1, 2, 3, 5, 17, 33, 70, 2047, 2050, 4097])
+def test_float64_layouts_give_the_contiguous_bits(method, classes):
+    # Fortran order and strided class axes take the portable loops (or the
+    # vector loops on copies), which must give the vector path's bits, for
+    # the loss, its gradient, softmax and log_softmax.
+    rng = np.random.default_rng(classes + 100)
+    rows = 6
+    x = rng.standard_normal((rows, classes)) * 40
+    if classes > 2:
+        x[0, classes // 2] = np.inf if method != "naive" else 800.0
+        x[1, 1] = np.nan
+        x[2, :] = x[2, 0]
+        x[3, -1] = -np.inf
+        x[4, ::2] = -1e300
+    y = rng.integers(0, classes, rows)
+    kw = dict(method=method, reduction="none", return_grad=True)
+    want = pysafemax.softmax_loss(x, y, **kw)
+    want_sm = softmax_results(x, method)
+    wide = np.zeros((rows, 2 * classes))
+    wide[:, ::2] = x
+    for layout in (np.asfortranarray(x), wide[:, ::2], wide[::-1, ::2][::-1]):
+        assert_same_bits(want, pysafemax.softmax_loss(layout, y, **kw))
+        assert_same_bits_any_dtype(want_sm, softmax_results(layout, method))
+    # classes on axis 0 of a C array: a stride of `rows` elements
+    assert_same_bits(want, [np.asarray(a).T if np.ndim(a) == 2 else a for a in
+                            pysafemax.softmax_loss(np.ascontiguousarray(x.T), y, axis=0,
+                                                   **kw)])
+    with _bindings.portable_code():
+        assert_same_bits(want, pysafemax.softmax_loss(np.asfortranarray(x), y, **kw))
 
 
 @needs_simd
@@ -146,6 +268,7 @@ def softmax_results(x, method, **kw):
 
 def assert_same_bits_any_dtype(a, b):
     for u, v in zip(a, b):
+        u, v = np.ascontiguousarray(u), np.ascontiguousarray(v)
         assert u.dtype == v.dtype and u.shape == v.shape
         np.testing.assert_array_equal(u.view(np.uint8), v.view(np.uint8))
 

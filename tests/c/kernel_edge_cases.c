@@ -239,6 +239,37 @@ static void threads_and_twins(void)
     float e[3], in[3] = {0.5f, -90.0f, 88.0f};
     psm_exp_f32(in, 3, 0, e);
     CHECK(fabsf(e[0] - 1.6487213f) < 1e-6f && e[1] > 0 && e[2] > 1e38f);
+    /* the double exp at every tail length (masked loads and stores), on
+     * arrays of exactly that size, fast and cold lanes mixed */
+    for (int64_t len = 1; len <= 9; len++) {
+        double *din = malloc((size_t)len * sizeof *din);
+        double *d1 = malloc((size_t)len * sizeof *d1), *d2 = malloc((size_t)len * sizeof *d2);
+        for (int64_t k = 0; k < len; k++)
+            din[k] = k % 3 == 0 ? -750.0 + 100.0 * (double)k : 0.25 * (double)k;
+        psm_exp_f64(din, len, 0, d1);
+        psm_exp_f64(din, len, 1, d2);
+        CHECK(memcmp(d1, d2, (size_t)len * sizeof *d1) == 0 && d1[0] == 0);
+        free(din); free(d1); free(d2);
+    }
+    /* double: the vector path on 1 thread, the portable twins on 2 */
+    {
+        double *xd = malloc((size_t)n * sizeof *xd), *gd1 = malloc((size_t)n * sizeof *gd1);
+        double *gd2 = malloc((size_t)n * sizeof *gd2);
+        for (int64_t k = 0; k < n; k++)
+            xd[k] = (double)x[k] * 10.0;
+        psm_options one = options(PSM_STABLE, PSM_MEAN), other = one;
+        double a, b;
+        one.threads = 1;
+        other.threads = 2;
+        CHECK(psm_softmax_loss_f64(xd, outer * inner, classes, 1, y, NULL, &one, NULL, &a,
+                                   gd1) == PSM_OK);
+        psm_testing_set_portable(1);
+        CHECK(psm_softmax_loss_f64(xd, outer * inner, classes, 1, y, NULL, &other, NULL, &b,
+                                   gd2) == PSM_OK);
+        psm_testing_set_portable(0);
+        CHECK(memcmp(&a, &b, sizeof a) == 0 && memcmp(gd1, gd2, (size_t)n * sizeof *gd1) == 0);
+        free(xd); free(gd1); free(gd2);
+    }
     double exact = 0;   /* the probe's float lanes are near this */
     for (int64_t k = 0; k < n; k++)
         exact += x[k];
