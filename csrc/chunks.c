@@ -332,6 +332,8 @@ int psm_run_chunks(psm_chunk_fn fn, const void *job, int64_t chunks, int threads
     r.job = job;
     r.chunks = chunks;
     atomic_init(&r.next, 0);
+    if (threads > PSM_MAX_THREADS)   /* the pool's and the fallback's arrays */
+        threads = PSM_MAX_THREADS;
     if (threads > chunks)
         threads = (int)chunks;
     if (threads <= 1)
