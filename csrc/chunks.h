@@ -18,25 +18,29 @@
 #define PSM_CHUNK_ELEMENTS 32768
 
 /* Less work than this per thread is not worth waking one from the pool
- * (chunks.c).  At this much a second thread pays even when it was parked on
- * its condition variable; half of it pays only when the helper is still
- * spinning from the call before.  Measured by bench/thread_threshold.py on a
- * kernel built with -DPSM_ELEMENTS_PER_THREAD=1 (its docstring has the
- * build), 2-core AMD EPYC (Zen 3) VM shared with other jobs, so the figures
- * are the minimum over 41 interleaved rounds, us per call, threads=1 / 2
- * (loss, stable, mean; +grad into out=):
+ * (chunks.c): from here on a second thread pays even when it was parked on
+ * its condition variable; at half of it the loss alone still gains, but not
+ * the loss with its gradient, nor a call that must wake a parked helper.
  *
- *   shape      logits/thread   warm (back to back)    cold (after 2 ms idle)
- *   64x1000     32000 loss     35.5 / 20.6  1.72x     52.7 / 81.3  0.65x
- *                     +grad    67.0 / 80.4  0.83x    106.3 / 171.5 0.62x
- *   128x1000    64000 loss     68.3 / 37.3  1.83x     71.8 / 77.1  0.93x
- *                     +grad   123.2 / 72.9  1.69x    150.3 / 142.0 1.06x
- *   256x1000   128000 loss    136.0 / 71.5  1.90x    139.6 / 100.0 1.40x
- *                     +grad   234.8 / 133.1 1.76x    241.7 / 146.6 1.65x
- *   65536x10   327680 loss   3213.7 / 1697.7 1.89x  3219.3 / 1742.6 1.85x
+ *   PYTHONPATH=/tmp/uncapped python bench/thread_threshold.py --rounds 101
  *
- * With threads started per call (before the pool) the break-even was about
- * 16 times higher, 1 << 21: 55-71 us to start and join a thread. */
+ * on a kernel built with -DPSM_ELEMENTS_PER_THREAD=1 (the script's docstring
+ * has the build); 2-core AMD EPYC (Zen 3) VM shared with other jobs (load
+ * average 7), so the figures are the minimum over 101 interleaved rounds,
+ * us per call, threads=1 / threads=2 (stable, mean; +grad into out=):
+ *
+ *   shape     logits/thread     warm (back to back)     cold (after 2 ms idle)
+ *   64x1000      32000  loss     35.7 /   35.9  0.99x     42.0 /   68.5  0.61x
+ *                       +grad    67.2 /   42.0  1.60x     85.6 /   95.5  0.90x
+ *   128x1000     64000  loss     68.0 /   36.0  1.89x     72.6 /   56.7  1.28x
+ *                       +grad   122.6 /  123.2  0.99x    132.2 /  140.7  0.94x
+ *   256x1000    128000  loss    134.2 /   68.8  1.95x    140.7 /   89.9  1.57x
+ *                       +grad   231.8 /  124.6  1.86x    246.1 /  148.5  1.66x
+ *   512x1000    256000  loss    264.8 /  135.8  1.95x    267.9 /  156.9  1.71x
+ *   65536x10    327680  loss   3157.2 / 1671.1  1.89x   3163.1 / 1753.0  1.80x
+ *
+ * The threads started and joined per call before the pool (55-71 us each)
+ * were given 16 times as much, 1 << 21. */
 #ifndef PSM_ELEMENTS_PER_THREAD
 #define PSM_ELEMENTS_PER_THREAD (1 << 17)
 #endif
