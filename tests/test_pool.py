@@ -207,18 +207,20 @@ def test_the_pool_in_c_under_racing_callers_and_forks(tmp_path):
     # thread forks 1000 times, at a rate Python cannot reach.  With the
     # pthread_atfork handlers removed, a child inherits the pool's mutex
     # locked and hangs until its 20 s alarm kills it: within 1000 forks in
-    # each of 4 tries on the 2-core test machine.  No sanitizer
-    # here: gcc 12's ASan itself hangs a child forked while another thread
-    # starts a thread (its thread registry's lock), with or without the pool.
+    # each of 4 tries on the 2-core test machine.  No sanitizer here, nor
+    # ASan preloaded (CI's sanitizer step sets LD_PRELOAD): gcc 12's ASan
+    # itself hangs a child forked while another thread starts a thread (its
+    # thread registry's lock), with or without the pool.
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     binary = tmp_path / "pool_stress"
     build = subprocess.run(
         [C_COMPILER, "-std=c11", "-O2", "-I", os.path.join(ROOT, "csrc"),
          os.path.join(ROOT, "tests", "c", "pool_stress.c"),
          os.path.join(ROOT, "csrc", "chunks.c"), "-lpthread", "-o", str(binary)],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=120, env=env)
     assert build.returncode == 0, build.stderr[-2000:]
     done = subprocess.run([str(binary), "1000"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == "pool stress: all checks passed\n"
 
