@@ -1,17 +1,49 @@
 /*
- * Threads for the kernel's jobs: POSIX threads, started per call and joined
- * before it returns.  They need no OpenMP (absent from Apple's clang and from
- * some toolchains) and no state outside the call, so the kernel stays
- * reentrant; the start-up cost (tens of microseconds) is paid only by calls
- * with at least PSM_ELEMENTS_PER_THREAD logits for each thread.  Without
- * pthreads the kernel runs on the calling thread.
+ * Threads for the kernel's jobs: a pool of POSIX threads, started the first
+ * time a call wants them and parked between calls.  No OpenMP (absent from
+ * Apple's clang and from some toolchains).
+ *
+ * Starting and joining threads per call cost 55-71 us on the benchmark
+ * machine; a parked helper is woken in a few.  The pool is the kernel's one
+ * piece of shared state, so everything about it is under one mutex but the
+ * chunk counter and two words that parked threads watch while they spin:
+ *
+ *   - one call at a time owns the pool; a call that finds it owned starts
+ *     threads of its own for that call and joins them (the pool's cost, not
+ *     its results, depends on who else is calling);
+ *   - a run's chunks are claimed one at a time from an atomic counter by
+ *     the caller and the helpers that take a seat in it (at most the
+ *     caller's thread count less one); which thread runs a chunk never
+ *     changes its bits, since each chunk writes only its own slots and the
+ *     caller sums them in order;
+ *   - helpers spin briefly after a run (so that calls made back to back
+ *     find them awake), then sleep on a condition variable, so an idle
+ *     process burns no CPU;
+ *   - at exit a destructor stops and joins them: a thread still parked at
+ *     exit leaves its thread-local block where valgrind reports it "possibly
+ *     lost" (glibc's allocate_dtv); later calls, if any, start threads of
+ *     their own;
+ *   - fork: pthread_atfork handlers hold the mutex across the fork, and the
+ *     child, which has none of the parent's helpers, forgets them and starts
+ *     its own when it needs them.
+ *
+ * A thread that cannot be started leaves its share to the caller.  Without
+ * pthreads (or C11 atomics) the kernel runs on the calling thread.
  */
+#if defined(__unix__) || defined(__APPLE__)
+/* clock_gettime, pthread_sigmask under -std=c11 */
+#define _POSIX_C_SOURCE 200809L
+#endif
+
 #include "chunks.h"
 
 #include <stddef.h>
 
-#if defined(__unix__) || defined(__APPLE__)
+#if (defined(__unix__) || defined(__APPLE__)) && !defined(__STDC_NO_ATOMICS__)
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <time.h>
 #define PSM_HAVE_PTHREADS 1
 #endif
 
@@ -33,56 +65,282 @@ int psm_threads_for(int requested, int64_t elements)
     return useful < requested ? (int)useful : requested;
 }
 
+#ifndef PSM_HAVE_PTHREADS
+
+int psm_run_chunks(psm_chunk_fn fn, const void *job, int64_t chunks, int threads)
+{
+    (void)threads;
+    for (int64_t c = 0; c < chunks; c++)
+        fn(job, c);
+    return PSM_OK;
+}
+
+#else
+
+/* One call's chunks, on the caller's stack until every thread in it has
+ * left. */
 typedef struct {
     psm_chunk_fn fn;
     const void *job;
     int64_t chunks;
-    int stride, first;   /* this worker takes chunks first, first + stride, ... */
-} worker;
+    atomic_int_fast64_t next;   /* the next chunk to claim */
+} run;
 
-static void work(const worker *w)
+/* Runs chunks of r until none is left.  The counter needs no ordering: the
+ * job was published to the helpers under the pool's mutex, and their
+ * results come back through it (or through `active`). */
+static void claim_chunks(run *r)
 {
-    for (int64_t c = w->first; c < w->chunks; c += w->stride)
-        w->fn(w->job, c);
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&r->next, 1, memory_order_relaxed);
+        if (c >= r->chunks)
+            return;
+        r->fn(r->job, c);
+    }
 }
 
-#ifdef PSM_HAVE_PTHREADS
-static void *work_thread(void *w)
+/* ---- the fallback: threads of this call's own ---------------------------- */
+
+static void *claim_thread(void *r)
 {
-    work(w);
+    claim_chunks(r);
     return NULL;
+}
+
+static void run_on_new_threads(run *r, int helpers)
+{
+    pthread_t ids[PSM_MAX_THREADS];
+    int started = 0;
+    while (started < helpers && pthread_create(&ids[started], NULL, claim_thread, r) == 0)
+        started++;
+    claim_chunks(r);
+    for (int t = 0; t < started; t++)
+        pthread_join(ids[t], NULL);
+}
+
+/* ---- the pool ------------------------------------------------------------- */
+
+/* How long a helper watches for the next run before it sleeps, and how long
+ * the caller watches its last helpers finish: back-to-back calls (a loop of
+ * small batches, a Python thread's next call) come within tens of
+ * microseconds, and a futex wake costs a few more.  Short enough that a
+ * pool left idle stops using CPU at once. */
+#define PSM_SPIN_NS 50000
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;       /* helpers: a run was opened */
+    pthread_cond_t done;       /* the owner: the last helper left its run */
+    int owned;                 /* a call owns the pool */
+    int helpers;               /* helpers started (and alive) */
+    int sleeping;              /* helpers waiting on `wake` */
+    int seats;                 /* helpers the open run still takes */
+    int owner_waiting;         /* the owner waits on `done` */
+    int stopping;              /* the process is exiting: no more runs */
+    run *open;                 /* the run helpers may join, or NULL */
+    atomic_int active;         /* helpers inside a run (changed under lock) */
+    atomic_ulong opened;       /* runs opened so far (changed under lock) */
+    pthread_t ids[PSM_MAX_THREADS - 1];
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
+          .done = PTHREAD_COND_INITIALIZER};
+
+static void cpu_relax(void)
+{
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __builtin_ia32_pause();
+#elif defined(__GNUC__) && defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Spins until `word` is no longer `value` (1) or PSM_SPIN_NS have passed
+ * (0).  Reads only: a hint to take the mutex, never a synchronization. */
+static int spin_while_equal(atomic_ulong *word, unsigned long value)
+{
+    int64_t deadline = now_ns() + PSM_SPIN_NS;
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(word, memory_order_relaxed) != value)
+            return 1;
+        cpu_relax();
+        if (i % 64 == 0 && now_ns() > deadline)
+            return 0;
+    }
+}
+
+static int run_open_to_helpers(void)
+{
+    return pool.open != NULL && pool.seats > 0;
+}
+
+static void *helper_main(void *unused)
+{
+    (void)unused;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (!pool.stopping && !run_open_to_helpers()) {
+            unsigned long seen = atomic_load_explicit(&pool.opened, memory_order_relaxed);
+            pthread_mutex_unlock(&pool.lock);
+            int moved = spin_while_equal(&pool.opened, seen);
+            pthread_mutex_lock(&pool.lock);
+            if (!moved && !pool.stopping && !run_open_to_helpers()) {
+                pool.sleeping++;
+                pthread_cond_wait(&pool.wake, &pool.lock);
+                pool.sleeping--;
+            }
+        }
+        if (pool.stopping)
+            break;
+        run *r = pool.open;
+        pool.seats--;
+        atomic_fetch_add(&pool.active, 1);
+        pthread_mutex_unlock(&pool.lock);
+        claim_chunks(r);
+        pthread_mutex_lock(&pool.lock);
+        if (atomic_fetch_sub(&pool.active, 1) == 1 && pool.owner_waiting)
+            pthread_cond_signal(&pool.done);
+    }
+    pthread_mutex_unlock(&pool.lock);
+    return NULL;
+}
+
+/* Starts helpers until there are `wanted` (under the lock).  They block
+ * every signal: a signal for the process is the caller's to handle, and a
+ * parked helper should never wake for one. */
+static void start_helpers(int wanted)
+{
+    if (pool.helpers >= wanted)
+        return;
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0)
+        return;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    while (pool.helpers < wanted &&
+           pthread_create(&pool.ids[pool.helpers], &attr, helper_main, NULL) == 0)
+        pool.helpers++;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+}
+
+/* fork: no thread may be inside the pool's mutex when the process is copied,
+ * and the child has only the forking thread: no helper, no owner (another
+ * parent thread's run is not the child's), nobody waiting. */
+static void before_fork(void)
+{
+    pthread_mutex_lock(&pool.lock);
+}
+
+static void after_fork_in_parent(void)
+{
+    pthread_mutex_unlock(&pool.lock);
+}
+
+static void after_fork_in_child(void)
+{
+    pool.stopping = pool.owned = pool.helpers = pool.sleeping = pool.seats = pool.owner_waiting = 0;
+    pool.open = NULL;
+    atomic_store(&pool.active, 0);
+    /* fresh objects rather than the copies: the parent's helpers may have
+     * been waiting on them */
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+}
+
+static pthread_once_t fork_handlers_once = PTHREAD_ONCE_INIT;
+
+static void register_fork_handlers(void)
+{
+    pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
+
+/* Runs r on the pool with up to `helpers` helpers; 0 if another call owns
+ * the pool (r untouched). */
+static int run_on_pool(run *r, int helpers)
+{
+    pthread_once(&fork_handlers_once, register_fork_handlers);
+    pthread_mutex_lock(&pool.lock);
+    if (pool.owned || pool.stopping) {
+        pthread_mutex_unlock(&pool.lock);
+        return 0;
+    }
+    pool.owned = 1;
+    start_helpers(helpers);
+    pool.open = r;
+    pool.seats = helpers;
+    atomic_fetch_add(&pool.opened, 1);
+    for (int k = 0; k < pool.sleeping && k < helpers; k++)
+        pthread_cond_signal(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+
+    claim_chunks(r);
+
+    /* Closed to late helpers; then wait for those inside (each finishing
+     * its last chunk), spinning first since that is usually short. */
+    pthread_mutex_lock(&pool.lock);
+    pool.open = NULL;
+    pool.seats = 0;
+    if (atomic_load(&pool.active) > 0) {
+        pthread_mutex_unlock(&pool.lock);
+        int64_t deadline = now_ns() + PSM_SPIN_NS;
+        for (unsigned i = 1; atomic_load(&pool.active) > 0; i++) {
+            cpu_relax();
+            if (i % 64 == 0 && now_ns() > deadline)
+                break;
+        }
+        pthread_mutex_lock(&pool.lock);
+        pool.owner_waiting = 1;
+        while (atomic_load(&pool.active) > 0)
+            pthread_cond_wait(&pool.done, &pool.lock);
+        pool.owner_waiting = 0;
+    }
+    pool.owned = 0;
+    pthread_mutex_unlock(&pool.lock);
+    return 1;
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+/* At exit (or unload): each helper leaves at its next look at the pool,
+ * after the chunk it is running if any, and is joined.  A run still open
+ * (a thread calling the kernel as the process exits) is finished by its
+ * owner. */
+__attribute__((destructor)) static void stop_helpers(void)
+{
+    pthread_mutex_lock(&pool.lock);
+    pool.stopping = 1;
+    int helpers = pool.helpers;
+    pool.helpers = 0;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    for (int t = 0; t < helpers; t++)
+        pthread_join(pool.ids[t], NULL);
 }
 #endif
 
 int psm_run_chunks(psm_chunk_fn fn, const void *job, int64_t chunks, int threads)
 {
+    run r;
+    r.fn = fn;
+    r.job = job;
+    r.chunks = chunks;
+    atomic_init(&r.next, 0);
+    if (threads > PSM_MAX_THREADS)   /* the pool's and the fallback's arrays */
+        threads = PSM_MAX_THREADS;
     if (threads > chunks)
         threads = (int)chunks;
-    if (threads < 1)
-        threads = 1;
-    worker workers[PSM_MAX_THREADS];
-    for (int t = 0; t < threads; t++) {
-        workers[t].fn = fn;
-        workers[t].job = job;
-        workers[t].chunks = chunks;
-        workers[t].stride = threads;
-        workers[t].first = t;
-    }
-#ifdef PSM_HAVE_PTHREADS
-    pthread_t ids[PSM_MAX_THREADS];
-    int started[PSM_MAX_THREADS] = {0};
-    for (int t = 1; t < threads; t++)
-        started[t] = pthread_create(&ids[t], NULL, work_thread, &workers[t]) == 0;
-    work(&workers[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t])
-            pthread_join(ids[t], NULL);
-        else
-            work(&workers[t]);
-    }
-#else
-    for (int t = 0; t < threads; t++)
-        work(&workers[t]);
-#endif
+    if (threads <= 1)
+        claim_chunks(&r);
+    else if (!run_on_pool(&r, threads - 1))
+        run_on_new_threads(&r, threads - 1);
     return PSM_OK;
 }
+
+#endif /* PSM_HAVE_PTHREADS */

@@ -28,8 +28,9 @@
 #error "no thread-local storage: psm_testing_set_portable needs it"
 #endif
 
-/* The kernel's only variable outside a call, and a thread's own: set by
- * tests, read by the entry points through psm_use_simd. */
+/* A thread's own flag (the kernel's only other state outside a call is
+ * chunks.c's thread pool): set by tests, read by the entry points through
+ * psm_use_simd. */
 static PSM_THREAD_LOCAL int portable_here;
 
 void psm_testing_set_portable(int portable)

@@ -8,7 +8,8 @@ status into an exception.  The wrappers know the C contract
 found by the kernel comes out as BadLabel(position), which the caller, who
 holds the labels as given, turns into its ValueError.
 
-cffi releases the GIL around each call and the kernel keeps no state, so
+cffi releases the GIL around each call and the kernel's only state shared
+between calls is its thread pool, which is thread-safe and fork-safe, so
 every function here may run on many threads at once.
 """
 from contextlib import contextmanager

@@ -1,8 +1,9 @@
 """Threads and determinism.
 
 cffi releases the GIL around every kernel call, so calls from several Python
-threads really run at once; the kernel keeps no state, so each result must be
-bit-identical to the same call made alone.  Every call must also be
+threads really run at once; the kernel shares only its thread pool between
+calls, so each result must be bit-identical to the same call made alone
+(tests/test_pool.py tests the pool itself).  Every call must also be
 deterministic, for every thread count the library offers.
 """
 import inspect

@@ -358,7 +358,7 @@ def test_read_probe_sums_what_it_reads():
             assert total == float(x.astype(np.float64).sum())
 
 
-# Enough elements for two threads (psm_threads_for: 2^21 per thread), and a
+# Enough elements for two threads (psm_threads_for: 2^17 per thread), and a
 # last chunk that is not a multiple of 32 or 8 floats.
 PROBE_ELEMENTS = 2 * (1 << 21) + 1003
 
