@@ -16,7 +16,7 @@ CDEF_HEADERS = ("softmax_loss.h", "testing.h")
 SOURCES = ("softmax_loss.c", "softmax_loss_f32.c", "softmax_loss_f64.c", "chunks.c",
            "testing.c")
 HEADERS = CDEF_HEADERS + ("internal.h", "chunks.h", "row.h", "driver.h", "exp_f32.h",
-                          "lanes_avx2.h", "rows_avx2.h")
+                          "lanes_avx2.h", "rows_avx2.h", "rows_online_avx2.h")
 
 
 def _declarations(header_path):

@@ -229,6 +229,84 @@ static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift
     return FN(lane_sum)(x, n, stride, shift, ties, NULL);
 }
 
+#if ONLINE_ROWS
+/* max_ps(a, b): a if a > b, else b (so b when either is NaN) */
+static inline float FN(lane_max)(float a, float b)
+{
+    return a > b ? a : b;
+}
+
+/* The portable twin of psm_online_sums_avx2 (rows_online_avx2.h): the same
+ * groups of 32, lanes, compares, clamp, exp and sums, for any stride. */
+static void FN(online_lanes)(const REAL *x, int64_t n, int64_t stride,
+                             psm_online_state *st)
+{
+    for (int64_t j = 0; j < n; j += 32) {
+        float v[4][8], s[8];
+        int over = 0;
+        for (int l = 0; l < 8; l++) {
+            for (int i = 0; i < 4; i++) {
+                int64_t k = j + 8 * i + l;
+                v[i][l] = k < n ? x[k * stride] : (REAL)-INFINITY;
+            }
+            float g = FN(lane_max)(FN(lane_max)(v[0][l], v[1][l]),
+                                   FN(lane_max)(v[2][l], v[3][l]));
+            st->max[l] = FN(lane_max)(g, st->max[l]);
+            over |= st->max[l] > st->thr;
+        }
+        if (over) {
+            psm_online_rescale(st);
+            if (st->special)
+                return;
+        }
+        for (int l = 0; l < 8; l++) {
+            float e[4];
+            for (int i = 0; i < 4; i++) {
+                float d = v[i][l] - st->ref;
+                e[i] = j + 8 * i + l < n ? EXP(FN(lane_max)(PSM_ONLINE_FLOOR, d)) : 0.0f;
+            }
+            s[l] = (e[0] + e[1]) + (e[2] + e[3]);
+        }
+        FN(add_wide)(st->acc, s);
+    }
+}
+
+/* The stable method's one pass over a position's logits (one-hot targets):
+ * 1 with *st filled (max m, rest s, ties 1: stable_rest gives s), or 0 when
+ * the row needs the exact path (see rows_online_avx2.h). */
+static int FN(online_pass)(const REAL *x, int64_t classes, int64_t stride, int fast,
+                           FN(row_state) *st)
+{
+    psm_online_state o;
+    psm_online_start(&o);
+#if FLOAT_ROWS
+    if (fast && stride == 1) {
+        psm_online_sums_avx2(x, classes, &o);
+    } else if (fast) {   /* strided: the vector loop on copies, block by block */
+        REAL copy[PSM_BLOCK];
+        for (int64_t start = 0; start < classes && !o.special; start += PSM_BLOCK) {
+            int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
+            for (int64_t j = 0; j < len; j++)
+                copy[j] = x[(start + j) * stride];
+            psm_online_sums_avx2(copy, len, &o);
+        }
+    } else
+#else
+    (void)fast;
+#endif
+    {
+        FN(online_lanes)(x, classes, stride, &o);
+    }
+    float m;
+    double s;
+    if (!psm_online_finish(&o, &m, &s))
+        return 0;
+    FN(row_state) one = {m, s, 1.0, 0.0, 0.0, 0.0, 0};
+    *st = one;
+    return 1;
+}
+#endif
+
 /* One block of a row, contiguous: strided blocks are copied when the vector
  * loops will read them. */
 static const REAL *FN(block_values)(const REAL *b, int64_t len, int64_t stride,
@@ -258,6 +336,11 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
                          int track_max, int exact_rest, int fast,
                          const FN(target) *t, FN(row_state) *st)
 {
+#if ONLINE_ROWS
+    /* stable, one-hot: one sweep, unless the row is confident or special */
+    if (exact_rest && track_max && t == NULL && FN(online_pass)(x, classes, stride, fast, st))
+        return;
+#endif
     REAL m = track_max ? (REAL)-INFINITY : (REAL)0;
     double rest = 0.0, ties = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
     int cross_inf = 0;

@@ -12,6 +12,7 @@
 #include "exp_f32.h"
 #include "internal.h"
 #include "rows_avx2.h"
+#include "rows_online_avx2.h"
 
 #define REAL float
 #define FN(name) name##_f32
@@ -24,6 +25,7 @@
 #define FLOAT_ROWS 0
 #endif
 #define LANE_SUMS 1
+#define ONLINE_ROWS 1
 
 #include "row.h"
 #include "driver.h"

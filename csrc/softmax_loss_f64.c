@@ -18,6 +18,7 @@
 #define BIG DBL_MAX
 #define FLOAT_ROWS 0
 #define LANE_SUMS 0
+#define ONLINE_ROWS 0
 
 #include "row.h"
 #include "driver.h"

@@ -1,0 +1,211 @@
+/*
+ * The stable method's one-pass forward for float rows: each logit is read
+ * once, in groups of 32, and costs one max, one subtract, one clamp and one
+ * exp, with no per-element range check and no tie counting.  The AVX2 loop
+ * is psm_online_sums_avx2; its portable twin is online_lanes in row.h (the
+ * same float operations in the same order on 8 emulated lanes, any
+ * stride); the state they share, its cold rescale and its finish are here,
+ * plain C, called by both, so both give the same bits.  Included by
+ * softmax_loss_f32.c (through rows_avx2.h's companions) only.
+ *
+ * The sweep.  Per lane a running max; for the row a reference r and the
+ * sum S of exp(x_j - r) in 4 double lanes (each group of 32 terms added as
+ * a float tree of 4 per lane, then joined in double, as rows_avx2.h does).
+ * The invariant: every logit seen is <= thr = r + 12
+ * (PSM_ONLINE_MARGIN).  Per group: the max of its 4 vectors joins the
+ * running max, one compare against thr, one never-taken branch; only when
+ * some lane passed thr does the cold psm_online_rescale pick a new r and
+ * scale S by exp(r_old - r_new) (one libm exp, in double, on both paths).
+ * Terms are exp(max(x - r, -87)): x - r <= 12 and the clamp keep the fast
+ * exp's result normal, so it needs no range check.
+ *
+ * The reference.  r_new is 0 when the running max G lies in (-24, 12), else
+ * G itself.  So x - r is exact for every x in [r, thr] (r = 0: x - 0; r >=
+ * 12: x <= r + 12 <= 2r, Sterbenz; r <= -24: x <= r + 12 <= r / 2, Sterbenz),
+ * and below r its rounding is <= |x - r| 2^-24 <= (m - x) 2^-24 (m >= r):
+ * no term is rounded worse than today's exp(x - m).  With r = 0 the max is
+ * > -24, so a clamped term is < e^(-87+24) = e^-63 of the max's term.
+ *
+ * The finish (psm_online_finish).  m = the max of the lanes, E =
+ * psm_expf(m - r), the float the max's own term added, and
+ * s = (S - E) exp(r - m): the stable sum without the max's own term (every
+ * other tie still counts, near 1 each).  Subtracting the very float that was
+ * added leaves of the max's term only the float rounding of its group
+ * (<= 2 2^-24 of it, that is of 1 in units of s), which is <= 2^-24
+ * relative when s >= 1.  Below 1 (a confident row: the max dominates, and
+ * log1p(s) needs s to full relative precision) the row is left to the exact
+ * two-sweep path (block max, then the sums with ties counted), as are rows
+ * whose max is not finite (a +inf, or every logit -inf or NaN) and rows with
+ * a NaN: the clamp max_ps(-87, d) passes a NaN d through, the exp's scaling
+ * by a float multiply keeps it NaN, and so is S.  A clamped term (a -inf
+ * logit, or one more than 87 below r) adds at most e^-63 of the max's term
+ * instead of its true value: with C < 2^31 classes, under 2^-60 of s >= 1.
+ */
+#ifndef PYSAFEMAX_ROWS_ONLINE_AVX2_H
+#define PYSAFEMAX_ROWS_ONLINE_AVX2_H
+
+#include <float.h>
+#include <math.h>
+
+#include "exp_f32.h"
+#include "internal.h"   /* PSM_BLOCK, PSM_NOINLINE */
+#include "lanes_avx2.h"
+#include "rows_avx2.h"  /* psm_lanes_below_avx2 */
+
+#define PSM_ONLINE_MARGIN 12.0f    /* thr = r + 12: terms <= e^12 */
+#define PSM_ONLINE_ZERO_FROM -24.0f /* r = 0 for a max in (-24, 12) */
+#define PSM_ONLINE_FLOOR -87.0f    /* -PSM_EXP_FAST_LIMIT: exp stays normal */
+#define PSM_ONLINE_MIN_REST 1.0    /* below it, the exact path */
+
+/* What the sweep carries from group to group (and block to block). */
+typedef struct {
+    float max[8];     /* per lane, the max so far (NaN skipped) */
+    double acc[4];    /* sum of exp(x_j - ref), 4 double lanes */
+    float ref;        /* r */
+    float thr;        /* r + PSM_ONLINE_MARGIN: a logit above it moves r */
+    int special;      /* a +inf logit: the row is the exact path's */
+} psm_online_state;
+
+static inline void psm_online_start(psm_online_state *st)
+{
+    for (int l = 0; l < 8; l++)
+        st->max[l] = -INFINITY;
+    for (int k = 0; k < 4; k++)
+        st->acc[k] = 0.0;
+    /* no logit seen: a -FLT_MAX logit is its own reference (x - r = 0), a
+     * larger one moves r, and the terms of -inf logits are scaled to 0 then */
+    st->ref = -FLT_MAX;
+    st->thr = -FLT_MAX;
+    st->special = 0;
+}
+
+/* The max of the lanes, in lane order (the same on both paths). */
+static inline float psm_online_max(const psm_online_state *st)
+{
+    float g = st->max[0];
+    for (int l = 1; l < 8; l++)
+        g = st->max[l] > g ? st->max[l] : g;
+    return g;
+}
+
+/* Cold: some lane's max passed thr.  r moves up to the max G (or 0, see the
+ * header) and what was summed against the old r is scaled to the new one;
+ * a +inf G marks the row special. */
+static PSM_NOINLINE void psm_online_rescale(psm_online_state *st)
+{
+    float g = psm_online_max(st);
+    if (!(g <= FLT_MAX)) {
+        st->special = 1;
+        return;
+    }
+    float r = g > PSM_ONLINE_ZERO_FROM && g < PSM_ONLINE_MARGIN ? 0.0f : g;
+    double scale = exp((double)st->ref - (double)r);
+    for (int k = 0; k < 4; k++)
+        st->acc[k] *= scale;
+    st->ref = r;
+    st->thr = r + PSM_ONLINE_MARGIN;
+}
+
+/* The sweep's result: 1 with the row's max *m and s (see the header), or 0
+ * when the row must take the exact path. */
+static inline int psm_online_finish(const psm_online_state *st, float *m, double *s)
+{
+    float max = psm_online_max(st);
+    if (st->special || !(fabsf(max) <= FLT_MAX))
+        return 0;
+    if (max == 0)
+        max = 0;   /* +0, whichever zero the lanes kept */
+    double sum = (st->acc[0] + st->acc[2]) + (st->acc[1] + st->acc[3]);
+    double rest = (sum - (double)psm_expf(max - st->ref)) * exp((double)st->ref - (double)max);
+    if (!(rest >= PSM_ONLINE_MIN_REST))   /* also NaN */
+        return 0;
+    *m = max;
+    *s = rest;
+    return 1;
+}
+
+#ifdef PSM_HAVE_AVX2
+
+/* psm_expf for x in [-87, 87], or NaN (which stays NaN): the core's y scaled
+ * by 2^e as a float product, which for these x is exact and equals
+ * psm_expf's bits. */
+static inline PSM_AVX2 __m256 psm_expf_near_avx2(__m256 x)
+{
+    __m256i e;
+    __m256 y = psm_expf_core_avx2(x, &e);
+    return _mm256_mul_ps(y, psm_pow2i_avx2(e));
+}
+
+/* One group's terms: exp(max(-87, v - r)) (max_ps returns its second
+ * operand when one is NaN: a NaN v - r passes). */
+static inline PSM_AVX2 __m256 psm_online_term_avx2(__m256 v, __m256 rv, __m256 lo)
+{
+    return psm_expf_near_avx2(_mm256_max_ps(lo, _mm256_sub_ps(v, rv)));
+}
+
+/* The sweep over n contiguous floats, continuing st: whole groups of 32,
+ * then (only at the end of a row) the last n % 32 floats as one group
+ * padded with -inf, whose padding lanes add +0.  Stops early on a special
+ * row. */
+static PSM_AVX2 void psm_online_sums_avx2(const float *x, int64_t n, psm_online_state *st)
+{
+    const __m256 lo = _mm256_set1_ps(PSM_ONLINE_FLOOR);
+    __m256 mx = _mm256_loadu_ps(st->max);
+    __m256d acc = _mm256_loadu_pd(st->acc);
+    __m256 rv = _mm256_set1_ps(st->ref), thr = _mm256_set1_ps(st->thr);
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+        __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
+        __m256 g = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
+        mx = _mm256_max_ps(g, mx);
+        if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(mx, thr, _CMP_GT_OQ)) != 0, 0)) {
+            _mm256_storeu_ps(st->max, mx);
+            _mm256_storeu_pd(st->acc, acc);
+            psm_online_rescale(st);
+            if (st->special)
+                return;
+            acc = _mm256_loadu_pd(st->acc);
+            rv = _mm256_set1_ps(st->ref);
+            thr = _mm256_set1_ps(st->thr);
+        }
+        __m256 e0 = psm_online_term_avx2(v0, rv, lo);
+        __m256 e1 = psm_online_term_avx2(v1, rv, lo);
+        __m256 e2 = psm_online_term_avx2(v2, rv, lo);
+        __m256 e3 = psm_online_term_avx2(v3, rv, lo);
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
+                                                   _mm256_add_ps(e2, e3)));
+    }
+    if (j < n) {
+        float tail[32];
+        int64_t k = 0;
+        for (; k < n - j; k++)
+            tail[k] = x[j + k];
+        for (; k < 32; k++)
+            tail[k] = -INFINITY;
+        __m256 v[4], e[4];
+        for (int i = 0; i < 4; i++)
+            v[i] = _mm256_loadu_ps(tail + 8 * i);
+        __m256 g = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+        mx = _mm256_max_ps(g, mx);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(mx, thr, _CMP_GT_OQ)) != 0) {
+            _mm256_storeu_ps(st->max, mx);
+            _mm256_storeu_pd(st->acc, acc);
+            psm_online_rescale(st);
+            if (st->special)
+                return;
+            acc = _mm256_loadu_pd(st->acc);
+            rv = _mm256_set1_ps(st->ref);
+        }
+        for (int i = 0; i < 4; i++)
+            e[i] = _mm256_and_ps(psm_lanes_below_avx2(n - j - 8 * i),
+                                 psm_online_term_avx2(v[i], rv, lo));
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e[0], e[1]),
+                                                   _mm256_add_ps(e[2], e[3])));
+    }
+    _mm256_storeu_ps(st->max, mx);
+    _mm256_storeu_pd(st->acc, acc);
+}
+
+#endif /* PSM_HAVE_AVX2 */
+#endif /* PYSAFEMAX_ROWS_ONLINE_AVX2_H */
