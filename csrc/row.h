@@ -229,6 +229,27 @@ static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift
     return FN(lane_sum)(x, n, stride, shift, ties, NULL);
 }
 
+/* One block of a row, contiguous: strided blocks are copied when the vector
+ * loops will read them. */
+static const REAL *FN(block_values)(const REAL *b, int64_t len, int64_t stride,
+                                    int fast, REAL *copy, int64_t *step)
+{
+    *step = stride;
+#if FLOAT_ROWS
+    if (fast && stride != 1) {
+        for (int64_t j = 0; j < len; j++)
+            copy[j] = b[j * stride];
+        *step = 1;
+        return copy;
+    }
+#else
+    (void)fast;
+    (void)len;
+    (void)copy;
+#endif
+    return b;
+}
+
 #if ONLINE_ROWS
 /* max_ps(a, b): a if a > b, else b (so b when either is NaN) */
 static inline float FN(lane_max)(float a, float b)
@@ -299,34 +320,30 @@ static int FN(online_pass)(const REAL *x, int64_t classes, int64_t stride, int f
     }
     float m;
     double s;
-    if (!psm_online_finish(&o, &m, &s))
+    int done = psm_online_finish(&o, &m, &s);
+    if (done == PSM_ONLINE_EXACT)
         return 0;
-    FN(row_state) one = {m, s, 1.0, 0.0, 0.0, 0.0, 0};
-    *st = one;
+    if (done == PSM_ONLINE_DONE) {
+        FN(row_state) one = {m, s, 1.0, 0.0, 0.0, 0.0, 0};
+        *st = one;
+        return 1;
+    }
+    /* A confident row, whose max m is known: the sums with the ties
+     * counted, against m for every block (no rescaling), from the cache the
+     * sweep just filled. */
+    REAL copy[PSM_BLOCK];
+    double rest = 0.0, ties = 0.0;
+    for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
+        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK, step;
+        const REAL *values = FN(block_values)(x + start * stride, len, stride, fast, copy,
+                                              &step);
+        rest += FN(block_sum)(values, len, step, m, fast, &ties);
+    }
+    FN(row_state) exact = {m, rest, ties, 0.0, 0.0, 0.0, 0};
+    *st = exact;
     return 1;
 }
 #endif
-
-/* One block of a row, contiguous: strided blocks are copied when the vector
- * loops will read them. */
-static const REAL *FN(block_values)(const REAL *b, int64_t len, int64_t stride,
-                                    int fast, REAL *copy, int64_t *step)
-{
-    *step = stride;
-#if FLOAT_ROWS
-    if (fast && stride != 1) {
-        for (int64_t j = 0; j < len; j++)
-            copy[j] = b[j * stride];
-        *step = 1;
-        return copy;
-    }
-#else
-    (void)fast;
-    (void)len;
-    (void)copy;
-#endif
-    return b;
-}
 
 /* One pass over a position's logits; t is NULL unless the stable cross term
  * is wanted, exact_rest asks for the sum without the max's own term to full

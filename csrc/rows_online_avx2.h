@@ -106,34 +106,40 @@ static PSM_NOINLINE void psm_online_rescale(psm_online_state *st)
     st->thr = r + PSM_ONLINE_MARGIN;
 }
 
-/* The sweep's result: 1 with the row's max *m and s (see the header), or 0
- * when the row must take the exact path. */
+/* The sweep's result: PSM_ONLINE_DONE with the row's max *m and s (see the
+ * header); PSM_ONLINE_CONFIDENT with only *m, for a row with s < 1 (or a
+ * sum that a rescale scaled to 0) and no NaN; PSM_ONLINE_EXACT for a row
+ * with a NaN, or whose max is not finite. */
+enum { PSM_ONLINE_EXACT, PSM_ONLINE_DONE, PSM_ONLINE_CONFIDENT };
+
 static inline int psm_online_finish(const psm_online_state *st, float *m, double *s)
 {
     float max = psm_online_max(st);
     if (st->special || !(fabsf(max) <= FLT_MAX))
-        return 0;
+        return PSM_ONLINE_EXACT;
     if (max == 0)
         max = 0;   /* +0, whichever zero the lanes kept */
     double sum = (st->acc[0] + st->acc[2]) + (st->acc[1] + st->acc[3]);
-    double rest = (sum - (double)psm_expf(max - st->ref)) * exp((double)st->ref - (double)max);
-    if (!(rest >= PSM_ONLINE_MIN_REST))   /* also NaN */
-        return 0;
+    if (isnan(sum))
+        return PSM_ONLINE_EXACT;
     *m = max;
-    *s = rest;
-    return 1;
+    *s = (sum - (double)psm_expf(max - st->ref)) * exp((double)st->ref - (double)max);
+    return *s >= PSM_ONLINE_MIN_REST ? PSM_ONLINE_DONE : PSM_ONLINE_CONFIDENT;
 }
 
 #ifdef PSM_HAVE_AVX2
 
 /* psm_expf for x in [-87, 87], or NaN (which stays NaN): the core's y scaled
- * by 2^e as a float product, which for these x is exact and equals
- * psm_expf's bits. */
+ * by 2^e as a float product, exact for these x, so psm_expf's bits.  2^e's
+ * bits are ((z - (0x4B400000 - 127 * 8)) >> 3) << 23: the exponent bias
+ * folded into the integer that z carries (see psm_expf_core_bits_avx2). */
 static inline PSM_AVX2 __m256 psm_expf_near_avx2(__m256 x)
 {
-    __m256i e;
-    __m256 y = psm_expf_core_avx2(x, &e);
-    return _mm256_mul_ps(y, psm_pow2i_avx2(e));
+    __m256i z;
+    __m256 y = psm_expf_core_bits_avx2(x, &z);
+    __m256i k = _mm256_sub_epi32(z, _mm256_set1_epi32(0x4B400000 - 127 * 8));
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(
+                                _mm256_slli_epi32(_mm256_srai_epi32(k, 3), 23)));
 }
 
 /* One group's terms: exp(max(-87, v - r)) (max_ps returns its second
@@ -143,68 +149,80 @@ static inline PSM_AVX2 __m256 psm_online_term_avx2(__m256 v, __m256 rv, __m256 l
     return psm_expf_near_avx2(_mm256_max_ps(lo, _mm256_sub_ps(v, rv)));
 }
 
-/* The sweep over n contiguous floats, continuing st: whole groups of 32,
- * then (only at the end of a row) the last n % 32 floats as one group
- * padded with -inf, whose padding lanes add +0.  Stops early on a special
- * row. */
-static PSM_AVX2 void psm_online_sums_avx2(const float *x, int64_t n, psm_online_state *st)
+/* The hot loop: whole groups of 32 from x + j while no lane's max passes
+ * thr; returns where it stopped (the group that passed it, not summed, or
+ * the last whole group's end).  No call inside, so that its state and
+ * constants stay in registers. */
+static PSM_AVX2 PSM_NOINLINE int64_t psm_online_run_avx2(const float *x, int64_t n,
+                                                          int64_t j, psm_online_state *st)
 {
     const __m256 lo = _mm256_set1_ps(PSM_ONLINE_FLOOR);
+    const __m256 rv = _mm256_set1_ps(st->ref), thr = _mm256_set1_ps(st->thr);
     __m256 mx = _mm256_loadu_ps(st->max);
     __m256d acc = _mm256_loadu_pd(st->acc);
-    __m256 rv = _mm256_set1_ps(st->ref), thr = _mm256_set1_ps(st->thr);
-    int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
         __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
         __m256 v2 = _mm256_loadu_ps(x + j + 16), v3 = _mm256_loadu_ps(x + j + 24);
         __m256 g = _mm256_max_ps(_mm256_max_ps(v0, v1), _mm256_max_ps(v2, v3));
-        mx = _mm256_max_ps(g, mx);
-        if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(mx, thr, _CMP_GT_OQ)) != 0, 0)) {
-            _mm256_storeu_ps(st->max, mx);
-            _mm256_storeu_pd(st->acc, acc);
-            psm_online_rescale(st);
-            if (st->special)
-                return;
-            acc = _mm256_loadu_pd(st->acc);
-            rv = _mm256_set1_ps(st->ref);
-            thr = _mm256_set1_ps(st->thr);
+        g = _mm256_max_ps(g, mx);
+        if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(g, thr, _CMP_GT_OQ)) != 0, 0)) {
+            mx = g;
+            break;
         }
-        __m256 e0 = psm_online_term_avx2(v0, rv, lo);
-        __m256 e1 = psm_online_term_avx2(v1, rv, lo);
-        __m256 e2 = psm_online_term_avx2(v2, rv, lo);
-        __m256 e3 = psm_online_term_avx2(v3, rv, lo);
-        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
-                                                   _mm256_add_ps(e2, e3)));
-    }
-    if (j < n) {
-        float tail[32];
-        int64_t k = 0;
-        for (; k < n - j; k++)
-            tail[k] = x[j + k];
-        for (; k < 32; k++)
-            tail[k] = -INFINITY;
-        __m256 v[4], e[4];
-        for (int i = 0; i < 4; i++)
-            v[i] = _mm256_loadu_ps(tail + 8 * i);
-        __m256 g = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
-        mx = _mm256_max_ps(g, mx);
-        if (_mm256_movemask_ps(_mm256_cmp_ps(mx, thr, _CMP_GT_OQ)) != 0) {
-            _mm256_storeu_ps(st->max, mx);
-            _mm256_storeu_pd(st->acc, acc);
-            psm_online_rescale(st);
-            if (st->special)
-                return;
-            acc = _mm256_loadu_pd(st->acc);
-            rv = _mm256_set1_ps(st->ref);
-        }
-        for (int i = 0; i < 4; i++)
-            e[i] = _mm256_and_ps(psm_lanes_below_avx2(n - j - 8 * i),
-                                 psm_online_term_avx2(v[i], rv, lo));
-        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e[0], e[1]),
-                                                   _mm256_add_ps(e[2], e[3])));
+        mx = g;
+        __m256 e01 = _mm256_add_ps(psm_online_term_avx2(v0, rv, lo),
+                                   psm_online_term_avx2(v1, rv, lo));
+        /* an empty asm that "changes" v2 and v3 after e01: the second pair
+         * is computed after the first, and register pressure halves */
+        __asm__("" : "+x"(v2), "+x"(v3), "+x"(e01));
+        __m256 e23 = _mm256_add_ps(psm_online_term_avx2(v2, rv, lo),
+                                   psm_online_term_avx2(v3, rv, lo));
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(e01, e23));
     }
     _mm256_storeu_ps(st->max, mx);
     _mm256_storeu_pd(st->acc, acc);
+    return j;
+}
+
+/* The sweep over n contiguous floats, continuing st: whole groups of 32,
+ * then (only at the end of a row) the last n % 32 floats as one group
+ * padded with -inf, whose padding lanes add +0.  A group whose max passes
+ * thr is summed after the rescale (taking its max again changes nothing).
+ * Stops early on a special row. */
+static PSM_AVX2 void psm_online_sums_avx2(const float *x, int64_t n, psm_online_state *st)
+{
+    int64_t j = 0;
+    while ((j = psm_online_run_avx2(x, n, j, st)) + 32 <= n) {
+        psm_online_rescale(st);
+        if (st->special)
+            return;
+    }
+    if (j < n) {
+        const __m256 lo = _mm256_set1_ps(PSM_ONLINE_FLOOR);
+        const __m256 pad = _mm256_set1_ps(-INFINITY);
+        __m256 v[4], e[4], valid[4];
+        for (int i = 0; i < 4; i++) {   /* masked lanes are not read */
+            valid[i] = psm_lanes_below_avx2(n - j - 8 * i);
+            v[i] = _mm256_blendv_ps(pad, _mm256_maskload_ps(x + j + 8 * i,
+                                                            _mm256_castps_si256(valid[i])),
+                                    valid[i]);
+        }
+        __m256 g = _mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3]));
+        __m256 mx = _mm256_max_ps(g, _mm256_loadu_ps(st->max));
+        _mm256_storeu_ps(st->max, mx);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(mx, _mm256_set1_ps(st->thr), _CMP_GT_OQ)) != 0) {
+            psm_online_rescale(st);
+            if (st->special)
+                return;
+        }
+        __m256 rv = _mm256_set1_ps(st->ref);
+        for (int i = 0; i < 4; i++)
+            e[i] = _mm256_and_ps(valid[i], psm_online_term_avx2(v[i], rv, lo));
+        __m256d acc = psm_add_wide_avx2(_mm256_loadu_pd(st->acc),
+                                        _mm256_add_ps(_mm256_add_ps(e[0], e[1]),
+                                                      _mm256_add_ps(e[2], e[3])));
+        _mm256_storeu_pd(st->acc, acc);
+    }
 }
 
 #endif /* PSM_HAVE_AVX2 */
