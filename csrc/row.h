@@ -292,6 +292,30 @@ static void FN(online_lanes)(const REAL *x, int64_t n, int64_t stride,
     }
 }
 
+/* The first j with x_j == m, or -1, and whether another follows (*more):
+ * psm_find_max_avx2, or this loop. */
+static int64_t FN(find_max)(const REAL *x, int64_t n, int64_t stride, int fast, REAL m,
+                            int *more)
+{
+#if FLOAT_ROWS
+    if (fast && stride == 1)
+        return psm_find_max_avx2(x, n, m, more);
+#else
+    (void)fast;
+#endif
+    int64_t first = -1;
+    *more = 0;
+    for (int64_t j = 0; j < n; j++)
+        if (x[j * stride] == m) {
+            if (first >= 0) {
+                *more = 1;
+                return first;
+            }
+            first = j;
+        }
+    return first;
+}
+
 /* The stable method's one pass over a position's logits (one-hot targets):
  * 1 with *st filled (max m, rest s, ties 1: stable_rest gives s), or 0 when
  * the row needs the exact path (see rows_online_avx2.h). */
@@ -328,9 +352,20 @@ static int FN(online_pass)(const REAL *x, int64_t classes, int64_t stride, int f
         *st = one;
         return 1;
     }
-    /* A confident row, whose max m is known: the sums with the ties
-     * counted, against m for every block (no rescaling), from the cache the
-     * sweep just filled. */
+    /* A confident row, whose max m is known: where the max is unique, the
+     * sweep's sum with its lane fixed (psm_online_fixed_rest); else the
+     * sums with the ties counted, against m for every block (no
+     * rescaling), from the cache the sweep just filled. */
+    int more;
+    int64_t p = FN(find_max)(x, classes, stride, fast, m, &more);
+    if (p >= 0 && !more) {
+        s = psm_online_fixed_rest(&o, m, x, classes, stride, p);
+        if (s >= 0.0) {
+            FN(row_state) fixed = {m, s, 1.0, 0.0, 0.0, 0.0, 0};
+            *st = fixed;
+            return 1;
+        }
+    }
     REAL copy[PSM_BLOCK];
     double rest = 0.0, ties = 0.0;
     for (int64_t start = 0; start < classes; start += PSM_BLOCK) {

@@ -127,6 +127,37 @@ static inline int psm_online_finish(const psm_online_state *st, float *m, double
     return *s >= PSM_ONLINE_MIN_REST ? PSM_ONLINE_DONE : PSM_ONLINE_CONFIDENT;
 }
 
+/* A confident row's s to full relative precision, from the sweep and the
+ * unique max's position p: the float tree its lane of its group summed
+ * (e_0 + e_1) + (e_2 + e_3), in which the max's own term e_i sits (these
+ * terms used the final r: once the max's group is seen no lane passes thr
+ * again), is taken out of S and the other three are put back in double, so
+ * that no rounding relative to the max's term is left but the double
+ * additions' (each <= 2^-53 of S ~ 2^-53 (1 + s) in units of s; a lane
+ * takes 2 per group, and the last sums 2 more).  Returns s, or -1 when
+ * that absolute error, (C/16 + 4) 2^-52 for s < 1, could exceed 2^-26 s,
+ * a quarter of the float's relative rounding: s >= (C/8 + 8) 2^-27. */
+static inline double psm_online_fixed_rest(const psm_online_state *st, float m,
+                                           const float *x, int64_t n, int64_t stride,
+                                           int64_t p)
+{
+    int64_t group = p - p % 32, lane = p % 8;
+    float e[4];
+    double others = 0.0;
+    for (int i = 0; i < 4; i++) {
+        int64_t k = group + 8 * i + lane;
+        float d = k < n ? x[k * stride] - st->ref : 0.0f;
+        e[i] = k < n ? psm_expf(PSM_ONLINE_FLOOR > d ? PSM_ONLINE_FLOOR : d) : 0.0f;
+        if (k != p)
+            others += (double)e[i];
+    }
+    float tree = (e[0] + e[1]) + (e[2] + e[3]);
+    double sum = (st->acc[0] + st->acc[2]) + (st->acc[1] + st->acc[3]);
+    double rest = ((sum - (double)tree) + others) * exp((double)st->ref - (double)m);
+    double floor = ((double)n / 8.0 + 8.0) * 0x1p-27;
+    return rest >= floor ? rest : -1.0;
+}
+
 #ifdef PSM_HAVE_AVX2
 
 /* psm_expf for x in [-87, 87], or NaN (which stays NaN): the core's y scaled
@@ -223,6 +254,37 @@ static PSM_AVX2 void psm_online_sums_avx2(const float *x, int64_t n, psm_online_
                                                       _mm256_add_ps(e[2], e[3])));
         _mm256_storeu_pd(st->acc, acc);
     }
+}
+
+/* The first j with x_j == m among n floats, or -1, and whether another
+ * follows it (*more): an exact result, so the portable loop (find_max in
+ * row.h) gives the same. */
+static PSM_AVX2 int64_t psm_find_max_avx2(const float *x, int64_t n, float m, int *more)
+{
+    const __m256 mv = _mm256_set1_ps(m);
+    int64_t first = -1;
+    int64_t j = 0;
+    *more = 0;
+    for (; j + 8 <= n; j += 8) {
+        unsigned bits = (unsigned)_mm256_movemask_ps(
+            _mm256_cmp_ps(_mm256_loadu_ps(x + j), mv, _CMP_EQ_OQ));
+        if (__builtin_expect(bits != 0, 0)) {
+            if (first >= 0 || (bits & (bits - 1)) != 0) {
+                *more = 1;
+                return first >= 0 ? first : j + __builtin_ctz(bits);
+            }
+            first = j + __builtin_ctz(bits);
+        }
+    }
+    for (; j < n; j++)
+        if (x[j] == m) {
+            if (first >= 0) {
+                *more = 1;
+                return first;
+            }
+            first = j;
+        }
+    return first;
 }
 
 #endif /* PSM_HAVE_AVX2 */
