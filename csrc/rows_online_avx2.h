@@ -6,25 +6,28 @@
  * same float operations in the same order on 8 emulated lanes, any
  * stride); the state they share, its cold rescale and its finish are here,
  * plain C, called by both, so both give the same bits.  Included by
- * softmax_loss_f32.c (through rows_avx2.h's companions) only.
+ * softmax_loss_f32.c only.
  *
  * The sweep.  Per lane a running max; for the row a reference r and the
  * sum S of exp(x_j - r) in 4 double lanes (each group of 32 terms added as
  * a float tree of 4 per lane, then joined in double, as rows_avx2.h does).
- * The invariant: every logit seen is <= thr = r + 12
- * (PSM_ONLINE_MARGIN).  Per group: the max of its 4 vectors joins the
- * running max, one compare against thr, one never-taken branch; only when
- * some lane passed thr does the cold psm_online_rescale pick a new r and
- * scale S by exp(r_old - r_new) (one libm exp, in double, on both paths).
- * Terms are exp(max(x - r, -87)): x - r <= 12 and the clamp keep the fast
- * exp's result normal, so it needs no range check.
+ * The invariant: every logit seen is <= thr = r + 20 (PSM_ONLINE_MARGIN).
+ * Per group: the max of its 4 vectors joins the running max, one compare
+ * against thr, one never-taken branch; only when some lane passed thr does
+ * the cold psm_online_rescale move r up to the running max G and scale S by
+ * exp(r_old - G) (one libm exp, in double, on both paths).  Terms are
+ * exp(max(x - r, -87)): x - r <= 20 and the clamp keep the fast exp's result
+ * normal, so it needs no range check.
  *
- * The reference.  r_new is 0 when the running max G lies in (-24, 12), else
- * G itself.  So x - r is exact for every x in [r, thr] (r = 0: x - 0; r >=
- * 12: x <= r + 12 <= 2r, Sterbenz; r <= -24: x <= r + 12 <= r / 2, Sterbenz),
- * and below r its rounding is <= |x - r| 2^-24 <= (m - x) 2^-24 (m >= r):
- * no term is rounded worse than today's exp(x - m).  With r = 0 the max is
- * > -24, so a clamped term is < e^(-87+24) = e^-63 of the max's term.
+ * The reference.  r starts at 0, so a row whose max lies in (-40, 20]
+ * (most logits) is never rescaled; a rescale sets r = G > 20.  So x - r is
+ * exact for every x >= r (r = 0: x - 0; r >= 20: x <= r + 20 <= 2r,
+ * Sterbenz), and below r its rounding is <= |x - r| 2^-24 <= (m - x) 2^-24
+ * (m >= r): no term is rounded worse than exp(x - m)'s argument.  A row
+ * with r = 0 and a max <= -40 (PSM_ONLINE_LOWEST) is the exact path's; so a
+ * clamped term (a -inf logit, or one more than 87 below r) stands for less
+ * than e^(-87+40) = e^-47 of the max's term: with C < 2^31 classes, far
+ * below the rounding of any s the finish accepts (s >= (C/8 + 8) 2^-27).
  *
  * The finish (psm_online_finish).  m = the max of the lanes, E =
  * psm_expf(m - r), the float the max's own term added, and
@@ -33,13 +36,12 @@
  * added leaves of the max's term only the float rounding of its group
  * (<= 2 2^-24 of it, that is of 1 in units of s), which is <= 2^-24
  * relative when s >= 1.  Below 1 (a confident row: the max dominates, and
- * log1p(s) needs s to full relative precision) the row is left to the exact
- * two-sweep path (block max, then the sums with ties counted), as are rows
- * whose max is not finite (a +inf, or every logit -inf or NaN) and rows with
- * a NaN: the clamp max_ps(-87, d) passes a NaN d through, the exp's scaling
- * by a float multiply keeps it NaN, and so is S.  A clamped term (a -inf
- * logit, or one more than 87 below r) adds at most e^-63 of the max's term
- * instead of its true value: with C < 2^31 classes, under 2^-60 of s >= 1.
+ * log1p(s) needs s to full relative precision) psm_online_fixed_rest takes
+ * the max's lane out of S; below its floor, or with ties at the max, row.h
+ * sums again with the ties counted.  Rows whose max is not finite (a +inf,
+ * or every logit -inf or NaN) and rows with a NaN take the exact two-sweep
+ * path: the clamp max_ps(-87, d) passes a NaN d through, the exp's scaling
+ * by a float multiply keeps it NaN, and so is S.
  */
 #ifndef PYSAFEMAX_ROWS_ONLINE_AVX2_H
 #define PYSAFEMAX_ROWS_ONLINE_AVX2_H
@@ -52,10 +54,10 @@
 #include "lanes_avx2.h"
 #include "rows_avx2.h"  /* psm_lanes_below_avx2 */
 
-#define PSM_ONLINE_MARGIN 12.0f    /* thr = r + 12: terms <= e^12 */
-#define PSM_ONLINE_ZERO_FROM -24.0f /* r = 0 for a max in (-24, 12) */
+#define PSM_ONLINE_MARGIN 20.0f    /* thr = r + 20: terms <= e^20 */
+#define PSM_ONLINE_LOWEST -40.0f   /* with r = 0, a lower max is the exact path's */
 #define PSM_ONLINE_FLOOR -87.0f    /* -PSM_EXP_FAST_LIMIT: exp stays normal */
-#define PSM_ONLINE_MIN_REST 1.0    /* below it, the exact path */
+#define PSM_ONLINE_MIN_REST 1.0    /* below it, psm_online_fixed_rest */
 
 /* What the sweep carries from group to group (and block to block). */
 typedef struct {
@@ -72,10 +74,8 @@ static inline void psm_online_start(psm_online_state *st)
         st->max[l] = -INFINITY;
     for (int k = 0; k < 4; k++)
         st->acc[k] = 0.0;
-    /* no logit seen: a -FLT_MAX logit is its own reference (x - r = 0), a
-     * larger one moves r, and the terms of -inf logits are scaled to 0 then */
-    st->ref = -FLT_MAX;
-    st->thr = -FLT_MAX;
+    st->ref = 0.0f;
+    st->thr = PSM_ONLINE_MARGIN;
     st->special = 0;
 }
 
@@ -88,9 +88,9 @@ static inline float psm_online_max(const psm_online_state *st)
     return g;
 }
 
-/* Cold: some lane's max passed thr.  r moves up to the max G (or 0, see the
- * header) and what was summed against the old r is scaled to the new one;
- * a +inf G marks the row special. */
+/* Cold: some lane's max passed thr.  r moves up to the max G and what was
+ * summed against the old r is scaled to the new one; a +inf G marks the
+ * row special. */
 static PSM_NOINLINE void psm_online_rescale(psm_online_state *st)
 {
     float g = psm_online_max(st);
@@ -98,24 +98,23 @@ static PSM_NOINLINE void psm_online_rescale(psm_online_state *st)
         st->special = 1;
         return;
     }
-    float r = g > PSM_ONLINE_ZERO_FROM && g < PSM_ONLINE_MARGIN ? 0.0f : g;
-    double scale = exp((double)st->ref - (double)r);
+    double scale = exp((double)st->ref - (double)g);
     for (int k = 0; k < 4; k++)
         st->acc[k] *= scale;
-    st->ref = r;
-    st->thr = r + PSM_ONLINE_MARGIN;
+    st->ref = g;
+    st->thr = g + PSM_ONLINE_MARGIN;
 }
 
 /* The sweep's result: PSM_ONLINE_DONE with the row's max *m and s (see the
- * header); PSM_ONLINE_CONFIDENT with only *m, for a row with s < 1 (or a
- * sum that a rescale scaled to 0) and no NaN; PSM_ONLINE_EXACT for a row
- * with a NaN, or whose max is not finite. */
+ * header); PSM_ONLINE_CONFIDENT with only *m, for a row with s < 1 and no
+ * NaN; PSM_ONLINE_EXACT for a row with a NaN, whose max is not finite, or
+ * (r = 0) is <= -40. */
 enum { PSM_ONLINE_EXACT, PSM_ONLINE_DONE, PSM_ONLINE_CONFIDENT };
 
 static inline int psm_online_finish(const psm_online_state *st, float *m, double *s)
 {
     float max = psm_online_max(st);
-    if (st->special || !(fabsf(max) <= FLT_MAX))
+    if (st->special || !(fabsf(max) <= FLT_MAX) || !(max > st->ref + PSM_ONLINE_LOWEST))
         return PSM_ONLINE_EXACT;
     if (max == 0)
         max = 0;   /* +0, whichever zero the lanes kept */
