@@ -23,7 +23,10 @@
  * below it ("rest") and the count of x_j equal to it ("ties", each term
  * exactly 1).  When a block raises the running max, what was summed so far
  * is rescaled once, in double: Milakov and Gimelshein's online normalizer,
- * per block rather than per element, so each logit costs one exp.  For a
+ * per block rather than per element, so each logit costs one exp.  For
+ * float rows of the stable method with one-hot targets, one sweep does it
+ * all, with no max sweep and no tie counting (rows_online_avx2.h, twin
+ * online_lanes below); confident, NaN and non-finite rows fall back.  For a
  * non-one-hot target (smoothing or probabilities) the stable method also
  * keeps sum_j q_j (max - x_j), shifted the same way.  A second pass, over
  * the row just read, writes the gradient; naive and maxsub with non-one-hot
