@@ -96,10 +96,10 @@ static inline PSM_AVX2 __m256 psm_pow2i_avx2(__m256i k)
         _mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23));
 }
 
-/* psm_expf_core on 8 lanes.  The integer k is read from the bits of
- * x 8/ln2 + 1.5 2^23, which are 0x4B400000 + k; its low 3 bits pick the
- * table entry. */
-static inline PSM_AVX2 __m256 psm_expf_core_avx2(__m256 x, __m256i *e)
+/* psm_expf_core on 8 lanes, leaving the bits z of x 8/ln2 + 1.5 2^23,
+ * which are 0x4B400000 + k (k's low 3 bits pick the table entry; e is
+ * (z - 0x4B400000) >> 3). */
+static inline PSM_AVX2 __m256 psm_expf_core_bits_avx2(__m256 x, __m256i *z_bits)
 {
     const __m256 table_hi = _mm256_setr_ps(PSM_EXP_TABLE_HI);
     const __m256 table_lo = _mm256_setr_ps(PSM_EXP_TABLE_LO);
@@ -112,10 +112,19 @@ static inline PSM_AVX2 __m256 psm_expf_core_avx2(__m256 x, __m256i *e)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     __m256 q = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
     __m256i ki = _mm256_castps_si256(z);
-    *e = _mm256_srai_epi32(_mm256_sub_epi32(ki, _mm256_set1_epi32(0x4B400000)), 3);
+    *z_bits = ki;
     __m256 t_hi = _mm256_permutevar8x32_ps(table_hi, ki);
     __m256 t_lo = _mm256_permutevar8x32_ps(table_lo, ki);
     return _mm256_add_ps(t_hi, _mm256_fmadd_ps(t_hi, q, t_lo));
+}
+
+/* psm_expf_core on 8 lanes: 2^(j/8) exp(r), and e. */
+static inline PSM_AVX2 __m256 psm_expf_core_avx2(__m256 x, __m256i *e)
+{
+    __m256i ki;
+    __m256 y = psm_expf_core_bits_avx2(x, &ki);
+    *e = _mm256_srai_epi32(_mm256_sub_epi32(ki, _mm256_set1_epi32(0x4B400000)), 3);
+    return y;
 }
 
 /* Some lane has |x| > 87 or NaN: clamp, and scale in two steps. */

@@ -29,7 +29,10 @@
  * below it ("rest") and the count of x_j equal to it ("ties", each term
  * exactly 1).  When a block raises the running max, what was summed so far
  * is rescaled once, in double: Milakov and Gimelshein's online normalizer,
- * per block rather than per element, so each logit costs one exp.  For a
+ * per block rather than per element, so each logit costs one exp.  For
+ * float rows of the stable method with one-hot targets, one sweep does it
+ * all, with no max sweep and no tie counting (rows_online_avx2.h, twin
+ * online_lanes below); confident, NaN and non-finite rows fall back.  For a
  * non-one-hot target (smoothing or probabilities) the stable method also
  * keeps sum_j q_j (max - x_j), shifted the same way.  A second pass, over
  * the row just read, writes the gradient; naive and maxsub with non-one-hot
@@ -275,6 +278,136 @@ static const REAL *FN(block_values)(const REAL *b, int64_t len, int64_t stride,
     return b;
 }
 
+#if ONLINE_ROWS
+/* max_ps(a, b): a if a > b, else b (so b when either is NaN) */
+static inline float FN(lane_max)(float a, float b)
+{
+    return a > b ? a : b;
+}
+
+/* The portable twin of psm_online_sums_avx2 (rows_online_avx2.h): the same
+ * groups of 32, lanes, compares, clamp, exp and sums, for any stride. */
+static void FN(online_lanes)(const REAL *x, int64_t n, int64_t stride,
+                             psm_online_state *st)
+{
+    for (int64_t j = 0; j < n; j += 32) {
+        float v[4][8], s[8];
+        int over = 0;
+        for (int l = 0; l < 8; l++) {
+            for (int i = 0; i < 4; i++) {
+                int64_t k = j + 8 * i + l;
+                v[i][l] = k < n ? x[k * stride] : (REAL)-INFINITY;
+            }
+            float g = FN(lane_max)(FN(lane_max)(v[0][l], v[1][l]),
+                                   FN(lane_max)(v[2][l], v[3][l]));
+            st->max[l] = FN(lane_max)(g, st->max[l]);
+            over |= st->max[l] > st->thr;
+        }
+        if (over) {
+            psm_online_rescale(st);
+            if (st->special)
+                return;
+        }
+        for (int l = 0; l < 8; l++) {
+            float e[4];
+            for (int i = 0; i < 4; i++) {
+                float d = v[i][l] - st->ref;
+                e[i] = j + 8 * i + l < n ? EXP(FN(lane_max)(PSM_ONLINE_FLOOR, d)) : 0.0f;
+            }
+            s[l] = (e[0] + e[1]) + (e[2] + e[3]);
+        }
+        FN(add_wide)(st->acc, s);
+    }
+}
+
+/* The first j with x_j == m, or -1, and whether another follows (*more):
+ * psm_find_max_avx2, or this loop. */
+static int64_t FN(find_max)(const REAL *x, int64_t n, int64_t stride, int fast, REAL m,
+                            int *more)
+{
+#if FLOAT_ROWS
+    if (fast && stride == 1)
+        return psm_find_max_avx2(x, n, m, more);
+#else
+    (void)fast;
+#endif
+    int64_t first = -1;
+    *more = 0;
+    for (int64_t j = 0; j < n; j++)
+        if (x[j * stride] == m) {
+            if (first >= 0) {
+                *more = 1;
+                return first;
+            }
+            first = j;
+        }
+    return first;
+}
+
+/* The stable method's one pass over a position's logits (one-hot targets):
+ * 1 with *st filled (max m, rest s, ties 1: stable_rest gives s), or 0 when
+ * the row needs the exact path (see rows_online_avx2.h). */
+static int FN(online_pass)(const REAL *x, int64_t classes, int64_t stride, int fast,
+                           FN(row_state) *st)
+{
+    psm_online_state o;
+    psm_online_start(&o);
+#if FLOAT_ROWS
+    if (fast && stride == 1) {
+        psm_online_sums_avx2(x, classes, &o);
+    } else if (fast) {   /* strided: the vector loop on copies, block by block */
+        REAL copy[PSM_BLOCK];
+        for (int64_t start = 0; start < classes && !o.special; start += PSM_BLOCK) {
+            int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
+            for (int64_t j = 0; j < len; j++)
+                copy[j] = x[(start + j) * stride];
+            psm_online_sums_avx2(copy, len, &o);
+        }
+    } else
+#else
+    (void)fast;
+#endif
+    {
+        FN(online_lanes)(x, classes, stride, &o);
+    }
+    float m;
+    double s;
+    int done = psm_online_finish(&o, &m, &s);
+    if (done == PSM_ONLINE_EXACT)
+        return 0;
+    if (done == PSM_ONLINE_DONE) {
+        FN(row_state) one = {m, s, 1.0, 0.0, 0.0, 0.0, 0};
+        *st = one;
+        return 1;
+    }
+    /* A confident row, whose max m is known: where the max is unique, the
+     * sweep's sum with its lane fixed (psm_online_fixed_rest); else the
+     * sums with the ties counted, against m for every block (no
+     * rescaling), from the cache the sweep just filled. */
+    int more;
+    int64_t p = FN(find_max)(x, classes, stride, fast, m, &more);
+    if (p >= 0 && !more) {
+        s = psm_online_fixed_rest(&o, m, x, classes, stride, p);
+        if (s >= 0.0) {
+            FN(row_state) fixed = {m, s, 1.0, 0.0, 0.0, 0.0, 0};
+            *st = fixed;
+            return 1;
+        }
+    }
+    REAL copy[PSM_BLOCK];
+    double rest = 0.0, ties = 0.0;
+    for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
+        int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK, step;
+        const REAL *values = FN(block_values)(x + start * stride, len, stride, fast, copy,
+                                              &step);
+        rest += FN(block_sum)(values, len, step, m, fast, &ties);
+    }
+    FN(row_state) exact = {m, rest, ties, 0.0, 0.0, 0.0, 0};
+    *st = exact;
+    return 1;
+}
+#endif
+
 /* One pass over a position's logits; t is NULL unless the stable cross term
  * is wanted, exact_rest asks for the sum without the max's own term to full
  * relative precision (stable).  NaN never compares greater, so it lands in
@@ -283,6 +416,14 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
                          int track_max, int exact_rest, int fast,
                          const FN(target) *t, FN(row_state) *st)
 {
+#if ONLINE_ROWS
+    /* stable, one-hot: one sweep, unless the row is confident or special;
+     * rows of few classes keep the blocks, whose states the eight-row loop
+     * (rows_small_avx2.h) reproduces */
+    if (exact_rest && track_max && t == NULL && classes > PSM_SMALL_CLASSES &&
+        FN(online_pass)(x, classes, stride, fast, st))
+        return;
+#endif
     REAL m = track_max ? (REAL)-INFINITY : (REAL)0;
     double rest = 0.0, ties = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
     int cross_inf = 0;

@@ -13,6 +13,7 @@
 #include "internal.h"
 #include "log1p_f64.h"
 #include "rows_avx2.h"
+#include "rows_online_avx2.h"
 #include "rows_small_avx2.h"
 
 #define REAL float
@@ -29,6 +30,7 @@
 #define SMALL_ROWS 0
 #endif
 #define LANE_SUMS 1
+#define ONLINE_ROWS 1
 
 #include "row.h"
 #include "driver.h"

@@ -28,6 +28,7 @@
 #endif
 #define SMALL_ROWS 0
 #define LANE_SUMS 0
+#define ONLINE_ROWS 0
 
 #include "row.h"
 #include "driver.h"

@@ -404,6 +404,49 @@ static void labels_bounded_where_read(void)
     }
 }
 
+/* The stable one-pass forward's paths on heap rows of exactly their size
+ * (the tail group's masked loads, the confident row's second reads), laid
+ * out contiguously and strided (inner 3): a row with s >= 1, a confident
+ * row with its max's lane fixed, one summed again with ties counted (s ~
+ * 1e-30), two maxes, and a max <= -40. */
+static void one_pass_rows(int64_t classes, int64_t inner)
+{
+    enum { ROWS = 5 };
+    int64_t n = ROWS * classes * inner;
+    float *x = malloc((size_t)n * sizeof *x);
+    float *losses = malloc((size_t)(ROWS * inner) * sizeof *losses);
+    int64_t *y = malloc((size_t)(ROWS * inner) * sizeof *y);
+    double want[ROWS];
+    for (int64_t r = 0; r < ROWS; r++)
+        for (int64_t c = 0; c < classes; c++)
+            for (int64_t i = 0; i < inner; i++)
+                x[(r * classes + c) * inner + i] = r == 4 ? -50.0f : 0.0f;
+    for (int64_t i = 0; i < inner; i++) {
+        x[(1 * classes + classes - 1) * inner + i] = 10.0f;  /* s = (C-1) e^-10 */
+        x[(2 * classes + classes / 2) * inner + i] = 69.0f;  /* s = (C-1) e^-69 */
+        x[(3 * classes) * inner + i] = 1.0f;                 /* two maxes */
+        x[(3 * classes + classes - 1) * inner + i] = 1.0f;
+    }
+    double cm1 = (double)(classes - 1);
+    want[0] = log((double)classes);
+    want[1] = log1p(cm1 * exp(-10.0));
+    want[2] = log1p(cm1 * exp(-69.0));
+    want[3] = classes > 1 ? log1p(1.0 + (cm1 - 1.0) * exp(-1.0)) : 0.0;
+    want[4] = log((double)classes);
+    int64_t label[ROWS] = {0, classes - 1, classes / 2, 0, classes - 1};
+    for (int64_t r = 0; r < ROWS; r++)
+        for (int64_t i = 0; i < inner; i++)
+            y[r * inner + i] = label[r];
+    psm_options o = options(PSM_STABLE, PSM_NONE);
+    double loss;
+    CHECK(psm_softmax_loss_f32(x, ROWS, classes, inner, y, NULL, &o, losses, &loss,
+                               NULL) == PSM_OK);
+    for (int64_t r = 0; r < ROWS; r++)
+        for (int64_t i = 0; i < inner; i++)
+            CHECK(fabs(losses[r * inner + i] - want[r]) <= 1e-6 * want[r] + 1e-45);
+    free(x); free(losses); free(y);
+}
+
 int main(void)
 {
     static const int64_t outers[] = {0, 1, 2, 5};
@@ -422,6 +465,10 @@ int main(void)
     threads_and_twins();
     portable_flag_is_per_thread();
     labels_bounded_where_read();
+    for (size_t b = 0; b < sizeof classes / sizeof *classes; b++) {
+        one_pass_rows(classes[b], 1);
+        one_pass_rows(classes[b], 3);
+    }
     for (size_t b = 0; b < sizeof classes / sizeof *classes; b++) {
         class_blocks(3, classes[b], 1);
         class_blocks(2, classes[b], 3);
