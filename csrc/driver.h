@@ -94,7 +94,8 @@ static int FN(position)(const FN(call) *c, int64_t chunk, int64_t pos, int64_t *
     return counts;
 }
 
-/* A chunk of a loss job, summing its losses in order into chunk_loss[chunk]. */
+/* A chunk of a loss job, summing its losses in order (compensated:
+ * psm_sum) into chunk_loss[chunk]. */
 static void FN(loss_chunk)(const void *job_, int64_t chunk)
 {
     const FN(loss_job) *job = job_;
@@ -102,7 +103,7 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
     int method = c->opt->method;
     int64_t classes = c->classes, inner = c->inner, first, last;
     FN(chunk_span)(c, chunk, &first, &last);
-    double total = 0.0;
+    psm_sum total = {0.0, 0.0};
     /* rows of a few classes: eight at once, [batch, batch + 8), their
      * row_pass (no gradient) or stored_exps (a one-hot gradient) */
     FN(row_state) batch_state[8] = {{0}};
@@ -180,9 +181,9 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
         }
         if (job->losses)
             job->losses[pos] = (REAL)loss;
-        total += loss;
+        psm_sum_add(&total, loss);
     }
-    job->chunk_loss[chunk] = total;
+    job->chunk_loss[chunk] = psm_sum_value(&total);
 }
 
 /* A chunk of a partials job: each position's state over the block. */
@@ -279,17 +280,17 @@ static int64_t FN(run_job)(psm_chunk_fn chunk_fn, const void *job, FN(call) *c,
             *chunk_loss = losses;
         status = psm_run_chunks(chunk_fn, job, chunks,
                                 psm_threads_for(c->opt->threads, c->positions * c->classes));
-        double sum = 0.0;
+        psm_sum sum = {0.0, 0.0};
         for (int64_t k = 0; k < chunks; k++) {
             if (first_bad[k] >= 0) {
                 status = first_bad[k] + 1;
                 break;
             }
             if (chunk_loss)
-                sum += losses[k];
+                psm_sum_add(&sum, losses[k]);
         }
         if (total)
-            *total = sum;
+            *total = psm_sum_value(&sum);
     }
     if (chunks > 1) {
         free(first_bad);
@@ -437,11 +438,11 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
         return status;
     /* summed as psm_softmax_loss sums: by chunks, in order */
     int64_t chunk_positions = psm_chunk_positions(total_classes);
-    double total = 0.0, chunk_total = 0.0;
+    psm_sum total = {0.0, 0.0}, chunk_total = {0.0, 0.0};
     for (int64_t pos = 0; pos < outer * inner; pos++) {
         if (pos % chunk_positions == 0) {
-            total += chunk_total;
-            chunk_total = 0.0;
+            psm_sum_add(&total, psm_sum_value(&chunk_total));
+            chunk_total.sum = chunk_total.comp = 0.0;
         }
         const psm_partial *p = &state[pos];
         REAL x_y = 0;
@@ -465,10 +466,10 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
         double l = FN(position_loss)(&st, x_y, NULL, total_classes, 1, &t, opt->method);
         if (losses)
             losses[pos] = (REAL)l;
-        chunk_total += l;
+        psm_sum_add(&chunk_total, l);
     }
-    total += chunk_total;
-    *loss = psm_reduce(opt->reduction, total, normalizer);
+    psm_sum_add(&total, psm_sum_value(&chunk_total));
+    *loss = psm_reduce(opt->reduction, psm_sum_value(&total), normalizer);
     return PSM_OK;
 }
 

@@ -12,6 +12,7 @@
 #ifndef PYSAFEMAX_INTERNAL_H
 #define PYSAFEMAX_INTERNAL_H
 
+#include <math.h>
 #include <stdint.h>
 
 #include "softmax_loss.h"
@@ -56,6 +57,28 @@
 static inline int64_t read_label(const int64_t *labels, int64_t pos)
 {
     return ((const volatile int64_t *)labels)[pos];
+}
+
+/* A sum of doubles with Neumaier's compensation: psm_sum_value is the sum
+ * of every term added to within about one rounding, however many terms, so
+ * that the same losses summed in other groups (one call's chunks, or its
+ * positions streamed in blocks, as _core.py's _run_blocks does) agree to an
+ * ulp or two, where a plain sum's difference grows with the count. */
+typedef struct {
+    double sum, comp;
+} psm_sum;
+
+static inline void psm_sum_add(psm_sum *s, double x)
+{
+    double t = s->sum + x;
+    if (isfinite(t))   /* inf or NaN: no rounding to carry, and (s - t) + x is NaN */
+        s->comp += fabs(s->sum) >= fabs(x) ? (s->sum - t) + x : (x - t) + s->sum;
+    s->sum = t;
+}
+
+static inline double psm_sum_value(const psm_sum *s)
+{
+    return s->comp == 0.0 ? s->sum : s->sum + s->comp;   /* a -0.0 sum stays -0.0 */
 }
 
 /* Arguments every entry point checks; the Python layer validates first,

@@ -175,7 +175,7 @@ def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
                              t.weight, t.ignore_index, t.label_smoothing,
                              normalizer if streamed else None)
     compute = x.compute_dtype
-    total = -0.0   # the identity of +: all -0.0 losses sum to -0.0, as in one call
+    total = _CompensatedSum()
     for index, positions, first, _ in blocks:
         block = _kernel_input(x.array[index], compute)
         labels_block = None if t.labels is None else t.labels[positions]
@@ -198,10 +198,29 @@ def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
                 method, normalizer, losses_block, grad_block, origin)
         _store(losses_to, losses_block)
         _store(grad_to, grad_block)
-        total += result
+        total.add(result)
         # Freed before the next block's copies are made, not after.
         del block, probs_block, losses_block, grad_block
-    return _bindings.reduce(reduction, total, normalizer) if streamed else result
+    return _bindings.reduce(reduction, total.value(), normalizer) if streamed else result
+
+
+class _CompensatedSum:
+    """The blocks' totals summed as the kernel sums its chunks' (psm_sum in
+    csrc/internal.h, Neumaier's compensation), so that a streamed call's
+    total is within an ulp or two of one call's, however many blocks."""
+
+    def __init__(self):
+        self.sum = -0.0   # the identity of +: all -0.0 losses sum to -0.0
+        self.comp = 0.0
+
+    def add(self, x):
+        t = self.sum + x
+        if math.isfinite(t):
+            self.comp += (self.sum - t) + x if abs(self.sum) >= abs(x) else (x - t) + self.sum
+        self.sum = t
+
+    def value(self):
+        return self.sum if self.comp == 0.0 else self.sum + self.comp
 
 
 # Logits, probability targets and gradients the kernel cannot use in place (of
