@@ -4,7 +4,7 @@
  * of positions, and the entry points of softmax_loss.h that run them on
  * chunks.c's threads.  The per-position math is row.h's, included before
  * this file by softmax_loss_f32.c and softmax_loss_f64.c, with the same
- * macros (REAL, FN, EXP, LOG, BIG, FLOAT_ROWS, LANE_SUMS; see row.h).
+ * macros (REAL, FN, EXP, LOG, BIG, VECTOR_ROWS, LANE_SUMS; see row.h).
  *
  * Chunks are cut by the shape alone and their losses summed in order, so
  * every thread count gives the same bits.  Every entry point checks all its
@@ -309,7 +309,7 @@ static FN(call) FN(call_for)(const REAL *logits, int64_t outer, int64_t classes,
                              const psm_options *opt)
 {
     FN(call) c = {logits, classes, inner, class_offset, total_classes, labels,
-                  target_probs, opt, FLOAT_ROWS && psm_use_simd(), outer * inner, 0,
+                  target_probs, opt, VECTOR_ROWS && psm_use_simd(), outer * inner, 0,
                   NULL};
     return c;
 }

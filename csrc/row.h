@@ -13,15 +13,16 @@
  *   EXP, LOG  REAL's exp and log (psm_expf and logf for float, psm_exp and log
  *             for double)
  *   BIG       REAL's largest finite number (FLT_MAX, DBL_MAX)
- *   FLOAT_ROWS 1 where AVX2 loops serve contiguous rows (x86-64; the name
- *              is older than the double loops): rows_avx2.h for float,
- *              rows_avx2_f64.h for double
+ *   VECTOR_ROWS 1 where AVX2 loops serve contiguous rows (x86-64):
+ *              rows_avx2.h for float, rows_avx2_f64.h for double
  *   VEC(name)  the AVX2 loop named name of those (psm_##name##_avx2 for float,
  *              psm_##name##_f64_avx2 for double)
  *   LANE_SUMS  1 to sum in the 8-float-lane order of rows_avx2.h (float), 0
  *              in the 4-double-lane order of rows_avx2_f64.h (double)
  *   SMALL_ROWS 1 where rows of at most PSM_SMALL_CLASSES are read eight at a
  *              time (rows_small_avx2.h: float on x86-64)
+ *   ONLINE_ROWS 1 where the stable forward takes the one-pass sweep
+ *              (rows_online_avx2.h and its twin: float, on every CPU)
  * and after internal.h (PSM_BLOCK, read_label) and the type's AVX2 loops.
  *
  * One pass.  Every position's logits are read once, in blocks of PSM_BLOCK:
@@ -29,33 +30,45 @@
  * below it ("rest") and the count of x_j equal to it ("ties", each term
  * exactly 1).  When a block raises the running max, what was summed so far
  * is rescaled once, in double: Milakov and Gimelshein's online normalizer,
- * per block rather than per element, so each logit costs one exp.  For
- * float rows of the stable method with one-hot targets, one sweep does it
- * all, with no max sweep and no tie counting (rows_online_avx2.h, twin
- * online_lanes below); confident, NaN and non-finite rows fall back.  For a
- * non-one-hot target (smoothing or probabilities) the stable method also
- * keeps sum_j q_j (max - x_j), shifted the same way.  A second pass, over
- * the row just read, writes the gradient; naive and maxsub with non-one-hot
+ * per block rather than per element, so each logit costs one exp.  Where it
+ * matters most the passes are leaner:
+ *   - float rows of the stable method with one-hot targets (more than
+ *     PSM_SMALL_CLASSES classes): one sweep, with no max sweep and no tie
+ *     counting (rows_online_avx2.h, twin online_lanes below); confident,
+ *     NaN and non-finite rows fall back to the blocks;
+ *   - float rows of at most PSM_SMALL_CLASSES classes: eight rows at once,
+ *     with the blocks' states bit for bit (rows_small_avx2.h);
+ *   - a one-hot loss with its gradient (every method): the max, then each
+ *     exp stored into the gradient while it is summed, then scaled in place
+ *     (stored_exps, finish_loss_grad): one exp per logit.  Its loss comes
+ *     from those sums, not the sweep's, and may differ from a forward-only
+ *     call's in the last bit;
+ *   - label smoothing over labels (stable): the same, plus the cross term in
+ *     one vector pass (smoothed_cross, smoothed_grad).
+ * Probability targets keep sum_j q_j (max - x_j), shifted as the sums are,
+ * and a second pass writes their gradient; naive and maxsub with non-one-hot
  * targets also need one for their clamped per-class logs (the clamp needs
  * the finished sum).
  *
- * The float instance runs contiguous rows through the AVX2 loops of
- * rows_avx2.h where the CPU has them; block_max, block_sum and grad_row
- * below are their portable twins (same operations, same order, 8 emulated
- * lanes, any stride), so every path gives the same bits.
+ * Each vector loop (rows_avx2.h, rows_avx2_f64.h, rows_online_avx2.h,
+ * rows_small_avx2.h) has its portable twin here (same operations, same
+ * order, emulated lanes, any stride), so every path, CPU and thread count
+ * gives the same bits.
  *
- * Precision.  Sums are kept in double.  naive and maxsub round the total
- * (rest + ties) to REAL once, which is the float sum their formulas describe
- * (it is inf exactly when the rounded float sum overflows) without depending
- * on the order of the additions; the rest of their arithmetic is REAL, as in
- * Caffe.  stable uses s = rest + (ties - 1), the sum without the max's own
- * term, so log1p(s) keeps small losses to full relative precision: a
- * confident, correct prediction with loss 1e-30 reads 1e-30, not 0.  Its
- * error is that of exp (<= 0.603 ULP per term for float, exp_f32.h), the
- * rounding of x_j - max in REAL (<= |x_j - max| 2^-24 relative for float),
- * the vector loop's float partial sums (<= 2^-23 relative, rows_avx2.h), and
- * the final rounding; tests/test_oracle.py and tests/test_properties.py check
- * this bound against wider oracles.
+ * Precision.  Sums are kept in double (those of a call's losses compensated:
+ * psm_sum).  naive and maxsub round the total (rest + ties) to REAL once,
+ * which is the float sum their formulas describe (it is inf exactly when the
+ * rounded float sum overflows) without depending on the order of the
+ * additions; the rest of their arithmetic is REAL, as in Caffe.  stable uses
+ * s, the sum without the max's own term, so log1p(s) keeps small losses to
+ * full relative precision: a confident, correct prediction with loss 1e-30
+ * reads 1e-30, not 0.  Its error is that of exp (<= 0.603 ULP per term for
+ * float, exp_f32.h; 0.511 for double, exp_f64.h), the rounding of x_j - max
+ * in REAL (<= |x_j - max| 2^-24 relative for float), the vector loops'
+ * float partial sums (<= 2^-23 relative), s taken as S - 1 where s >= 1
+ * (one-hot gradient, the sweep: <= 2^-22 relative), log1p's 0.840 ULP
+ * (log1p_f64.h), and the final rounding; tests/test_oracle.py and
+ * tests/test_properties.py check this bound against wider oracles.
  */
 
 /* One position's target distribution q (see psm_options in the header). */
@@ -123,7 +136,7 @@ typedef struct {
 /* The max of n logits, NaN skipped; -inf if none. */
 static REAL FN(block_max)(const REAL *x, int64_t n, int64_t stride, int fast)
 {
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1)
         return VEC(block_max)(x, n);
 #else
@@ -243,7 +256,7 @@ static PSM_ALWAYS_INLINE double FN(lane_sum)(const REAL *x, int64_t n,
 static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
                             int fast, double *ties)
 {
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1) {
         if (!ties)
             return VEC(block_total)(x, n, shift);
@@ -263,7 +276,7 @@ static const REAL *FN(block_values)(const REAL *b, int64_t len, int64_t stride,
                                     int fast, REAL *copy, int64_t *step)
 {
     *step = stride;
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride != 1) {
         for (int64_t j = 0; j < len; j++)
             copy[j] = b[j * stride];
@@ -325,7 +338,7 @@ static void FN(online_lanes)(const REAL *x, int64_t n, int64_t stride,
 static int64_t FN(find_max)(const REAL *x, int64_t n, int64_t stride, int fast, REAL m,
                             int *more)
 {
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1)
         return psm_find_max_avx2(x, n, m, more);
 #else
@@ -352,7 +365,7 @@ static int FN(online_pass)(const REAL *x, int64_t classes, int64_t stride, int f
 {
     psm_online_state o;
     psm_online_start(&o);
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1) {
         psm_online_sums_avx2(x, classes, &o);
     } else if (fast) {   /* strided: the vector loop on copies, block by block */
@@ -427,7 +440,7 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
     REAL m = track_max ? (REAL)-INFINITY : (REAL)0;
     double rest = 0.0, ties = 0.0, cross = 0.0, cross_mass = 0.0, mass = 0.0;
     int cross_inf = 0;
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1 && classes <= PSM_BLOCK && t == NULL) {
         /* one contiguous block: the loop below, without its bookkeeping */
         if (track_max) {
@@ -532,7 +545,7 @@ static void FN(grad_row)(const REAL *x, int64_t n, int64_t stride, int fast,
                          REAL shift, int divide, REAL divisor, REAL factor,
                          REAL scale, REAL *g)
 {
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1) {
         VEC(grad_row)(x, n, shift, divide, divisor, factor, scale, g);
         return;
@@ -590,7 +603,7 @@ static PSM_NOINLINE double FN(stored_lane_sum)(const REAL *x, int64_t n, int64_t
 static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
                                 int fast, REAL *e)
 {
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1)
         return VEC(exp_store_sum)(x, n, shift, e);
     if (fast) {
@@ -628,7 +641,7 @@ static double FN(exp_store_total)(const REAL *x, int64_t classes, int64_t stride
 static void FN(scale_row)(REAL *g, int64_t n, int64_t stride, int fast, int divide,
                           REAL divisor, REAL factor, REAL scale)
 {
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1) {
         VEC(scale_row)(g, n, divide, divisor, factor, scale);
         return;
@@ -698,7 +711,7 @@ static void FN(log_norms8)(const FN(row_state) st[8], int fast, double out[8])
 {
     for (int r = 0; r < 8; r++)
         out[r] = FN(stable_rest)(&st[r]);
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast) {
         psm_log1p4_avx2(out);
         psm_log1p4_avx2(out + 4);
@@ -719,7 +732,7 @@ static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, 
     FN(row_state) st;
     FN(row_pass)(x, classes, stride, 1, 1, fast, NULL, &st);
     double log_norm = FN(log_norm)(&st);
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1) {
         VEC(log_softmax_row)(x, classes, st.max, log_norm, y);
         return;
@@ -869,7 +882,7 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
 static void FN(stored_sums)(const REAL *x, const REAL *e, int64_t n, int64_t stride,
                             REAL m, int fast, double *rest, double *ties)
 {
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1) {
         VEC(stored_sums)(x, e, n, m, rest, ties);
         return;
@@ -1028,7 +1041,7 @@ static int FN(smoothed_label)(const FN(target) *t)
 static double FN(weighted_gaps)(const REAL *x, int64_t n, int64_t stride, REAL m,
                                 const double *w, int fast, int *neg_inf)
 {
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1)
         return VEC(weighted_gaps)(x, n, m, w, neg_inf);
 #else
@@ -1105,7 +1118,7 @@ static void FN(smoothed_grad)(const FN(row_state) *st, const REAL *x, int64_t cl
     const double *w = t->weight;
     int64_t y = t->label;
     double e_y = (double)grad[y * stride];
-#if FLOAT_ROWS
+#if VECTOR_ROWS
     if (fast && stride == 1)
         VEC(smoothed_grad)(grad, classes, w, mass, denom, t->smooth, scale);
     else

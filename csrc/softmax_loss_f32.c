@@ -22,11 +22,11 @@
 #define LOG logf
 #define BIG FLT_MAX
 #ifdef PSM_HAVE_AVX2
-#define FLOAT_ROWS 1
+#define VECTOR_ROWS 1
 #define VEC(name) psm_##name##_avx2
 #define SMALL_ROWS 1
 #else
-#define FLOAT_ROWS 0
+#define VECTOR_ROWS 0
 #define SMALL_ROWS 0
 #endif
 #define LANE_SUMS 1

@@ -21,10 +21,10 @@
 #define LOG log
 #define BIG DBL_MAX
 #ifdef PSM_HAVE_AVX2
-#define FLOAT_ROWS 1
+#define VECTOR_ROWS 1
 #define VEC(name) psm_##name##_f64_avx2
 #else
-#define FLOAT_ROWS 0
+#define VECTOR_ROWS 0
 #endif
 #define SMALL_ROWS 0
 #define LANE_SUMS 0
