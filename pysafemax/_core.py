@@ -125,14 +125,14 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     positions at a time, as are float16 gradients.  check=True checks block
     by block, but the reference needs several times each block's memory.
     """
-    if (type(logits) is np.ndarray and type(labels) is np.ndarray
-            and type(axis) is int and axis == 1 and type(method) is str
-            and type(reduction) is str and weight is None and ignore_index is None
+    if (weight is None and ignore_index is None and out is None and check is False
+            and type(logits) is np.ndarray and type(labels) is np.ndarray
+            and type(axis) is int and axis == 1
             and type(label_smoothing) in (float, int) and label_smoothing == 0
-            and return_grad is False and out is None and check is False):
-        loss = _plain_loss(logits, labels, method, reduction, threads)
-        if loss is not None:
-            return loss
+            and (return_grad is False or return_grad is True)):
+        result = _plain_loss(logits, labels, method, reduction, threads, return_grad)
+        if result is not None:
+            return result
     x = _validation.logits_array(logits, axis, convert=False)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing, convert=False)
@@ -279,25 +279,36 @@ def _batch_normalizer(x, t, reduction, threads):
 _plain_options = {}   # (method, reduction, threads) -> Options
 
 
-def _plain_loss(logits, labels, method, reduction, threads):
-    """softmax_loss's most common call, made cheap: (N, C) float32/float64
-    logits and (N,) int64 labels, C-contiguous and aligned, a reduced loss and
-    no options.  Anything else (including an unknown method or a bad thread
-    count) returns None, for the general path to handle or reject.  The
-    options are built once and only ever read by the kernel, so threads can
-    share them."""
-    if (logits.dtype not in _bindings.KERNELS or reduction == "none"
-            or logits.ndim != 2 or labels.dtype is not _validation.INT64
-            or labels.shape != logits.shape[:1] or logits.shape[1] == 0):
+def _plain_rows(logits):
+    """Whether logits are (N, C) float32/float64, C >= 1, C-contiguous and
+    aligned: what the cheap paths hand to the kernel as they are."""
+    if logits.ndim != 2 or logits.dtype not in _bindings.KERNELS or not logits.shape[1]:
+        return False
+    flags = logits.flags
+    return flags.c_contiguous and flags.aligned
+
+
+def _plain_loss(logits, labels, method, reduction, threads, return_grad):
+    """softmax_loss's most common call, made cheap (a (32, 10) call is
+    mostly this Python): (N, C) float32/float64 logits and (N,) int64 labels,
+    C-contiguous and aligned, no options but method, reduction, threads and
+    return_grad (True or False).  Anything else (including an unknown method
+    or a bad thread count) returns None, for the general path to handle or
+    reject.  The options are built once and only ever read by the kernel, so
+    threads can share them."""
+    if not (type(method) is str and type(reduction) is str
+            and labels.ndim == 1 and labels.dtype is _validation.INT64
+            and _plain_rows(logits) and len(labels) == len(logits)):
         return None
-    flags, label_flags = logits.flags, labels.flags
-    if not (flags.c_contiguous and flags.aligned
-            and label_flags.c_contiguous and label_flags.aligned):
+    label_flags = labels.flags
+    if not (label_flags.c_contiguous and label_flags.aligned):
         return None
     if threads is None:
-        threads = get_num_threads()
+        threads = _env_threads if _num_threads is None else _num_threads
     elif type(threads) is not int or threads < 1:
         return None
+    elif threads > _bindings.MAX_THREADS:   # the same options: keeps the cache small
+        threads = _bindings.MAX_THREADS
     key = (method, reduction, threads)
     opts = _plain_options.get(key)
     if opts is None:
@@ -305,11 +316,16 @@ def _plain_loss(logits, labels, method, reduction, threads):
             return None
         opts = _plain_options[key] = _bindings.options(method, reduction, threads)
     rows, classes = logits.shape
+    losses = np.empty(rows, logits.dtype) if reduction == "none" else None
+    grad = np.empty((rows, classes), logits.dtype) if return_grad else None
     try:
-        return _bindings.softmax_loss(logits, rows, classes, 1, labels, None, opts,
-                                      None, None)
+        loss = _bindings.softmax_loss(logits, rows, classes, 1, labels, None, opts,
+                                      losses, grad)
     except _bindings.BadLabel as bad:
         raise _validation.label_out_of_range(labels, bad.position, classes) from None
+    if losses is not None:
+        loss = losses
+    return (loss, grad) if return_grad else loss
 
 
 def _check_against_reference(logits, targets, t, axis, method, normalizer,
@@ -381,6 +397,17 @@ def softmax(logits, *, axis=1, method="stable", threads=None):
     threads    how many threads (None: get_num_threads()); small inputs use
                one, and every count gives the same bits
     """
+    if (type(logits) is np.ndarray and type(axis) is int and axis == 1
+            and type(method) is str and method in _validation.METHODS
+            and _plain_rows(logits)):
+        # The common call, cheap: the logits as they are, no conversion.
+        if threads is None:
+            threads = _env_threads if _num_threads is None else _num_threads
+        if type(threads) is int and threads >= 1:
+            out = np.empty(logits.shape, logits.dtype)
+            rows, classes = logits.shape
+            _bindings.softmax(logits, rows, classes, 1, method, threads, out)
+            return out
     x = _validation.logits_array(logits, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
@@ -395,6 +422,15 @@ def log_softmax(logits, *, axis=1, threads=None):
     threads    how many threads (None: get_num_threads()); small inputs use
                one, and every count gives the same bits
     """
+    if type(logits) is np.ndarray and type(axis) is int and axis == 1 and _plain_rows(logits):
+        # The common call, cheap, as in softmax.
+        if threads is None:
+            threads = _env_threads if _num_threads is None else _num_threads
+        if type(threads) is int and threads >= 1:
+            out = np.empty(logits.shape, logits.dtype)
+            rows, classes = logits.shape
+            _bindings.log_softmax(logits, rows, classes, 1, threads, out)
+            return out
     x = _validation.logits_array(logits, axis)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     out = np.empty_like(x.array)
