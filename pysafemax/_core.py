@@ -125,14 +125,44 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     positions at a time, as are float16 gradients.  check=True checks block
     by block, but the reference needs several times each block's memory.
     """
+    # The common call, cheap: (N, C) float32/float64 logits and (N,) int64
+    # labels, C-contiguous and aligned, used in place, with no options but
+    # method, reduction, threads and return_grad (True or False).  A (32, 10)
+    # call spends more time here than in the kernel, so this is written out
+    # without helper calls.  Anything else, every bad input included, falls
+    # through to the general path, which checks everything.
     if (weight is None and ignore_index is None and out is None and check is False
             and type(logits) is np.ndarray and type(labels) is np.ndarray
             and type(axis) is int and axis == 1
-            and type(label_smoothing) in (float, int) and label_smoothing == 0
-            and (return_grad is False or return_grad is True)):
-        result = _plain_loss(logits, labels, method, reduction, threads, return_grad)
-        if result is not None:
-            return result
+            and (type(label_smoothing) is float or type(label_smoothing) is int)
+            and label_smoothing == 0.0 and (return_grad is False or return_grad is True)
+            and type(method) is str and type(reduction) is str
+            and logits.ndim == 2 and labels.ndim == 1
+            and labels.dtype is _validation.INT64 and logits.dtype in _bindings.KERNELS):
+        rows, classes = logits.shape
+        count = threads
+        if count is None:
+            count = _env_threads if _num_threads is None else _num_threads
+        flags, label_flags = logits.flags, labels.flags
+        if (classes and len(labels) == rows and type(count) is int and count >= 1
+                and flags.c_contiguous and flags.aligned
+                and label_flags.c_contiguous and label_flags.aligned):
+            try:
+                opts = _plain_options[method, reduction, count]
+            except KeyError:
+                opts = _new_plain_options(method, reduction, count)
+            if opts is not None:
+                losses = np.empty(rows, logits.dtype) if reduction == "none" else None
+                grad = np.empty((rows, classes), logits.dtype) if return_grad else None
+                try:
+                    loss = _bindings.softmax_loss(logits, rows, classes, 1, labels, None,
+                                                  opts, losses, grad)
+                except _bindings.BadLabel as bad:
+                    raise _validation.label_out_of_range(labels, bad.position,
+                                                         classes) from None
+                if losses is not None:
+                    loss = losses
+                return (loss, grad) if return_grad else loss
     x = _validation.logits_array(logits, axis, convert=False)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing, convert=False)
@@ -276,56 +306,23 @@ def _batch_normalizer(x, t, reduction, threads):
     return _bindings.normalizer(reduction, valid, weight_sum, positions, x.outer)
 
 
-_plain_options = {}   # (method, reduction, threads) -> Options
+# The options of softmax_loss's cheap path, by (method, reduction, threads);
+# built once and only ever read by the kernel, so threads can share them.
+_plain_options = {}
 
 
-def _plain_rows(logits):
-    """Whether logits are (N, C) float32/float64, C >= 1, C-contiguous and
-    aligned: what the cheap paths hand to the kernel as they are."""
-    if logits.ndim != 2 or logits.dtype not in _bindings.KERNELS or not logits.shape[1]:
-        return False
-    flags = logits.flags
-    return flags.c_contiguous and flags.aligned
-
-
-def _plain_loss(logits, labels, method, reduction, threads, return_grad):
-    """softmax_loss's most common call, made cheap (a (32, 10) call is
-    mostly this Python): (N, C) float32/float64 logits and (N,) int64 labels,
-    C-contiguous and aligned, no options but method, reduction, threads and
-    return_grad (True or False).  Anything else (including an unknown method
-    or a bad thread count) returns None, for the general path to handle or
-    reject.  The options are built once and only ever read by the kernel, so
-    threads can share them."""
-    if not (type(method) is str and type(reduction) is str
-            and labels.ndim == 1 and labels.dtype is _validation.INT64
-            and _plain_rows(logits) and len(labels) == len(logits)):
+def _new_plain_options(method, reduction, threads):
+    """The options of a cheap call, made and kept; None for an unknown
+    method or reduction (the general path's error to raise).  Counts above
+    MAX_THREADS share MAX_THREADS's options, so that the cache stays small."""
+    if method not in _bindings.METHOD_IDS or reduction not in _bindings.REDUCTION_IDS:
         return None
-    label_flags = labels.flags
-    if not (label_flags.c_contiguous and label_flags.aligned):
-        return None
-    if threads is None:
-        threads = _env_threads if _num_threads is None else _num_threads
-    elif type(threads) is not int or threads < 1:
-        return None
-    elif threads > _bindings.MAX_THREADS:   # the same options: keeps the cache small
-        threads = _bindings.MAX_THREADS
+    threads = min(threads, _bindings.MAX_THREADS)
     key = (method, reduction, threads)
     opts = _plain_options.get(key)
     if opts is None:
-        if method not in _bindings.METHOD_IDS or reduction not in _bindings.REDUCTION_IDS:
-            return None
         opts = _plain_options[key] = _bindings.options(method, reduction, threads)
-    rows, classes = logits.shape
-    losses = np.empty(rows, logits.dtype) if reduction == "none" else None
-    grad = np.empty((rows, classes), logits.dtype) if return_grad else None
-    try:
-        loss = _bindings.softmax_loss(logits, rows, classes, 1, labels, None, opts,
-                                      losses, grad)
-    except _bindings.BadLabel as bad:
-        raise _validation.label_out_of_range(labels, bad.position, classes) from None
-    if losses is not None:
-        loss = losses
-    return (loss, grad) if return_grad else loss
+    return opts
 
 
 def _check_against_reference(logits, targets, t, axis, method, normalizer,
@@ -397,16 +394,19 @@ def softmax(logits, *, axis=1, method="stable", threads=None):
     threads    how many threads (None: get_num_threads()); small inputs use
                one, and every count gives the same bits
     """
+    # The common call, cheap, as in softmax_loss: plain (N, C) logits.
     if (type(logits) is np.ndarray and type(axis) is int and axis == 1
             and type(method) is str and method in _validation.METHODS
-            and _plain_rows(logits)):
-        # The common call, cheap: the logits as they are, no conversion.
-        if threads is None:
-            threads = _env_threads if _num_threads is None else _num_threads
-        if type(threads) is int and threads >= 1:
-            out = np.empty(logits.shape, logits.dtype)
-            rows, classes = logits.shape
-            _bindings.softmax(logits, rows, classes, 1, method, threads, out)
+            and logits.ndim == 2 and logits.dtype in _bindings.KERNELS):
+        rows, classes = logits.shape
+        count = threads
+        if count is None:
+            count = _env_threads if _num_threads is None else _num_threads
+        flags = logits.flags
+        if (classes and type(count) is int and count >= 1
+                and flags.c_contiguous and flags.aligned):
+            out = np.empty((rows, classes), logits.dtype)
+            _bindings.softmax(logits, rows, classes, 1, method, count, out)
             return out
     x = _validation.logits_array(logits, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
@@ -422,14 +422,18 @@ def log_softmax(logits, *, axis=1, threads=None):
     threads    how many threads (None: get_num_threads()); small inputs use
                one, and every count gives the same bits
     """
-    if type(logits) is np.ndarray and type(axis) is int and axis == 1 and _plain_rows(logits):
-        # The common call, cheap, as in softmax.
-        if threads is None:
-            threads = _env_threads if _num_threads is None else _num_threads
-        if type(threads) is int and threads >= 1:
-            out = np.empty(logits.shape, logits.dtype)
-            rows, classes = logits.shape
-            _bindings.log_softmax(logits, rows, classes, 1, threads, out)
+    # The common call, cheap, as in softmax_loss: plain (N, C) logits.
+    if (type(logits) is np.ndarray and type(axis) is int and axis == 1
+            and logits.ndim == 2 and logits.dtype in _bindings.KERNELS):
+        rows, classes = logits.shape
+        count = threads
+        if count is None:
+            count = _env_threads if _num_threads is None else _num_threads
+        flags = logits.flags
+        if (classes and type(count) is int and count >= 1
+                and flags.c_contiguous and flags.aligned):
+            out = np.empty((rows, classes), logits.dtype)
+            _bindings.log_softmax(logits, rows, classes, 1, count, out)
             return out
     x = _validation.logits_array(logits, axis)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
