@@ -17,8 +17,10 @@ The calls, on float32 logits (random normal * 4) and random int64 labels:
   log_softmax (32,10)   log_softmax(x)                 torch.log_softmax(x, 1)
   loss (1,10)           softmax_loss(x, y)             F.cross_entropy(x, y)
 
-pysafemax runs at its default thread count, torch at its own (tiny calls use
-one thread in both).  Each contender runs in its own child process, so that
+pysafemax runs at its default thread count (its tiny calls use one thread),
+torch at --torch-threads, 1 unless told (0: torch's default): on a shared
+machine torch's OpenMP team at 2 threads made its (32, 10) mean loss 40 us
+and more, waiting for a busy core.  Each contender runs in its own child process, so that
 neither torch's OpenMP workers nor another Python layer's imports touch the
 others' timings: "new" is the pysafemax/ beside this script, "old" the one in
 DIR (--against; e.g. a checkout of main), both running the installed
@@ -35,6 +37,7 @@ children also return each call's result bytes, and old and new must agree.
 """
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -85,10 +88,12 @@ def pysafemax_calls(sources):
     return calls, about
 
 
-def torch_calls():
+def torch_calls(threads):
     import numpy as np
     import torch
     import torch.nn.functional as F
+    if threads:
+        torch.set_num_threads(threads)
     x, y, x1, y1 = (torch.from_numpy(a) for a in inputs(np))
     xg = x.clone().requires_grad_(True)
 
@@ -138,7 +143,7 @@ def time_calls(calls, loops, repeats):
 
 def child(args):
     if args.child == "torch":
-        calls, about = torch_calls()
+        calls, about = torch_calls(args.torch_threads)
     else:
         calls, about = pysafemax_calls(args.sources)
     calls["loop overhead"] = lambda: None
@@ -150,7 +155,8 @@ def child(args):
 
 def run_child(kind, sources, args):
     command = [sys.executable, os.path.abspath(__file__), "--child", kind,
-               "--calls", str(args.calls), "--repeats", str(args.repeats)]
+               "--calls", str(args.calls), "--repeats", str(args.repeats),
+               "--torch-threads", str(args.torch_threads)]
     if sources:
         command += ["--sources", sources]
     done = subprocess.run(command, capture_output=True, text=True, cwd="/")
@@ -166,6 +172,8 @@ def main():
     parser.add_argument("--calls", type=int, default=20000, help="calls per timing")
     parser.add_argument("--repeats", type=int, default=5, help="timings per call per child")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--json", help="save the figures here")
     parser.add_argument("--child", choices=["new", "old", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--sources", help=argparse.SUPPRESS)
@@ -177,10 +185,10 @@ def main():
     if args.against:
         contenders.append(("old", os.path.abspath(args.against)))
     if not args.no_torch:
-        try:
-            import torch  # noqa: F401  (only whether it is there)
+        # whether torch is there, without importing it (and its thread pool) here
+        if importlib.util.find_spec("torch") is not None:
             contenders.append(("torch", None))
-        except ImportError:
+        else:
             print("torch not installed: no torch figures")
     samples = {kind: {} for kind, _ in contenders}
     about, digests = {}, {}
