@@ -125,14 +125,44 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     positions at a time, as are float16 gradients.  check=True checks block
     by block, but the reference needs several times each block's memory.
     """
-    if (type(logits) is np.ndarray and type(labels) is np.ndarray
-            and type(axis) is int and axis == 1 and type(method) is str
-            and type(reduction) is str and weight is None and ignore_index is None
-            and type(label_smoothing) in (float, int) and label_smoothing == 0
-            and return_grad is False and out is None and check is False):
-        loss = _plain_loss(logits, labels, method, reduction, threads)
-        if loss is not None:
-            return loss
+    # The common call, cheap: (N, C) float32/float64 logits and (N,) int64
+    # labels, C-contiguous and aligned, used in place, with no options but
+    # method, reduction, threads and return_grad (True or False).  A (32, 10)
+    # call spends more time here than in the kernel, so this is written out
+    # without helper calls.  Anything else, every bad input included, falls
+    # through to the general path, which checks everything.
+    if (weight is None and ignore_index is None and out is None and check is False
+            and type(logits) is np.ndarray and type(labels) is np.ndarray
+            and type(axis) is int and axis == 1
+            and (type(label_smoothing) is float or type(label_smoothing) is int)
+            and label_smoothing == 0.0 and (return_grad is False or return_grad is True)
+            and type(method) is str and type(reduction) is str
+            and logits.ndim == 2 and labels.ndim == 1
+            and labels.dtype is _validation.INT64 and logits.dtype in _bindings.KERNELS):
+        rows, classes = logits.shape
+        count = threads
+        if count is None:
+            count = _env_threads if _num_threads is None else _num_threads
+        flags, label_flags = logits.flags, labels.flags
+        if (classes and len(labels) == rows and type(count) is int and count >= 1
+                and flags.c_contiguous and flags.aligned
+                and label_flags.c_contiguous and label_flags.aligned):
+            try:
+                opts = _plain_options[method, reduction, count]
+            except KeyError:
+                opts = _new_plain_options(method, reduction, count)
+            if opts is not None:
+                losses = np.empty(rows, logits.dtype) if reduction == "none" else None
+                grad = np.empty((rows, classes), logits.dtype) if return_grad else None
+                try:
+                    loss = _bindings.softmax_loss(logits, rows, classes, 1, labels, None,
+                                                  opts, losses, grad)
+                except _bindings.BadLabel as bad:
+                    raise _validation.label_out_of_range(labels, bad.position,
+                                                         classes) from None
+                if losses is not None:
+                    loss = losses
+                return (loss, grad) if return_grad else loss
     x = _validation.logits_array(logits, axis, convert=False)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing, convert=False)
@@ -295,40 +325,23 @@ def _batch_normalizer(x, t, reduction, threads):
     return _bindings.normalizer(reduction, valid, weight_sum, positions, x.outer)
 
 
-_plain_options = {}   # (method, reduction, threads) -> Options
+# The options of softmax_loss's cheap path, by (method, reduction, threads);
+# built once and only ever read by the kernel, so threads can share them.
+_plain_options = {}
 
 
-def _plain_loss(logits, labels, method, reduction, threads):
-    """softmax_loss's most common call, made cheap: (N, C) float32/float64
-    logits and (N,) int64 labels, C-contiguous and aligned, a reduced loss and
-    no options.  Anything else (including an unknown method or a bad thread
-    count) returns None, for the general path to handle or reject.  The
-    options are built once and only ever read by the kernel, so threads can
-    share them."""
-    if (logits.dtype not in _bindings.KERNELS or reduction == "none"
-            or logits.ndim != 2 or labels.dtype is not _validation.INT64
-            or labels.shape != logits.shape[:1] or logits.shape[1] == 0):
+def _new_plain_options(method, reduction, threads):
+    """The options of a cheap call, made and kept; None for an unknown
+    method or reduction (the general path's error to raise).  Counts above
+    MAX_THREADS share MAX_THREADS's options, so that the cache stays small."""
+    if method not in _bindings.METHOD_IDS or reduction not in _bindings.REDUCTION_IDS:
         return None
-    flags, label_flags = logits.flags, labels.flags
-    if not (flags.c_contiguous and flags.aligned
-            and label_flags.c_contiguous and label_flags.aligned):
-        return None
-    if threads is None:
-        threads = get_num_threads()
-    elif type(threads) is not int or threads < 1:
-        return None
+    threads = min(threads, _bindings.MAX_THREADS)
     key = (method, reduction, threads)
     opts = _plain_options.get(key)
     if opts is None:
-        if method not in _bindings.METHOD_IDS or reduction not in _bindings.REDUCTION_IDS:
-            return None
         opts = _plain_options[key] = _bindings.options(method, reduction, threads)
-    rows, classes = logits.shape
-    try:
-        return _bindings.softmax_loss(logits, rows, classes, 1, labels, None, opts,
-                                      None, None)
-    except _bindings.BadLabel as bad:
-        raise _validation.label_out_of_range(labels, bad.position, classes) from None
+    return opts
 
 
 def _check_against_reference(logits, targets, t, axis, method, normalizer,
@@ -400,6 +413,20 @@ def softmax(logits, *, axis=1, method="stable", threads=None):
     threads    how many threads (None: get_num_threads()); small inputs use
                one, and every count gives the same bits
     """
+    # The common call, cheap, as in softmax_loss: plain (N, C) logits.
+    if (type(logits) is np.ndarray and type(axis) is int and axis == 1
+            and type(method) is str and method in _validation.METHODS
+            and logits.ndim == 2 and logits.dtype in _bindings.KERNELS):
+        rows, classes = logits.shape
+        count = threads
+        if count is None:
+            count = _env_threads if _num_threads is None else _num_threads
+        flags = logits.flags
+        if (classes and type(count) is int and count >= 1
+                and flags.c_contiguous and flags.aligned):
+            out = np.empty((rows, classes), logits.dtype)
+            _bindings.softmax(logits, rows, classes, 1, method, count, out)
+            return out
     x = _validation.logits_array(logits, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
@@ -414,6 +441,19 @@ def log_softmax(logits, *, axis=1, threads=None):
     threads    how many threads (None: get_num_threads()); small inputs use
                one, and every count gives the same bits
     """
+    # The common call, cheap, as in softmax_loss: plain (N, C) logits.
+    if (type(logits) is np.ndarray and type(axis) is int and axis == 1
+            and logits.ndim == 2 and logits.dtype in _bindings.KERNELS):
+        rows, classes = logits.shape
+        count = threads
+        if count is None:
+            count = _env_threads if _num_threads is None else _num_threads
+        flags = logits.flags
+        if (classes and type(count) is int and count >= 1
+                and flags.c_contiguous and flags.aligned):
+            out = np.empty((rows, classes), logits.dtype)
+            _bindings.log_softmax(logits, rows, classes, 1, count, out)
+            return out
     x = _validation.logits_array(logits, axis)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     out = np.empty_like(x.array)

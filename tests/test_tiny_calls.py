@@ -1,0 +1,330 @@
+"""The cheap paths for tiny calls: softmax_loss on plain (N, C) logits with
+(N,) int64 labels (with or without a gradient, any reduction), softmax and
+log_softmax on plain (N, C) logits.
+
+They must give the general path's bits, types and errors (axis=-1 names the
+same axis but takes the general path), use the thread count that
+set_num_threads, threads= and PYSAFEMAX_NUM_THREADS choose, and never let two
+calls share the cell the kernel writes the reduced loss into: not two
+threads, and not a call nested inside another on one thread.
+"""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import pysafemax
+from pysafemax import _bindings, _core
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def same(got, expected):
+    """The same type, dtype, shape and bytes (pairs element by element)."""
+    assert type(got) is type(expected)
+    if isinstance(expected, tuple):
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            same(g, e)
+    elif isinstance(expected, np.ndarray):
+        assert (got.dtype, got.shape) == (expected.dtype, expected.shape)
+        assert got.flags.c_contiguous and got.flags.owndata and got.flags.writeable
+        assert got.tobytes() == expected.tobytes()
+    else:
+        assert np.asarray(got).tobytes() == np.asarray(expected).tobytes()
+
+
+def logits(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 20).astype(dtype)
+    if x.size > 8:
+        x.reshape(-1)[::7] = np.inf
+        x.reshape(-1)[3::11] = -np.inf
+        x.reshape(-1)[5::13] = np.nan
+    return x
+
+
+SHAPES = [(0, 3), (1, 1), (1, 10), (32, 10), (7, 1000), (3, 4099)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+@pytest.mark.parametrize("return_grad", [False, True])
+@pytest.mark.parametrize("writeable", [True, False], ids=["writeable", "readonly"])
+def test_the_cheap_loss_gives_the_general_paths_results(dtype, method, return_grad,
+                                                        writeable):
+    rng = np.random.default_rng(3)
+    for shape in SHAPES:
+        x = logits(shape, dtype)
+        y = rng.integers(0, shape[1], shape[0])
+        x.flags.writeable = y.flags.writeable = writeable
+        for reduction in pysafemax.REDUCTIONS:
+            for threads in (None, 1, 2, 300):
+                kwargs = dict(method=method, reduction=reduction, threads=threads,
+                              return_grad=return_grad)
+                same(pysafemax.softmax_loss(x, y, **kwargs),
+                     pysafemax.softmax_loss(x, y, axis=-1, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("writeable", [True, False], ids=["writeable", "readonly"])
+def test_cheap_softmax_and_log_softmax_give_the_general_paths_results(dtype, writeable):
+    for shape in SHAPES:
+        x = logits(shape, dtype)
+        x.flags.writeable = writeable
+        for threads in (None, 1, 2, 300):
+            for method in pysafemax.METHODS:
+                same(pysafemax.softmax(x, method=method, threads=threads),
+                     pysafemax.softmax(x, axis=-1, method=method, threads=threads))
+            same(pysafemax.log_softmax(x, threads=threads),
+                 pysafemax.log_softmax(x, axis=-1, threads=threads))
+
+
+X = logits((6, 4), np.float32)
+Y = np.array([0, 3, 1, 2, 2, 0])
+
+
+def _with_label(position, value):
+    y = Y.copy()
+    y[position] = value
+    return y
+
+
+# (function, args, kwargs) that the general path rejects; every one looks
+# plain enough to reach a cheap path first.
+BAD_CALLS = [
+    ("softmax_loss", (X, _with_label(5, 4)), {}),
+    ("softmax_loss", (X, _with_label(0, -1)), {"return_grad": True}),
+    ("softmax_loss", (X, _with_label(2, -2**63)), {"reduction": "none"}),
+    ("softmax_loss", (X, _with_label(3, 2**40)), {"return_grad": True,
+                                                  "reduction": "sum", "threads": 2}),
+    ("softmax_loss", (X, Y.reshape(6, 1)), {}),
+    ("softmax_loss", (X, Y[:5]), {"return_grad": True}),
+    ("softmax_loss", (X, Y), {"method": "fast"}),
+    ("softmax_loss", (X, Y), {"method": 2}),
+    ("softmax_loss", (X, Y), {"reduction": "avg", "return_grad": True}),
+    ("softmax_loss", (X, Y), {"reduction": None}),
+    ("softmax_loss", (X, Y), {"return_grad": 1}),
+    ("softmax_loss", (X, Y), {"return_grad": None}),
+    ("softmax_loss", (X, Y), {"label_smoothing": False}),
+    ("softmax_loss", (X, Y), {"label_smoothing": np.zeros(2)}),
+    ("softmax_loss", (X[:, :0], Y), {}),
+    ("softmax_loss", (X, Y.astype(np.float64)), {}),
+    ("softmax_loss", (np.zeros((6, 4), np.int64), Y), {}),
+    ("softmax_loss", (np.ma.masked_array(X), Y), {}),
+    ("softmax_loss", (X, np.ma.masked_array(Y)), {}),
+    ("softmax", (X[:, :0],), {}),
+    ("softmax", (X,), {"method": "fast"}),
+    ("softmax", (X,), {"method": ["stable"]}),
+    ("softmax", (np.ma.masked_array(X),), {}),
+    ("log_softmax", (X[:, :0],), {}),
+    ("log_softmax", (np.zeros((6, 4), np.int8),), {}),
+]
+for _threads in (0, -1, 2.0, True, "2", np.float64(2)):
+    BAD_CALLS += [("softmax_loss", (X, Y), {"threads": _threads}),
+                  ("softmax_loss", (X, Y), {"threads": _threads, "return_grad": True}),
+                  ("softmax", (X,), {"threads": _threads}),
+                  ("log_softmax", (X,), {"threads": _threads})]
+
+
+def raised(function, args, kwargs):
+    with pytest.raises((TypeError, ValueError)) as error:
+        getattr(pysafemax, function)(*args, **kwargs)
+    return type(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("function, args, kwargs", BAD_CALLS)
+def test_bad_input_raises_what_the_general_path_raises(function, args, kwargs):
+    assert raised(function, args, kwargs) == raised(function, args, {**kwargs, "axis": -1})
+
+
+def test_odd_but_legal_spellings_give_the_general_paths_results():
+    for kwargs in ({"threads": np.int64(2)}, {"label_smoothing": 0},
+                   {"label_smoothing": -0.0}, {"return_grad": np.True_},
+                   {"method": np.str_("naive")}, {"check": np.False_}):
+        same(pysafemax.softmax_loss(X, Y, **kwargs),
+             pysafemax.softmax_loss(X, Y, axis=-1, **kwargs))
+    for kwargs in ({"threads": np.int64(2)}, {"method": np.str_("maxsub")}):
+        same(pysafemax.softmax(X, **kwargs), pysafemax.softmax(X, axis=-1, **kwargs))
+
+
+# --- thread counts ---------------------------------------------------------------
+
+@pytest.fixture
+def kernel_threads(monkeypatch):
+    """The thread count each call hands to the kernel, in call order."""
+    seen = []
+    real_loss, real_softmax = _bindings.softmax_loss, _bindings.softmax
+    real_log_softmax = _bindings.log_softmax
+
+    def softmax_loss(*args):
+        seen.append(args[6].struct.threads)
+        return real_loss(*args)
+
+    def softmax(*args):
+        seen.append(min(args[5], _bindings.MAX_THREADS))
+        return real_softmax(*args)
+
+    def log_softmax(*args):
+        seen.append(min(args[4], _bindings.MAX_THREADS))
+        return real_log_softmax(*args)
+
+    monkeypatch.setattr(_bindings, "softmax_loss", softmax_loss)
+    monkeypatch.setattr(_bindings, "softmax", softmax)
+    monkeypatch.setattr(_bindings, "log_softmax", log_softmax)
+    monkeypatch.setattr(_core, "_num_threads", None)
+    yield seen
+    pysafemax.set_num_threads(None)
+
+
+def _every_cheap_call(**kwargs):
+    pysafemax.softmax_loss(X, Y, **kwargs)
+    pysafemax.softmax_loss(X, Y, return_grad=True, **kwargs)
+    pysafemax.softmax_loss(X, Y, reduction="none", **kwargs)
+    pysafemax.softmax(X, **kwargs)
+    pysafemax.log_softmax(X, **kwargs)
+
+
+def test_cheap_calls_follow_set_num_threads_and_threads(kernel_threads):
+    default = pysafemax.get_num_threads()
+    for setting, threads, expected in [(3, None, 3), (1, None, 1), (5, 2, 2),
+                                       (None, None, default), (None, 7, 7),
+                                       (None, 2**40, 256), (2**31, None, 256),
+                                       (4, None, 4)]:
+        pysafemax.set_num_threads(setting)
+        kernel_threads.clear()
+        _every_cheap_call(threads=threads)
+        assert kernel_threads == [expected] * 5, (setting, threads)
+
+
+ENVIRONMENT_THREADS = """
+import numpy as np
+import pysafemax
+from pysafemax import _bindings
+seen = []
+real = _bindings.softmax_loss
+def recording(*args):
+    seen.append(args[6].struct.threads)
+    return real(*args)
+_bindings.softmax_loss = recording
+x = np.zeros((3, 4), np.float32)
+y = np.array([0, 1, 2])
+pysafemax.softmax_loss(x, y)
+pysafemax.softmax_loss(x, y, return_grad=True)
+pysafemax.set_num_threads(1)
+pysafemax.softmax_loss(x, y)
+pysafemax.set_num_threads(None)
+pysafemax.softmax_loss(x, y)
+print(*seen)
+"""
+
+
+@pytest.mark.parametrize("value, expected", [("3", [3, 3, 1, 3]),
+                                             ("1", [1, 1, 1, 1])])
+def test_cheap_calls_follow_the_environment_thread_count(value, expected):
+    done = subprocess.run([sys.executable, "-c", ENVIRONMENT_THREADS], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYSAFEMAX_NUM_THREADS": value})
+    assert done.returncode == 0, done.stderr
+    assert list(map(int, done.stdout.split())) == expected
+
+
+# --- the reused loss cells ---------------------------------------------------------
+
+def _distinct_problems(count):
+    """count (x, y) pairs whose losses all differ, and their losses alone."""
+    rng = np.random.default_rng(11)
+    problems = [((rng.standard_normal((4, 3)) * (k + 1)).astype(np.float32),
+                 rng.integers(0, 3, 4)) for k in range(count)]
+    alone = [pysafemax.softmax_loss(x, y) for x, y in problems]
+    assert len(set(alone)) == count
+    return problems, alone
+
+
+def test_threads_never_read_each_others_loss():
+    # Tiny calls spend most of their time in the kernel, without the GIL: a
+    # loss cell shared between threads would be overwritten between one
+    # thread's kernel call and its read of the cell.
+    problems, alone = _distinct_problems(8)
+    barrier = threading.Barrier(8)
+    wrong, errors = [], []
+
+    def worker(k):
+        x, y = problems[k]
+        try:
+            barrier.wait()
+            for _ in range(4000):
+                loss = pysafemax.softmax_loss(x, y)
+                if loss != alone[k]:
+                    wrong.append((k, loss))
+                loss, _ = pysafemax.softmax_loss(x, y, return_grad=True)
+                if loss != alone[k]:
+                    wrong.append((k, loss))
+        except Exception as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
+    assert not wrong, f"{len(wrong)} losses were another thread's, e.g. {wrong[:3]}"
+
+
+def test_a_call_nested_at_any_point_of_another_keeps_both_losses():
+    # A signal handler (or a finalizer) can run Python between any two lines
+    # of the wrapper, on the same thread, and call softmax_loss: a trace
+    # function does so here at every line of the wrapper.
+    problems, alone = _distinct_problems(2)
+    (x, y), (inner_x, inner_y) = problems
+    wrapper = _bindings.softmax_loss.__code__
+    nested = []
+
+    def trace(frame, event, arg):
+        if event == "call":
+            return trace if frame.f_code is wrapper and not nested_running else None
+        if event == "line":
+            nested_running.append(True)
+            try:
+                nested.append((frame.f_lineno, pysafemax.softmax_loss(inner_x, inner_y)))
+            finally:
+                nested_running.pop()
+        return trace
+
+    nested_running = []
+    sys.settrace(trace)
+    try:
+        outer = pysafemax.softmax_loss(x, y)
+        outer_with_grad, _ = pysafemax.softmax_loss(x, y, return_grad=True)
+    finally:
+        sys.settrace(None)
+    assert len(nested) > 10    # a nested call at each line of both calls
+    assert all(loss == alone[1] for _, loss in nested), nested
+    assert outer == outer_with_grad == alone[0]
+
+
+def test_a_failed_call_leaves_later_calls_right():
+    problems, alone = _distinct_problems(3)
+    for k, (x, y) in enumerate(problems):
+        bad = y.copy()
+        bad[1] = 3
+        with pytest.raises(ValueError, match=r"^labels\[1\] = 3 is out of range"):
+            pysafemax.softmax_loss(x, bad, return_grad=True)
+        assert pysafemax.softmax_loss(x, y) == alone[k]
+
+
+def test_the_tiny_call_benchmark_runs():
+    # against this checkout itself: the results must agree, every call printed
+    done = subprocess.run([sys.executable, "bench/tiny_calls.py", "--against", ROOT,
+                           "--no-torch", "--rounds", "1", "--repeats", "1",
+                           "--calls", "50"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "old and new results: identical" in done.stdout
+    for name in ("loss (32,10)", "loss+grad (32,10)", "softmax (32,10)",
+                 "log_softmax (32,10)", "loss (1,10)", "loop overhead"):
+        assert any(line.startswith(name + " ") for line in done.stdout.splitlines()), name
