@@ -28,7 +28,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "internal.h"   /* PSM_HAVE_AVX2 */
+#include "internal.h"   /* PSM_HAVE_AVX2, PSM_AVX2 */
 
 #define PSM_EXP_MIN_ARG -104.0f          /* exp below rounds to 0 */
 #define PSM_EXP_MAX_ARG 89.0f            /* exp above is inf (ln FLT_MAX ~= 88.72) */
@@ -87,8 +87,6 @@ static inline float psm_expf(float x)
 
 #ifdef PSM_HAVE_AVX2
 #include <immintrin.h>
-
-#define PSM_AVX2 __attribute__((target("avx2,fma")))
 
 static inline PSM_AVX2 __m256 psm_pow2i_avx2(__m256i k)
 {

@@ -40,7 +40,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "internal.h"   /* PSM_HAVE_AVX2 */
+#include "internal.h"   /* PSM_HAVE_AVX2, PSM_AVX2 */
 
 #define PSM_EXP_F64_MIN_ARG -746.0       /* exp below rounds to 0 (ln 2^-1075 ~= -745.13) */
 #define PSM_EXP_F64_MAX_ARG 710.0        /* exp above is inf (ln DBL_MAX ~= 709.78) */
@@ -276,10 +276,6 @@ static inline double psm_exp(double x)
 
 #ifdef PSM_HAVE_AVX2
 #include <immintrin.h>
-
-#ifndef PSM_AVX2
-#define PSM_AVX2 __attribute__((target("avx2,fma")))
-#endif
 
 /* Some lane has |x| > 708 or NaN: the scalar function, lane by lane. */
 static PSM_AVX2 PSM_NOINLINE __m256d psm_exp_special_avx2(__m256d x)

@@ -37,11 +37,13 @@
 #define PSM_NOINLINE
 #endif
 
-/* The AVX2+FMA loops (exp_f32.h, rows_avx2.h) are compiled wherever the
- * compiler takes target attributes on x86-64, with no -mavx2 for the whole
- * build; psm_simd_level says at run time whether this CPU may run them. */
+/* The AVX2+FMA loops (the exps, rows_*avx2.h, log1p_f64.h) are compiled
+ * wherever the compiler takes target attributes on x86-64, each function
+ * marked PSM_AVX2, with no -mavx2 for the whole build; psm_simd_level says
+ * at run time whether this CPU may run them. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define PSM_HAVE_AVX2 1
+#define PSM_AVX2 __attribute__((target("avx2,fma")))
 #endif
 
 /* A row is read in blocks of this many logits: 8 KB of float, in L1. */

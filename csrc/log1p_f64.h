@@ -31,7 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "internal.h"   /* PSM_HAVE_AVX2 */
+#include "internal.h"   /* PSM_HAVE_AVX2, PSM_AVX2 */
 
 #define PSM_LOG1P_MAX 0x1p1000               /* the fast path's domain: [0, this] */
 #define PSM_LN2_HI 0x1.62e42fee00000p-1      /* ln2, its low 32 bits zero */
@@ -74,10 +74,8 @@ static inline double psm_log1p(double s)
 #ifdef PSM_HAVE_AVX2
 #include <immintrin.h>
 
-#define PSM_AVX2_F64 __attribute__((target("avx2,fma")))
-
 /* psm_log1p_core on 4 lanes. */
-static inline PSM_AVX2_F64 __m256d psm_log1p_core_avx2(__m256d s)
+static inline PSM_AVX2 __m256d psm_log1p_core_avx2(__m256d s)
 {
     const __m256d one = _mm256_set1_pd(1.0);
     __m256d u = _mm256_add_pd(one, s);
@@ -113,7 +111,7 @@ static inline PSM_AVX2_F64 __m256d psm_log1p_core_avx2(__m256d s)
 }
 
 /* psm_log1p of 4 doubles, in place. */
-static inline PSM_AVX2_F64 void psm_log1p4_avx2(double *s)
+static inline PSM_AVX2 void psm_log1p4_avx2(double *s)
 {
     __m256d v = _mm256_loadu_pd(s);
     __m256d in = _mm256_and_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_GE_OQ),
