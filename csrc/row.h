@@ -1034,16 +1034,16 @@ static int FN(smoothed_label)(const FN(target) *t)
     return t->probs == NULL && t->smooth != 0.0;
 }
 
-/* sum_j w_j (m - x_j) over the x_j with w_j != 0 (w NULL: all 1) and x_j !=
- * -inf, *neg_inf set where some w_j != 0 has x_j = -inf:
- * psm_weighted_gaps_avx2, or its twin (8 double lanes, the last n % 8 in
+/* sum_j q_j (m - x_j), q_j = smooth w_j (w NULL: all 1), over the x_j with
+ * q_j != 0 and x_j != -inf, *neg_inf set where some q_j != 0 has x_j = -inf:
+ * psm_smoothed_gaps_avx2, or its twin (8 double lanes, the last n % 8 in
  * index order). */
-static double FN(weighted_gaps)(const REAL *x, int64_t n, int64_t stride, REAL m,
-                                const double *w, int fast, int *neg_inf)
+static double FN(smoothed_gaps)(const REAL *x, int64_t n, int64_t stride, REAL m,
+                                double smooth, const double *w, int fast, int *neg_inf)
 {
 #if VECTOR_ROWS
     if (fast && stride == 1)
-        return VEC(weighted_gaps)(x, n, m, w, neg_inf);
+        return VEC(smoothed_gaps)(x, n, m, smooth, w, neg_inf);
 #else
     (void)fast;
 #endif
@@ -1052,24 +1052,24 @@ static double FN(weighted_gaps)(const REAL *x, int64_t n, int64_t stride, REAL m
     int64_t j = 0;
     for (; j + 8 <= n; j += 8)
         for (int l = 0; l < 8; l++) {
-            double wj = w ? w[j + l] : 1.0;
+            double q = smooth * (w ? w[j + l] : 1.0);
             REAL v = x[(j + l) * stride];
-            if (wj == 0.0)
+            if (q == 0.0)
                 continue;
             if (v == (REAL)-INFINITY)
                 found = 1;
             else
-                acc[l] += wj * ((double)m - (double)v);
+                acc[l] += q * ((double)m - (double)v);
         }
     total = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
     for (; j < n; j++) {
-        double wj = w ? w[j] : 1.0;
-        if (wj == 0.0)
+        double q = smooth * (w ? w[j] : 1.0);
+        if (q == 0.0)
             continue;
         if (x[j * stride] == (REAL)-INFINITY)
             found = 1;
         else
-            total += wj * ((double)m - (double)x[j * stride]);
+            total += q * ((double)m - (double)x[j * stride]);
     }
     if (found)
         *neg_inf = 1;
@@ -1077,7 +1077,7 @@ static double FN(weighted_gaps)(const REAL *x, int64_t n, int64_t stride, REAL m
 }
 
 /* A smoothed label's cross term and mass, for a whole position whose max
- * st->max is final: sum_j q_j (m - x_j) = smooth sum_j w_j (m - x_j) +
+ * st->max is final: sum_j q_j (m - x_j) = sum_j smooth w_j (m - x_j) +
  * label_part (m - x_y), and Q = smooth W + label_part, W the sum of the
  * class weights (or the class count).  One vector pass, where row_pass
  * computed each q_j in the loop that follows its blocks' max. */
@@ -1086,8 +1086,8 @@ static void FN(smoothed_cross)(const REAL *x, int64_t classes, int64_t stride,
                                FN(row_state) *st)
 {
     int neg_inf = 0;
-    double cross = t->smooth * FN(weighted_gaps)(x, classes, stride, st->max, t->weight,
-                                                 fast, &neg_inf);
+    double cross = FN(smoothed_gaps)(x, classes, stride, st->max, t->smooth, t->weight,
+                                     fast, &neg_inf);
     if (t->label_part != 0.0) {
         REAL x_y = x[t->label * stride];
         if (x_y == (REAL)-INFINITY)

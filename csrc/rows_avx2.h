@@ -266,16 +266,19 @@ static PSM_AVX2 void psm_scale_row_avx2(float *g, int64_t n, int divide, float d
         g[j] = divide ? ((g[j] / divisor) * factor) * scale : g[j] * factor;
 }
 
-/* sum_j w_j (m - x_j) over the x_j with w_j != 0 (w NULL: all 1) and
- * x_j != -inf, in double: lane l of 8 takes j = 8 g + l, the lanes are
- * combined as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), and the
- * last n % 8 are added in index order.  *neg_inf is set where some w_j != 0
- * has x_j = -inf.  Twin: weighted_gaps in row.h. */
-static PSM_AVX2 double psm_weighted_gaps_avx2(const float *x, int64_t n, float m,
-                                              const double *w, int *neg_inf)
+/* sum_j q_j (m - x_j), q_j = smooth w_j (w NULL: all 1), over the x_j with
+ * q_j != 0 and x_j != -inf, in double: lane l of 8 takes j = 8 g + l, the
+ * lanes are combined as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)),
+ * and the last n % 8 are added in index order.  Each term is scaled before
+ * it is summed, so that double logits near DBL_MAX sum no larger than the
+ * cross term itself.  *neg_inf is set where some q_j != 0 has x_j = -inf.
+ * Twin: smoothed_gaps in row.h. */
+static PSM_AVX2 double psm_smoothed_gaps_avx2(const float *x, int64_t n, float m,
+                                              double smooth, const double *w,
+                                              int *neg_inf)
 {
     const __m256d md = _mm256_set1_pd((double)m), minus_inf = _mm256_set1_pd(-INFINITY);
-    const __m256d zero = _mm256_setzero_pd();
+    const __m256d zero = _mm256_setzero_pd(), sv = _mm256_set1_pd(smooth);
     __m256d lo = zero, hi = zero;
     int found = 0;
     int64_t j = 0;
@@ -283,17 +286,14 @@ static PSM_AVX2 double psm_weighted_gaps_avx2(const float *x, int64_t n, float m
         __m256 v = _mm256_loadu_ps(x + j);
         __m256d x_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
         __m256d x_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-        __m256d d_lo = _mm256_sub_pd(md, x_lo), d_hi = _mm256_sub_pd(md, x_hi);
+        __m256d q_lo = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j)) : sv;
+        __m256d q_hi = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j + 4)) : sv;
+        __m256d d_lo = _mm256_mul_pd(q_lo, _mm256_sub_pd(md, x_lo));
+        __m256d d_hi = _mm256_mul_pd(q_hi, _mm256_sub_pd(md, x_hi));
         __m256d inf_lo = _mm256_cmp_pd(x_lo, minus_inf, _CMP_EQ_OQ);
         __m256d inf_hi = _mm256_cmp_pd(x_hi, minus_inf, _CMP_EQ_OQ);
-        __m256d skip_lo = zero, skip_hi = zero;
-        if (w) {
-            __m256d w_lo = _mm256_loadu_pd(w + j), w_hi = _mm256_loadu_pd(w + j + 4);
-            d_lo = _mm256_mul_pd(w_lo, d_lo);
-            d_hi = _mm256_mul_pd(w_hi, d_hi);
-            skip_lo = _mm256_cmp_pd(w_lo, zero, _CMP_EQ_OQ);
-            skip_hi = _mm256_cmp_pd(w_hi, zero, _CMP_EQ_OQ);
-        }
+        __m256d skip_lo = _mm256_cmp_pd(q_lo, zero, _CMP_EQ_OQ);
+        __m256d skip_hi = _mm256_cmp_pd(q_hi, zero, _CMP_EQ_OQ);
         found |= _mm256_movemask_pd(_mm256_andnot_pd(skip_lo, inf_lo)) |
                  _mm256_movemask_pd(_mm256_andnot_pd(skip_hi, inf_hi));
         lo = _mm256_add_pd(lo, _mm256_andnot_pd(_mm256_or_pd(skip_lo, inf_lo), d_lo));
@@ -301,13 +301,13 @@ static PSM_AVX2 double psm_weighted_gaps_avx2(const float *x, int64_t n, float m
     }
     double total = psm_hsum_pd_avx2(_mm256_add_pd(lo, hi));
     for (; j < n; j++) {
-        double wj = w ? w[j] : 1.0;
-        if (wj == 0.0)
+        double q = smooth * (w ? w[j] : 1.0);
+        if (q == 0.0)
             continue;
         if (x[j] == -INFINITY)
             found = 1;
         else
-            total += wj * ((double)m - (double)x[j]);
+            total += q * ((double)m - (double)x[j]);
     }
     if (found)
         *neg_inf = 1;

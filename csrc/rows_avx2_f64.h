@@ -6,7 +6,7 @@
  * has not asked for the portable twins.
  *
  * Each loop has a portable twin in row.h (block_max, lane_sum for
- * block_sum and exp_store_sum, stored_sums, scale_row, weighted_gaps,
+ * block_sum and exp_store_sum, stored_sums, scale_row, smoothed_gaps,
  * smoothed_grad, grad_row, log_softmax_row) that performs the
  * same double operations in the same order on 4 emulated lanes, for any
  * stride, so both give the same bits.  A sum adds each 16 terms as a tree,
@@ -226,32 +226,30 @@ static PSM_AVX2 void psm_scale_row_f64_avx2(double *g, int64_t n, int divide, do
         g[j] = divide ? ((g[j] / divisor) * factor) * scale : g[j] * factor;
 }
 
-/* sum_j w_j (m - x_j) over the x_j with w_j != 0 (w NULL: all 1) and x_j !=
- * -inf, in weighted_gaps' order (row.h): lane l of 8 takes j = 8 g + l (two
- * vectors of 4), combined as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 +
- * l7)), the last n % 8 in index order; *neg_inf set where some w_j != 0 has
- * x_j = -inf. */
-static PSM_AVX2 double psm_weighted_gaps_f64_avx2(const double *x, int64_t n, double m,
-                                                  const double *w, int *neg_inf)
+/* sum_j q_j (m - x_j), q_j = smooth w_j (w NULL: all 1), over the x_j with
+ * q_j != 0 and x_j != -inf, in smoothed_gaps' order (row.h): lane l of 8
+ * takes j = 8 g + l (two vectors of 4), combined as ((l0 + l4) + (l2 + l6))
+ * + ((l1 + l5) + (l3 + l7)), the last n % 8 in index order; *neg_inf set
+ * where some q_j != 0 has x_j = -inf. */
+static PSM_AVX2 double psm_smoothed_gaps_f64_avx2(const double *x, int64_t n, double m,
+                                                  double smooth, const double *w,
+                                                  int *neg_inf)
 {
     const __m256d md = _mm256_set1_pd(m), minus_inf = _mm256_set1_pd(-INFINITY);
-    const __m256d zero = _mm256_setzero_pd();
+    const __m256d zero = _mm256_setzero_pd(), sv = _mm256_set1_pd(smooth);
     __m256d lo = zero, hi = zero;
     int found = 0;
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
         __m256d x_lo = _mm256_loadu_pd(x + j), x_hi = _mm256_loadu_pd(x + j + 4);
-        __m256d d_lo = _mm256_sub_pd(md, x_lo), d_hi = _mm256_sub_pd(md, x_hi);
+        __m256d q_lo = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j)) : sv;
+        __m256d q_hi = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j + 4)) : sv;
+        __m256d d_lo = _mm256_mul_pd(q_lo, _mm256_sub_pd(md, x_lo));
+        __m256d d_hi = _mm256_mul_pd(q_hi, _mm256_sub_pd(md, x_hi));
         __m256d inf_lo = _mm256_cmp_pd(x_lo, minus_inf, _CMP_EQ_OQ);
         __m256d inf_hi = _mm256_cmp_pd(x_hi, minus_inf, _CMP_EQ_OQ);
-        __m256d skip_lo = zero, skip_hi = zero;
-        if (w) {
-            __m256d w_lo = _mm256_loadu_pd(w + j), w_hi = _mm256_loadu_pd(w + j + 4);
-            d_lo = _mm256_mul_pd(w_lo, d_lo);
-            d_hi = _mm256_mul_pd(w_hi, d_hi);
-            skip_lo = _mm256_cmp_pd(w_lo, zero, _CMP_EQ_OQ);
-            skip_hi = _mm256_cmp_pd(w_hi, zero, _CMP_EQ_OQ);
-        }
+        __m256d skip_lo = _mm256_cmp_pd(q_lo, zero, _CMP_EQ_OQ);
+        __m256d skip_hi = _mm256_cmp_pd(q_hi, zero, _CMP_EQ_OQ);
         found |= _mm256_movemask_pd(_mm256_andnot_pd(skip_lo, inf_lo)) |
                  _mm256_movemask_pd(_mm256_andnot_pd(skip_hi, inf_hi));
         lo = _mm256_add_pd(lo, _mm256_andnot_pd(_mm256_or_pd(skip_lo, inf_lo), d_lo));
@@ -259,13 +257,13 @@ static PSM_AVX2 double psm_weighted_gaps_f64_avx2(const double *x, int64_t n, do
     }
     double total = psm_hsum_f64_avx2(_mm256_add_pd(lo, hi));
     for (; j < n; j++) {
-        double wj = w ? w[j] : 1.0;
-        if (wj == 0.0)
+        double q = smooth * (w ? w[j] : 1.0);
+        if (q == 0.0)
             continue;
         if (x[j] == -INFINITY)
             found = 1;
         else
-            total += wj * (m - x[j]);
+            total += q * (m - x[j]);
     }
     if (found)
         *neg_inf = 1;

@@ -690,3 +690,21 @@ def test_special_cases_do_contain_specials():
                 x, labels, method=method, reduction="none"))).tolist())
         kinds |= set(np.unique(_kind(pysafemax.log_softmax(x))).tolist())
     assert kinds == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("weight", [None, [1.0, 0.5, 2.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.75]])
+@pytest.mark.parametrize("smoothing", [0.3, 1.0])
+def test_smoothing_with_logits_near_the_largest_double_stays_finite(weight, smoothing):
+    """Each smoothed term q_j (m - x_j) is finite, and so is their sum: the
+    terms are scaled by q_j before they are added (found by Hypothesis:
+    {1e308, -0.13, 0.64} summed 2e308 before scaling by 1/3, and read inf)."""
+    x = np.array([[1e308, -0.13, 0.64, 5.0, -1e307, 0.0, 2.0, 1.0, 3.0]] * 3)
+    y = np.array([0, 1, 8])
+    w = None if weight is None else np.array(weight)
+    got = pysafemax.softmax_loss(x, y, label_smoothing=smoothing, weight=w,
+                                 reduction="none", return_grad=True)
+    want = reference.softmax_loss(x, y, label_smoothing=smoothing, weight=w,
+                                  reduction="none", return_grad=True)
+    assert np.all(np.isfinite(got[0])) and np.all(np.isfinite(want[0]))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-14)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-14, atol=1e-300)
