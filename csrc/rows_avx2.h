@@ -104,8 +104,13 @@ static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties)
 
 /* The sum of exp(x_j - shift) over n floats: per lane, groups of 4 terms
  * are added in float as a tree (relative error <= 2u) before joining a
- * double accumulator.  The last n % 8 floats: see psm_load_tail_avx2. */
-static PSM_AVX2 double psm_block_total_avx2(const float *x, int64_t n, float shift)
+ * double accumulator.  The last n % 8 floats: see psm_load_tail_avx2.  With
+ * e (non-NULL), each exp(x_j - shift) is also stored to e (n floats; e may
+ * be x itself: every x_j is read before its e_j is written, and the tail
+ * stores only its new lanes).  Always inlined, so that block_total's NULL e
+ * folds away. */
+static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n,
+                                                          float shift, float *e)
 {
     const __m256 sv = _mm256_set1_ps(shift);
     __m256d acc = _mm256_setzero_pd();
@@ -120,18 +125,42 @@ static PSM_AVX2 double psm_block_total_avx2(const float *x, int64_t n, float shi
         __m256 e1 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), sv));
         __m256 e2 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 16), sv));
         __m256 e3 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 24), sv));
+        if (e) {
+            _mm256_storeu_ps(e + j, e0);
+            _mm256_storeu_ps(e + j + 8, e1);
+            _mm256_storeu_ps(e + j + 16, e2);
+            _mm256_storeu_ps(e + j + 24, e3);
+        }
         acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
                                                    _mm256_add_ps(e2, e3)));
     }
-    for (; j + 8 <= n; j += 8)
-        acc = psm_add_wide_avx2(acc, psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv)));
+    for (; j + 8 <= n; j += 8) {
+        __m256 ex = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
+        if (e)
+            _mm256_storeu_ps(e + j, ex);
+        acc = psm_add_wide_avx2(acc, ex);
+    }
     if (j < n) {
         __m256 valid;
         __m256 v = psm_load_tail_avx2(x, n, j, shift, &valid);
-        __m256 e = psm_expf_avx2(_mm256_sub_ps(v, sv));
-        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, e));
+        __m256 ex = psm_expf_avx2(_mm256_sub_ps(v, sv));
+        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, ex));
+        if (e) {
+            /* the lanes psm_load_tail_avx2 placed: the block's last 8, or
+             * its first n */
+            float lanes[8];
+            _mm256_storeu_ps(lanes, ex);
+            int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
+            for (int64_t l = done; first + l < n && l < 8; l++)
+                e[first + l] = lanes[l];
+        }
     }
     return psm_hsum_pd_avx2(acc);
+}
+
+static PSM_AVX2 double psm_block_total_avx2(const float *x, int64_t n, float shift)
+{
+    return psm_exp_sum_avx2(x, n, shift, NULL);
 }
 
 /* Adds the sum of exp(x_j - m) over x_j != m to *rest and the count of
@@ -201,48 +230,13 @@ static PSM_AVX2 void psm_stored_sums_avx2(const float *x, const float *e, int64_
     *ties += psm_hsum_epi32_avx2(tie_count);
 }
 
-/* One exp per element: e_j = exp(x_j - shift) stored to e (n floats; e may
- * be x itself: every x_j is read before its e_j is written, and the tail
- * stores only its new lanes), and their sum in psm_block_total_avx2's
- * order.  Twin: exp_store_sum in row.h. */
+/* One exp per element: e_j = exp(x_j - shift) stored to e, and their sum
+ * in psm_block_total_avx2's order (psm_exp_sum_avx2).  Twin: exp_store_sum
+ * in row.h. */
 static PSM_AVX2 double psm_exp_store_sum_avx2(const float *x, int64_t n, float shift,
                                               float *e)
 {
-    const __m256 sv = _mm256_set1_ps(shift);
-    __m256d acc = _mm256_setzero_pd();
-    int64_t j = 0;
-    for (; j + 32 <= n; j += 32) {
-        _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
-        _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
-        __m256 e0 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
-        __m256 e1 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), sv));
-        __m256 e2 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 16), sv));
-        __m256 e3 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 24), sv));
-        _mm256_storeu_ps(e + j, e0);
-        _mm256_storeu_ps(e + j + 8, e1);
-        _mm256_storeu_ps(e + j + 16, e2);
-        _mm256_storeu_ps(e + j + 24, e3);
-        acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
-                                                   _mm256_add_ps(e2, e3)));
-    }
-    for (; j + 8 <= n; j += 8) {
-        __m256 ex = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
-        _mm256_storeu_ps(e + j, ex);
-        acc = psm_add_wide_avx2(acc, ex);
-    }
-    if (j < n) {
-        __m256 valid;
-        __m256 v = psm_load_tail_avx2(x, n, j, shift, &valid);
-        float lanes[8];
-        __m256 ex = psm_expf_avx2(_mm256_sub_ps(v, sv));
-        _mm256_storeu_ps(lanes, ex);
-        acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, ex));
-        /* the lanes psm_load_tail_avx2 placed: the block's last 8, or its first n */
-        int64_t first = n >= 8 ? n - 8 : 0, done = n >= 8 ? 8 - (n - j) : 0;
-        for (int64_t l = done; first + l < n && l < 8; l++)
-            e[first + l] = lanes[l];
-    }
-    return psm_hsum_pd_avx2(acc);
+    return psm_exp_sum_avx2(x, n, shift, e);
 }
 
 /* g_j = ((g_j / divisor) * factor) * scale with divide, else g_j * factor,
@@ -277,27 +271,16 @@ static PSM_AVX2 double psm_smoothed_gaps_avx2(const float *x, int64_t n, float m
                                               double smooth, const double *w,
                                               int *neg_inf)
 {
-    const __m256d md = _mm256_set1_pd((double)m), minus_inf = _mm256_set1_pd(-INFINITY);
-    const __m256d zero = _mm256_setzero_pd(), sv = _mm256_set1_pd(smooth);
-    __m256d lo = zero, hi = zero;
+    const __m256d md = _mm256_set1_pd((double)m), sv = _mm256_set1_pd(smooth);
+    __m256d lo = _mm256_setzero_pd(), hi = lo;
     int found = 0;
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
         __m256 v = _mm256_loadu_ps(x + j);
-        __m256d x_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-        __m256d x_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-        __m256d q_lo = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j)) : sv;
-        __m256d q_hi = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j + 4)) : sv;
-        __m256d d_lo = _mm256_mul_pd(q_lo, _mm256_sub_pd(md, x_lo));
-        __m256d d_hi = _mm256_mul_pd(q_hi, _mm256_sub_pd(md, x_hi));
-        __m256d inf_lo = _mm256_cmp_pd(x_lo, minus_inf, _CMP_EQ_OQ);
-        __m256d inf_hi = _mm256_cmp_pd(x_hi, minus_inf, _CMP_EQ_OQ);
-        __m256d skip_lo = _mm256_cmp_pd(q_lo, zero, _CMP_EQ_OQ);
-        __m256d skip_hi = _mm256_cmp_pd(q_hi, zero, _CMP_EQ_OQ);
-        found |= _mm256_movemask_pd(_mm256_andnot_pd(skip_lo, inf_lo)) |
-                 _mm256_movemask_pd(_mm256_andnot_pd(skip_hi, inf_hi));
-        lo = _mm256_add_pd(lo, _mm256_andnot_pd(_mm256_or_pd(skip_lo, inf_lo), d_lo));
-        hi = _mm256_add_pd(hi, _mm256_andnot_pd(_mm256_or_pd(skip_hi, inf_hi), d_hi));
+        found |= psm_smoothed_gap_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), md, sv,
+                                     w ? w + j : NULL, &lo);
+        found |= psm_smoothed_gap_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), md, sv,
+                                     w ? w + j + 4 : NULL, &hi);
     }
     double total = psm_hsum_pd_avx2(_mm256_add_pd(lo, hi));
     for (; j < n; j++) {
@@ -325,13 +308,10 @@ static PSM_AVX2 void psm_smoothed_grad_avx2(float *g, int64_t n, const double *w
     const __m256d mv = _mm256_set1_pd(mass), dv = _mm256_set1_pd(denom);
     const __m256d sv = _mm256_set1_pd(smooth), cv = _mm256_set1_pd(scale);
     int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        __m256d e = _mm256_cvtps_pd(_mm_loadu_ps(g + j));
-        __m256d q = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j)) : sv;
-        __m256d r = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(mv, _mm256_div_pd(e, dv)), q),
-                                  cv);
-        _mm_storeu_ps(g + j, _mm256_cvtpd_ps(r));
-    }
+    for (; j + 4 <= n; j += 4)
+        _mm_storeu_ps(g + j, _mm256_cvtpd_ps(psm_smoothed_grad_pd(
+                                 _mm256_cvtps_pd(_mm_loadu_ps(g + j)), mv, dv, sv,
+                                 w ? w + j : NULL, cv)));
     for (; j < n; j++)
         g[j] = (float)((mass * ((double)g[j] / denom) - smooth * (w ? w[j] : 1.0)) * scale);
 }

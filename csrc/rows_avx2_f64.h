@@ -19,6 +19,7 @@
 
 #include "exp_f64.h"
 #include "internal.h"   /* PSM_BLOCK */
+#include "lanes_avx2.h"   /* label smoothing's steps */
 
 #ifdef PSM_HAVE_AVX2
 
@@ -235,25 +236,14 @@ static PSM_AVX2 double psm_smoothed_gaps_f64_avx2(const double *x, int64_t n, do
                                                   double smooth, const double *w,
                                                   int *neg_inf)
 {
-    const __m256d md = _mm256_set1_pd(m), minus_inf = _mm256_set1_pd(-INFINITY);
-    const __m256d zero = _mm256_setzero_pd(), sv = _mm256_set1_pd(smooth);
-    __m256d lo = zero, hi = zero;
+    const __m256d md = _mm256_set1_pd(m), sv = _mm256_set1_pd(smooth);
+    __m256d lo = _mm256_setzero_pd(), hi = lo;
     int found = 0;
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
-        __m256d x_lo = _mm256_loadu_pd(x + j), x_hi = _mm256_loadu_pd(x + j + 4);
-        __m256d q_lo = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j)) : sv;
-        __m256d q_hi = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j + 4)) : sv;
-        __m256d d_lo = _mm256_mul_pd(q_lo, _mm256_sub_pd(md, x_lo));
-        __m256d d_hi = _mm256_mul_pd(q_hi, _mm256_sub_pd(md, x_hi));
-        __m256d inf_lo = _mm256_cmp_pd(x_lo, minus_inf, _CMP_EQ_OQ);
-        __m256d inf_hi = _mm256_cmp_pd(x_hi, minus_inf, _CMP_EQ_OQ);
-        __m256d skip_lo = _mm256_cmp_pd(q_lo, zero, _CMP_EQ_OQ);
-        __m256d skip_hi = _mm256_cmp_pd(q_hi, zero, _CMP_EQ_OQ);
-        found |= _mm256_movemask_pd(_mm256_andnot_pd(skip_lo, inf_lo)) |
-                 _mm256_movemask_pd(_mm256_andnot_pd(skip_hi, inf_hi));
-        lo = _mm256_add_pd(lo, _mm256_andnot_pd(_mm256_or_pd(skip_lo, inf_lo), d_lo));
-        hi = _mm256_add_pd(hi, _mm256_andnot_pd(_mm256_or_pd(skip_hi, inf_hi), d_hi));
+        found |= psm_smoothed_gap_pd(_mm256_loadu_pd(x + j), md, sv, w ? w + j : NULL, &lo);
+        found |= psm_smoothed_gap_pd(_mm256_loadu_pd(x + j + 4), md, sv,
+                                     w ? w + j + 4 : NULL, &hi);
     }
     double total = psm_hsum_f64_avx2(_mm256_add_pd(lo, hi));
     for (; j < n; j++) {
@@ -279,12 +269,9 @@ static PSM_AVX2 void psm_smoothed_grad_f64_avx2(double *g, int64_t n, const doub
     const __m256d mv = _mm256_set1_pd(mass), dv = _mm256_set1_pd(denom);
     const __m256d sv = _mm256_set1_pd(smooth), cv = _mm256_set1_pd(scale);
     int64_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        __m256d q = w ? _mm256_mul_pd(sv, _mm256_loadu_pd(w + j)) : sv;
-        __m256d r = _mm256_mul_pd(_mm256_sub_pd(_mm256_mul_pd(
-                                      mv, _mm256_div_pd(_mm256_loadu_pd(g + j), dv)), q), cv);
-        _mm256_storeu_pd(g + j, r);
-    }
+    for (; j + 4 <= n; j += 4)
+        _mm256_storeu_pd(g + j, psm_smoothed_grad_pd(_mm256_loadu_pd(g + j), mv, dv, sv,
+                                                     w ? w + j : NULL, cv));
     for (; j < n; j++)
         g[j] = (mass * (g[j] / denom) - smooth * (w ? w[j] : 1.0)) * scale;
 }
