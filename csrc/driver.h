@@ -334,8 +334,8 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
     int64_t status = psm_call_normalizer(labels, outer, inner, classes, opt, &normalizer);
     if (status != PSM_OK)
         return status;
-    double weight_total = (double)classes;
-    if (opt->class_weight) {
+    double weight_total = (double)classes;   /* only label smoothing reads it */
+    if (opt->class_weight && opt->label_smoothing != 0.0) {
         weight_total = 0.0;
         for (int64_t k = 0; k < classes; k++)
             weight_total += opt->class_weight[k];
