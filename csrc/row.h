@@ -606,7 +606,9 @@ static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL s
 #if VECTOR_ROWS
     if (fast && stride == 1)
         return VEC(exp_store_sum)(x, n, shift, e);
-    if (fast) {
+    /* (n > 0: under -fwrapv, in Python's default CFLAGS, gcc could not
+     * otherwise see that copy is written before it is read) */
+    if (fast && n > 0) {
         REAL copy[PSM_BLOCK];
         for (int64_t j = 0; j < n; j++)
             copy[j] = x[j * stride];
