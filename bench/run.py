@@ -27,6 +27,11 @@ reduction "mean":
                                       vector exp of every element, summed, on
                                       the kernel's chunks and the same threads
                                       (the cost floor of a forward pass)
+  exp+store probe                     psm_exp_store_probe_f32: the same exps
+                                      stored into the gradient buffer while
+                                      summed, then scaled in place per chunk
+                                      (the floor of a gradient that computes
+                                      each exp once, without the max pass)
   copy probe                          psm_copy_probe_f32: x copied into the
                                       gradient buffer with vector loads and
                                       stores, same threads (the floor of
@@ -48,9 +53,10 @@ allocator's state, so it is warmed up and given its best; +grad rows
 against torch forward+backward, softmax and log_softmax against torch's
 own) and against the probes (probe time / row time): the read probe (the
 share of the read bandwidth reached), the exp+sum probe (every row but that
-probe), the copy probe (the rows that write into a given buffer: +grad) and
-the fresh copy probe (the rows that return a new N x C array: softmax,
-log_softmax and their torch peers).
+probe), the exp+store probe (every row that writes N x C floats), the copy
+probe (the rows that write into a given buffer: +grad) and the fresh copy
+probe (the rows that return a new N x C array: softmax, log_softmax and
+their torch peers).
 
 Timing: arrays are made and written before timing; every row is called once
 untimed, then calibrated to loop k calls per measurement (at least the
@@ -86,9 +92,10 @@ TORCH_FORWARD = "torch forward"
 TORCH_BACKWARD = "torch forward+backward"
 PROBE = "read probe"
 EXP_PROBE = "exp+sum probe"
+EXP_STORE_PROBE = "exp+store probe"
 COPY_PROBE = "copy probe"
 FRESH_PROBE = "fresh copy probe"
-PROBES = (PROBE, EXP_PROBE, COPY_PROBE, FRESH_PROBE)
+PROBES = (PROBE, EXP_PROBE, EXP_STORE_PROBE, COPY_PROBE, FRESH_PROBE)
 GRAD_ROW = "pysafemax stable+grad"
 SOFTMAX_ROW = "pysafemax softmax"
 LOG_SOFTMAX_ROW = "pysafemax log_softmax"
@@ -194,6 +201,8 @@ def print_header(info):
           "torch's);")
     print("vs probe = read-probe time / row time (G elem/s of the row over the probe's); "
           "vs exp = the same against the exp+sum probe;")
+    print("vs store = against the exp+store probe, for every row that writes N x C "
+          "floats;")
     print("vs copy = against the copy probe for the rows that write N x C floats into "
           "a buffer (+grad), against the fresh copy probe for those that return a new "
           "array (softmax, log_softmax). numpy rows run on one thread and appear once.")
@@ -256,6 +265,9 @@ def make_rows(shape, thread_counts, torch, rng, dtype=np.float32):
                             float))
             rows.append(Row(EXP_PROBE, t,
                             lambda t=t: _bindings.exp_sum_probe_f32(x, t, False), float))
+            rows.append(Row(EXP_STORE_PROBE, t,
+                            lambda t=t: _bindings.exp_store_probe_f32(x, grad, t, False),
+                            float))
             # into the +grad row's buffer (prepared, touched); its check is that
             # the buffer then equals x (1.0), read right after the untimed call
             rows.append(Row(COPY_PROBE, t,
@@ -343,6 +355,7 @@ def check_results(shape, x, rows, results):
                     for i in range(0, flat.size, 1 << 22))
     expected_of = {PROBE: (total, 1e-3 * (1 + float(np.linalg.norm(flat)))),
                    EXP_PROBE: (exp_total, 1e-5 * exp_total),
+                   EXP_STORE_PROBE: (exp_total, 1e-5 * exp_total),
                    COPY_PROBE: (1.0, 0.0), FRESH_PROBE: (1.0, 0.0)}
     problems = []
     for row, value in zip(rows, results):
@@ -396,6 +409,7 @@ def summarise(shape, rows, itemsize=4):
         torch_seconds = best.get((baseline, row.threads))
         probe_seconds = median.get((PROBE, row.threads))
         exp_seconds = median.get((EXP_PROBE, row.threads))
+        store_seconds = median.get((EXP_STORE_PROBE, row.threads))
         copy_seconds = median.get((COPY_PROBE, row.threads))
         fresh_seconds = median.get((FRESH_PROBE, row.threads))
         records.append({
@@ -419,6 +433,10 @@ def summarise(shape, rows, itemsize=4):
             "ratio_to_exp_probe": (exp_seconds / seconds
                                    if exp_seconds is not None and row.name != EXP_PROBE
                                    else None),
+            "ratio_to_exp_store_probe": (store_seconds / seconds
+                                         if store_seconds is not None
+                                         and row.name in WRITE_ROWS | FRESH_ROWS
+                                         else None),
             "ratio_to_copy_probe": (copy_seconds / seconds
                                     if copy_seconds is not None and row.name in WRITE_ROWS
                                     else fresh_seconds / seconds
@@ -447,7 +465,8 @@ def print_table(shape, records, seconds, itemsize=4):
         print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'min-max':>11}{'vs torch':>10}")
     else:
         print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'min-max':>11}{'G elem/s':>10}"
-              f"{'GB/s':>8}{'vs torch':>10}{'vs probe':>10}{'vs exp':>8}{'vs copy':>9}")
+              f"{'GB/s':>8}{'vs torch':>10}{'vs probe':>10}{'vs exp':>8}{'vs store':>10}"
+              f"{'vs copy':>9}")
     previous = None
     for rec in records:
         if previous is not None and rec["threads"] != previous:
@@ -461,11 +480,12 @@ def print_table(shape, records, seconds, itemsize=4):
         if latency:
             print(f"{line}{ratio:>10}")
             continue
-        probe, exp, copy = ("-" if rec[key] is None else f"{rec[key]:.2f}"
-                            for key in ("ratio_to_probe", "ratio_to_exp_probe",
-                                        "ratio_to_copy_probe"))
+        probe, exp, store, copy = ("-" if rec[key] is None else f"{rec[key]:.2f}"
+                                   for key in ("ratio_to_probe", "ratio_to_exp_probe",
+                                               "ratio_to_exp_store_probe",
+                                               "ratio_to_copy_probe"))
         print(f"{line}{rec['g_elements_per_s']:>10.3f}{rec['gb_per_s']:>8.2f}"
-              f"{ratio:>10}{probe:>10}{exp:>8}{copy:>9}")
+              f"{ratio:>10}{probe:>10}{exp:>8}{store:>10}{copy:>9}")
     sys.stdout.flush()
 
 

@@ -1,14 +1,16 @@
 /*
  * The test-only hooks of testing.h: the thread-local flag that sends a
  * thread's calls down the portable twins, the kernel's float exp and double
- * log1p over an array, and the machine-limit probes of the benchmarks (read, exp+sum,
- * copy), each with its AVX2 loop and the scalar twin.  They share exp_f32.h and chunks.c with the kernel, so they measure
- * the code the kernel runs.
+ * log1p over an array, and the machine-limit probes of the benchmarks (read,
+ * exp+sum, exp+store, copy), each with its AVX2 loop and the scalar twin.
+ * They share exp_f32.h and chunks.c with the kernel, so they measure the
+ * code the kernel runs.
  */
 #include "testing.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "chunks.h"
 #include "exp_f32.h"
@@ -92,8 +94,11 @@ static PSM_AVX2 double psm_sum_avx2(const float *x, int64_t n)
         s += x[j];
     return s;
 }
-/* The exp+sum probe: the loss's exp and its sum, without the max. */
-static PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n)
+/* The exp+sum probe: the loss's exp and its sum, without the max.  With out
+ * (non-NULL), each exp is also stored there: the exp+store probe's first
+ * pass.  Always inlined, so that the probe without out has no stores. */
+static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n,
+                                                          float *out)
 {
     __m256d acc = _mm256_setzero_pd();
     int64_t j = 0;
@@ -102,15 +107,50 @@ static PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n)
         __m256 e1 = psm_expf_avx2(_mm256_loadu_ps(x + j + 8));
         __m256 e2 = psm_expf_avx2(_mm256_loadu_ps(x + j + 16));
         __m256 e3 = psm_expf_avx2(_mm256_loadu_ps(x + j + 24));
+        if (out) {
+            _mm256_storeu_ps(out + j, e0);
+            _mm256_storeu_ps(out + j + 8, e1);
+            _mm256_storeu_ps(out + j + 16, e2);
+            _mm256_storeu_ps(out + j + 24, e3);
+        }
         acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
                                                          _mm256_add_ps(e2, e3)));
     }
-    for (; j + 8 <= n; j += 8)
-        acc = psm_add_wide_avx2(acc, psm_expf_avx2(_mm256_loadu_ps(x + j)));
+    for (; j + 8 <= n; j += 8) {
+        __m256 e = psm_expf_avx2(_mm256_loadu_ps(x + j));
+        if (out)
+            _mm256_storeu_ps(out + j, e);
+        acc = psm_add_wide_avx2(acc, e);
+    }
     double s = psm_hsum_pd_avx2(acc);
-    for (; j < n; j++)
-        s += psm_expf(x[j]);
+    for (; j < n; j++) {
+        float e = psm_expf(x[j]);
+        if (out)
+            out[j] = e;
+        s += e;
+    }
     return s;
+}
+
+static PSM_AVX2 double psm_exp_sum_only_avx2(const float *x, int64_t n)
+{
+    return psm_exp_sum_avx2(x, n, NULL);
+}
+
+static PSM_AVX2 double psm_exp_store_sum_avx2(const float *x, int64_t n, float *out)
+{
+    return psm_exp_sum_avx2(x, n, out);
+}
+
+/* The exp+store probe's second pass: out_j *= factor from cache. */
+static PSM_AVX2 void psm_scale_avx2(float *out, int64_t n, float factor)
+{
+    const __m256 f = _mm256_set1_ps(factor);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(out + j, _mm256_mul_ps(_mm256_loadu_ps(out + j), f));
+    for (; j < n; j++)
+        out[j] *= factor;
 }
 
 /* The copy probe: four loads, then four stores. */
@@ -161,28 +201,38 @@ void psm_exp_f64(const double *in, int64_t n, int portable, double *out)
 }
 
 /* psm_exp_sum_avx2's twin: 8 emulated lanes, the same float and double
- * additions in the same order (so the same bits). */
-static double exp_sum_portable(const float *x, int64_t n)
+ * additions in the same order (so the same bits), each exp stored to out
+ * when out is non-NULL. */
+static double exp_sum_portable(const float *x, int64_t n, float *out)
 {
     double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    float s[8];
+    float e[32], s[8];
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
+        for (int k = 0; k < 32; k++)
+            e[k] = psm_expf(x[j + k]);
+        if (out)
+            memcpy(out + j, e, sizeof e);
         for (int l = 0; l < 8; l++)
-            s[l] = (psm_expf(x[j + l]) + psm_expf(x[j + 8 + l]))
-                   + (psm_expf(x[j + 16 + l]) + psm_expf(x[j + 24 + l]));
+            s[l] = (e[l] + e[8 + l]) + (e[16 + l] + e[24 + l]);
         for (int k = 0; k < 4; k++)
             acc[k] = (acc[k] + (double)s[k]) + (double)s[k + 4];
     }
     for (; j + 8 <= n; j += 8) {
         for (int l = 0; l < 8; l++)
             s[l] = psm_expf(x[j + l]);
+        if (out)
+            memcpy(out + j, s, sizeof s);
         for (int k = 0; k < 4; k++)
             acc[k] = (acc[k] + (double)s[k]) + (double)s[k + 4];
     }
     double total = (acc[0] + acc[2]) + (acc[1] + acc[3]);
-    for (; j < n; j++)
-        total += psm_expf(x[j]);
+    for (; j < n; j++) {
+        float ej = psm_expf(x[j]);
+        if (out)
+            out[j] = ej;
+        total += ej;
+    }
     return total;
 }
 
@@ -224,11 +274,36 @@ static void exp_sum_chunk(const void *job_, int64_t chunk)
     int64_t len, first = probe_span(job, chunk, &len);
 #ifdef PSM_HAVE_AVX2
     if (job->simd) {
-        job->partials[chunk] = psm_exp_sum_avx2(job->x + first, len);
+        job->partials[chunk] = psm_exp_sum_only_avx2(job->x + first, len);
         return;
     }
 #endif
-    job->partials[chunk] = exp_sum_portable(job->x + first, len);
+    job->partials[chunk] = exp_sum_portable(job->x + first, len, NULL);
+}
+
+/* What a gradient with one exp per element must do at the least: each exp
+ * stored while it is summed, then the stored values scaled by one factor
+ * from cache (a chunk, 128 KiB, stays in L2), without the max pass. */
+static void exp_store_chunk(const void *job_, int64_t chunk)
+{
+    const probe_job *job = job_;
+    int64_t len, first = probe_span(job, chunk, &len);
+    const float *x = job->x + first;
+    float *out = job->out + first;
+    double total;
+#ifdef PSM_HAVE_AVX2
+    if (job->simd) {
+        total = psm_exp_store_sum_avx2(x, len, out);
+        psm_scale_avx2(out, len, (float)(1.0 / total));
+        job->partials[chunk] = total;
+        return;
+    }
+#endif
+    total = exp_sum_portable(x, len, out);
+    float factor = (float)(1.0 / total);
+    for (int64_t j = 0; j < len; j++)
+        out[j] *= factor;
+    job->partials[chunk] = total;
 }
 
 static void copy_chunk(const void *job_, int64_t chunk)
@@ -275,6 +350,12 @@ double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable)
 double psm_exp_sum_probe_f32(const float *x, int64_t n, int threads, int portable)
 {
     return run_probe(exp_sum_chunk, x, n, NULL, threads, portable);
+}
+
+double psm_exp_store_probe_f32(const float *x, int64_t n, float *out, int threads,
+                               int portable)
+{
+    return run_probe(exp_store_chunk, x, n, out, threads, portable);
 }
 
 double psm_copy_probe_f32(const float *x, int64_t n, float *out, int threads, int portable)

@@ -55,6 +55,15 @@ double psm_read_probe_f32(const float *x, int64_t n, int threads, int portable);
  * and at every thread count. */
 double psm_exp_sum_probe_f32(const float *x, int64_t n, int threads, int portable);
 
+/* out_j = exp(x_j) / (the sum of the exps of x_j's chunk), each exp stored
+ * to out (n floats, not overlapping x) while it is summed as
+ * psm_exp_sum_probe_f32 sums it, then scaled in place from cache, on the
+ * kernel's chunks and threads: the floor of a gradient that computes each
+ * exp once (it skips the max pass).  Returns the exp+sum probe's value,
+ * with its bits on both paths and at every thread count. */
+double psm_exp_store_probe_f32(const float *x, int64_t n, float *out, int threads,
+                               int portable);
+
 /* Copies n floats from x to out (not overlapping) with vector loads and
  * stores on the kernel's chunks and threads: the floor of anything that
  * reads the logits and writes an array of their size (a gradient).  Returns

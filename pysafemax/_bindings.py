@@ -293,17 +293,34 @@ def exp_sum_probe_f32(x, threads, portable):
     return lib.psm_exp_sum_probe_f32(_in(x, "float[]"), x.size, threads, int(portable))
 
 
+def _probe_output(probe, x, out):
+    """Checks a probe's output array: float32, as many elements as x, C
+    contiguous, not overlapping x."""
+    for name, a in (("x", x), ("out", out)):
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            raise ValueError(f"{probe}: {name} must be C-contiguous float32")
+    if out.size != x.size:
+        raise ValueError(f"{probe}: out has {out.size} elements, x has {x.size}")
+    if np.shares_memory(x, out):
+        raise ValueError(f"{probe}: out overlaps x")
+
+
+def exp_store_probe_f32(x, out, threads, portable):
+    """Stores the kernel's float exp of a float32 array into `out` while
+    summing it, then scales each chunk's exps by one over their sum, with
+    the kernel's SIMD and threads: the exp+store probe of the benchmarks (the
+    floor of a gradient computing one exp per element).  Returns the
+    exp+sum probe's value."""
+    _probe_output("exp_store_probe_f32", x, out)
+    return lib.psm_exp_store_probe_f32(_in(x, "float[]"), x.size, _out(out, "float[]"),
+                                       threads, int(portable))
+
+
 def copy_probe_f32(x, out, threads, portable):
     """Copies a float32 array into `out` (float32, as many elements, C
     contiguous, not overlapping x) with the kernel's SIMD and threads: the
     copy probe of the benchmarks.  Returns the sum of the last element of
     each chunk, read back from `out`."""
-    for name, a in (("x", x), ("out", out)):
-        if a.dtype != np.float32 or not a.flags.c_contiguous:
-            raise ValueError(f"copy_probe_f32: {name} must be C-contiguous float32")
-    if out.size != x.size:
-        raise ValueError(f"copy_probe_f32: out has {out.size} elements, x has {x.size}")
-    if np.shares_memory(x, out):
-        raise ValueError("copy_probe_f32: out overlaps x")
+    _probe_output("copy_probe_f32", x, out)
     return lib.psm_copy_probe_f32(_in(x, "float[]"), x.size, _out(out, "float[]"),
                                   threads, int(portable))

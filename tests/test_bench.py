@@ -16,10 +16,12 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 PYSAFEMAX_ROWS = ["pysafemax naive", "pysafemax maxsub", "pysafemax stable",
                   "pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax"]
 NUMPY_ROWS = ["numpy naive", "numpy maxsub", "numpy stable"]
-PROBE_ROWS = ["read probe", "exp+sum probe", "copy probe", "fresh copy probe"]
+PROBE_ROWS = ["read probe", "exp+sum probe", "exp+store probe", "copy probe",
+              "fresh copy probe"]
 TORCH_ROWS = ["torch forward", "torch forward+backward", "torch softmax",
               "torch log_softmax"]
-# the rows that write N x C floats, compared with the copy probe too
+# the rows that write N x C floats, compared with the exp+store and copy
+# probes too
 WRITE_ROWS = {"pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax",
               "torch forward+backward", "torch softmax", "torch log_softmax"}
 # the torch row each row's "vs torch" compares with (else torch forward)
@@ -31,7 +33,7 @@ BASELINES = {"pysafemax stable+grad": "torch forward+backward",
 FIELDS = {"shape", "elements", "logits_bytes", "threads", "row", "seconds",
           "seconds_all", "loops", "rounds", "g_elements_per_s", "gb_per_s",
           "torch_baseline", "ratio_to_torch", "ratio_to_probe",
-          "ratio_to_exp_probe", "ratio_to_copy_probe"}
+          "ratio_to_exp_probe", "ratio_to_exp_store_probe", "ratio_to_copy_probe"}
 
 
 def run(*args):
@@ -76,8 +78,10 @@ def test_quick_benchmark_prints_every_row_and_saves_json(tmp_path):
             assert record["ratio_to_exp_probe"] > 0
         if record["row"] in WRITE_ROWS:
             assert record["ratio_to_copy_probe"] > 0
+            assert record["ratio_to_exp_store_probe"] > 0
         else:
             assert record["ratio_to_copy_probe"] is None
+            assert record["ratio_to_exp_store_probe"] is None
         if HAVE_TORCH:
             expected = BASELINES.get(record["row"], "torch forward")
             assert record["torch_baseline"] == expected

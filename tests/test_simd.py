@@ -373,6 +373,36 @@ def test_exp_sum_probe_sums_the_kernels_exp_on_every_path():
     assert abs(sums[0, 1] - exact) <= 1e-6 * exact
 
 
+def test_exp_store_probe_stores_each_chunks_normalized_exps_on_every_path():
+    x = np.random.default_rng(6).standard_normal(PROBE_ELEMENTS, dtype=np.float32) * 4
+    expected_sum = _bindings.exp_sum_probe_f32(x, 1, 0)
+    chunk = 32768                           # PSM_CHUNK_ELEMENTS (chunks.h)
+    exact = np.exp(x.astype(np.float64))
+    chunk_sums = np.add.reduceat(exact, np.arange(0, x.size, chunk))
+    exact /= np.repeat(chunk_sums, chunk)[:x.size]
+    outputs = []
+    for portable in (0, 1):
+        for threads in (1, 2):
+            out = np.full_like(x, np.nan)
+            assert _bindings.exp_store_probe_f32(x, out, threads, portable) == expected_sum
+            outputs.append(out)
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])
+    # an exp within 0.603 ULP, a chunk's sum to ~1e-7, then two roundings
+    np.testing.assert_allclose(outputs[0], exact, rtol=1e-6, atol=0)
+
+
+def test_probes_refuse_outputs_they_cannot_fill():
+    x = np.zeros(100, np.float32)
+    for probe in (_bindings.exp_store_probe_f32, _bindings.copy_probe_f32):
+        with pytest.raises(ValueError, match="out has 99 elements"):
+            probe(x, np.zeros(99, np.float32), 1, 0)
+        with pytest.raises(ValueError, match="out must be C-contiguous float32"):
+            probe(x, np.zeros(100, np.float64), 1, 0)
+        with pytest.raises(ValueError, match="out overlaps x"):
+            probe(x, x, 1, 0)
+
+
 def test_copy_probe_copies_on_every_path():
     x = np.random.default_rng(4).standard_normal(PROBE_ELEMENTS, dtype=np.float32)
     results = set()
