@@ -5,11 +5,17 @@ the default thread count.
 cffi releases the GIL around each kernel call, and the kernel keeps no
 state, so every function here is safe to call from many threads at once.
 """
+from __future__ import annotations
+
 import math
 import os
 import warnings
+from typing import Literal, Optional, Tuple, Union, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from ._types import FloatArray, Integer, Loss
 
 from . import _bindings, _validation, reference
 from ._blocks import Block, position_blocks
@@ -20,15 +26,40 @@ class ReferenceMismatchError(RuntimeError):
     check_tolerance() allows."""
 
 
-def check_tolerance(dtype, classes):
-    """The (relative = absolute) tolerance check=True allows between the kernel
-    and pysafemax.reference for logits of this dtype and class count.
+def check_tolerance(dtype: DTypeLike, classes: int) -> float:
+    """The tolerance ``check=True`` allows between the kernel and
+    pysafemax.reference.
 
     8 ULP of the dtype covers exp, division and log rounding differently in
     two implementations (numpy's exp and the kernel's can differ by 1 ULP)
     and the kernel's float partial sums of 4 terms (2 ULP); classes * 2**-53
     bounds the extra error of summing that many terms in double in a
     different order (numpy sums pairwise, the kernel in blocks).
+
+    Parameters
+    ----------
+    dtype : dtype
+        The logits' floating dtype.
+    classes : int
+        The class count C.
+
+    Returns
+    -------
+    float
+        The tolerance, relative and absolute alike: ``8 * eps(dtype) +
+        classes * 2**-53``.
+
+    Raises
+    ------
+    ValueError
+        If `dtype` is not a floating dtype (numpy.finfo's error).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pysafemax import check_tolerance
+    >>> check_tolerance(np.float32, 10) == 8 * 2.0**-23 + 10 * 2.0**-53
+    True
     """
     return 8 * float(np.finfo(dtype).eps) + classes * 2.0 ** -53
 
@@ -36,8 +67,15 @@ def check_tolerance(dtype, classes):
 _num_threads = None   # set_num_threads(); None: the default
 
 
-def simd_level():
-    """The kernel's code path on this CPU: "avx2+fma" or "portable"."""
+def simd_level() -> str:
+    """The kernel's code path on this CPU.
+
+    Returns
+    -------
+    str
+        ``"avx2+fma"`` when this CPU runs the AVX2+FMA paths, else
+        ``"portable"`` (the scalar code, the same on every CPU).
+    """
     simd = _bindings.simd_level() and not _bindings.portable()
     return "avx2+fma" if simd else "portable"
 
@@ -77,53 +115,183 @@ def _threads_from_environment():
 _env_threads = _threads_from_environment()
 
 
-def set_num_threads(n):
-    """Set how many threads calls use by default (None: back to the default,
-    PYSAFEMAX_NUM_THREADS as it was at import, or else every core this
-    process may run on).  Counts above 256 are taken as 256."""
+def set_num_threads(n: Optional[Integer]) -> None:
+    """Set how many threads calls use by default.
+
+    Parameters
+    ----------
+    n : int or None
+        The thread count, >= 1; counts above 256 are taken as 256.  None
+        goes back to the default: PYSAFEMAX_NUM_THREADS as it was at import,
+        or else every core this process may run on.
+
+    Raises
+    ------
+    TypeError
+        If `n` is not an int (or None).
+    ValueError
+        If `n` is below 1.
+
+    Examples
+    --------
+    >>> from pysafemax import get_num_threads, set_num_threads
+    >>> set_num_threads(2)
+    >>> get_num_threads()
+    2
+    >>> set_num_threads(None)     # back to the default
+    """
     global _num_threads
     _num_threads = None if n is None else _capped(_validation.thread_count(n, "n"))
 
 
-def get_num_threads():
-    """How many threads a call uses unless it passes threads=."""
+def get_num_threads() -> int:
+    """How many threads a call uses unless it passes ``threads=``.
+
+    Returns
+    -------
+    int
+        The count set by set_num_threads(), else PYSAFEMAX_NUM_THREADS as
+        it was at import, else every core this process may run on.
+    """
     return _env_threads if _num_threads is None else _num_threads
 
 
-def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
-                 weight=None, ignore_index=None, label_smoothing=0.0,
-                 return_grad=False, out=None, threads=None, check=False):
+# The reductions that give one float (all but "none").
+Reduced = Literal["mean", "sum", "valid", "full", "batch_size"]
+
+
+# What softmax_loss returns follows reduction and return_grad: a float, or
+# per-position losses for "none"; with return_grad, a (loss, gradient) pair.
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: Reduced = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> float: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: Literal["none"],
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> FloatArray: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: Reduced = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[True],
+                 out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Tuple[float, FloatArray]: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: Literal["none"],
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[True],
+                 out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Tuple[FloatArray, FloatArray]: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: bool = ...,
+                 out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Union[Loss, Tuple[Loss, FloatArray]]: ...
+
+
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
+                 method: str = "stable", reduction: str = "mean",
+                 weight: Optional[ArrayLike] = None,
+                 ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+                 return_grad: bool = False, out: Optional[FloatArray] = None,
+                 threads: Optional[Integer] = None,
+                 check: bool = False) -> Union[Loss, Tuple[Loss, FloatArray]]:
     """Softmax cross-entropy of `logits` against `labels`, with PyTorch's and
     Caffe's options.
-
-    logits     (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis
-    labels     class indices shaped like logits without the class axis, or
-               floating class probabilities shaped like logits
-    method     "stable" (log-sum-exp, exact), "maxsub" (Caffe: max subtracted,
-               clamped at -log(FLT_MIN) = 87.3365) or "naive" (the textbook
-               formula, which overflows)
-    reduction  "none" (per-position losses in the logits' dtype), "sum",
-               "mean" (PyTorch's weighted mean over non-ignored positions),
-               or Caffe's normalizations "valid", "full", "batch_size";
-               all but "none" give a Python float, accumulated in double
-    weight     per-class weights (C,), PyTorch's semantics
-    ignore_index  positions with this label add no loss and no gradient
-    label_smoothing  in [0, 1], PyTorch's semantics
-    return_grad  also return d loss / d logits, shaped like logits
-    out        with return_grad: a C-contiguous array of the logits' shape
-               and dtype to write the gradient into (and return), so that
-               repeated calls need not allocate
-    threads    how many threads (None: get_num_threads()); small inputs use
-               one, and every count gives the same bits
-    check      recompute with pysafemax.reference and raise
-               ReferenceMismatchError if the two disagree beyond
-               check_tolerance()
 
     Arrays larger than memory (an np.memmap) work: native float32/float64
     C-contiguous ones are read in place, and any that need converting
     (float16, byte-swapped, another layout) are converted a block of whole
     positions at a time, as are float16 gradients.  check=True checks block
     by block, but the reference needs several times each block's memory.
+
+    Parameters
+    ----------
+    logits : array_like of float16, float32 or float64
+        Shaped (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis.
+    labels : array_like
+        Class indices shaped like `logits` without the class axis, or
+        floating class probabilities shaped like `logits`.
+    axis : int, default 1
+        The class axis (1-D logits: their one axis).
+    method : {"stable", "maxsub", "naive"}
+        "stable" (log-sum-exp, exact), "maxsub" (Caffe: max subtracted,
+        clamped at -log(FLT_MIN) = 87.3365) or "naive" (the textbook
+        formula, which overflows).
+    reduction : {"mean", "sum", "none", "valid", "full", "batch_size"}
+        "none" (per-position losses in the logits' dtype), "sum", "mean"
+        (PyTorch's weighted mean over non-ignored positions), or Caffe's
+        normalizations "valid", "full", "batch_size"; all but "none" give a
+        Python float, accumulated in double.
+    weight : array_like of float, shape (C,), optional
+        Per-class weights, PyTorch's semantics.
+    ignore_index : int, optional
+        Positions with this label add no loss and no gradient.
+    label_smoothing : float, default 0.0
+        In [0, 1], PyTorch's semantics.
+    return_grad : bool, default False
+        Also return d loss / d logits, shaped like `logits`.
+    out : ndarray, optional
+        With return_grad: a C-contiguous array of the logits' shape and
+        dtype to write the gradient into (and return), so that repeated
+        calls need not allocate.
+    threads : int, optional
+        How many threads (None: get_num_threads()); small inputs use one,
+        and every count gives the same bits.
+    check : bool, default False
+        Recompute with pysafemax.reference and raise ReferenceMismatchError
+        if the two disagree beyond check_tolerance().
+
+    Returns
+    -------
+    loss : float or ndarray
+        A float for every reduction but "none"; for "none", the
+        per-position losses, shaped like `labels` (class indices) and in
+        the logits' dtype.
+    grad : ndarray
+        Only with ``return_grad=True`` (then a ``(loss, grad)`` tuple is
+        returned): d loss / d logits, in the logits' shape and dtype (`out`
+        itself when given).
+
+    Raises
+    ------
+    TypeError
+        For an argument of the wrong type: logits not float16/32/64,
+        labels neither integer nor floating, a masked array, `out` of
+        another dtype, a method or reduction that is not a str.
+    ValueError
+        For a bad value: an unknown method or reduction, shapes that do not
+        match, a label out of range (naming its position), label_smoothing
+        outside [0, 1], `out` overlapping an input.
+    ReferenceMismatchError
+        With ``check=True``, if the kernel and the reference disagree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> logits = np.array([[100.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    >>> labels = np.array([1, 0])
+    >>> pysafemax.softmax_loss(logits, labels, reduction="none")  # -ln p[label]
+    array([100.       ,   0.6931472], dtype=float32)
+    >>> round(pysafemax.softmax_loss(logits, labels), 4)    # their mean
+    50.3466
+    >>> round(pysafemax.softmax_loss(logits, labels, method="maxsub"), 4)  # 87.3365
+    44.0148
+    >>> loss, grad = pysafemax.softmax_loss(logits, labels, return_grad=True)
+    >>> grad
+    array([[ 0.5 , -0.5 ],
+           [-0.25,  0.25]], dtype=float32)
     """
     # The common call, cheap: (N, C) float32/float64 logits and (N,) int64
     # labels, C-contiguous and aligned, used in place, with no options but
@@ -162,7 +330,8 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
                                                          classes) from None
                 if losses is not None:
                     loss = losses
-                return (loss, grad) if return_grad else loss
+                # grad is an array when return_grad (mypy cannot tell)
+                return (loss, grad) if return_grad else loss  # type: ignore[return-value]
     x = _validation.logits_array(logits, axis, convert=False)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing, convert=False)
@@ -190,7 +359,8 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check)
     if reduction == "none":
         loss = losses
-    return (loss, grad) if return_grad else loss
+    # losses and grad are arrays when asked for (mypy cannot tell)
+    return (loss, grad) if return_grad else loss  # type: ignore[return-value]
 
 
 def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
@@ -327,7 +497,7 @@ def _batch_normalizer(x, t, reduction, threads):
 
 # The options of softmax_loss's cheap path, by (method, reduction, threads);
 # built once and only ever read by the kernel, so threads can share them.
-_plain_options = {}
+_plain_options: dict[tuple[str, str, int], _bindings.Options] = {}
 
 
 def _new_plain_options(method, reduction, threads):
@@ -407,11 +577,46 @@ def _compare(what, got, expected, tol, method, width, origin):
         f"{int(position_bad.sum())} position(s) disagree")
 
 
-def softmax(logits, *, axis=1, method="stable", threads=None):
+def softmax(logits: ArrayLike, *, axis: Integer = 1, method: str = "stable",
+            threads: Optional[Integer] = None) -> FloatArray:
     """Softmax probabilities of `logits` along the class axis, by method.
 
-    threads    how many threads (None: get_num_threads()); small inputs use
-               one, and every count gives the same bits
+    Parameters
+    ----------
+    logits : array_like of float16, float32 or float64
+        Shaped (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis.
+    axis : int, default 1
+        The class axis (1-D logits: their one axis).
+    method : {"stable", "maxsub", "naive"}
+        As softmax_loss: "stable" and "maxsub" subtract each position's max
+        before exp (exact; maxsub's clamp is in the loss, not here),
+        "naive" does not, and overflows to nan past exp's range.
+    threads : int, optional
+        How many threads (None: get_num_threads()); small inputs use one,
+        and every count gives the same bits.
+
+    Returns
+    -------
+    ndarray
+        The probabilities, in the logits' shape and dtype.
+
+    Raises
+    ------
+    TypeError
+        If the logits are not float16/32/64 (or a masked array), or `method`
+        is not a str.
+    ValueError
+        For an unknown method, an axis out of range, or no classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> pysafemax.softmax(np.array([[0.0, 0.0], [1000.0, 0.0]]))
+    array([[0.5, 0.5],
+           [1. , 0. ]])
+    >>> pysafemax.softmax(np.array([[1000.0, 0.0]]), method="naive")
+    array([[nan,  0.]])
     """
     # The common call, cheap, as in softmax_loss: plain (N, C) logits.
     if (type(logits) is np.ndarray and type(axis) is int and axis == 1
@@ -435,11 +640,39 @@ def softmax(logits, *, axis=1, method="stable", threads=None):
     return x.in_result_dtype(out)
 
 
-def log_softmax(logits, *, axis=1, threads=None):
+def log_softmax(logits: ArrayLike, *, axis: Integer = 1,
+                threads: Optional[Integer] = None) -> FloatArray:
     """Log-softmax of `logits` along the class axis, in the log domain (exact).
 
-    threads    how many threads (None: get_num_threads()); small inputs use
-               one, and every count gives the same bits
+    Parameters
+    ----------
+    logits : array_like of float16, float32 or float64
+        Shaped (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis.
+    axis : int, default 1
+        The class axis (1-D logits: their one axis).
+    threads : int, optional
+        How many threads (None: get_num_threads()); small inputs use one,
+        and every count gives the same bits.
+
+    Returns
+    -------
+    ndarray
+        ``x - max - log(sum(exp(x - max)))`` per position, in the logits'
+        shape and dtype: finite where softmax's probability underflows to 0.
+
+    Raises
+    ------
+    TypeError
+        If the logits are not float16/32/64 (or a masked array).
+    ValueError
+        For an axis out of range, or no classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> pysafemax.log_softmax(np.array([[1000.0, 0.0]]))
+    array([[    0., -1000.]])
     """
     # The common call, cheap, as in softmax_loss: plain (N, C) logits.
     if (type(logits) is np.ndarray and type(axis) is int and axis == 1

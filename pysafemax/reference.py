@@ -9,10 +9,16 @@ Where the kernel walks the class axis by stride, these move it last and work
 on a (positions, classes) matrix.  All warnings numpy would raise for
 overflow and NaN are silenced: those values are the point of the exercise.
 """
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _validation
 from ._constants import FLT_MIN
+from ._types import FloatArray, Integer, Loss
 
 __all__ = ["softmax_loss", "softmax", "log_softmax", "softmax_partials"]
 
@@ -119,10 +125,32 @@ def _normalizer(reduction, ignored, labels, weight, outer):
     return 1.0
 
 
-def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
-                 weight=None, ignore_index=None, label_smoothing=0.0,
-                 return_grad=False):
-    """numpy twin of pysafemax.softmax_loss (same arguments and results)."""
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
+                 method: str = "stable", reduction: str = "mean",
+                 weight: Optional[ArrayLike] = None,
+                 ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+                 return_grad: bool = False) -> Union[Loss, Tuple[Loss, FloatArray]]:
+    """numpy twin of pysafemax.softmax_loss (same arguments and results).
+
+    Parameters
+    ----------
+    logits, labels, axis, method, reduction, weight, ignore_index, label_smoothing, return_grad
+        As pysafemax.softmax_loss.
+
+    Returns
+    -------
+    loss : float or ndarray
+        A float, or for reduction="none" the per-position losses in the
+        logits' dtype.
+    grad : ndarray
+        Only with ``return_grad=True`` (then a ``(loss, grad)`` tuple):
+        d loss / d logits in the logits' shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As pysafemax.softmax_loss, for the same inputs.
+    """
     lg = _validation.logits_array(logits, axis)
     t = _validation.targets(labels, lg, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing)
@@ -131,13 +159,14 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     return_grad = _validation.flag(return_grad, "return_grad")
 
     x = _positions_by_classes(lg.array, lg.axis)
-    labels = probs = None
+    flat_labels = probs = None
     ignored = np.zeros(x.shape[0], dtype=bool)
     if t.labels is not None:
-        labels = t.labels.reshape(-1)
+        flat_labels = t.labels.reshape(-1)
         if t.ignore_index is not None:
-            ignored = labels == t.ignore_index
-        bad = np.flatnonzero(_validation.out_of_range(labels, lg.classes, t.ignore_index))
+            ignored = flat_labels == t.ignore_index
+        bad = np.flatnonzero(_validation.out_of_range(flat_labels, lg.classes,
+                                                      t.ignore_index))
         if bad.size:
             raise _validation.label_out_of_range(t.given_labels, int(bad[0]),
                                                  lg.classes, t.ignore_index)
@@ -146,11 +175,11 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
 
     with np.errstate(all="ignore"):
         stats = _row_stats(x, method)
-        q = _target_mass(x, labels, probs, t.weight, t.label_smoothing, ignored)
+        q = _target_mass(x, flat_labels, probs, t.weight, t.label_smoothing, ignored)
         losses = _losses(x, method, stats, q)
         losses[ignored] = 0.0
         total = float(losses.sum())
-        normalizer = _normalizer(reduction, ignored, labels, t.weight, lg.outer)
+        normalizer = _normalizer(reduction, ignored, flat_labels, t.weight, lg.outer)
         if reduction == "none":
             loss = losses.reshape(lg.position_shape).astype(lg.result_dtype)
         elif reduction == "sum":
@@ -176,8 +205,25 @@ def _from_positions_by_classes(matrix, lg):
     return np.moveaxis(matrix.reshape(shape), -1, lg.axis)
 
 
-def softmax(logits, *, axis=1, method="stable"):
-    """numpy twin of pysafemax.softmax."""
+def softmax(logits: ArrayLike, *, axis: Integer = 1,
+            method: str = "stable") -> FloatArray:
+    """numpy twin of pysafemax.softmax.
+
+    Parameters
+    ----------
+    logits, axis, method
+        As pysafemax.softmax.
+
+    Returns
+    -------
+    ndarray
+        The probabilities, in the logits' shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As pysafemax.softmax, for the same inputs.
+    """
     lg = _validation.logits_array(logits, axis)
     _validation.choice(method, "method", _validation.METHODS)
     x = _positions_by_classes(lg.array, lg.axis)
@@ -186,8 +232,24 @@ def softmax(logits, *, axis=1, method="stable"):
         return _from_positions_by_classes(p, lg).astype(lg.result_dtype)
 
 
-def log_softmax(logits, *, axis=1):
-    """numpy twin of pysafemax.log_softmax (log domain, stable)."""
+def log_softmax(logits: ArrayLike, *, axis: Integer = 1) -> FloatArray:
+    """numpy twin of pysafemax.log_softmax (log domain, stable).
+
+    Parameters
+    ----------
+    logits, axis
+        As pysafemax.log_softmax.
+
+    Returns
+    -------
+    ndarray
+        The log-probabilities, in the logits' shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As pysafemax.log_softmax, for the same inputs.
+    """
     lg = _validation.logits_array(logits, axis)
     x = _positions_by_classes(lg.array, lg.axis)
     with np.errstate(all="ignore"):
@@ -198,14 +260,34 @@ def log_softmax(logits, *, axis=1):
         return _from_positions_by_classes(out, lg).astype(lg.result_dtype)
 
 
-def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, axis=1,
-                     method="stable", ignore_index=None):
+def softmax_partials(logits_block: ArrayLike, labels: ArrayLike, *,
+                     class_offset: int = 0, num_classes: Optional[int] = None,
+                     axis: Integer = 1, method: str = "stable",
+                     ignore_index: Optional[Integer] = None
+                     ) -> dict[str, NDArray[np.float64]]:
     """numpy twin of the state pysafemax.softmax_partials keeps for each
-    position of a block of classes, as a dict of arrays shaped like the
-    positions: "max" (the shift: the block's max, 0 for naive, -inf where no
-    logit is above -inf or the label is ignored), "sum_exp" (the double sum of
-    exp(x - max) taken in the logits' dtype) and "label_logit" (the label's
-    logit where the block holds it, else NaN)."""
+    position of a block of classes.
+
+    Parameters
+    ----------
+    logits_block, labels, class_offset, num_classes, axis, method, ignore_index
+        As pysafemax.softmax_partials (class-index labels only); without
+        num_classes, class_offset + the block's classes.
+
+    Returns
+    -------
+    dict of str to ndarray of float64
+        Arrays shaped like the positions: "max" (the shift: the block's
+        max, 0 for naive, -inf where no logit is above -inf or the label is
+        ignored), "sum_exp" (the double sum of exp(x - max) taken in the
+        logits' dtype) and "label_logit" (the label's logit where the block
+        holds it, else NaN).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad logits, labels or options, as pysafemax.softmax_partials.
+    """
     lg = _validation.logits_array(logits_block, axis)
     _validation.choice(method, "method", _validation.METHODS)
     num_classes = class_offset + lg.classes if num_classes is None else num_classes
