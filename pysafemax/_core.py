@@ -15,7 +15,7 @@ from typing import Literal, Optional, Tuple, Union, overload
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ._types import FloatArray, Integer, Loss
+from ._types import FloatArray, Integer, Loss, Reduced
 
 from . import _bindings, _validation, reference
 from ._blocks import Block, position_blocks
@@ -154,10 +154,6 @@ def get_num_threads() -> int:
         it was at import, else every core this process may run on.
     """
     return _env_threads if _num_threads is None else _num_threads
-
-
-# The reductions that give one float (all but "none").
-Reduced = Literal["mean", "sum", "valid", "full", "batch_size"]
 
 
 # What softmax_loss returns follows reduction and return_grad: a float, or

@@ -4,12 +4,12 @@ Aliases only (nothing here runs at call time).  They are written with
 typing's Union, not `X | Y`, because typing.get_type_hints evaluates them,
 and Python 3.9 has no `|` between types.
 """
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["FloatArray", "Integer", "Loss"]
+__all__ = ["FloatArray", "Integer", "Loss", "Reduced"]
 
 # Results in the logits' dtype: float16, float32 or float64.
 FloatArray = NDArray[np.floating[Any]]
@@ -17,3 +17,5 @@ FloatArray = NDArray[np.floating[Any]]
 Integer = Union[int, np.integer[Any]]
 # A loss: reduced (a float) or per position (reduction="none").
 Loss = Union[float, FloatArray]
+# The reductions that give one float (all but "none").
+Reduced = Literal["mean", "sum", "valid", "full", "batch_size"]

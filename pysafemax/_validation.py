@@ -109,7 +109,7 @@ def as_array(value, name):
         raise ValueError(f"{name} could not be read as an array: {exc}") from None
 
 
-def integer(value, name):
+def integer(value: object, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value)
