@@ -32,13 +32,16 @@ gradient scaled by it.  Reduced losses add the row blocks' sums in another
 order, and split classes merge their exp sums in double: these differ by
 rounding, well within pysafemax.check_tolerance (see tests/test_dask.py).
 """
+from __future__ import annotations
+
 import itertools
 import math
 import operator
 from functools import partial
-from typing import NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional, Tuple, Union, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 try:
     import dask.array as da
@@ -51,6 +54,7 @@ except ImportError as exc:     # pysafemax itself never needs dask
 from . import _bindings, _partials, _validation
 from ._core import get_num_threads
 from ._partials import combine_partials, loss_from_partials, softmax_partials
+from ._types import Integer
 
 __all__ = ["softmax_loss"]
 
@@ -79,28 +83,99 @@ class _LabelBlock(NamedTuple):
     weight_sum: float
 
 
-def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
-                 weight=None, ignore_index=None, label_smoothing=0.0,
-                 return_grad=False, out=None, threads=None, check=False):
+# A dask array, or what numpy takes as an array (numpy logits are chunked
+# along the positions, with the classes whole).
+DaskArrayLike = Union[da.Array, ArrayLike]
+
+
+# The loss is always a dask array (0-d, or per position for "none"):
+# return_grad alone picks one array or a (loss, grad) pair.
+@overload
+def softmax_loss(logits: DaskArrayLike, labels: DaskArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> da.Array: ...
+@overload
+def softmax_loss(logits: DaskArrayLike, labels: DaskArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[True],
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Tuple[da.Array, da.Array]: ...
+@overload
+def softmax_loss(logits: DaskArrayLike, labels: DaskArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: bool = ...,
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Union[da.Array, Tuple[da.Array, da.Array]]: ...
+
+
+def softmax_loss(logits: DaskArrayLike, labels: DaskArrayLike, *, axis: Integer = 1,
+                 method: str = "stable", reduction: str = "mean",
+                 weight: Optional[ArrayLike] = None,
+                 ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+                 return_grad: bool = False, out: None = None,
+                 threads: Optional[Integer] = None,
+                 check: bool = False) -> Union[da.Array, Tuple[da.Array, da.Array]]:
     """pysafemax.softmax_loss of dask arrays, as a dask graph.
 
-    Arguments as pysafemax.softmax_loss; logits and labels may be dask or
-    numpy arrays (numpy logits are chunked along the positions, with the
-    classes whole).  Labels are rechunked to match the logits' positions.
+    Nothing is computed until ``.compute()``.  Bad labels raise ValueError
+    at compute time, naming the label's position in the whole labels array.
 
-    Returns a 0-d float64 dask array (its .compute() is a numpy.float64,
-    which is a float), or for reduction="none" a dask array of per-position
-    losses chunked like the logits' positions; with return_grad=True a
-    (loss, grad) pair whose grad is chunked exactly like the logits.
+    Parameters
+    ----------
+    logits, labels : dask.array.Array or array_like
+        As pysafemax.softmax_loss; dask or numpy arrays (numpy logits are
+        chunked along the positions, with the classes whole).  Labels are
+        rechunked to match the logits' positions; the logits keep their
+        chunks, which may split the classes.
+    axis, method, reduction, weight, ignore_index, label_smoothing, return_grad
+        As pysafemax.softmax_loss.  naive and maxsub with label smoothing
+        or probability targets need every class in one chunk.
+    out : None
+        Refused: the gradient is a dask array (``dask.array.store`` it
+        where you want it).
+    threads : int, optional
+        Each block's kernel call's thread count (None: pysafemax's default
+        where the task runs); dask runs several blocks at once as well.
+    check : bool, default False
+        Refused when True: the reference needs whole rows in numpy.
 
-    threads is each block's kernel call's (None: pysafemax's default where
-    the task runs); dask runs several blocks at once as well.
+    Returns
+    -------
+    loss : dask.array.Array
+        A 0-d float64 dask array (its ``.compute()`` is a numpy.float64,
+        which is a float), or for reduction="none" a dask array of
+        per-position losses chunked like the logits' positions.
+    grad : dask.array.Array
+        Only with ``return_grad=True`` (then a ``(loss, grad)`` tuple): the
+        gradient, chunked exactly like the logits.
 
-    Refused: out= (the gradient is a dask array: dask.array.store it where
-    you want it) and check=True (the reference needs whole rows in numpy).
-    naive and maxsub with label smoothing or probability targets need every
-    class in one chunk.  Bad labels raise ValueError at compute time, naming
-    the label's position in the whole labels array.
+    Raises
+    ------
+    TypeError
+        For an argument of the wrong type, as pysafemax.softmax_loss.
+    ValueError
+        For a bad value, as pysafemax.softmax_loss (bad labels at compute
+        time); for out= or check=True; for unknown chunk sizes or an empty
+        class chunk; for naive or maxsub with split classes and label
+        smoothing or probability targets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> import pysafemax.dask
+    >>> logits = da.from_array(np.zeros((4, 6)), chunks=(2, 3))   # classes split
+    >>> labels = np.array([0, 1, 2, 5])
+    >>> loss, grad = pysafemax.dask.softmax_loss(logits, labels, return_grad=True)
+    >>> round(float(loss.compute()), 6)     # ln 6
+    1.791759
+    >>> grad.chunks
+    ((2, 2), (3, 3))
     """
     method = _validation.choice(method, "method", _validation.METHODS)
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
@@ -133,7 +208,7 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     return _Graph(logits, targets, call, uses_probabilities, x.result_dtype).build()
 
 
-def _dask_logits(logits, axis):
+def _dask_logits(logits: Any, axis: Integer) -> Tuple[da.Array, _validation.Logits]:
     """Logits as a dask array, and their metadata checked (see Logits)."""
     if isinstance(logits, da.Array):
         _require_known_chunks(logits, "logits")
