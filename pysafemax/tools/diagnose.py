@@ -25,6 +25,8 @@ compressed one (np.savez_compressed) after streaming it into an anonymous
 temporary file in TMPDIR, which needs room for the member uncompressed (on
 a tmpfs, that room is memory).  No input is ever held in memory whole.
 """
+from __future__ import annotations
+
 import dataclasses
 import json
 import math
@@ -35,15 +37,17 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, TextIO, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .. import METHODS, softmax_loss
 from .._blocks import position_blocks
-from .._validation import (as_array, integer, labels_shape_error, logits_array,
-                           out_of_range)
+from .._validation import (Logits, as_array, integer, labels_shape_error,
+                           logits_array, out_of_range)
 from .limits import clamp_loss, ln_denorm_min, ln_max, significand_bits
+from .._types import Integer
 from .text import number, wrap
 
 __all__ = ["diagnose", "DiagnosisReport", "Thresholds", "thresholds",
@@ -101,8 +105,26 @@ class Thresholds:
                             # than half the dtype's significant bits
 
 
-def thresholds(dtype):
-    """The Thresholds for logits of `dtype` (float16 computes in float32)."""
+def thresholds(dtype: DTypeLike) -> Thresholds:
+    """The Thresholds for logits of `dtype` (float16 computes in float32).
+
+    Parameters
+    ----------
+    dtype : dtype
+        The logits' dtype: float16, float32 or float64.
+
+    Returns
+    -------
+    Thresholds
+        Those of the dtype the kernel computes in.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.diagnose import thresholds
+    >>> t = thresholds("float16")
+    >>> t.dtype, round(t.exp_overflow, 4), round(t.clamp, 4)
+    ('float32', 88.7228, 87.3365)
+    """
     compute = np.dtype(np.float64 if np.dtype(dtype).itemsize == 8 else np.float32)
     ln_subnormal = ln_denorm_min(compute)
     return Thresholds(
@@ -193,7 +215,7 @@ class DiagnosisReport:
     trusted_methods: List[str] = field(default_factory=list)
     advice: List[str] = field(default_factory=list)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> int:
         # report.nan_rows etc.: the counts as attributes
         counts = self.__dict__.get("counts")
         if counts is not None and name in counts:
@@ -201,33 +223,49 @@ class DiagnosisReport:
         raise AttributeError(name)
 
     @property
-    def classes(self):
+    def classes(self) -> int:
         return self.shape[self.axis]
 
     @property
-    def position_shape(self):
+    def position_shape(self) -> Tuple[int, ...]:
         return self.shape[:self.axis] + self.shape[self.axis + 1:]
 
     @property
-    def clean(self):
+    def clean(self) -> bool:
         """True when nothing was found: every count is 0 (and so every method
         is trusted)."""
         return not any(self.counts[key] for key in COUNT_KEYS)
 
-    def index_tuples(self, key):
+    def index_tuples(self, key: str) -> List[Tuple[int, ...]]:
         """The first positions of finding `key` as index tuples into the
-        logits' shape without the class axis."""
+        logits' shape without the class axis.
+
+        Parameters
+        ----------
+        key : str
+            A finding: one of COUNT_KEYS, e.g. "nan_rows".
+
+        Returns
+        -------
+        list of tuple of int
+            Up to MAX_POSITIONS index tuples into `position_shape`.
+        """
         shape = self.position_shape
         return [tuple(int(k) for k in np.unravel_index(p, shape))
                 for p in self.positions[key]]
 
-    def to_dict(self):
-        """A JSON-ready dict of plain Python types.  Besides the counts (the
-        COUNT_KEYS) it holds, for each finding, "<stem>_positions" (flat
-        position indices) and "<stem>_indices" (index lists into
-        position_shape), e.g. nan_positions / nan_indices.  A statistic is
-        None when no row qualifies for it (or, in float64, when it is not
-        finite)."""
+    def to_dict(self) -> Dict[str, Any]:
+        """The report as a JSON-ready dict of plain Python types.
+
+        Returns
+        -------
+        dict
+            Besides the counts (the COUNT_KEYS) it holds, for each finding,
+            "<stem>_positions" (flat position indices) and "<stem>_indices"
+            (index lists into position_shape), e.g. nan_positions /
+            nan_indices.  A statistic is None when no row qualifies for it
+            (or, in float64, when it is not finite).
+        """
         out = {
             "shape": list(self.shape), "axis": self.axis, "classes": self.classes,
             "dtype": self.dtype, "position_shape": list(self.position_shape),
@@ -249,7 +287,7 @@ class DiagnosisReport:
         out["advice"] = list(self.advice)
         return out
 
-    def __str__(self):
+    def __str__(self) -> str:
         t = self.thresholds
         shape = "x".join(str(n) for n in self.shape)
         head = [f"pysafemax diagnose: {self.rows} rows of {self.classes} classes; "
@@ -341,7 +379,7 @@ def _logits(logits, axis):
     return info.array, info
 
 
-def _labels(labels, info):
+def _labels(labels: ArrayLike, info: Logits) -> NDArray[np.integer[Any]]:
     given = as_array(labels, "labels")
     if given.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices, got dtype {given.dtype}")
@@ -369,19 +407,49 @@ def _label_masks(raw, classes, ignore_index):
     return ignored, in_range & ~ignored, values
 
 
-def diagnose(logits, labels, *, axis=1, ignore_index=None):
+def diagnose(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
+             ignore_index: Optional[Integer] = None) -> DiagnosisReport:
     """Look for the float failure modes of softmax cross-entropy in a batch.
 
-    logits   float16, float32 or float64, (C,), (N, C) or (N, C, d1, ...);
-             `axis` is the class axis.  Same checks and errors as
-             pysafemax.softmax_loss.
-    labels   integer class indices shaped like logits without the class axis.
-             Out-of-range labels are counted, not raised.
-    ignore_index  a label value whose positions are skipped.
-
-    Returns a DiagnosisReport (see there for what each count means).
     Memory: the logits are read in blocks, so a memory-mapped array is
     streamed; a C-contiguous float32/float64 array is never copied whole.
+
+    Parameters
+    ----------
+    logits : array_like of float16, float32 or float64
+        Shaped (C,), (N, C) or (N, C, d1, ...); `axis` is the class axis.
+        Same checks and errors as pysafemax.softmax_loss.
+    labels : array_like of int
+        Class indices shaped like logits without the class axis.
+        Out-of-range labels are counted, not raised.
+    axis : int, default 1
+        The class axis.
+    ignore_index : int, optional
+        A label value whose positions are skipped.
+
+    Returns
+    -------
+    DiagnosisReport
+        What was found (see there for what each count means).
+
+    Raises
+    ------
+    TypeError
+        For logits that are not float16/32/64, labels that are not integer,
+        or a masked array.
+    ValueError
+        For labels of the wrong shape, an axis out of range, or no classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> report = pysafemax.diagnose(np.array([[100.0, 0.0], [1.0, 2.0]],
+    ...                                      dtype=np.float32), np.array([1, 0]))
+    >>> report.clamped_rows, report.positions["clamped_rows"]
+    (1, [0])
+    >>> report.trusted_methods
+    ['stable']
     """
     x, info = _logits(logits, axis)
     if ignore_index is not None:
@@ -751,11 +819,31 @@ def _one_line(exc):
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def cli_diagnose(logits_path, labels_path, *, axis=1, ignore_index=None,
-                 as_json=False, out=None, err=None):
-    """`python -m pysafemax diagnose`: print the report (or its JSON) and
-    return 0 if the batch is clean, 1 if issues were found, 2 on unusable
-    input, which gets one line on stderr and no traceback."""
+def cli_diagnose(logits_path: Union[str, os.PathLike[str]],
+                 labels_path: Union[str, os.PathLike[str]], *, axis: int = 1,
+                 ignore_index: Optional[int] = None, as_json: bool = False,
+                 out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """`python -m pysafemax diagnose`: print the report (or its JSON).
+
+    Parameters
+    ----------
+    logits_path, labels_path : str or os.PathLike
+        .npy or .npz files (memory-mapped); in an .npz of several arrays,
+        the member named "logits" or "labels".
+    axis, ignore_index
+        As diagnose().
+    as_json : bool, default False
+        Print the report as JSON (DiagnosisReport.to_dict()).
+    out, err : text file, optional
+        Where the report and the error line go (default: sys.stdout and
+        sys.stderr).
+
+    Returns
+    -------
+    int
+        0 if the batch is clean, 1 if issues were found, 2 on unusable
+        input, which gets one line on `err` and no traceback.
+    """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
