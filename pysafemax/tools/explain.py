@@ -34,6 +34,8 @@ float limits of pysafemax.tools.limits (numpy's finfo) or spelled as
 decimals in it, never typed in as digits: the decimals in the texts are
 printed from the values.  (Moved from pysafemax.explain, which re-exports it.)
 """
+from __future__ import annotations
+
 import decimal
 import json
 import math
@@ -41,7 +43,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, TextIO, Tuple, Union
 
 import numpy as np
 
@@ -156,14 +158,39 @@ _NAN = re.compile(NAN_SPELLING, re.IGNORECASE)
 _INF = re.compile(INF_SPELLING, re.IGNORECASE)
 
 
-def parse_value(text):
-    """(float value, Decimal or None) of a printed number, or ValueError.
+def parse_value(text: object) -> Tuple[float, Optional[decimal.Decimal]]:
+    """The value of a printed number, and its printed digits.
 
     Accepts decimal and exponent notation in ASCII digits and the usual
     spellings of nan and inf ("nan", "-nan", "NaN", "nan(ind)", "1.#QNAN",
-    "inf", "-Infinity", "1.#INF").  The Decimal, None for nan and inf, keeps
-    the printed digits, which the matching rule needs.  A decimal beyond
-    float64's range ("1e999") has the float value inf and a finite Decimal.
+    "inf", "-Infinity", "1.#INF").
+
+    Parameters
+    ----------
+    text : str
+        The number as printed (anything else is read as its str()).
+
+    Returns
+    -------
+    value : float
+        The number.  A decimal beyond float64's range ("1e999") has the
+        value inf.
+    digits : decimal.Decimal or None
+        The printed digits, which the matching rule needs; None for nan and
+        inf.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not a number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import parse_value
+    >>> parse_value("87.3365")
+    (87.3365, Decimal('87.3365'))
+    >>> parse_value("-nan")
+    (nan, None)
     """
     s = str(text).strip()
     if _DECIMAL.fullmatch(s):
@@ -201,12 +228,35 @@ def _significant_digits(d):
     return len(digits) if any(digits) else 0
 
 
-def matches(text, constant):
-    """Does the printed value `text` match `constant` (a StuckValue or float)?
+def matches(text: object, constant: Union[StuckValue, float]) -> bool:
+    """Does the printed value `text` match `constant`?
 
     The rule is in the module docstring: (a) rounds back at the printed
     precision with >= 3 significant digits, or (b) relative difference
     <= 5e-5.  Compares magnitudes: nan and inf never match.
+
+    Parameters
+    ----------
+    text : str
+        The value as printed, read by parse_value().
+    constant : StuckValue or float
+        A StuckValue (each of its representations is tried) or a number.
+
+    Returns
+    -------
+    bool
+        Whether the value matches.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not a number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import matches
+    >>> matches("87.3365", 87.33654475), matches("-87.34", 87.33654475)
+    (True, True)
     """
     reps = (constant.representations if isinstance(constant, StuckValue)
             else (float(constant),))
@@ -230,8 +280,30 @@ def _matches(value, d, reps):
     return False
 
 
-def match_constant(text):
-    """The StuckValue the printed value matches, or None (magnitude only)."""
+def match_constant(text: object) -> Optional[StuckValue]:
+    """The constant a printed value matches (magnitude only).
+
+    Parameters
+    ----------
+    text : str
+        The value as printed, read by parse_value().
+
+    Returns
+    -------
+    StuckValue or None
+        The first of CONSTANTS the value matches, or None.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not a number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import match_constant
+    >>> match_constant("87.3365").name
+    '-ln(FLT_MIN)'
+    """
     value, d = parse_value(text)
     for constant in CONSTANTS:
         if _matches(value, d, constant.representations):
@@ -239,7 +311,7 @@ def match_constant(text):
     return None
 
 
-def uniform_classes(text):
+def uniform_classes(text: object) -> Optional[int]:
     """C if the printed value is ln(C) for exactly one integer C in
     [2, 10^6] under the same rounding rule, else None.
 
@@ -250,6 +322,27 @@ def uniform_classes(text):
     (b), h = 5e-5 v, is tried the same way.  Several integers mean the print
     does not pin C down (ln(10^6) printed with 6 digits fits about 100 of
     them).
+
+    Parameters
+    ----------
+    text : str
+        The value as printed, read by parse_value().
+
+    Returns
+    -------
+    int or None
+        The class count C, or None.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not a number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import uniform_classes
+    >>> uniform_classes("2.30259"), uniform_classes("87.3365")
+    (10, None)
     """
     value, d = parse_value(text)
     if d is None or value <= 0 or value > math.log(MAX_CLASSES) + 1:
@@ -287,7 +380,7 @@ class Explanation:
     advice: str = ""
 
     @property
-    def headline(self):
+    def headline(self) -> str:
         text = abbreviate(self.text)
         if self.kind == "constant":
             c = CONSTANT_BY_KEY[self.key]
@@ -306,14 +399,15 @@ class Explanation:
             return f"{text}: {self.name}"
         return f"{text}: no known constant"
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
+        """The explanation as a JSON-ready dict of its fields."""
         return {"text": self.text, "value": self.value, "known": self.known,
                 "kind": self.kind, "name": self.name, "key": self.key,
                 "constant": self.constant, "classes": self.classes,
                 "negated": self.negated, "what": self.what, "why": self.why,
                 "advice": self.advice}
 
-    def __str__(self):
+    def __str__(self) -> str:
         paragraphs = [fill(self.headline, subsequent_indent="  ")]
         for label, body in (("", self.what),
                             ("Why a loss sticks there: ", self.why),
@@ -323,13 +417,38 @@ class Explanation:
         return "\n\n".join(paragraphs) + "\n"
 
 
-def explain(value):
+def explain(value: Union[str, float, decimal.Decimal, np.generic]) -> Explanation:
     """Name the constant a stuck loss value comes from.
 
-    `value` is the loss as printed (a str, best: its digits carry the print
-    precision) or a number.  Returns an Explanation; .known is False when
-    the value matches nothing.  Raises ValueError when a string is not a
-    number.
+    Parameters
+    ----------
+    value : str or real number
+        The loss as printed (a str, best: its digits carry the print
+        precision) or a number.
+
+    Returns
+    -------
+    Explanation
+        What the value is; ``.known`` is False when it matches nothing, and
+        str() of it is the paragraph the command line prints.
+
+    Raises
+    ------
+    ValueError
+        If a string is not a number.
+    TypeError
+        If `value` is neither a str nor a real number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import explain
+    >>> found = explain("87.3365")
+    >>> found.kind, found.key
+    ('constant', 'flt_min')
+    >>> found.headline
+    '87.3365 = -ln(FLT_MIN) = -ln(2^-126) = 87.33654475 (float32: 87.336548)'
+    >>> explain("1.234").known
+    False
     """
     text = _as_text(value).strip()
     parsed, d = parse_value(text)
@@ -381,11 +500,23 @@ def explain(value):
                 ", nan and inf."))
 
 
-def cli_explain(text, out=None, err=None):
+def cli_explain(text: str, out: Optional[TextIO] = None,
+                err: Optional[TextIO] = None) -> int:
     """`python -m pysafemax explain VALUE`: print the explanation.
 
-    Exit code 0 when the value is known, 1 when it is not, 2 when `text`
-    is not a number.
+    Parameters
+    ----------
+    text : str
+        The value as printed.
+    out, err : text file, optional
+        Where the explanation and the error line go (default: sys.stdout
+        and sys.stderr).
+
+    Returns
+    -------
+    int
+        The exit code: 0 when the value is known, 1 when it is not, 2 when
+        `text` is not a number.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
