@@ -8,9 +8,12 @@ SoftmaxWithLossLayer<double>).  DBL_MIN_LOSS, -ln(DBL_MIN) = 708.396, is what
 a clamp at float64's own smallest normal number would read (numpy's
 finfo(float64).tiny); pysafemax.explain names it, no method reports it.
 """
+from __future__ import annotations
+
 import math
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 FLT_MIN_LOSS = float(-np.log(np.float32(FLT_MIN)))
@@ -18,7 +21,7 @@ FLT_MIN_LOSS_F64 = -math.log(FLT_MIN)
 DBL_MIN_LOSS = float(-np.log(np.finfo(np.float64).tiny))
 
 
-def clamp_loss(dtype):
+def clamp_loss(dtype: DTypeLike) -> float:
     """The loss naive and maxsub report for a clamped position of logits
     computed in `dtype` (float16 computes in float32)."""
     return FLT_MIN_LOSS_F64 if np.dtype(dtype) == np.float64 else FLT_MIN_LOSS

@@ -19,8 +19,11 @@ own, without pyplot, so it neither needs a display nor changes the backend
 or the figures of a session that calls it.  (Moved from pysafemax.plotting,
 which re-exports it.)
 """
+from __future__ import annotations
+
 import os
 import sys
+from typing import Union
 
 import numpy as np
 
@@ -57,11 +60,19 @@ _TRUE_STYLE = dict(color="black", lw=1.3, ls=(0, (4, 3)), zorder=5,
 _NAN_COLOR = "#d62728"
 
 
-def plot_loss_vs_gap(path):
-    """Draw the picture to `path` (a .png, or any format matplotlib knows).
+def plot_loss_vs_gap(path: Union[str, os.PathLike[str]]) -> int:
+    """Draw the picture to `path` (`python -m pysafemax demo --plot`).
 
-    Prints "wrote PATH" and returns 0; without matplotlib, or when the file
-    cannot be written, prints one line to stderr and returns 2.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file: a .png, or any format matplotlib knows.
+
+    Returns
+    -------
+    int
+        0 after printing "wrote PATH"; 2 without matplotlib, or when the
+        file cannot be written, after printing one line to stderr.
     """
     try:
         import matplotlib  # noqa: F401  (is it installed at all?)
