@@ -22,6 +22,18 @@ DBL_MIN_LOSS = float(-np.log(np.finfo(np.float64).tiny))
 
 
 def clamp_loss(dtype: DTypeLike) -> float:
-    """The loss naive and maxsub report for a clamped position of logits
-    computed in `dtype` (float16 computes in float32)."""
+    """The loss naive and maxsub report for a clamped position.
+
+    Parameters
+    ----------
+    dtype : dtype
+        The logits' dtype (float16 computes in float32).
+
+    Returns
+    -------
+    float
+        -ln(FLT_MIN) rounded in the dtype computed in: FLT_MIN_LOSS
+        (87.3365479) for float16 and float32, FLT_MIN_LOSS_F64
+        (87.3365447505531) for float64.
+    """
     return FLT_MIN_LOSS_F64 if np.dtype(dtype) == np.float64 else FLT_MIN_LOSS
