@@ -6,7 +6,7 @@ and diagnose reads a memory-mapped batch block by block, through the same
 blocks.
 """
 import math
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple, Tuple
 
 import numpy as np
 
@@ -22,7 +22,8 @@ class Block(NamedTuple):
     count: int          # type: ignore[assignment]  # hides tuple.count
 
 
-def position_blocks(shape, axis, max_positions):
+def position_blocks(shape: Tuple[int, ...], axis: int,
+                    max_positions: int) -> Iterator[Block]:
     """The blocks of whole positions of logits of `shape` (class axis
     `axis`), in the positions' C order, each at most max_positions (>= 1)
     positions; none when there are no positions.

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Literal, Optional, Tuple, Union, overload
+from typing import Any, Iterator, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from ._types import FloatArray, Integer, Loss, Reduced
 
@@ -80,7 +80,7 @@ def simd_level() -> str:
     return "avx2+fma" if simd else "portable"
 
 
-def _available_cores():
+def _available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:          # not Linux
@@ -90,13 +90,13 @@ def _available_cores():
 _CORES = _available_cores()
 
 
-def _capped(threads):
+def _capped(threads: int) -> int:
     """The kernel starts at most MAX_THREADS threads; a larger count (any
     Python int) means as many as it will start."""
     return min(threads, _bindings.MAX_THREADS)
 
 
-def _threads_from_environment():
+def _threads_from_environment() -> int:
     """PYSAFEMAX_NUM_THREADS, read once at import (as OMP_NUM_THREADS is).
     A value that is not a whole number >= 1 is ignored, with one warning."""
     env = os.environ.get("PYSAFEMAX_NUM_THREADS")
@@ -311,6 +311,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         if (classes and len(labels) == rows and type(count) is int and count >= 1
                 and flags.c_contiguous and flags.aligned
                 and label_flags.c_contiguous and label_flags.aligned):
+            opts: Optional[_bindings.Options]
             try:
                 opts = _plain_options[method, reduction, count]
             except KeyError:
@@ -359,7 +360,9 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     return (loss, grad) if return_grad else loss  # type: ignore[return-value]
 
 
-def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
+def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Block],
+                method: str, reduction: str, threads: int, losses: Optional[FloatArray],
+                grad: Optional[FloatArray], check: bool) -> float:
     """One kernel call per block, filling losses and grad (or None); returns
     the reduced loss.  Several blocks sum their losses and scale their
     gradient by the whole batch's normalizer (checking every label before
@@ -389,9 +392,10 @@ def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
         if check:  # before float16 results are rounded to float16
             origin = (tuple(s.start or 0 for s in positions[:-1]) if streamed
                       else (0,) * len(x.position_shape))
-            _check_against_reference(
-                block, probs_block if t.labels is None else labels_block, t, x.axis,
-                method, normalizer, losses_block, grad_block, origin)
+            targets = probs_block if t.labels is None else labels_block
+            assert targets is not None      # labels, or else probabilities
+            _check_against_reference(block, targets, t, x.axis, method, normalizer,
+                                     losses_block, grad_block, origin)
         _store(losses_to, losses_block)
         _store(grad_to, grad_block)
         total.add(result)
@@ -405,17 +409,17 @@ class _CompensatedSum:
     csrc/internal.h, Neumaier's compensation), so that a streamed call's
     total is within an ulp or two of one call's, however many blocks."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sum = -0.0   # the identity of +: all -0.0 losses sum to -0.0
         self.comp = 0.0
 
-    def add(self, x):
+    def add(self, x: float) -> None:
         t = self.sum + x
         if math.isfinite(t):
             self.comp += (self.sum - t) + x if abs(self.sum) >= abs(x) else (x - t) + self.sum
         self.sum = t
 
-    def value(self):
+    def value(self) -> float:
         return self.sum if self.comp == 0.0 else self.sum + self.comp
 
 
@@ -426,16 +430,17 @@ class _CompensatedSum:
 _STREAM_BYTES = 64 << 20
 
 
-def _kernel_ready(array, dtype):
+def _kernel_ready(array: NDArray[Any], dtype: np.dtype[Any]) -> bool:
     return array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned
 
 
-def _kernel_input(array, dtype):
+def _kernel_input(array: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
     """The array itself if the kernel can read it in place, else a copy."""
     return array if _kernel_ready(array, dtype) else np.array(array, dtype, order="C")
 
 
-def _staged_bytes(x, probs, grad):
+def _staged_bytes(x: _validation.Logits, probs: Optional[NDArray[Any]],
+                  grad: Optional[FloatArray]) -> int:
     """How many bytes per position the block loop copies: of the logits,
     probability targets and gradient the kernel cannot use in place."""
     compute = x.compute_dtype
@@ -450,7 +455,7 @@ def _staged_bytes(x, probs, grad):
     return staged * x.classes * compute.itemsize
 
 
-def _blocks(x, position_bytes):
+def _blocks(x: _validation.Logits, position_bytes: int) -> Iterator[Block]:
     """The blocks of whole positions that softmax_loss converts and computes
     one at a time (see position_blocks), each of at
     most _STREAM_BYTES // position_bytes positions, and at least one (all of
@@ -462,7 +467,8 @@ def _blocks(x, position_bytes):
     return position_blocks(x.array.shape, x.axis, per_block)
 
 
-def _kernel_output(whole, index, dtype):
+def _kernel_output(whole: Optional[NDArray[Any]], index: Any, dtype: np.dtype[Any]
+                   ) -> Tuple[Optional[NDArray[Any]], Optional[NDArray[Any]]]:
     """(part of whole, what the kernel writes it through): the part itself
     when the kernel can write it in place, else a compute-dtype block that
     _store copies in."""
@@ -472,13 +478,14 @@ def _kernel_output(whole, index, dtype):
     return part, part if _kernel_ready(part, dtype) else np.empty(part.shape, dtype)
 
 
-def _store(part, block):
+def _store(part: Any, block: Any) -> None:   # arrays, or both None
     if part is not block:
         with np.errstate(over="ignore"):   # float16: beyond its range is inf
             np.copyto(part, block, casting="unsafe")
 
 
-def _batch_normalizer(x, t, reduction, threads):
+def _batch_normalizer(x: _validation.Logits, t: _validation.Targets, reduction: str,
+                      threads: int) -> float:
     """What the whole batch's reduction divides by (psm_normalizer).  Checks
     every label first, and raises the ValueError naming the first bad one."""
     positions = math.prod(x.position_shape)
@@ -496,7 +503,8 @@ def _batch_normalizer(x, t, reduction, threads):
 _plain_options: dict[tuple[str, str, int], _bindings.Options] = {}
 
 
-def _new_plain_options(method, reduction, threads):
+def _new_plain_options(method: str, reduction: str,
+                       threads: int) -> Optional[_bindings.Options]:
     """The options of a cheap call, made and kept; None for an unknown
     method or reduction (the general path's error to raise).  Counts above
     MAX_THREADS share MAX_THREADS's options, so that the cache stays small."""
@@ -510,16 +518,19 @@ def _new_plain_options(method, reduction, threads):
     return opts
 
 
-def _check_against_reference(logits, targets, t, axis, method, normalizer,
-                             losses, grad, origin):
+def _check_against_reference(logits: NDArray[Any], targets: NDArray[Any],
+                             t: _validation.Targets, axis: int, method: str,
+                             normalizer: Optional[float], losses: Optional[NDArray[Any]],
+                             grad: Optional[NDArray[Any]], origin: Tuple[int, ...]) -> None:
     """Compare one block's losses and gradient (in the compute dtype) with
     pysafemax.reference on the block; origin is the block's first position,
     so that an error names the position in the whole batch."""
     tol = check_tolerance(logits.dtype, logits.shape[axis])
-    expected = reference.softmax_loss(
+    expected: Any = reference.softmax_loss(
         logits, targets, axis=axis, method=method, weight=t.weight,
         ignore_index=t.ignore_index, label_smoothing=t.label_smoothing,
         reduction="none", return_grad=grad is not None)
+    expected_grad: Any      # an array when grad is one
     expected_losses, expected_grad = expected if grad is not None else (expected, None)
     _compare("loss", losses, expected_losses, tol, method, 1, origin)
     if grad is None:
@@ -539,7 +550,8 @@ def _check_against_reference(logits, targets, t, axis, method, normalizer,
              logits.shape[axis], origin)
 
 
-def _compare(what, got, expected, tol, method, width, origin):
+def _compare(what: str, got: Any, expected: Any, tol: float, method: str, width: int,
+             origin: Tuple[int, ...]) -> None:
     """Raise ReferenceMismatchError naming the worst position (counted from
     origin) unless got and expected (positions, then `width` values each)
     agree."""
@@ -558,8 +570,8 @@ def _compare(what, got, expected, tol, method, width, origin):
     position_error = np.where(bad, np.nan_to_num(error, nan=np.inf), 0).max(axis=1)
     flat = int(np.argmax(np.where(position_bad, position_error, -1)))
     col = int(np.argmax(bad[flat]))
-    index = np.unravel_index(flat, positions) if positions else ()
-    index = [int(k) + start for k, start in zip(index, origin)]
+    unraveled = np.unravel_index(flat, positions) if positions else ()
+    index = [int(k) + start for k, start in zip(unraveled, origin)]
     if len(index) == 1:
         at = f"row {index[0]}"
     else:
