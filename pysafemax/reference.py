@@ -11,7 +11,7 @@ overflow and NaN are silenced: those values are the point of the exercise.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -22,8 +22,11 @@ from ._types import FloatArray, Integer, Loss
 
 __all__ = ["softmax_loss", "softmax", "log_softmax", "softmax_partials"]
 
+# _row_stats' (shift, e, excluded, s)
+_Stats = Tuple[NDArray[Any], NDArray[Any], Optional[NDArray[np.intp]], NDArray[Any]]
 
-def _row_stats(x, method):
+
+def _row_stats(x: NDArray[Any], method: str) -> _Stats:
     """(shift, e, excluded, s) for every row of x, mirroring the kernel.
 
     e = exp(x - shift) in x's dtype.  naive and maxsub: s is the row sum of e
@@ -46,7 +49,7 @@ def _row_stats(x, method):
     return shift, e, excluded, e64.sum(axis=1)
 
 
-def _probabilities(x, method, stats):
+def _probabilities(x: NDArray[Any], method: str, stats: _Stats) -> NDArray[Any]:
     shift, e, excluded, s = stats
     if method != "stable":
         return e / s[:, None]
@@ -55,13 +58,16 @@ def _probabilities(x, method, stats):
     return p
 
 
-def _target_mass(x, labels, probs, weight, smoothing, ignored):
+def _target_mass(x: NDArray[Any], labels: Optional[NDArray[np.int64]],
+                 probs: Optional[NDArray[Any]], weight: Optional[NDArray[np.float64]],
+                 smoothing: float, ignored: NDArray[np.bool_]) -> NDArray[np.float64]:
     """q (rows x classes, double): the target distribution of each row; zero
     on ignored rows.  See psm_options in csrc/softmax_loss.h."""
     rows, classes = x.shape
     w = np.ones(classes) if weight is None else weight
     if probs is not None:
         return w * ((1.0 - smoothing) * probs.astype(np.float64) + smoothing / classes)
+    assert labels is not None       # class indices, when not probabilities
     q = np.zeros((rows, classes)) + (smoothing / classes) * w
     keep = np.flatnonzero(~ignored)
     q[keep, labels[keep]] += (1.0 - smoothing) * w[labels[keep]]
@@ -69,7 +75,8 @@ def _target_mass(x, labels, probs, weight, smoothing, ignored):
     return q
 
 
-def _losses(x, method, stats, q):
+def _losses(x: NDArray[Any], method: str, stats: _Stats,
+            q: NDArray[np.float64]) -> NDArray[np.float64]:
     """Per-row losses in double: sum over q != 0 of q_c * -log p_c."""
     shift, e, excluded, s = stats
     used = q != 0                       # NaN counts as used, and poisons
@@ -88,7 +95,8 @@ def _losses(x, method, stats, q):
     return loss
 
 
-def _gradient(x, method, stats, q, scale):
+def _gradient(x: NDArray[Any], method: str, stats: _Stats, q: NDArray[np.float64],
+              scale: float) -> NDArray[Any]:
     shift, e, excluded, s = stats
     used = q != 0
     mass = np.where(used, q, 0).sum(axis=1, keepdims=True)
@@ -96,6 +104,7 @@ def _gradient(x, method, stats, q, scale):
     if method != "stable":
         t = x.dtype.type
         return (p * mass.astype(x.dtype) - q.astype(x.dtype)) * t(scale)
+    assert excluded is not None     # stable's argmax, excluded from s
     grad = p * mass - q
     # At the argmax, when p there exceeds 1/2: p Q - q = rest - Q s / (1 + s),
     # rest being the mass off the argmax; no cancellation as p -> 1.
@@ -109,7 +118,9 @@ def _gradient(x, method, stats, q, scale):
     return grad * scale
 
 
-def _normalizer(reduction, ignored, labels, weight, outer):
+def _normalizer(reduction: str, ignored: NDArray[np.bool_],
+                labels: Optional[NDArray[np.int64]], weight: Optional[NDArray[np.float64]],
+                outer: int) -> float:
     positions = ignored.size
     valid = int((~ignored).sum())
     if reduction == "mean":
@@ -180,6 +191,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         losses[ignored] = 0.0
         total = float(losses.sum())
         normalizer = _normalizer(reduction, ignored, flat_labels, t.weight, lg.outer)
+        loss: Loss
         if reduction == "none":
             loss = losses.reshape(lg.position_shape).astype(lg.result_dtype)
         elif reduction == "sum":
@@ -195,12 +207,13 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         return loss, _from_positions_by_classes(grad, lg).astype(lg.result_dtype)
 
 
-def _positions_by_classes(a, axis):
+def _positions_by_classes(a: NDArray[Any], axis: int) -> NDArray[Any]:
     """The array as a (positions, classes) matrix, the class axis moved last."""
     return np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis])
 
 
-def _from_positions_by_classes(matrix, lg):
+def _from_positions_by_classes(matrix: NDArray[Any],
+                               lg: _validation.Logits) -> NDArray[Any]:
     shape = lg.position_shape + (lg.classes,)
     return np.moveaxis(matrix.reshape(shape), -1, lg.axis)
 
