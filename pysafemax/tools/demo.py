@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import decimal
 import sys
-from typing import Any, Dict, Iterable, Optional, SupportsFloat, TextIO
+from typing import Any, Dict, Iterable, List, Optional, SupportsFloat, TextIO
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .. import METHODS, softmax, softmax_loss
 from .limits import FLT_DENORM_MIN, FLT_EXP_OVERFLOW, FLT_MIN, FLT_MIN_LOSS
@@ -106,25 +107,25 @@ def loss_vs_gap(gaps: Iterable[float] = GAPS,
     return table
 
 
-def _vec(values):
+def _vec(values: Iterable[Any]) -> str:
     return "{" + ", ".join(number(v) for v in values) + "}"
 
 
 class _Writer:
-    def __init__(self, out):
+    def __init__(self, out: TextIO) -> None:
         self.out = out
 
-    def line(self, text=""):
+    def line(self, text: str = "") -> None:
         self.out.write(text + "\n")
 
-    def step(self, name, value, note=""):
+    def step(self, name: str, value: Any, note: str = "") -> None:
         text = f"  {name:<15} {value}"
         if note:
             text = f"{text:<38} {note}"
         self.line(text.rstrip())
 
 
-def _clamp_note(p):
+def _clamp_note(p: float) -> str:
     """What -log(max(p, FLT_MIN)) does with this probability."""
     if np.isnan(p):
         return "-log(max(nan, FLT_MIN)): nan stays nan"
@@ -133,7 +134,8 @@ def _clamp_note(p):
     return f"-log({number(p)})"
 
 
-def _seed_method(w, x, method, truths):
+def _seed_method(w: _Writer, x: NDArray[np.float32], method: str,
+                 truths: List[decimal.Decimal]) -> None:
     row = x[None, :]
     labels = np.arange(x.size, dtype=np.int64)
     both = np.repeat(row, x.size, axis=0)
@@ -182,7 +184,7 @@ def _seed_method(w, x, method, truths):
     w.line()
 
 
-def _gap_table(w, label_on_gap):
+def _gap_table(w: _Writer, label_on_gap: bool) -> Dict[str, Any]:
     table = loss_vs_gap(GAPS, label_on_gap=label_on_gap)
     if label_on_gap:
         w.line("Logits {gap, 0}, label 0, confidently right: "

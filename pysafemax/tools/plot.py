@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Union
+from typing import Any, Callable, Dict, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .. import METHODS
 from .demo import loss_vs_gap
@@ -117,7 +118,9 @@ def plot_loss_vs_gap(path: Union[str, os.PathLike[str]]) -> int:
     return 0
 
 
-def _lines(ax, table, values):
+# ax: a matplotlib Axes (matplotlib is optional, and imported only to draw)
+def _lines(ax: Any, table: Dict[str, Any],
+           values: Callable[[Any], NDArray[np.float64]]) -> Dict[str, Any]:
     """Draw each method's loss and the true loss; {name: its line}."""
     gaps = np.asarray(table["gap"], dtype=np.float64)
     drawn = {}
@@ -131,7 +134,7 @@ def _lines(ax, table, values):
     return drawn
 
 
-def _draw_wrong(ax, table):
+def _draw_wrong(ax: Any, table: Dict[str, Any]) -> Dict[str, Any]:
     drawn = _lines(ax, table, lambda v: np.asarray(v, dtype=np.float64))
     ax.set_title("Confidently wrong: logits {0, gap}, label 0", fontsize=11)
     ax.set_ylabel("loss", fontsize=10)
@@ -151,12 +154,12 @@ def _draw_wrong(ax, table):
     return drawn
 
 
-def _draw_right(ax, table):
-    def nonzero(v):
+def _draw_right(ax: Any, table: Dict[str, Any]) -> None:
+    def nonzero(v: Any) -> NDArray[np.float64]:
         v = np.asarray(v, dtype=np.float64)
         return np.where(v > 0, v, np.nan)
 
-    def drawable(v):
+    def drawable(v: Any) -> NDArray[np.float64]:
         # A true loss below the strip's top would run into the "reads 0" rows.
         v = nonzero(v)
         return np.where(v >= _ZERO_STRIP[1], v, np.nan)
