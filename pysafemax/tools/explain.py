@@ -43,7 +43,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Dict, Optional, TextIO, Tuple, Union
+from typing import Any, Dict, List, Optional, TextIO, Tuple, Union
 
 import numpy as np
 
@@ -78,8 +78,8 @@ class StuckValue:
     rounded: Tuple[Tuple[str, float], ...] = field(init=False)
     representations: Tuple[float, ...] = field(init=False)
 
-    def __post_init__(self):
-        rounded = []
+    def __post_init__(self) -> None:
+        rounded: List[Tuple[str, float]] = []
         for dtype in self.dtypes:
             r = float(dtype(self.value))
             if r != self.value and r not in (v for _, v in rounded):
@@ -94,12 +94,12 @@ _LIMITS = {name: getattr(limits, name) for name in limits.__all__
            if isinstance(getattr(limits, name), float)}
 
 
-def _quantity(text):
+def _quantity(text: str) -> float:
     """A limit's name or a decimal, as the data file spells a quantity."""
     return _LIMITS[text] if text in _LIMITS else float(text)
 
 
-def _value(spec):
+def _value(spec: str) -> float:
     """A constant's value from the data file: a quantity, or ln(q) or
     -ln(q) of one."""
     m = re.fullmatch(r"(-?)ln\((.+)\)", spec)
@@ -109,13 +109,13 @@ def _value(spec):
     return -value if m.group(1) else value
 
 
-def _text(item, names):
+def _text(item: Union[str, List[str]], names: Dict[str, Any]) -> str:
     """A text of the data file, its parts joined and its fields filled."""
     text = item if isinstance(item, str) else "".join(item)
     return text.format_map(names)
 
 
-def _load():
+def _load() -> Tuple[Tuple[StuckValue, ...], Dict[str, str], Dict[str, str]]:
     """(constants, nan texts, inf texts) from the data file."""
     raw = resources.files(__package__).joinpath(DATA_FILE).read_text(
         encoding="utf-8")
@@ -203,7 +203,7 @@ def parse_value(text: object) -> Tuple[float, Optional[decimal.Decimal]]:
     raise ValueError(f"not a number: {abbreviate(str(text), quote=True)}")
 
 
-def _as_text(value):
+def _as_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, decimal.Decimal):
@@ -218,12 +218,13 @@ def _as_text(value):
                     f"{type(value).__name__}")
 
 
-def _half_ulp(d):
+def _half_ulp(d: decimal.Decimal) -> decimal.Decimal:
     """Half a unit in the last printed place of d, as a Decimal."""
-    return decimal.Decimal(5).scaleb(d.as_tuple().exponent - 1)
+    # the exponent of a finite Decimal is an int ('n', 'N' or 'F' otherwise)
+    return decimal.Decimal(5).scaleb(int(d.as_tuple().exponent) - 1)
 
 
-def _significant_digits(d):
+def _significant_digits(d: decimal.Decimal) -> int:
     digits = d.as_tuple().digits
     return len(digits) if any(digits) else 0
 
@@ -263,7 +264,8 @@ def matches(text: object, constant: Union[StuckValue, float]) -> bool:
     return _matches(*parse_value(text), reps)
 
 
-def _matches(value, d, reps):
+def _matches(value: float, d: Optional[decimal.Decimal],
+             reps: Tuple[float, ...]) -> bool:
     """Does the magnitude of a parsed value (value, d) match one of reps?"""
     if d is None or math.isinf(value):
         # nan and inf match nothing; nor does a decimal beyond float64's
@@ -383,6 +385,7 @@ class Explanation:
     def headline(self) -> str:
         text = abbreviate(self.text)
         if self.kind == "constant":
+            assert self.key is not None     # set with kind "constant"
             c = CONSTANT_BY_KEY[self.key]
             line = (f"{text} is the negative of {c.name}" if self.negated
                     else f"{text} = {c.name}")
