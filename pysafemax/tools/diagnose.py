@@ -37,7 +37,7 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, TextIO, Tuple, Union
+from typing import Any, BinaryIO, Dict, List, Literal, Optional, TextIO, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -88,7 +88,7 @@ _DESCRIPTIONS = {
 }
 
 
-def _stem(key):
+def _stem(key: str) -> str:
     """'nan_rows' -> 'nan', 'out_of_range_labels' -> 'out_of_range'."""
     return key.rsplit("_", 1)[0]
 
@@ -327,21 +327,21 @@ class DiagnosisReport:
         return "\n".join(lines)
 
 
-def _wrap(paragraphs):
+def _wrap(paragraphs: List[str]) -> List[str]:
     lines = []
     for text in paragraphs:
         lines.extend(wrap(text, WIDTH, subsequent_indent="  ", split_words=True))
     return lines
 
 
-def _plain_float(value):
+def _plain_float(value: Optional[float]) -> Optional[float]:
     if value is None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
 
 
-def _position_list(report, key, room):
+def _position_list(report: DiagnosisReport, key: str, room: int) -> str:
     items = _where(report, key)
     more = report.counts[key] > len(items)
     text = ""
@@ -357,10 +357,10 @@ def _position_list(report, key, room):
 class _Counter:
     """Counts and first positions of one finding, across blocks."""
 
-    def __init__(self, report, key):
+    def __init__(self, report: DiagnosisReport, key: str) -> None:
         self.report, self.key = report, key
 
-    def add(self, mask, flat):
+    def add(self, mask: NDArray[np.bool_], flat: NDArray[np.intp]) -> None:
         count = int(np.count_nonzero(mask))
         if not count:
             return
@@ -370,7 +370,7 @@ class _Counter:
             kept.extend(int(p) for p in flat[mask][:MAX_POSITIONS - len(kept)])
 
 
-def _logits(logits, axis):
+def _logits(logits: ArrayLike, axis: Integer) -> Tuple[NDArray[Any], Logits]:
     """(array, Logits info) with logits_array's checks and errors, without
     copying an array that is big (a memmap) just to convert its dtype or
     layout: the blocks are converted one at a time instead."""
@@ -388,7 +388,8 @@ def _labels(labels: ArrayLike, info: Logits) -> NDArray[np.integer[Any]]:
     return given
 
 
-def _label_masks(raw, classes, ignore_index):
+def _label_masks(raw: NDArray[Any], classes: int, ignore_index: Optional[int]
+                 ) -> Tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.int64]]:
     """(ignored, in range and not ignored, int64 labels with 0 where out of
     range) of a block's labels, flat.  ignore_index may be any int: a value
     no label of the dtype can hold ignores nothing."""
@@ -485,7 +486,10 @@ def diagnose(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     return report
 
 
-def _scan_block(report, counters, xd, flat, ignored, in_range, raw_labels, t):
+def _scan_block(report: DiagnosisReport, counters: Dict[str, _Counter],
+                xd: NDArray[np.float64], flat: NDArray[Any], ignored: NDArray[np.bool_],
+                in_range: NDArray[np.bool_], raw_labels: NDArray[Any],
+                t: Thresholds) -> Tuple[NDArray[Any], ...]:
     """The findings that need no label logit; returns (usable: the rows with
     a finite max, row max, overflow, underflow) for _loss_block."""
     keep = ~ignored
@@ -520,7 +524,8 @@ def _scan_block(report, counters, xd, flat, ignored, in_range, raw_labels, t):
     return usable, m, overflow, underflow
 
 
-def _log_sum_exp(xd, m, rows):
+def _log_sum_exp(xd: NDArray[np.float64], m: NDArray[np.float64],
+                 rows: NDArray[np.bool_]) -> NDArray[np.float64]:
     """Each row's log-sum-exp where `rows` holds (rows with a finite max m),
     -inf elsewhere, from the library: the stable loss of the label at the
     row max is log(sum(exp(x - m))), computed here in float64 as xd is."""
@@ -533,8 +538,11 @@ def _log_sum_exp(xd, m, rows):
     return lse
 
 
-def _loss_block(report, counters, xd, flat, in_range, lab, t, usable, m,
-                overflow, underflow):
+def _loss_block(report: DiagnosisReport, counters: Dict[str, _Counter],
+                xd: NDArray[np.float64], flat: NDArray[Any], in_range: NDArray[np.bool_],
+                lab: NDArray[np.int64], t: Thresholds, usable: NDArray[np.bool_],
+                m: NDArray[np.float64], overflow: NDArray[np.bool_],
+                underflow: NDArray[np.bool_]) -> float:
     """The findings that need the label's logit or the true loss; returns the
     block's sum of true losses."""
     labelled = usable & in_range
@@ -570,7 +578,7 @@ def _loss_block(report, counters, xd, flat, in_range, lab, t, usable, m,
     return float(losses.sum())
 
 
-def _trusted(counts):
+def _trusted(counts: Dict[str, int]) -> List[str]:
     """trusted_methods from the counts; see DiagnosisReport."""
     if (counts["nan_rows"] or counts["inf_rows"] or counts["out_of_range_labels"]
             or counts["all_neg_inf_rows"]):
@@ -583,18 +591,18 @@ def _trusted(counts):
     return list(METHODS)
 
 
-def _n(count, noun):
+def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _where(report, key):
+def _where(report: DiagnosisReport, key: str) -> List[str]:
     """The first positions of a finding as strings: 17, or (0, 3, 4)."""
     if len(report.position_shape) > 1:
         return ["(" + ", ".join(map(str, t)) + ")" for t in report.index_tuples(key)]
     return [str(p) for p in report.positions[key]]
 
 
-def _first(report, key):
+def _first(report: DiagnosisReport, key: str) -> str:
     """' (at 3, 17)' or ' (first at 3, 17, 20, ...)' for advice text."""
     items = _where(report, key)[:3]
     if report.counts[key] <= len(items):
@@ -602,7 +610,7 @@ def _first(report, key):
     return f" (first at {', '.join(items)}, ...)"
 
 
-def _advice(report):
+def _advice(report: DiagnosisReport) -> List[str]:
     """The remedies that fit, ranked by evidence.
 
     Each remedy gets a score: a tier for how directly the evidence implicates
@@ -620,9 +628,9 @@ def _advice(report):
     """
     c, t = report.counts, report.thresholds
     considered = max(1, report.rows - report.ignored_rows)
-    items = []
+    items: List[Tuple[float, int, str]] = []
 
-    def add(tier, evidence, text):
+    def add(tier: float, evidence: float, text: str) -> None:
         items.append((tier + evidence / considered, len(items), text))
 
     if report.rows == 0:
@@ -722,7 +730,7 @@ class _Unusable(Exception):
     """An input the CLI cannot diagnose; its message is one line."""
 
 
-def _load(path, role):
+def _load(path: Union[str, os.PathLike[str]], role: str) -> NDArray[Any]:
     """The array in a .npy or .npz file, memory-mapped; `role` is 'logits'
     or 'labels', the name looked for in an .npz of several arrays."""
     if not os.path.exists(path):
@@ -747,7 +755,7 @@ def _load(path, role):
     raise _Unusable(f"{role} file {path} is not a .npy or .npz file")
 
 
-def _from_npz(path, role):
+def _from_npz(path: Union[str, os.PathLike[str]], role: str) -> NDArray[Any]:
     """The member named `role`, or the only member, of an .npz, memory-mapped
     read-only; the other members are not read."""
     with zipfile.ZipFile(path) as archive:
@@ -776,7 +784,7 @@ def _from_npz(path, role):
             return _map_npy(spool, member.file_size)
 
 
-def _map_stored(path, member):
+def _map_stored(path: Union[str, os.PathLike[str]], member: zipfile.ZipInfo) -> NDArray[Any]:
     """An uncompressed .npz member, mapped where it lies in the zip file."""
     with open(path, "rb") as f:
         f.seek(member.header_offset)
@@ -789,7 +797,7 @@ def _map_stored(path, member):
         return _map_npy(f, start + member.file_size)
 
 
-def _map_npy(f, end):
+def _map_npy(f: BinaryIO, end: int) -> NDArray[Any]:
     """The .npy that starts at f's position and ends by file offset `end`,
     memory-mapped read-only."""
     version = np.lib.format.read_magic(f)
@@ -808,14 +816,14 @@ def _map_npy(f, end):
     count = math.prod(shape)
     if offset + count * dtype.itemsize > end:
         raise ValueError(f"the array of shape {shape} is truncated")
-    order = "F" if fortran_order else "C"
+    order: Literal["C", "F"] = "F" if fortran_order else "C"
     if count == 0:
         return np.empty(shape, dtype, order=order)   # nothing to map
     return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape,
                      order=order)
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
