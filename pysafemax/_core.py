@@ -252,8 +252,8 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     -------
     loss : float or ndarray
         A float for every reduction but "none"; for "none", the
-        per-position losses, shaped like `labels` (class indices) and in
-        the logits' dtype.
+        per-position losses, shaped like the logits without the class axis
+        and in the logits' dtype.
     grad : ndarray
         Only with ``return_grad=True`` (then a ``(loss, grad)`` tuple is
         returned): d loss / d logits, in the logits' shape and dtype (`out`
@@ -596,9 +596,11 @@ def softmax(logits: ArrayLike, *, axis: Integer = 1, method: str = "stable",
     axis : int, default 1
         The class axis (1-D logits: their one axis).
     method : {"stable", "maxsub", "naive"}
-        As softmax_loss: "stable" and "maxsub" subtract each position's max
-        before exp (exact; maxsub's clamp is in the loss, not here),
-        "naive" does not, and overflows to nan past exp's range.
+        "stable" scales exp(x - max) by 1 / (1 + s), s summed in double
+        without the max's own term; "maxsub" divides exp(x - max) by their
+        sum (taken in double, rounded to the logits' dtype; Caffe's clamp
+        is in the loss, not here); "naive" divides exp(x) by their sum,
+        which overflows to nan past exp's range.
     threads : int, optional
         How many threads (None: get_num_threads()); small inputs use one,
         and every count gives the same bits.
