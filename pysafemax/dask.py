@@ -450,7 +450,7 @@ def _checked_labels(call: _Call, start: Tuple[int, ...], labels_shape: Tuple[int
     if given.dtype.kind == "u" and given.size and given.max() > np.uint64(2**63 - 1):
         # would wrap to a negative int64, which could pass for ignore_index
         raise _label_error(call, given, start, labels_shape)
-    labels = np.require(given, dtype=np.int64, requirements=["C", "A"])
+    labels = np.require(given, dtype=np.int64, requirements=("C", "A"))
     opts = _bindings.options(call.method, "sum", 1, call.weight, call.ignore_index,
                              call.label_smoothing)
     try:

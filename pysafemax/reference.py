@@ -182,6 +182,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
             raise _validation.label_out_of_range(t.given_labels, int(bad[0]),
                                                  lg.classes, t.ignore_index)
     else:
+        assert t.probs is not None      # no class indices: probabilities
         probs = _positions_by_classes(t.probs, lg.axis)
 
     with np.errstate(all="ignore"):
