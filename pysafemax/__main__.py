@@ -4,4 +4,4 @@ import sys
 from .tools.cli import build_parser, main  # noqa: F401  (the old import path)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m pysafemax"))

@@ -132,7 +132,7 @@ def options(method, reduction, threads, weight=None, ignore_index=None,
 # a call nested on the same thread by a signal handler, never share one; a
 # call that raises drops its cell, and the list holds at most as many cells as
 # calls ever ran at once.
-_loss_cells = []
+_loss_cells: list[Any] = []
 
 
 def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, grad):

@@ -6,19 +6,24 @@ and diagnose reads a memory-mapped batch block by block, through the same
 blocks.
 """
 import math
-from typing import NamedTuple, Tuple
+from typing import Any, Iterator, NamedTuple, Tuple
 
 import numpy as np
 
 
 class Block(NamedTuple):
-    index: Tuple        # selects the block of the logits (class axis whole)
-    positions: Tuple    # selects its labels (the Ellipsis keeps a 0-d block an array)
-    first: int          # the flat (C order) index of its first position
-    count: int          # how many positions: first, first + 1, ..., contiguous
+    """index selects the block of the logits (class axis whole), positions
+    its labels (the Ellipsis keeps a 0-d block an array): tuples of slices,
+    or ... for everything; first is the flat (C order) index of its first
+    position, count how many positions (first, first + 1, ..., contiguous)."""
+    index: Any
+    positions: Any
+    first: int
+    count: int          # type: ignore[assignment]  # hides tuple.count
 
 
-def position_blocks(shape, axis, max_positions):
+def position_blocks(shape: Tuple[int, ...], axis: int,
+                    max_positions: int) -> Iterator[Block]:
     """The blocks of whole positions of logits of `shape` (class axis
     `axis`), in the positions' C order, each at most max_positions (>= 1)
     positions; none when there are no positions.

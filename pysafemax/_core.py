@@ -5,11 +5,17 @@ the default thread count.
 cffi releases the GIL around each kernel call, and the kernel keeps no
 state, so every function here is safe to call from many threads at once.
 """
+from __future__ import annotations
+
 import math
 import os
 import warnings
+from typing import Any, Iterator, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+from ._types import FloatArray, Integer, Loss, Reduced
 
 from . import _bindings, _validation, reference
 from ._blocks import Block, position_blocks
@@ -20,15 +26,40 @@ class ReferenceMismatchError(RuntimeError):
     check_tolerance() allows."""
 
 
-def check_tolerance(dtype, classes):
-    """The (relative = absolute) tolerance check=True allows between the kernel
-    and pysafemax.reference for logits of this dtype and class count.
+def check_tolerance(dtype: DTypeLike, classes: int) -> float:
+    """The tolerance ``check=True`` allows between the kernel and
+    pysafemax.reference.
 
     8 ULP of the dtype covers exp, division and log rounding differently in
     two implementations (numpy's exp and the kernel's can differ by 1 ULP)
     and the kernel's float partial sums of 4 terms (2 ULP); classes * 2**-53
     bounds the extra error of summing that many terms in double in a
     different order (numpy sums pairwise, the kernel in blocks).
+
+    Parameters
+    ----------
+    dtype : dtype
+        The logits' floating dtype.
+    classes : int
+        The class count C.
+
+    Returns
+    -------
+    float
+        The tolerance, relative and absolute alike: ``8 * eps(dtype) +
+        classes * 2**-53``.
+
+    Raises
+    ------
+    ValueError
+        If `dtype` is not a floating dtype (numpy.finfo's error).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pysafemax import check_tolerance
+    >>> check_tolerance(np.float32, 10) == 8 * 2.0**-23 + 10 * 2.0**-53
+    True
     """
     return 8 * float(np.finfo(dtype).eps) + classes * 2.0 ** -53
 
@@ -36,13 +67,20 @@ def check_tolerance(dtype, classes):
 _num_threads = None   # set_num_threads(); None: the default
 
 
-def simd_level():
-    """The kernel's code path on this CPU: "avx2+fma" or "portable"."""
+def simd_level() -> str:
+    """The kernel's code path on this CPU.
+
+    Returns
+    -------
+    str
+        ``"avx2+fma"`` when this CPU runs the AVX2+FMA paths, else
+        ``"portable"`` (the scalar code, the same on every CPU).
+    """
     simd = _bindings.simd_level() and not _bindings.portable()
     return "avx2+fma" if simd else "portable"
 
 
-def _available_cores():
+def _available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:          # not Linux
@@ -52,13 +90,13 @@ def _available_cores():
 _CORES = _available_cores()
 
 
-def _capped(threads):
+def _capped(threads: int) -> int:
     """The kernel starts at most MAX_THREADS threads; a larger count (any
     Python int) means as many as it will start."""
     return min(threads, _bindings.MAX_THREADS)
 
 
-def _threads_from_environment():
+def _threads_from_environment() -> int:
     """PYSAFEMAX_NUM_THREADS, read once at import (as OMP_NUM_THREADS is).
     A value that is not a whole number >= 1 is ignored, with one warning."""
     env = os.environ.get("PYSAFEMAX_NUM_THREADS")
@@ -77,53 +115,179 @@ def _threads_from_environment():
 _env_threads = _threads_from_environment()
 
 
-def set_num_threads(n):
-    """Set how many threads calls use by default (None: back to the default,
-    PYSAFEMAX_NUM_THREADS as it was at import, or else every core this
-    process may run on).  Counts above 256 are taken as 256."""
+def set_num_threads(n: Optional[Integer]) -> None:
+    """Set how many threads calls use by default.
+
+    Parameters
+    ----------
+    n : int or None
+        The thread count, >= 1; counts above 256 are taken as 256.  None
+        goes back to the default: PYSAFEMAX_NUM_THREADS as it was at import,
+        or else every core this process may run on.
+
+    Raises
+    ------
+    TypeError
+        If `n` is not an int (or None).
+    ValueError
+        If `n` is below 1.
+
+    Examples
+    --------
+    >>> from pysafemax import get_num_threads, set_num_threads
+    >>> set_num_threads(2)
+    >>> get_num_threads()
+    2
+    >>> set_num_threads(None)     # back to the default
+    """
     global _num_threads
     _num_threads = None if n is None else _capped(_validation.thread_count(n, "n"))
 
 
-def get_num_threads():
-    """How many threads a call uses unless it passes threads=."""
+def get_num_threads() -> int:
+    """How many threads a call uses unless it passes ``threads=``.
+
+    Returns
+    -------
+    int
+        The count set by set_num_threads(), else PYSAFEMAX_NUM_THREADS as
+        it was at import, else every core this process may run on.
+    """
     return _env_threads if _num_threads is None else _num_threads
 
 
-def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
-                 weight=None, ignore_index=None, label_smoothing=0.0,
-                 return_grad=False, out=None, threads=None, check=False):
+# What softmax_loss returns follows reduction and return_grad: a float, or
+# per-position losses for "none"; with return_grad, a (loss, gradient) pair.
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: Reduced = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> float: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: Literal["none"],
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> FloatArray: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: Reduced = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[True],
+                 out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Tuple[float, FloatArray]: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: Literal["none"],
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[True],
+                 out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Tuple[FloatArray, FloatArray]: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: bool = ...,
+                 out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Union[Loss, Tuple[Loss, FloatArray]]: ...
+
+
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
+                 method: str = "stable", reduction: str = "mean",
+                 weight: Optional[ArrayLike] = None,
+                 ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+                 return_grad: bool = False, out: Optional[FloatArray] = None,
+                 threads: Optional[Integer] = None,
+                 check: bool = False) -> Union[Loss, Tuple[Loss, FloatArray]]:
     """Softmax cross-entropy of `logits` against `labels`, with PyTorch's and
     Caffe's options.
-
-    logits     (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis
-    labels     class indices shaped like logits without the class axis, or
-               floating class probabilities shaped like logits
-    method     "stable" (log-sum-exp, exact), "maxsub" (Caffe: max subtracted,
-               clamped at -log(FLT_MIN) = 87.3365) or "naive" (the textbook
-               formula, which overflows)
-    reduction  "none" (per-position losses in the logits' dtype), "sum",
-               "mean" (PyTorch's weighted mean over non-ignored positions),
-               or Caffe's normalizations "valid", "full", "batch_size";
-               all but "none" give a Python float, accumulated in double
-    weight     per-class weights (C,), PyTorch's semantics
-    ignore_index  positions with this label add no loss and no gradient
-    label_smoothing  in [0, 1], PyTorch's semantics
-    return_grad  also return d loss / d logits, shaped like logits
-    out        with return_grad: a C-contiguous array of the logits' shape
-               and dtype to write the gradient into (and return), so that
-               repeated calls need not allocate
-    threads    how many threads (None: get_num_threads()); small inputs use
-               one, and every count gives the same bits
-    check      recompute with pysafemax.reference and raise
-               ReferenceMismatchError if the two disagree beyond
-               check_tolerance()
 
     Arrays larger than memory (an np.memmap) work: native float32/float64
     C-contiguous ones are read in place, and any that need converting
     (float16, byte-swapped, another layout) are converted a block of whole
     positions at a time, as are float16 gradients.  check=True checks block
     by block, but the reference needs several times each block's memory.
+
+    Parameters
+    ----------
+    logits : array_like of float16, float32 or float64
+        Shaped (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis.
+    labels : array_like
+        Class indices shaped like `logits` without the class axis, or
+        floating class probabilities shaped like `logits`.
+    axis : int, default 1
+        The class axis (1-D logits: their one axis).
+    method : {"stable", "maxsub", "naive"}
+        "stable" (log-sum-exp, exact), "maxsub" (Caffe: max subtracted,
+        clamped at -log(FLT_MIN) = 87.3365) or "naive" (the textbook
+        formula, which overflows).
+    reduction : {"mean", "sum", "none", "valid", "full", "batch_size"}
+        "none" (per-position losses in the logits' dtype), "sum", "mean"
+        (PyTorch's weighted mean over non-ignored positions), or Caffe's
+        normalizations "valid", "full", "batch_size"; all but "none" give a
+        Python float, accumulated in double.
+    weight : array_like of float, shape (C,), optional
+        Per-class weights, PyTorch's semantics.
+    ignore_index : int, optional
+        Positions with this label add no loss and no gradient.
+    label_smoothing : float, default 0.0
+        In [0, 1], PyTorch's semantics.
+    return_grad : bool, default False
+        Also return d loss / d logits, shaped like `logits`.
+    out : ndarray, optional
+        With return_grad: a C-contiguous array of the logits' shape and
+        dtype to write the gradient into (and return), so that repeated
+        calls need not allocate.
+    threads : int, optional
+        How many threads (None: get_num_threads()); small inputs use one,
+        and every count gives the same bits.
+    check : bool, default False
+        Recompute with pysafemax.reference and raise ReferenceMismatchError
+        if the two disagree beyond check_tolerance().
+
+    Returns
+    -------
+    loss : float or ndarray
+        A float for every reduction but "none"; for "none", the
+        per-position losses, shaped like the logits without the class axis
+        and in the logits' dtype.
+    grad : ndarray
+        Only with ``return_grad=True`` (then a ``(loss, grad)`` tuple is
+        returned): d loss / d logits, in the logits' shape and dtype (`out`
+        itself when given).
+
+    Raises
+    ------
+    TypeError
+        For an argument of the wrong type: logits not float16/32/64,
+        labels neither integer nor floating, a masked array, `out` of
+        another dtype, a method or reduction that is not a str.
+    ValueError
+        For a bad value: an unknown method or reduction, shapes that do not
+        match, a label out of range (naming its position), label_smoothing
+        outside [0, 1], `out` overlapping an input.
+    ReferenceMismatchError
+        With ``check=True``, if the kernel and the reference disagree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> logits = np.array([[100.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    >>> labels = np.array([1, 0])
+    >>> pysafemax.softmax_loss(logits, labels, reduction="none")  # -ln p[label]
+    array([100.       ,   0.6931472], dtype=float32)
+    >>> round(pysafemax.softmax_loss(logits, labels), 4)    # their mean
+    50.3466
+    >>> round(pysafemax.softmax_loss(logits, labels, method="maxsub"), 4)  # 87.3365
+    44.0148
+    >>> loss, grad = pysafemax.softmax_loss(logits, labels, return_grad=True)
+    >>> grad
+    array([[ 0.5 , -0.5 ],
+           [-0.25,  0.25]], dtype=float32)
     """
     # The common call, cheap: (N, C) float32/float64 logits and (N,) int64
     # labels, C-contiguous and aligned, used in place, with no options but
@@ -147,6 +311,7 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         if (classes and len(labels) == rows and type(count) is int and count >= 1
                 and flags.c_contiguous and flags.aligned
                 and label_flags.c_contiguous and label_flags.aligned):
+            opts: Optional[_bindings.Options]
             try:
                 opts = _plain_options[method, reduction, count]
             except KeyError:
@@ -162,7 +327,8 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
                                                          classes) from None
                 if losses is not None:
                     loss = losses
-                return (loss, grad) if return_grad else loss
+                # grad is an array when return_grad (mypy cannot tell)
+                return (loss, grad) if return_grad else loss  # type: ignore[return-value]
     x = _validation.logits_array(logits, axis, convert=False)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing, convert=False)
@@ -190,10 +356,13 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check)
     if reduction == "none":
         loss = losses
-    return (loss, grad) if return_grad else loss
+    # losses and grad are arrays when asked for (mypy cannot tell)
+    return (loss, grad) if return_grad else loss  # type: ignore[return-value]
 
 
-def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
+def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Block],
+                method: str, reduction: str, threads: int, losses: Optional[FloatArray],
+                grad: Optional[FloatArray], check: bool) -> float:
     """One kernel call per block, filling losses and grad (or None); returns
     the reduced loss.  Several blocks sum their losses and scale their
     gradient by the whole batch's normalizer (checking every label before
@@ -223,9 +392,10 @@ def _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check):
         if check:  # before float16 results are rounded to float16
             origin = (tuple(s.start or 0 for s in positions[:-1]) if streamed
                       else (0,) * len(x.position_shape))
-            _check_against_reference(
-                block, probs_block if t.labels is None else labels_block, t, x.axis,
-                method, normalizer, losses_block, grad_block, origin)
+            targets = probs_block if t.labels is None else labels_block
+            assert targets is not None      # labels, or else probabilities
+            _check_against_reference(block, targets, t, x.axis, method, normalizer,
+                                     losses_block, grad_block, origin)
         _store(losses_to, losses_block)
         _store(grad_to, grad_block)
         total.add(result)
@@ -239,17 +409,17 @@ class _CompensatedSum:
     csrc/internal.h, Neumaier's compensation), so that a streamed call's
     total is within an ulp or two of one call's, however many blocks."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sum = -0.0   # the identity of +: all -0.0 losses sum to -0.0
         self.comp = 0.0
 
-    def add(self, x):
+    def add(self, x: float) -> None:
         t = self.sum + x
         if math.isfinite(t):
             self.comp += (self.sum - t) + x if abs(self.sum) >= abs(x) else (x - t) + self.sum
         self.sum = t
 
-    def value(self):
+    def value(self) -> float:
         return self.sum if self.comp == 0.0 else self.sum + self.comp
 
 
@@ -260,16 +430,17 @@ class _CompensatedSum:
 _STREAM_BYTES = 64 << 20
 
 
-def _kernel_ready(array, dtype):
+def _kernel_ready(array: NDArray[Any], dtype: np.dtype[Any]) -> bool:
     return array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned
 
 
-def _kernel_input(array, dtype):
+def _kernel_input(array: NDArray[Any], dtype: np.dtype[Any]) -> NDArray[Any]:
     """The array itself if the kernel can read it in place, else a copy."""
     return array if _kernel_ready(array, dtype) else np.array(array, dtype, order="C")
 
 
-def _staged_bytes(x, probs, grad):
+def _staged_bytes(x: _validation.Logits, probs: Optional[NDArray[Any]],
+                  grad: Optional[FloatArray]) -> int:
     """How many bytes per position the block loop copies: of the logits,
     probability targets and gradient the kernel cannot use in place."""
     compute = x.compute_dtype
@@ -284,7 +455,7 @@ def _staged_bytes(x, probs, grad):
     return staged * x.classes * compute.itemsize
 
 
-def _blocks(x, position_bytes):
+def _blocks(x: _validation.Logits, position_bytes: int) -> Iterator[Block]:
     """The blocks of whole positions that softmax_loss converts and computes
     one at a time (see position_blocks), each of at
     most _STREAM_BYTES // position_bytes positions, and at least one (all of
@@ -296,7 +467,8 @@ def _blocks(x, position_bytes):
     return position_blocks(x.array.shape, x.axis, per_block)
 
 
-def _kernel_output(whole, index, dtype):
+def _kernel_output(whole: Optional[NDArray[Any]], index: Any, dtype: np.dtype[Any]
+                   ) -> Tuple[Optional[NDArray[Any]], Optional[NDArray[Any]]]:
     """(part of whole, what the kernel writes it through): the part itself
     when the kernel can write it in place, else a compute-dtype block that
     _store copies in."""
@@ -306,13 +478,14 @@ def _kernel_output(whole, index, dtype):
     return part, part if _kernel_ready(part, dtype) else np.empty(part.shape, dtype)
 
 
-def _store(part, block):
+def _store(part: Any, block: Any) -> None:   # arrays, or both None
     if part is not block:
         with np.errstate(over="ignore"):   # float16: beyond its range is inf
             np.copyto(part, block, casting="unsafe")
 
 
-def _batch_normalizer(x, t, reduction, threads):
+def _batch_normalizer(x: _validation.Logits, t: _validation.Targets, reduction: str,
+                      threads: int) -> float:
     """What the whole batch's reduction divides by (psm_normalizer).  Checks
     every label first, and raises the ValueError naming the first bad one."""
     positions = math.prod(x.position_shape)
@@ -327,10 +500,11 @@ def _batch_normalizer(x, t, reduction, threads):
 
 # The options of softmax_loss's cheap path, by (method, reduction, threads);
 # built once and only ever read by the kernel, so threads can share them.
-_plain_options = {}
+_plain_options: dict[tuple[str, str, int], _bindings.Options] = {}
 
 
-def _new_plain_options(method, reduction, threads):
+def _new_plain_options(method: str, reduction: str,
+                       threads: int) -> Optional[_bindings.Options]:
     """The options of a cheap call, made and kept; None for an unknown
     method or reduction (the general path's error to raise).  Counts above
     MAX_THREADS share MAX_THREADS's options, so that the cache stays small."""
@@ -344,16 +518,19 @@ def _new_plain_options(method, reduction, threads):
     return opts
 
 
-def _check_against_reference(logits, targets, t, axis, method, normalizer,
-                             losses, grad, origin):
+def _check_against_reference(logits: NDArray[Any], targets: NDArray[Any],
+                             t: _validation.Targets, axis: int, method: str,
+                             normalizer: Optional[float], losses: Optional[NDArray[Any]],
+                             grad: Optional[NDArray[Any]], origin: Tuple[int, ...]) -> None:
     """Compare one block's losses and gradient (in the compute dtype) with
     pysafemax.reference on the block; origin is the block's first position,
     so that an error names the position in the whole batch."""
     tol = check_tolerance(logits.dtype, logits.shape[axis])
-    expected = reference.softmax_loss(
+    expected: Any = reference.softmax_loss(
         logits, targets, axis=axis, method=method, weight=t.weight,
         ignore_index=t.ignore_index, label_smoothing=t.label_smoothing,
         reduction="none", return_grad=grad is not None)
+    expected_grad: Any      # an array when grad is one
     expected_losses, expected_grad = expected if grad is not None else (expected, None)
     _compare("loss", losses, expected_losses, tol, method, 1, origin)
     if grad is None:
@@ -373,7 +550,8 @@ def _check_against_reference(logits, targets, t, axis, method, normalizer,
              logits.shape[axis], origin)
 
 
-def _compare(what, got, expected, tol, method, width, origin):
+def _compare(what: str, got: Any, expected: Any, tol: float, method: str, width: int,
+             origin: Tuple[int, ...]) -> None:
     """Raise ReferenceMismatchError naming the worst position (counted from
     origin) unless got and expected (positions, then `width` values each)
     agree."""
@@ -392,8 +570,8 @@ def _compare(what, got, expected, tol, method, width, origin):
     position_error = np.where(bad, np.nan_to_num(error, nan=np.inf), 0).max(axis=1)
     flat = int(np.argmax(np.where(position_bad, position_error, -1)))
     col = int(np.argmax(bad[flat]))
-    index = np.unravel_index(flat, positions) if positions else ()
-    index = [int(k) + start for k, start in zip(index, origin)]
+    unraveled = np.unravel_index(flat, positions) if positions else ()
+    index = [int(k) + start for k, start in zip(unraveled, origin)]
     if len(index) == 1:
         at = f"row {index[0]}"
     else:
@@ -407,11 +585,48 @@ def _compare(what, got, expected, tol, method, width, origin):
         f"{int(position_bad.sum())} position(s) disagree")
 
 
-def softmax(logits, *, axis=1, method="stable", threads=None):
+def softmax(logits: ArrayLike, *, axis: Integer = 1, method: str = "stable",
+            threads: Optional[Integer] = None) -> FloatArray:
     """Softmax probabilities of `logits` along the class axis, by method.
 
-    threads    how many threads (None: get_num_threads()); small inputs use
-               one, and every count gives the same bits
+    Parameters
+    ----------
+    logits : array_like of float16, float32 or float64
+        Shaped (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis.
+    axis : int, default 1
+        The class axis (1-D logits: their one axis).
+    method : {"stable", "maxsub", "naive"}
+        "stable" scales exp(x - max) by 1 / (1 + s), s summed in double
+        without the max's own term; "maxsub" divides exp(x - max) by their
+        sum (taken in double, rounded to the logits' dtype; Caffe's clamp
+        is in the loss, not here); "naive" divides exp(x) by their sum,
+        which overflows to nan past exp's range.
+    threads : int, optional
+        How many threads (None: get_num_threads()); small inputs use one,
+        and every count gives the same bits.
+
+    Returns
+    -------
+    ndarray
+        The probabilities, in the logits' shape and dtype.
+
+    Raises
+    ------
+    TypeError
+        If the logits are not float16/32/64 (or a masked array), or `method`
+        is not a str.
+    ValueError
+        For an unknown method, an axis out of range, or no classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> pysafemax.softmax(np.array([[0.0, 0.0], [1000.0, 0.0]]))
+    array([[0.5, 0.5],
+           [1. , 0. ]])
+    >>> pysafemax.softmax(np.array([[1000.0, 0.0]]), method="naive")
+    array([[nan,  0.]])
     """
     # The common call, cheap, as in softmax_loss: plain (N, C) logits.
     if (type(logits) is np.ndarray and type(axis) is int and axis == 1
@@ -435,11 +650,39 @@ def softmax(logits, *, axis=1, method="stable", threads=None):
     return x.in_result_dtype(out)
 
 
-def log_softmax(logits, *, axis=1, threads=None):
+def log_softmax(logits: ArrayLike, *, axis: Integer = 1,
+                threads: Optional[Integer] = None) -> FloatArray:
     """Log-softmax of `logits` along the class axis, in the log domain (exact).
 
-    threads    how many threads (None: get_num_threads()); small inputs use
-               one, and every count gives the same bits
+    Parameters
+    ----------
+    logits : array_like of float16, float32 or float64
+        Shaped (C,), (N, C) or (N, C, d1, ..., dk); `axis` is the class axis.
+    axis : int, default 1
+        The class axis (1-D logits: their one axis).
+    threads : int, optional
+        How many threads (None: get_num_threads()); small inputs use one,
+        and every count gives the same bits.
+
+    Returns
+    -------
+    ndarray
+        ``x - max - log(sum(exp(x - max)))`` per position, in the logits'
+        shape and dtype: finite where softmax's probability underflows to 0.
+
+    Raises
+    ------
+    TypeError
+        If the logits are not float16/32/64 (or a masked array).
+    ValueError
+        For an axis out of range, or no classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> pysafemax.log_softmax(np.array([[1000.0, 0.0]]))
+    array([[    0., -1000.]])
     """
     # The common call, cheap, as in softmax_loss: plain (N, C) logits.
     if (type(logits) is np.ndarray and type(axis) is int and axis == 1

@@ -6,12 +6,15 @@ raises a TypeError / ValueError that names the argument, and where it helps the
 position and the value.  Arrays that already qualify pass through uncopied;
 nothing here writes to the caller's arrays.
 """
+from __future__ import annotations
+
 import math
 import numbers
 import warnings
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 METHODS = ("naive", "maxsub", "stable")
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
@@ -23,7 +26,7 @@ INT64 = np.dtype(np.int64)
 
 # float16 has no kernel of its own: it is computed in float32 and the results
 # are returned as float16.
-_COMPUTE_DTYPE = {
+_COMPUTE_DTYPE: dict[np.dtype[Any], np.dtype[Any]] = {
     np.dtype(np.float16): np.dtype(np.float32),
     np.dtype(np.float32): np.dtype(np.float32),
     np.dtype(np.float64): np.dtype(np.float64),
@@ -41,16 +44,16 @@ class Logits(NamedTuple):
     inner: int
 
     @property
-    def compute_dtype(self):
+    def compute_dtype(self) -> np.dtype[Any]:
         """The dtype the kernel computes in (float32 for float16)."""
         return _COMPUTE_DTYPE[self.result_dtype]
 
     @property
-    def position_shape(self):
+    def position_shape(self) -> Tuple[int, ...]:
         """The logits' shape without the class axis: one loss per entry."""
         return self.array.shape[:self.axis] + self.array.shape[self.axis + 1:]
 
-    def in_result_dtype(self, result):
+    def in_result_dtype(self, result: NDArray[Any]) -> NDArray[Any]:
         """A result in the dtype the caller's logits had (float16 stays
         float16; a value beyond float16's range becomes inf, silently)."""
         with np.errstate(over="ignore"):
@@ -65,7 +68,7 @@ class Targets(NamedTuple):
     ignore_index: Optional[int]
     label_smoothing: float
 
-    def label_error(self, position, classes):
+    def label_error(self, position: int, classes: Optional[int]) -> ValueError:
         """The ValueError for the label at flat position `position` (one the
         kernel found out of range; classes None: not known yet)."""
         return label_out_of_range(self.given_labels, position, classes,
@@ -80,7 +83,7 @@ _UNMASK = {
 }
 
 
-def no_mask(value, name):
+def no_mask(value: object, name: str) -> None:
     """Refuse a numpy.ma array: its mask would be dropped silently, and no
     single reading of it (ignored? -inf? zero?) fits every argument."""
     if isinstance(value, np.ma.MaskedArray):
@@ -89,7 +92,7 @@ def no_mask(value, name):
                         f"{remedy}")
 
 
-def as_array(value, name):
+def as_array(value: Any, name: str) -> NDArray[Any]:
     """value as an ndarray, without copying one; refuses masked arrays.
     A sequence that is no array (ragged) is a ValueError, one that holds no
     numbers numpy can take (a bfloat16 tensor) a TypeError."""
@@ -109,13 +112,13 @@ def as_array(value, name):
         raise ValueError(f"{name} could not be read as an array: {exc}") from None
 
 
-def integer(value, name):
+def integer(value: object, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value)
 
 
-def logits_array(logits, axis=1, convert=True):
+def logits_array(logits: Any, axis: Any = 1, convert: bool = True) -> Logits:
     """Check logits and the class axis; see Logits.  convert=False leaves the
     array as given, for a caller that converts it block by block."""
     x = logits if type(logits) is np.ndarray else as_array(logits, "logits")
@@ -147,13 +150,13 @@ def logits_array(logits, axis=1, convert=True):
     if not convert or (compute is dtype and x.flags.c_contiguous and x.flags.aligned):
         array = x
     else:
-        array = np.require(x, dtype=compute, requirements="CA")
+        array = np.require(x, dtype=compute, requirements=("C", "A"))
     result_dtype = dtype if compute is dtype else dtype.newbyteorder("=")
     return Logits(array, result_dtype, axis, outer, classes, inner)
 
 
-def targets(labels, logits, *, weight=None, ignore_index=None,
-            label_smoothing=0.0, convert=True):
+def targets(labels: Any, logits: Logits, *, weight: Any = None, ignore_index: Any = None,
+            label_smoothing: Any = 0.0, convert: bool = True) -> Targets:
     """Check labels (class indices or probabilities) and the options on them.
     convert=False leaves probability targets as given, for a caller that
     converts them block by block (class indices are converted: they are C
@@ -181,7 +184,8 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
             raise ValueError(
                 "ignore_index applies to class-index labels only; probability "
                 "targets (floating labels) take ignore_index=None")
-        probs = (np.require(given, dtype=logits.compute_dtype, requirements="CA")
+        probs = (np.require(given, dtype=logits.compute_dtype,
+                            requirements=("C", "A"))
                  if convert else given)
         return Targets(None, None, probs, weight, None, label_smoothing)
 
@@ -196,11 +200,12 @@ def targets(labels, logits, *, weight=None, ignore_index=None,
     if given.dtype is INT64 and given.flags.c_contiguous and given.flags.aligned:
         ints = given
     else:
-        ints = np.require(given, dtype=np.int64, requirements="CA")
+        ints = np.require(given, dtype=np.int64, requirements=("C", "A"))
     return Targets(ints, given, None, weight, ignore_index, label_smoothing)
 
 
-def labels_shape_error(shape, logits_shape, axis):
+def labels_shape_error(shape: Sequence[int], logits_shape: Sequence[int],
+                       axis: int) -> ValueError:
     """The ValueError for class-index labels of `shape` against logits of
     logits_shape with the class axis `axis` (non-negative)."""
     position_shape = tuple(logits_shape[:axis]) + tuple(logits_shape[axis + 1:])
@@ -209,7 +214,8 @@ def labels_shape_error(shape, logits_shape, axis):
         f"{tuple(logits_shape)} without axis {axis}), got {tuple(shape)}")
 
 
-def probabilities_shape_error(shape, logits_shape):
+def probabilities_shape_error(shape: Sequence[int],
+                              logits_shape: Sequence[int]) -> TypeError:
     """The TypeError for floating labels (probability targets) of `shape`."""
     return TypeError(
         f"floating labels are probability targets and must have the "
@@ -217,7 +223,8 @@ def probabilities_shape_error(shape, logits_shape):
         f"class indices must be integers")
 
 
-def _reject_python_ints_beyond_int64(labels, classes, ignore_index):
+def _reject_python_ints_beyond_int64(labels: Sequence[Any], classes: int,
+                                     ignore_index: Optional[int]) -> None:
     """numpy turns a list of ints some of which no int64 holds into float or
     object arrays; such a list is still class indices, with a label out of
     range, and gets that ValueError rather than a dtype complaint."""
@@ -234,7 +241,8 @@ def _reject_python_ints_beyond_int64(labels, classes, ignore_index):
         raise label_out_of_range(values, int(np.argmax(bad)), classes, ignore_index)
 
 
-def _reject_uint64_beyond_int64(given, classes, ignore_index):
+def _reject_uint64_beyond_int64(given: NDArray[Any], classes: int,
+                                ignore_index: Optional[int]) -> None:
     """A uint64 label of 2**63 or more would wrap to a negative int64, and
     could then pass for a negative ignore_index: report the first
     out-of-range label here instead."""
@@ -244,7 +252,8 @@ def _reject_uint64_beyond_int64(given, classes, ignore_index):
     raise label_out_of_range(given, int(np.argmax(bad)), classes, ignore_index)
 
 
-def out_of_range(labels, classes, ignore_index=None):
+def out_of_range(labels: NDArray[Any], classes: int,
+                 ignore_index: Optional[int] = None) -> NDArray[np.bool_]:
     """Where integer labels lie outside [0, classes) and are not ignore_index
     (an int64 or None).  Exact for every integer dtype on every numpy: the
     bounds are numpy scalars of the labels' own kind, since numpy before 1.25
@@ -267,7 +276,7 @@ def out_of_range(labels, classes, ignore_index=None):
     return bad
 
 
-def class_weight(weight, classes):
+def class_weight(weight: Any, classes: int) -> Optional[NDArray[np.float64]]:
     if weight is None:
         return None
     w = as_array(weight, "weight")
@@ -290,7 +299,7 @@ def class_weight(weight, classes):
     return w
 
 
-def smoothing(value):
+def smoothing(value: Any) -> float:
     if type(value) is float and 0.0 <= value <= 1.0:
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -301,7 +310,8 @@ def smoothing(value):
     return value
 
 
-def label_out_of_range(given, position, classes, ignore_index=None):
+def label_out_of_range(given: Any, position: int, classes: Optional[int],
+                       ignore_index: Optional[int] = None) -> ValueError:
     """The ValueError for the label at flat position `position`; classes
     None: the class count is not known yet (a block of classes)."""
     index = np.unravel_index(position, given.shape) if given.ndim else ()
@@ -325,7 +335,7 @@ def label_out_of_range(given, position, classes, ignore_index=None):
         f"classes (valid labels are 0..{classes - 1}){hint}")
 
 
-def thread_count(value, name="threads"):
+def thread_count(value: Any, name: str = "threads") -> int:
     """A thread count: any int >= 1 (the kernel caps what it starts)."""
     value = integer(value, name)
     if value < 1:
@@ -333,7 +343,8 @@ def thread_count(value, name="threads"):
     return value
 
 
-def gradient_out(out, logits, return_grad, inputs):
+def gradient_out(out: Any, logits: Logits, return_grad: bool,
+                 inputs: Sequence[Tuple[str, Any]]) -> NDArray[Any]:
     """Check `out`, the caller's buffer for the gradient, against the logits
     and every input array ((name, array) pairs: each as given, and as
     converted): the kernel writes the gradient while it still reads them."""
@@ -366,7 +377,7 @@ def gradient_out(out, logits, return_grad, inputs):
     return out
 
 
-def choice(value, name, allowed):
+def choice(value: Any, name: str, allowed: Sequence[str]) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, one of {allowed}, got {value!r}")
     if value not in allowed:
@@ -374,7 +385,7 @@ def choice(value, name, allowed):
     return value
 
 
-def flag(value, name):
+def flag(value: Any, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)

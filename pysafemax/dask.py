@@ -32,13 +32,17 @@ gradient scaled by it.  Reduced losses add the row blocks' sums in another
 order, and split classes merge their exp sums in double: these differ by
 rounding, well within pysafemax.check_tolerance (see tests/test_dask.py).
 """
+from __future__ import annotations
+
 import itertools
 import math
 import operator
 from functools import partial
-from typing import NamedTuple, Optional
+from typing import (Any, Callable, Dict, List, Literal, NamedTuple, Optional, Tuple,
+                    Union, overload)
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 try:
     import dask.array as da
@@ -50,13 +54,18 @@ except ImportError as exc:     # pysafemax itself never needs dask
 
 from . import _bindings, _partials, _validation
 from ._core import get_num_threads
-from ._partials import combine_partials, loss_from_partials, softmax_partials
+from ._partials import (SoftmaxPartials, combine_partials, loss_from_partials,
+                        softmax_partials)
+from ._types import FloatArray, Integer, Loss
 
 __all__ = ["softmax_loss"]
 
 # How many states or sums one merge task takes: a tree, so that no task has
 # to hold every class block's state (or every row block's sum) at once.
 SPLIT_EVERY = 8
+
+# A task's key in the graph: (name, index, ...).
+Key = Tuple[Any, ...]
 
 
 class _Call(NamedTuple):
@@ -79,28 +88,99 @@ class _LabelBlock(NamedTuple):
     weight_sum: float
 
 
-def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
-                 weight=None, ignore_index=None, label_smoothing=0.0,
-                 return_grad=False, out=None, threads=None, check=False):
+# A dask array, or what numpy takes as an array (numpy logits are chunked
+# along the positions, with the classes whole).
+DaskArrayLike = Union[da.Array, ArrayLike]
+
+
+# The loss is always a dask array (0-d, or per position for "none"):
+# return_grad alone picks one array or a (loss, grad) pair.
+@overload
+def softmax_loss(logits: DaskArrayLike, labels: DaskArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> da.Array: ...
+@overload
+def softmax_loss(logits: DaskArrayLike, labels: DaskArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[True],
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Tuple[da.Array, da.Array]: ...
+@overload
+def softmax_loss(logits: DaskArrayLike, labels: DaskArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: bool = ...,
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Union[da.Array, Tuple[da.Array, da.Array]]: ...
+
+
+def softmax_loss(logits: DaskArrayLike, labels: DaskArrayLike, *, axis: Integer = 1,
+                 method: str = "stable", reduction: str = "mean",
+                 weight: Optional[ArrayLike] = None,
+                 ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+                 return_grad: bool = False, out: None = None,
+                 threads: Optional[Integer] = None,
+                 check: bool = False) -> Union[da.Array, Tuple[da.Array, da.Array]]:
     """pysafemax.softmax_loss of dask arrays, as a dask graph.
 
-    Arguments as pysafemax.softmax_loss; logits and labels may be dask or
-    numpy arrays (numpy logits are chunked along the positions, with the
-    classes whole).  Labels are rechunked to match the logits' positions.
+    Nothing is computed until ``.compute()``.  Bad labels raise ValueError
+    at compute time, naming the label's position in the whole labels array.
 
-    Returns a 0-d float64 dask array (its .compute() is a numpy.float64,
-    which is a float), or for reduction="none" a dask array of per-position
-    losses chunked like the logits' positions; with return_grad=True a
-    (loss, grad) pair whose grad is chunked exactly like the logits.
+    Parameters
+    ----------
+    logits, labels : dask.array.Array or array_like
+        As pysafemax.softmax_loss; dask or numpy arrays (numpy logits are
+        chunked along the positions, with the classes whole).  Labels are
+        rechunked to match the logits' positions; the logits keep their
+        chunks, which may split the classes.
+    axis, method, reduction, weight, ignore_index, label_smoothing, return_grad
+        As pysafemax.softmax_loss.  naive and maxsub with label smoothing
+        or probability targets need every class in one chunk.
+    out : None
+        Refused: the gradient is a dask array (``dask.array.store`` it
+        where you want it).
+    threads : int, optional
+        Each block's kernel call's thread count (None: pysafemax's default
+        where the task runs); dask runs several blocks at once as well.
+    check : bool, default False
+        Refused when True: the reference needs whole rows in numpy.
 
-    threads is each block's kernel call's (None: pysafemax's default where
-    the task runs); dask runs several blocks at once as well.
+    Returns
+    -------
+    loss : dask.array.Array
+        A 0-d float64 dask array (its ``.compute()`` is a numpy.float64,
+        which is a float), or for reduction="none" a dask array of
+        per-position losses chunked like the logits' positions.
+    grad : dask.array.Array
+        Only with ``return_grad=True`` (then a ``(loss, grad)`` tuple): the
+        gradient, chunked exactly like the logits.
 
-    Refused: out= (the gradient is a dask array: dask.array.store it where
-    you want it) and check=True (the reference needs whole rows in numpy).
-    naive and maxsub with label smoothing or probability targets need every
-    class in one chunk.  Bad labels raise ValueError at compute time, naming
-    the label's position in the whole labels array.
+    Raises
+    ------
+    TypeError
+        For an argument of the wrong type, as pysafemax.softmax_loss.
+    ValueError
+        For a bad value, as pysafemax.softmax_loss (bad labels at compute
+        time); for out= or check=True; for unknown chunk sizes or an empty
+        class chunk; for naive or maxsub with split classes and label
+        smoothing or probability targets.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> import pysafemax.dask
+    >>> logits = da.from_array(np.zeros((4, 6)), chunks=(2, 3))   # classes split
+    >>> labels = np.array([0, 1, 2, 5])
+    >>> loss, grad = pysafemax.dask.softmax_loss(logits, labels, return_grad=True)
+    >>> round(float(loss.compute()), 6)     # ln 6
+    1.791759
+    >>> grad.chunks
+    ((2, 2), (3, 3))
     """
     method = _validation.choice(method, "method", _validation.METHODS)
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
@@ -133,7 +213,7 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     return _Graph(logits, targets, call, uses_probabilities, x.result_dtype).build()
 
 
-def _dask_logits(logits, axis):
+def _dask_logits(logits: Any, axis: Integer) -> Tuple[da.Array, _validation.Logits]:
     """Logits as a dask array, and their metadata checked (see Logits)."""
     if isinstance(logits, da.Array):
         _require_known_chunks(logits, "logits")
@@ -153,13 +233,14 @@ def _dask_logits(logits, axis):
     return logits, x
 
 
-def _require_known_chunks(array, name):
+def _require_known_chunks(array: da.Array, name: str) -> None:
     if any(math.isnan(n) for n in array.shape):
         raise ValueError(f"{name} has unknown chunk sizes (nan): call "
                          f"{name}.compute_chunk_sizes() first")
 
 
-def _logits_metadata(shape, dtype, axis):
+def _logits_metadata(shape: Tuple[int, ...], dtype: np.dtype[Any],
+                     axis: Integer) -> _validation.Logits:
     """_validation.logits_array's checks of a shape and dtype, run on a
     stand-in that computes and allocates nothing: the real shape when it is
     empty, else one element per axis."""
@@ -175,7 +256,9 @@ def _logits_metadata(shape, dtype, axis):
                          f"{shape}") from None
 
 
-def _check_targets(labels, logits, x, weight, ignore_index, label_smoothing):
+def _check_targets(labels: Any, logits: da.Array, x: _validation.Logits,
+                   weight: Optional[ArrayLike], ignore_index: Optional[Integer],
+                   label_smoothing: float) -> bool:
     """_validation.targets' checks of the labels' dtype and the options, on
     stand-ins (nothing is computed), then its shape checks, naming the real
     shapes.  Returns whether the labels are probability targets."""
@@ -192,11 +275,11 @@ def _check_targets(labels, logits, x, weight, ignore_index, label_smoothing):
     return probabilities
 
 
-def _without(items, axis):
+def _without(items: Tuple[Any, ...], axis: int) -> Tuple[Any, ...]:
     return items[:axis] + items[axis + 1:]
 
 
-def _dask_targets(labels, logits, axis):
+def _dask_targets(labels: Any, logits: da.Array, axis: int) -> da.Array:
     """Checked labels as a dask array chunked like the logits' positions, or
     probability targets chunked like the logits.  Only the labels are ever
     rechunked: the logits keep their chunks."""
@@ -210,30 +293,31 @@ def _dask_targets(labels, logits, axis):
 class _Graph:
     """Builds the tasks of one call; see the module's docstring."""
 
-    def __init__(self, logits, targets, call, uses_probabilities, result_dtype):
+    def __init__(self, logits: da.Array, targets: da.Array, call: _Call,
+                 uses_probabilities: bool, result_dtype: np.dtype[Any]) -> None:
         self.logits, self.targets, self.call = logits, targets, call
         self.uses_probabilities = uses_probabilities
         self.result_dtype = result_dtype
         token = tokenize(logits.name, targets.name, call)
         self.name = lambda part: f"softmax-loss-{part}-{token}"
-        self.tasks = {}
+        self.tasks: Dict[Any, Any] = {}   # Key: task
         a = call.axis
         self.position_chunks = _without(logits.chunks, a)
         self.position_shape = _without(logits.shape, a)
         self.class_offsets = (0,) + tuple(itertools.accumulate(logits.chunks[a]))[:-1]
         self.rows = list(itertools.product(*(range(len(c)) for c in self.position_chunks)))
 
-    def block(self, row, k):
+    def block(self, row: Tuple[int, ...], k: int) -> Tuple[int, ...]:
         """A block's index in the logits' grid: row block `row`, class block k."""
         a = self.call.axis
         return row[:a] + (k,) + row[a:]
 
-    def target_key(self, row, k):
+    def target_key(self, row: Tuple[int, ...], k: int) -> Key:
         if self.uses_probabilities:
             return (self.targets.name,) + self.block(row, k)
         return (self.name("labels"),) + row
 
-    def build(self):
+    def build(self) -> Union[da.Array, Tuple[da.Array, da.Array]]:
         """The loss (and gradient) as dask arrays over the tasks."""
         call = self.call
         if not self.uses_probabilities:
@@ -257,12 +341,14 @@ class _Graph:
         meta = np.empty((0,) * self.logits.ndim, self.result_dtype)
         return loss, self.array(self.name("grad"), self.logits.chunks, meta)
 
-    def array(self, name, chunks, meta):
-        graph = HighLevelGraph.from_collections(name, self.tasks,
-                                                dependencies=[self.logits, self.targets])
+    def array(self, name: str, chunks: Any, meta: NDArray[Any]) -> da.Array:
+        # dask's Array does not match its own DaskCollection protocol in mypy
+        graph = HighLevelGraph.from_collections(
+            name, self.tasks,
+            dependencies=[self.logits, self.targets])  # type: ignore[list-item]
         return da.Array(graph, name, chunks=chunks, meta=meta)
 
-    def add_label_checks(self):
+    def add_label_checks(self) -> None:
         """One task per labels block: check, convert to int64, summarize."""
         starts = [(0,) + tuple(itertools.accumulate(c))[:-1] for c in self.position_chunks]
         for row in self.rows:
@@ -270,7 +356,7 @@ class _Graph:
             check = partial(_checked_labels, self.call, start, self.position_shape)
             self.tasks[(self.name("labels"),) + row] = (check, (self.targets.name,) + row)
 
-    def normalizer(self):
+    def normalizer(self) -> Union[float, Key]:
         """What the reduction divides by, for the whole batch: a number known
         from the shape, or the key of the task adding up the label summaries."""
         call = self.call
@@ -289,7 +375,7 @@ class _Graph:
         self.tasks[(self.name("normalizer"),)] = (normalizer, root)
         return (self.name("normalizer"),)
 
-    def add_whole_rows(self, normalizer):
+    def add_whole_rows(self, normalizer: Union[float, Key]) -> List[Key]:
         """Every class of a row block in one chunk: one kernel call each."""
         loss_parts = []
         rows_call = partial(_whole_rows, self.call)
@@ -303,16 +389,16 @@ class _Graph:
                 self.getitem("grad", index, key, 1)
         return loss_parts
 
-    def loss_part(self):
+    def loss_part(self) -> str:
         """What a row block's loss part is called: for reduction="none" its
         per-position losses are blocks of the result."""
         return "losses" if self.call.reduction == "none" else "loss-part"
 
-    def getitem(self, part, index, key, item):
+    def getitem(self, part: str, index: Tuple[int, ...], key: Key, item: int) -> Key:
         self.tasks[(self.name(part),) + index] = (operator.getitem, key, item)
         return (self.name(part),) + index
 
-    def add_split_rows(self, normalizer):
+    def add_split_rows(self, normalizer: Union[float, Key]) -> List[Key]:
         """Classes split over chunks: partial states, merged per row block."""
         call = self.call
         loss_parts = []
@@ -338,7 +424,8 @@ class _Graph:
                         self.target_key(row, k), offset)
         return loss_parts
 
-    def tree(self, part, row, keys, merge):
+    def tree(self, part: str, row: Tuple[int, ...], keys: List[Key],
+             merge: Callable[..., Any]) -> Key:
         """Merge `keys` in order, SPLIT_EVERY at a time, level by level;
         returns the key of the result (the one key itself if there is one)."""
         level = 0
@@ -356,13 +443,14 @@ class _Graph:
 # ---- the tasks: module-level functions, so that workers import them by name
 
 
-def _checked_labels(call, start, labels_shape, block):
+def _checked_labels(call: _Call, start: Tuple[int, ...], labels_shape: Tuple[int, ...],
+                    block: ArrayLike) -> _LabelBlock:
     """A labels block as int64, after psm_label_summary checked its range."""
     given = _validation.as_array(block, "labels")
     if given.dtype.kind == "u" and given.size and given.max() > np.uint64(2**63 - 1):
         # would wrap to a negative int64, which could pass for ignore_index
         raise _label_error(call, given, start, labels_shape)
-    labels = np.require(given, dtype=np.int64, requirements="CA")
+    labels = np.require(given, dtype=np.int64, requirements=("C", "A"))
     opts = _bindings.options(call.method, "sum", 1, call.weight, call.ignore_index,
                              call.label_smoothing)
     try:
@@ -373,7 +461,8 @@ def _checked_labels(call, start, labels_shape, block):
     return _LabelBlock(labels, valid, weight_sum)
 
 
-def _label_error(call, given, start, labels_shape):
+def _label_error(call: _Call, given: NDArray[Any], start: Tuple[int, ...],
+                 labels_shape: Tuple[int, ...]) -> ValueError:
     """The single call's ValueError for the block's first bad label, naming
     its position in the whole labels array (`start` is the block's corner)."""
     bad = _validation.out_of_range(given, call.classes, call.ignore_index)
@@ -387,34 +476,37 @@ def _label_error(call, given, start, labels_shape):
                                           call.ignore_index)
 
 
-def _label_summary(block):
+def _label_summary(block: _LabelBlock) -> Tuple[int, float]:
     return block.valid, block.weight_sum
 
 
-def _add_summaries(*summaries):
+def _add_summaries(*summaries: Tuple[int, float]) -> Tuple[int, float]:
     valid, weight_sum = zip(*summaries)
     return sum(valid), sum(weight_sum)
 
 
-def _normalizer(reduction, positions, outer, summary):
+def _normalizer(reduction: str, positions: int, outer: int,
+                summary: Tuple[int, float]) -> float:
     valid, weight_sum = summary
     return _bindings.normalizer(reduction, valid, weight_sum, positions, outer)
 
 
-def _add(*parts):
+def _add(*parts: Any) -> Any:
     return sum(parts)
 
 
-def _finish_loss(reduction, total, normalizer):
+def _finish_loss(reduction: str, total: float, normalizer: float) -> np.float64:
     """The reduced loss as the kernel finishes it (psm_reduce)."""
     return np.float64(_bindings.reduce(reduction, total, normalizer))
 
 
-def _targets_of(block):
+def _targets_of(block: Union[_LabelBlock, NDArray[Any]]) -> NDArray[Any]:
     return block.labels if isinstance(block, _LabelBlock) else block
 
 
-def _whole_rows(call, normalizer, logits_block, targets_block):
+def _whole_rows(call: _Call, normalizer: float, logits_block: NDArray[Any],
+                targets_block: Union[_LabelBlock, NDArray[Any]]
+                ) -> Tuple[Loss, Optional[FloatArray]]:
     """A block holding every class of its positions: its loss part (the sum,
     or per-position losses) and gradient (or None) from one kernel pass."""
     x = _validation.logits_array(logits_block, call.axis)
@@ -439,7 +531,9 @@ def _whole_rows(call, normalizer, logits_block, targets_block):
     return loss, None if grad is None else x.in_result_dtype(grad)
 
 
-def _block_partials(call, logits_block, targets_block, class_offset):
+def _block_partials(call: _Call, logits_block: NDArray[Any],
+                    targets_block: Union[_LabelBlock, NDArray[Any]],
+                    class_offset: int) -> SoftmaxPartials:
     return softmax_partials(
         logits_block, _targets_of(targets_block), class_offset=class_offset,
         num_classes=call.classes, axis=call.axis, method=call.method, weight=call.weight,
@@ -447,12 +541,14 @@ def _block_partials(call, logits_block, targets_block, class_offset):
         threads=call.threads)
 
 
-def _state_loss(reduction, state):
+def _state_loss(reduction: str, state: SoftmaxPartials) -> Loss:
     """A row block's summed loss (or per-position losses) from its merged state."""
     return loss_from_partials(state, reduction="none" if reduction == "none" else "sum")
 
 
-def _block_grad(call, normalizer, state, logits_block, targets_block, class_offset):
+def _block_grad(call: _Call, normalizer: float, state: SoftmaxPartials,
+                logits_block: NDArray[Any], targets_block: Union[_LabelBlock, NDArray[Any]],
+                class_offset: int) -> FloatArray:
     """grad_from_partials, scaled by the whole batch's normalizer."""
     return _partials.block_grad(state, logits_block, _targets_of(targets_block),
                                 class_offset, call.reduction, call.threads, normalizer)

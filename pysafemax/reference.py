@@ -9,15 +9,24 @@ Where the kernel walks the class axis by stride, these move it last and work
 on a (positions, classes) matrix.  All warnings numpy would raise for
 overflow and NaN are silenced: those values are the point of the exercise.
 """
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _validation
 from ._constants import FLT_MIN
+from ._types import FloatArray, Integer, Loss
 
 __all__ = ["softmax_loss", "softmax", "log_softmax", "softmax_partials"]
 
+# _row_stats' (shift, e, excluded, s)
+_Stats = Tuple[NDArray[Any], NDArray[Any], Optional[NDArray[np.intp]], NDArray[Any]]
 
-def _row_stats(x, method):
+
+def _row_stats(x: NDArray[Any], method: str) -> _Stats:
     """(shift, e, excluded, s) for every row of x, mirroring the kernel.
 
     e = exp(x - shift) in x's dtype.  naive and maxsub: s is the row sum of e
@@ -40,7 +49,7 @@ def _row_stats(x, method):
     return shift, e, excluded, e64.sum(axis=1)
 
 
-def _probabilities(x, method, stats):
+def _probabilities(x: NDArray[Any], method: str, stats: _Stats) -> NDArray[Any]:
     shift, e, excluded, s = stats
     if method != "stable":
         return e / s[:, None]
@@ -49,13 +58,16 @@ def _probabilities(x, method, stats):
     return p
 
 
-def _target_mass(x, labels, probs, weight, smoothing, ignored):
+def _target_mass(x: NDArray[Any], labels: Optional[NDArray[np.int64]],
+                 probs: Optional[NDArray[Any]], weight: Optional[NDArray[np.float64]],
+                 smoothing: float, ignored: NDArray[np.bool_]) -> NDArray[np.float64]:
     """q (rows x classes, double): the target distribution of each row; zero
     on ignored rows.  See psm_options in csrc/softmax_loss.h."""
     rows, classes = x.shape
     w = np.ones(classes) if weight is None else weight
     if probs is not None:
         return w * ((1.0 - smoothing) * probs.astype(np.float64) + smoothing / classes)
+    assert labels is not None       # class indices, when not probabilities
     q = np.zeros((rows, classes)) + (smoothing / classes) * w
     keep = np.flatnonzero(~ignored)
     q[keep, labels[keep]] += (1.0 - smoothing) * w[labels[keep]]
@@ -63,7 +75,8 @@ def _target_mass(x, labels, probs, weight, smoothing, ignored):
     return q
 
 
-def _losses(x, method, stats, q):
+def _losses(x: NDArray[Any], method: str, stats: _Stats,
+            q: NDArray[np.float64]) -> NDArray[np.float64]:
     """Per-row losses in double: sum over q != 0 of q_c * -log p_c."""
     shift, e, excluded, s = stats
     used = q != 0                       # NaN counts as used, and poisons
@@ -82,7 +95,8 @@ def _losses(x, method, stats, q):
     return loss
 
 
-def _gradient(x, method, stats, q, scale):
+def _gradient(x: NDArray[Any], method: str, stats: _Stats, q: NDArray[np.float64],
+              scale: float) -> NDArray[Any]:
     shift, e, excluded, s = stats
     used = q != 0
     mass = np.where(used, q, 0).sum(axis=1, keepdims=True)
@@ -90,6 +104,7 @@ def _gradient(x, method, stats, q, scale):
     if method != "stable":
         t = x.dtype.type
         return (p * mass.astype(x.dtype) - q.astype(x.dtype)) * t(scale)
+    assert excluded is not None     # stable's argmax, excluded from s
     grad = p * mass - q
     # At the argmax, when p there exceeds 1/2: p Q - q = rest - Q s / (1 + s),
     # rest being the mass off the argmax; no cancellation as p -> 1.
@@ -103,7 +118,9 @@ def _gradient(x, method, stats, q, scale):
     return grad * scale
 
 
-def _normalizer(reduction, ignored, labels, weight, outer):
+def _normalizer(reduction: str, ignored: NDArray[np.bool_],
+                labels: Optional[NDArray[np.int64]], weight: Optional[NDArray[np.float64]],
+                outer: int) -> float:
     positions = ignored.size
     valid = int((~ignored).sum())
     if reduction == "mean":
@@ -119,10 +136,32 @@ def _normalizer(reduction, ignored, labels, weight, outer):
     return 1.0
 
 
-def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
-                 weight=None, ignore_index=None, label_smoothing=0.0,
-                 return_grad=False):
-    """numpy twin of pysafemax.softmax_loss (same arguments and results)."""
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
+                 method: str = "stable", reduction: str = "mean",
+                 weight: Optional[ArrayLike] = None,
+                 ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+                 return_grad: bool = False) -> Union[Loss, Tuple[Loss, FloatArray]]:
+    """numpy twin of pysafemax.softmax_loss (same arguments and results).
+
+    Parameters
+    ----------
+    logits, labels, axis, method, reduction, weight, ignore_index, label_smoothing, return_grad
+        As pysafemax.softmax_loss.
+
+    Returns
+    -------
+    loss : float or ndarray
+        A float, or for reduction="none" the per-position losses in the
+        logits' dtype.
+    grad : ndarray
+        Only with ``return_grad=True`` (then a ``(loss, grad)`` tuple):
+        d loss / d logits in the logits' shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As pysafemax.softmax_loss, for the same inputs.
+    """
     lg = _validation.logits_array(logits, axis)
     t = _validation.targets(labels, lg, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing)
@@ -131,26 +170,29 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
     return_grad = _validation.flag(return_grad, "return_grad")
 
     x = _positions_by_classes(lg.array, lg.axis)
-    labels = probs = None
+    flat_labels = probs = None
     ignored = np.zeros(x.shape[0], dtype=bool)
     if t.labels is not None:
-        labels = t.labels.reshape(-1)
+        flat_labels = t.labels.reshape(-1)
         if t.ignore_index is not None:
-            ignored = labels == t.ignore_index
-        bad = np.flatnonzero(_validation.out_of_range(labels, lg.classes, t.ignore_index))
+            ignored = flat_labels == t.ignore_index
+        bad = np.flatnonzero(_validation.out_of_range(flat_labels, lg.classes,
+                                                      t.ignore_index))
         if bad.size:
             raise _validation.label_out_of_range(t.given_labels, int(bad[0]),
                                                  lg.classes, t.ignore_index)
     else:
+        assert t.probs is not None      # no class indices: probabilities
         probs = _positions_by_classes(t.probs, lg.axis)
 
     with np.errstate(all="ignore"):
         stats = _row_stats(x, method)
-        q = _target_mass(x, labels, probs, t.weight, t.label_smoothing, ignored)
+        q = _target_mass(x, flat_labels, probs, t.weight, t.label_smoothing, ignored)
         losses = _losses(x, method, stats, q)
         losses[ignored] = 0.0
         total = float(losses.sum())
-        normalizer = _normalizer(reduction, ignored, labels, t.weight, lg.outer)
+        normalizer = _normalizer(reduction, ignored, flat_labels, t.weight, lg.outer)
+        loss: Loss
         if reduction == "none":
             loss = losses.reshape(lg.position_shape).astype(lg.result_dtype)
         elif reduction == "sum":
@@ -166,18 +208,36 @@ def softmax_loss(logits, labels, *, axis=1, method="stable", reduction="mean",
         return loss, _from_positions_by_classes(grad, lg).astype(lg.result_dtype)
 
 
-def _positions_by_classes(a, axis):
+def _positions_by_classes(a: NDArray[Any], axis: int) -> NDArray[Any]:
     """The array as a (positions, classes) matrix, the class axis moved last."""
     return np.moveaxis(a, axis, -1).reshape(-1, a.shape[axis])
 
 
-def _from_positions_by_classes(matrix, lg):
+def _from_positions_by_classes(matrix: NDArray[Any],
+                               lg: _validation.Logits) -> NDArray[Any]:
     shape = lg.position_shape + (lg.classes,)
     return np.moveaxis(matrix.reshape(shape), -1, lg.axis)
 
 
-def softmax(logits, *, axis=1, method="stable"):
-    """numpy twin of pysafemax.softmax."""
+def softmax(logits: ArrayLike, *, axis: Integer = 1,
+            method: str = "stable") -> FloatArray:
+    """numpy twin of pysafemax.softmax.
+
+    Parameters
+    ----------
+    logits, axis, method
+        As pysafemax.softmax.
+
+    Returns
+    -------
+    ndarray
+        The probabilities, in the logits' shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As pysafemax.softmax, for the same inputs.
+    """
     lg = _validation.logits_array(logits, axis)
     _validation.choice(method, "method", _validation.METHODS)
     x = _positions_by_classes(lg.array, lg.axis)
@@ -186,8 +246,24 @@ def softmax(logits, *, axis=1, method="stable"):
         return _from_positions_by_classes(p, lg).astype(lg.result_dtype)
 
 
-def log_softmax(logits, *, axis=1):
-    """numpy twin of pysafemax.log_softmax (log domain, stable)."""
+def log_softmax(logits: ArrayLike, *, axis: Integer = 1) -> FloatArray:
+    """numpy twin of pysafemax.log_softmax (log domain, stable).
+
+    Parameters
+    ----------
+    logits, axis
+        As pysafemax.log_softmax.
+
+    Returns
+    -------
+    ndarray
+        The log-probabilities, in the logits' shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As pysafemax.log_softmax, for the same inputs.
+    """
     lg = _validation.logits_array(logits, axis)
     x = _positions_by_classes(lg.array, lg.axis)
     with np.errstate(all="ignore"):
@@ -198,14 +274,34 @@ def log_softmax(logits, *, axis=1):
         return _from_positions_by_classes(out, lg).astype(lg.result_dtype)
 
 
-def softmax_partials(logits_block, labels, *, class_offset=0, num_classes=None, axis=1,
-                     method="stable", ignore_index=None):
+def softmax_partials(logits_block: ArrayLike, labels: ArrayLike, *,
+                     class_offset: int = 0, num_classes: Optional[int] = None,
+                     axis: Integer = 1, method: str = "stable",
+                     ignore_index: Optional[Integer] = None
+                     ) -> dict[str, NDArray[np.float64]]:
     """numpy twin of the state pysafemax.softmax_partials keeps for each
-    position of a block of classes, as a dict of arrays shaped like the
-    positions: "max" (the shift: the block's max, 0 for naive, -inf where no
-    logit is above -inf or the label is ignored), "sum_exp" (the double sum of
-    exp(x - max) taken in the logits' dtype) and "label_logit" (the label's
-    logit where the block holds it, else NaN)."""
+    position of a block of classes.
+
+    Parameters
+    ----------
+    logits_block, labels, class_offset, num_classes, axis, method, ignore_index
+        As pysafemax.softmax_partials (class-index labels only); without
+        num_classes, class_offset + the block's classes.
+
+    Returns
+    -------
+    dict of str to ndarray of float64
+        Arrays shaped like the positions: "max" (the shift: the block's
+        max, 0 for naive, -inf where no logit is above -inf or the label is
+        ignored), "sum_exp" (the double sum of exp(x - max) taken in the
+        logits' dtype) and "label_logit" (the label's logit where the block
+        holds it, else NaN).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For bad logits, labels or options, as pysafemax.softmax_partials.
+    """
     lg = _validation.logits_array(logits_block, axis)
     _validation.choice(method, "method", _validation.METHODS)
     num_classes = class_offset + lg.classes if num_classes is None else num_classes

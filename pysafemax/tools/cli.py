@@ -3,14 +3,19 @@
 Each command is an argparse subparser whose `run` default takes the parsed
 arguments and returns the exit code; add a command by adding a subparser.
 The tools are imported by the command that runs them.  pysafemax/__main__.py
-calls main(); the console script is pysafemax.tools.cli:main.
+calls main(prog="python -m pysafemax"); the console script is
+pysafemax.tools.cli:main, called with no arguments, so its usage line says
+`pysafemax`.
 """
+from __future__ import annotations
+
 import argparse
 import os
 import sys
+from typing import Optional, Sequence
 
 
-def _run_demo(args):
+def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(sys.stdout)
@@ -21,30 +26,49 @@ def _run_demo(args):
     return plot_loss_vs_gap(args.plot)
 
 
-def _run_diagnose(args):
+def _run_diagnose(args: argparse.Namespace) -> int:
     from .diagnose import cli_diagnose
 
     return cli_diagnose(args.logits, args.labels, axis=args.axis,
                         ignore_index=args.ignore_index, as_json=args.json)
 
 
-def _run_scan_log(args):
+def _run_scan_log(args: argparse.Namespace) -> int:
     from .scan_log import cli_scan_log
 
     return cli_scan_log(args.file)
 
 
-def _run_explain(args):
+def _run_explain(args: argparse.Namespace) -> int:
     from .explain import cli_explain
 
     return cli_explain(args.value)
 
 
-def build_parser():
+# How the usage line names the program: the console script's name, unless
+# the caller says how it was run (pysafemax/__main__.py says "python -m").
+PROG = "pysafemax"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line's parser, its usage line naming the program `prog`.
+
+    Parameters
+    ----------
+    prog : str
+        How the program was run, as the usage line shows it:
+        ``"pysafemax"`` (the console script) or ``"python -m pysafemax"``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        One subparser per command; each sets the default ``run``, which
+        takes the parsed arguments and returns the exit code.
+    """
     from .. import FLT_MIN_LOSS, __version__
 
     parser = argparse.ArgumentParser(
-        prog="python -m pysafemax",
+        prog=prog,
         description="Softmax cross-entropy three ways (naive, maxsub, stable), "
                     f"and why a loss reads {FLT_MIN_LOSS:g}.")
     parser.add_argument("--version", action="version",
@@ -100,8 +124,29 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Run one command of the command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program's name (default ``sys.argv[1:]``).
+    prog : str
+        How the program was run, for the usage line: ``"pysafemax"`` (the
+        console script, the default) or ``"python -m pysafemax"``.
+
+    Returns
+    -------
+    int
+        The exit code: the command's, 2 for no command, 1 when standard
+        output was closed by its reader.
+
+    Raises
+    ------
+    SystemExit
+        From argparse, for ``--help``, ``--version`` and bad arguments.
+    """
+    parser = build_parser(prog)
     argv = sys.argv[1:] if argv is None else list(argv)
     if (len(argv) >= 2 and argv[0] == "explain" and argv[1].startswith("-")
             and argv[1] not in ("-h", "--help", "--")):

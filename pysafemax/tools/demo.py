@@ -9,10 +9,14 @@ the kernel rounds them.  The true losses come from an exact decimal
 computation, so they stay right where float64 itself would underflow.
 (Moved from pysafemax.demo, which re-exports it.)
 """
+from __future__ import annotations
+
 import decimal
 import sys
+from typing import Any, Dict, Iterable, List, Optional, SupportsFloat, TextIO
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .. import METHODS, softmax, softmax_loss
 from .limits import FLT_DENORM_MIN, FLT_EXP_OVERFLOW, FLT_MIN, FLT_MIN_LOSS
@@ -24,13 +28,32 @@ SEED_LOGITS = (100.0, 20.0)
 GAPS = (10, 50, 87, 88, 89, 100, 1000)
 
 
-def true_loss(logits, label):
+def true_loss(logits: Iterable[SupportsFloat], label: int) -> decimal.Decimal:
     """The exact softmax cross-entropy of one row of logits, as a Decimal.
 
     (m - x[label]) + log1p(sum of exp(x_j - m) over j != argmax), in 40-digit
     decimal arithmetic: exact to far more digits than any float shows, and it
     does not underflow (e^-1000 is about 5e-435, below float64's range).
-    Finite logits only.
+
+    Parameters
+    ----------
+    logits : iterable of float
+        One row of finite logits.
+    label : int
+        The label's class.
+
+    Returns
+    -------
+    decimal.Decimal
+        The loss, to 40 significant digits.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.demo import true_loss
+    >>> float(true_loss([100.0, 20.0], 1))
+    80.0
+    >>> f"{true_loss([1000.0, 0.0], 0):.3e}"    # e^-1000: below float64's range
+    '5.076e-435'
     """
     with decimal.localcontext() as ctx:
         ctx.prec = 40
@@ -47,12 +70,30 @@ def true_loss(logits, label):
         return (m - x[label]) + log_norm
 
 
-def loss_vs_gap(gaps=GAPS, label_on_gap=False):
+def loss_vs_gap(gaps: Iterable[float] = GAPS,
+                label_on_gap: bool = False) -> Dict[str, Any]:
     """Reported and true losses for float32 rows of logits as the gap grows.
 
-    label_on_gap=False: logits {0, gap}, label 0, true loss about gap.
-    label_on_gap=True:  logits {gap, 0}, label 0, true loss about e^-gap.
-    Returns {"gap": [...], "true": [Decimal, ...], method: float32 array}.
+    Parameters
+    ----------
+    gaps : iterable of float
+        The gaps, one row each.
+    label_on_gap : bool, default False
+        False: logits {0, gap}, label 0, true loss about gap.
+        True: logits {gap, 0}, label 0, true loss about e^-gap.
+
+    Returns
+    -------
+    dict
+        ``{"gap": [...], "true": [Decimal, ...], method: float32 array}``,
+        one array for each of METHODS.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.demo import loss_vs_gap
+    >>> table = loss_vs_gap([100])     # logits {0, 100}, label 0
+    >>> float(table["true"][0]), float(table["stable"][0]), float(table["maxsub"][0])
+    (100.0, 100.0, 87.3365478515625)
     """
     gaps = list(gaps)
     column = np.asarray(gaps, dtype=np.float32)[:, None]
@@ -66,25 +107,25 @@ def loss_vs_gap(gaps=GAPS, label_on_gap=False):
     return table
 
 
-def _vec(values):
+def _vec(values: Iterable[Any]) -> str:
     return "{" + ", ".join(number(v) for v in values) + "}"
 
 
 class _Writer:
-    def __init__(self, out):
+    def __init__(self, out: TextIO) -> None:
         self.out = out
 
-    def line(self, text=""):
+    def line(self, text: str = "") -> None:
         self.out.write(text + "\n")
 
-    def step(self, name, value, note=""):
+    def step(self, name: str, value: Any, note: str = "") -> None:
         text = f"  {name:<15} {value}"
         if note:
             text = f"{text:<38} {note}"
         self.line(text.rstrip())
 
 
-def _clamp_note(p):
+def _clamp_note(p: float) -> str:
     """What -log(max(p, FLT_MIN)) does with this probability."""
     if np.isnan(p):
         return "-log(max(nan, FLT_MIN)): nan stays nan"
@@ -93,7 +134,8 @@ def _clamp_note(p):
     return f"-log({number(p)})"
 
 
-def _seed_method(w, x, method, truths):
+def _seed_method(w: _Writer, x: NDArray[np.float32], method: str,
+                 truths: List[decimal.Decimal]) -> None:
     row = x[None, :]
     labels = np.arange(x.size, dtype=np.int64)
     both = np.repeat(row, x.size, axis=0)
@@ -142,7 +184,7 @@ def _seed_method(w, x, method, truths):
     w.line()
 
 
-def _gap_table(w, label_on_gap):
+def _gap_table(w: _Writer, label_on_gap: bool) -> Dict[str, Any]:
     table = loss_vs_gap(GAPS, label_on_gap=label_on_gap)
     if label_on_gap:
         w.line("Logits {gap, 0}, label 0, confidently right: "
@@ -158,8 +200,14 @@ def _gap_table(w, label_on_gap):
     return table
 
 
-def run_demo(out=None):
-    """Print the walk-through to `out` (default sys.stdout)."""
+def run_demo(out: Optional[TextIO] = None) -> None:
+    """Print the walk-through (`python -m pysafemax demo`).
+
+    Parameters
+    ----------
+    out : text file, optional
+        Where to print it (default sys.stdout).
+    """
     w = _Writer(sys.stdout if out is None else out)
     x = np.asarray(SEED_LOGITS, dtype=np.float32)
     truths = [true_loss(x, label) for label in range(x.size)]

@@ -25,6 +25,8 @@ compressed one (np.savez_compressed) after streaming it into an anonymous
 temporary file in TMPDIR, which needs room for the member uncompressed (on
 a tmpfs, that room is memory).  No input is ever held in memory whole.
 """
+from __future__ import annotations
+
 import dataclasses
 import json
 import math
@@ -35,15 +37,17 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Dict, List, Literal, Optional, TextIO, Tuple, Union
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from .. import METHODS, softmax_loss
 from .._blocks import position_blocks
-from .._validation import (as_array, integer, labels_shape_error, logits_array,
-                           out_of_range)
+from .._validation import (Logits, as_array, integer, labels_shape_error,
+                           logits_array, out_of_range)
 from .limits import clamp_loss, ln_denorm_min, ln_max, significand_bits
+from .._types import Integer
 from .text import number, wrap
 
 __all__ = ["diagnose", "DiagnosisReport", "Thresholds", "thresholds",
@@ -84,7 +88,7 @@ _DESCRIPTIONS = {
 }
 
 
-def _stem(key):
+def _stem(key: str) -> str:
     """'nan_rows' -> 'nan', 'out_of_range_labels' -> 'out_of_range'."""
     return key.rsplit("_", 1)[0]
 
@@ -101,8 +105,26 @@ class Thresholds:
                             # than half the dtype's significant bits
 
 
-def thresholds(dtype):
-    """The Thresholds for logits of `dtype` (float16 computes in float32)."""
+def thresholds(dtype: DTypeLike) -> Thresholds:
+    """The Thresholds for logits of `dtype` (float16 computes in float32).
+
+    Parameters
+    ----------
+    dtype : dtype
+        The logits' dtype: float16, float32 or float64.
+
+    Returns
+    -------
+    Thresholds
+        Those of the dtype the kernel computes in.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.diagnose import thresholds
+    >>> t = thresholds("float16")
+    >>> t.dtype, round(t.exp_overflow, 4), round(t.clamp, 4)
+    ('float32', 88.7228, 87.3365)
+    """
     compute = np.dtype(np.float64 if np.dtype(dtype).itemsize == 8 else np.float32)
     ln_subnormal = ln_denorm_min(compute)
     return Thresholds(
@@ -193,7 +215,7 @@ class DiagnosisReport:
     trusted_methods: List[str] = field(default_factory=list)
     advice: List[str] = field(default_factory=list)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> int:
         # report.nan_rows etc.: the counts as attributes
         counts = self.__dict__.get("counts")
         if counts is not None and name in counts:
@@ -201,33 +223,49 @@ class DiagnosisReport:
         raise AttributeError(name)
 
     @property
-    def classes(self):
+    def classes(self) -> int:
         return self.shape[self.axis]
 
     @property
-    def position_shape(self):
+    def position_shape(self) -> Tuple[int, ...]:
         return self.shape[:self.axis] + self.shape[self.axis + 1:]
 
     @property
-    def clean(self):
+    def clean(self) -> bool:
         """True when nothing was found: every count is 0 (and so every method
         is trusted)."""
         return not any(self.counts[key] for key in COUNT_KEYS)
 
-    def index_tuples(self, key):
+    def index_tuples(self, key: str) -> List[Tuple[int, ...]]:
         """The first positions of finding `key` as index tuples into the
-        logits' shape without the class axis."""
+        logits' shape without the class axis.
+
+        Parameters
+        ----------
+        key : str
+            A finding: one of COUNT_KEYS, e.g. "nan_rows".
+
+        Returns
+        -------
+        list of tuple of int
+            Up to MAX_POSITIONS index tuples into `position_shape`.
+        """
         shape = self.position_shape
         return [tuple(int(k) for k in np.unravel_index(p, shape))
                 for p in self.positions[key]]
 
-    def to_dict(self):
-        """A JSON-ready dict of plain Python types.  Besides the counts (the
-        COUNT_KEYS) it holds, for each finding, "<stem>_positions" (flat
-        position indices) and "<stem>_indices" (index lists into
-        position_shape), e.g. nan_positions / nan_indices.  A statistic is
-        None when no row qualifies for it (or, in float64, when it is not
-        finite)."""
+    def to_dict(self) -> Dict[str, Any]:
+        """The report as a JSON-ready dict of plain Python types.
+
+        Returns
+        -------
+        dict
+            Besides the counts (the COUNT_KEYS) it holds, for each finding,
+            "<stem>_positions" (flat position indices) and "<stem>_indices"
+            (index lists into position_shape), e.g. nan_positions /
+            nan_indices.  A statistic is None when no row qualifies for it
+            (or, in float64, when it is not finite).
+        """
         out = {
             "shape": list(self.shape), "axis": self.axis, "classes": self.classes,
             "dtype": self.dtype, "position_shape": list(self.position_shape),
@@ -249,7 +287,7 @@ class DiagnosisReport:
         out["advice"] = list(self.advice)
         return out
 
-    def __str__(self):
+    def __str__(self) -> str:
         t = self.thresholds
         shape = "x".join(str(n) for n in self.shape)
         head = [f"pysafemax diagnose: {self.rows} rows of {self.classes} classes; "
@@ -289,21 +327,21 @@ class DiagnosisReport:
         return "\n".join(lines)
 
 
-def _wrap(paragraphs):
+def _wrap(paragraphs: List[str]) -> List[str]:
     lines = []
     for text in paragraphs:
         lines.extend(wrap(text, WIDTH, subsequent_indent="  ", split_words=True))
     return lines
 
 
-def _plain_float(value):
+def _plain_float(value: Optional[float]) -> Optional[float]:
     if value is None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
 
 
-def _position_list(report, key, room):
+def _position_list(report: DiagnosisReport, key: str, room: int) -> str:
     items = _where(report, key)
     more = report.counts[key] > len(items)
     text = ""
@@ -319,10 +357,10 @@ def _position_list(report, key, room):
 class _Counter:
     """Counts and first positions of one finding, across blocks."""
 
-    def __init__(self, report, key):
+    def __init__(self, report: DiagnosisReport, key: str) -> None:
         self.report, self.key = report, key
 
-    def add(self, mask, flat):
+    def add(self, mask: NDArray[np.bool_], flat: NDArray[np.intp]) -> None:
         count = int(np.count_nonzero(mask))
         if not count:
             return
@@ -332,7 +370,7 @@ class _Counter:
             kept.extend(int(p) for p in flat[mask][:MAX_POSITIONS - len(kept)])
 
 
-def _logits(logits, axis):
+def _logits(logits: ArrayLike, axis: Integer) -> Tuple[NDArray[Any], Logits]:
     """(array, Logits info) with logits_array's checks and errors, without
     copying an array that is big (a memmap) just to convert its dtype or
     layout: the blocks are converted one at a time instead."""
@@ -341,7 +379,7 @@ def _logits(logits, axis):
     return info.array, info
 
 
-def _labels(labels, info):
+def _labels(labels: ArrayLike, info: Logits) -> NDArray[np.integer[Any]]:
     given = as_array(labels, "labels")
     if given.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices, got dtype {given.dtype}")
@@ -350,7 +388,8 @@ def _labels(labels, info):
     return given
 
 
-def _label_masks(raw, classes, ignore_index):
+def _label_masks(raw: NDArray[Any], classes: int, ignore_index: Optional[int]
+                 ) -> Tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.int64]]:
     """(ignored, in range and not ignored, int64 labels with 0 where out of
     range) of a block's labels, flat.  ignore_index may be any int: a value
     no label of the dtype can hold ignores nothing."""
@@ -369,19 +408,49 @@ def _label_masks(raw, classes, ignore_index):
     return ignored, in_range & ~ignored, values
 
 
-def diagnose(logits, labels, *, axis=1, ignore_index=None):
+def diagnose(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
+             ignore_index: Optional[Integer] = None) -> DiagnosisReport:
     """Look for the float failure modes of softmax cross-entropy in a batch.
 
-    logits   float16, float32 or float64, (C,), (N, C) or (N, C, d1, ...);
-             `axis` is the class axis.  Same checks and errors as
-             pysafemax.softmax_loss.
-    labels   integer class indices shaped like logits without the class axis.
-             Out-of-range labels are counted, not raised.
-    ignore_index  a label value whose positions are skipped.
-
-    Returns a DiagnosisReport (see there for what each count means).
     Memory: the logits are read in blocks, so a memory-mapped array is
     streamed; a C-contiguous float32/float64 array is never copied whole.
+
+    Parameters
+    ----------
+    logits : array_like of float16, float32 or float64
+        Shaped (C,), (N, C) or (N, C, d1, ...); `axis` is the class axis.
+        Same checks and errors as pysafemax.softmax_loss.
+    labels : array_like of int
+        Class indices shaped like logits without the class axis.
+        Out-of-range labels are counted, not raised.
+    axis : int, default 1
+        The class axis.
+    ignore_index : int, optional
+        A label value whose positions are skipped.
+
+    Returns
+    -------
+    DiagnosisReport
+        What was found (see there for what each count means).
+
+    Raises
+    ------
+    TypeError
+        For logits that are not float16/32/64, labels that are not integer,
+        or a masked array.
+    ValueError
+        For labels of the wrong shape, an axis out of range, or no classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> report = pysafemax.diagnose(np.array([[100.0, 0.0], [1.0, 2.0]],
+    ...                                      dtype=np.float32), np.array([1, 0]))
+    >>> report.clamped_rows, report.positions["clamped_rows"]
+    (1, [0])
+    >>> report.trusted_methods
+    ['stable']
     """
     x, info = _logits(logits, axis)
     if ignore_index is not None:
@@ -417,7 +486,10 @@ def diagnose(logits, labels, *, axis=1, ignore_index=None):
     return report
 
 
-def _scan_block(report, counters, xd, flat, ignored, in_range, raw_labels, t):
+def _scan_block(report: DiagnosisReport, counters: Dict[str, _Counter],
+                xd: NDArray[np.float64], flat: NDArray[Any], ignored: NDArray[np.bool_],
+                in_range: NDArray[np.bool_], raw_labels: NDArray[Any],
+                t: Thresholds) -> Tuple[NDArray[Any], ...]:
     """The findings that need no label logit; returns (usable: the rows with
     a finite max, row max, overflow, underflow) for _loss_block."""
     keep = ~ignored
@@ -452,7 +524,8 @@ def _scan_block(report, counters, xd, flat, ignored, in_range, raw_labels, t):
     return usable, m, overflow, underflow
 
 
-def _log_sum_exp(xd, m, rows):
+def _log_sum_exp(xd: NDArray[np.float64], m: NDArray[np.float64],
+                 rows: NDArray[np.bool_]) -> NDArray[np.float64]:
     """Each row's log-sum-exp where `rows` holds (rows with a finite max m),
     -inf elsewhere, from the library: the stable loss of the label at the
     row max is log(sum(exp(x - m))), computed here in float64 as xd is."""
@@ -465,8 +538,11 @@ def _log_sum_exp(xd, m, rows):
     return lse
 
 
-def _loss_block(report, counters, xd, flat, in_range, lab, t, usable, m,
-                overflow, underflow):
+def _loss_block(report: DiagnosisReport, counters: Dict[str, _Counter],
+                xd: NDArray[np.float64], flat: NDArray[Any], in_range: NDArray[np.bool_],
+                lab: NDArray[np.int64], t: Thresholds, usable: NDArray[np.bool_],
+                m: NDArray[np.float64], overflow: NDArray[np.bool_],
+                underflow: NDArray[np.bool_]) -> float:
     """The findings that need the label's logit or the true loss; returns the
     block's sum of true losses."""
     labelled = usable & in_range
@@ -502,7 +578,7 @@ def _loss_block(report, counters, xd, flat, in_range, lab, t, usable, m,
     return float(losses.sum())
 
 
-def _trusted(counts):
+def _trusted(counts: Dict[str, int]) -> List[str]:
     """trusted_methods from the counts; see DiagnosisReport."""
     if (counts["nan_rows"] or counts["inf_rows"] or counts["out_of_range_labels"]
             or counts["all_neg_inf_rows"]):
@@ -515,18 +591,18 @@ def _trusted(counts):
     return list(METHODS)
 
 
-def _n(count, noun):
+def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _where(report, key):
+def _where(report: DiagnosisReport, key: str) -> List[str]:
     """The first positions of a finding as strings: 17, or (0, 3, 4)."""
     if len(report.position_shape) > 1:
         return ["(" + ", ".join(map(str, t)) + ")" for t in report.index_tuples(key)]
     return [str(p) for p in report.positions[key]]
 
 
-def _first(report, key):
+def _first(report: DiagnosisReport, key: str) -> str:
     """' (at 3, 17)' or ' (first at 3, 17, 20, ...)' for advice text."""
     items = _where(report, key)[:3]
     if report.counts[key] <= len(items):
@@ -534,7 +610,7 @@ def _first(report, key):
     return f" (first at {', '.join(items)}, ...)"
 
 
-def _advice(report):
+def _advice(report: DiagnosisReport) -> List[str]:
     """The remedies that fit, ranked by evidence.
 
     Each remedy gets a score: a tier for how directly the evidence implicates
@@ -552,9 +628,9 @@ def _advice(report):
     """
     c, t = report.counts, report.thresholds
     considered = max(1, report.rows - report.ignored_rows)
-    items = []
+    items: List[Tuple[float, int, str]] = []
 
-    def add(tier, evidence, text):
+    def add(tier: float, evidence: float, text: str) -> None:
         items.append((tier + evidence / considered, len(items), text))
 
     if report.rows == 0:
@@ -654,7 +730,7 @@ class _Unusable(Exception):
     """An input the CLI cannot diagnose; its message is one line."""
 
 
-def _load(path, role):
+def _load(path: Union[str, os.PathLike[str]], role: str) -> NDArray[Any]:
     """The array in a .npy or .npz file, memory-mapped; `role` is 'logits'
     or 'labels', the name looked for in an .npz of several arrays."""
     if not os.path.exists(path):
@@ -679,7 +755,7 @@ def _load(path, role):
     raise _Unusable(f"{role} file {path} is not a .npy or .npz file")
 
 
-def _from_npz(path, role):
+def _from_npz(path: Union[str, os.PathLike[str]], role: str) -> NDArray[Any]:
     """The member named `role`, or the only member, of an .npz, memory-mapped
     read-only; the other members are not read."""
     with zipfile.ZipFile(path) as archive:
@@ -708,7 +784,7 @@ def _from_npz(path, role):
             return _map_npy(spool, member.file_size)
 
 
-def _map_stored(path, member):
+def _map_stored(path: Union[str, os.PathLike[str]], member: zipfile.ZipInfo) -> NDArray[Any]:
     """An uncompressed .npz member, mapped where it lies in the zip file."""
     with open(path, "rb") as f:
         f.seek(member.header_offset)
@@ -721,7 +797,7 @@ def _map_stored(path, member):
         return _map_npy(f, start + member.file_size)
 
 
-def _map_npy(f, end):
+def _map_npy(f: BinaryIO, end: int) -> NDArray[Any]:
     """The .npy that starts at f's position and ends by file offset `end`,
     memory-mapped read-only."""
     version = np.lib.format.read_magic(f)
@@ -740,22 +816,42 @@ def _map_npy(f, end):
     count = math.prod(shape)
     if offset + count * dtype.itemsize > end:
         raise ValueError(f"the array of shape {shape} is truncated")
-    order = "F" if fortran_order else "C"
+    order: Literal["C", "F"] = "F" if fortran_order else "C"
     if count == 0:
         return np.empty(shape, dtype, order=order)   # nothing to map
     return np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape,
                      order=order)
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def cli_diagnose(logits_path, labels_path, *, axis=1, ignore_index=None,
-                 as_json=False, out=None, err=None):
-    """`python -m pysafemax diagnose`: print the report (or its JSON) and
-    return 0 if the batch is clean, 1 if issues were found, 2 on unusable
-    input, which gets one line on stderr and no traceback."""
+def cli_diagnose(logits_path: Union[str, os.PathLike[str]],
+                 labels_path: Union[str, os.PathLike[str]], *, axis: int = 1,
+                 ignore_index: Optional[int] = None, as_json: bool = False,
+                 out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    """`python -m pysafemax diagnose`: print the report (or its JSON).
+
+    Parameters
+    ----------
+    logits_path, labels_path : str or os.PathLike
+        .npy or .npz files (memory-mapped); in an .npz of several arrays,
+        the member named "logits" or "labels".
+    axis, ignore_index
+        As diagnose().
+    as_json : bool, default False
+        Print the report as JSON (DiagnosisReport.to_dict()).
+    out, err : text file, optional
+        Where the report and the error line go (default: sys.stdout and
+        sys.stderr).
+
+    Returns
+    -------
+    int
+        0 if the batch is clean, 1 if issues were found, 2 on unusable
+        input, which gets one line on `err` and no traceback.
+    """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:

@@ -34,6 +34,8 @@ float limits of pysafemax.tools.limits (numpy's finfo) or spelled as
 decimals in it, never typed in as digits: the decimals in the texts are
 printed from the values.  (Moved from pysafemax.explain, which re-exports it.)
 """
+from __future__ import annotations
+
 import decimal
 import json
 import math
@@ -41,7 +43,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Optional, TextIO, Tuple, Union
 
 import numpy as np
 
@@ -76,8 +78,8 @@ class StuckValue:
     rounded: Tuple[Tuple[str, float], ...] = field(init=False)
     representations: Tuple[float, ...] = field(init=False)
 
-    def __post_init__(self):
-        rounded = []
+    def __post_init__(self) -> None:
+        rounded: List[Tuple[str, float]] = []
         for dtype in self.dtypes:
             r = float(dtype(self.value))
             if r != self.value and r not in (v for _, v in rounded):
@@ -92,12 +94,12 @@ _LIMITS = {name: getattr(limits, name) for name in limits.__all__
            if isinstance(getattr(limits, name), float)}
 
 
-def _quantity(text):
+def _quantity(text: str) -> float:
     """A limit's name or a decimal, as the data file spells a quantity."""
     return _LIMITS[text] if text in _LIMITS else float(text)
 
 
-def _value(spec):
+def _value(spec: str) -> float:
     """A constant's value from the data file: a quantity, or ln(q) or
     -ln(q) of one."""
     m = re.fullmatch(r"(-?)ln\((.+)\)", spec)
@@ -107,13 +109,13 @@ def _value(spec):
     return -value if m.group(1) else value
 
 
-def _text(item, names):
+def _text(item: Union[str, List[str]], names: Dict[str, Any]) -> str:
     """A text of the data file, its parts joined and its fields filled."""
     text = item if isinstance(item, str) else "".join(item)
     return text.format_map(names)
 
 
-def _load():
+def _load() -> Tuple[Tuple[StuckValue, ...], Dict[str, str], Dict[str, str]]:
     """(constants, nan texts, inf texts) from the data file."""
     raw = resources.files(__package__).joinpath(DATA_FILE).read_text(
         encoding="utf-8")
@@ -156,14 +158,39 @@ _NAN = re.compile(NAN_SPELLING, re.IGNORECASE)
 _INF = re.compile(INF_SPELLING, re.IGNORECASE)
 
 
-def parse_value(text):
-    """(float value, Decimal or None) of a printed number, or ValueError.
+def parse_value(text: object) -> Tuple[float, Optional[decimal.Decimal]]:
+    """The value of a printed number, and its printed digits.
 
     Accepts decimal and exponent notation in ASCII digits and the usual
     spellings of nan and inf ("nan", "-nan", "NaN", "nan(ind)", "1.#QNAN",
-    "inf", "-Infinity", "1.#INF").  The Decimal, None for nan and inf, keeps
-    the printed digits, which the matching rule needs.  A decimal beyond
-    float64's range ("1e999") has the float value inf and a finite Decimal.
+    "inf", "-Infinity", "1.#INF").
+
+    Parameters
+    ----------
+    text : str
+        The number as printed (anything else is read as its str()).
+
+    Returns
+    -------
+    value : float
+        The number.  A decimal beyond float64's range ("1e999") has the
+        value inf.
+    digits : decimal.Decimal or None
+        The printed digits, which the matching rule needs; None for nan and
+        inf.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not a number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import parse_value
+    >>> parse_value("87.3365")
+    (87.3365, Decimal('87.3365'))
+    >>> parse_value("-nan")
+    (nan, None)
     """
     s = str(text).strip()
     if _DECIMAL.fullmatch(s):
@@ -176,7 +203,7 @@ def parse_value(text):
     raise ValueError(f"not a number: {abbreviate(str(text), quote=True)}")
 
 
-def _as_text(value):
+def _as_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, decimal.Decimal):
@@ -191,29 +218,54 @@ def _as_text(value):
                     f"{type(value).__name__}")
 
 
-def _half_ulp(d):
+def _half_ulp(d: decimal.Decimal) -> decimal.Decimal:
     """Half a unit in the last printed place of d, as a Decimal."""
-    return decimal.Decimal(5).scaleb(d.as_tuple().exponent - 1)
+    # the exponent of a finite Decimal is an int ('n', 'N' or 'F' otherwise)
+    return decimal.Decimal(5).scaleb(int(d.as_tuple().exponent) - 1)
 
 
-def _significant_digits(d):
+def _significant_digits(d: decimal.Decimal) -> int:
     digits = d.as_tuple().digits
     return len(digits) if any(digits) else 0
 
 
-def matches(text, constant):
-    """Does the printed value `text` match `constant` (a StuckValue or float)?
+def matches(text: object, constant: Union[StuckValue, float]) -> bool:
+    """Does the printed value `text` match `constant`?
 
     The rule is in the module docstring: (a) rounds back at the printed
     precision with >= 3 significant digits, or (b) relative difference
     <= 5e-5.  Compares magnitudes: nan and inf never match.
+
+    Parameters
+    ----------
+    text : str
+        The value as printed, read by parse_value().
+    constant : StuckValue or float
+        A StuckValue (each of its representations is tried) or a number.
+
+    Returns
+    -------
+    bool
+        Whether the value matches.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not a number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import matches
+    >>> matches("87.3365", 87.33654475), matches("-87.34", 87.33654475)
+    (True, True)
     """
     reps = (constant.representations if isinstance(constant, StuckValue)
             else (float(constant),))
     return _matches(*parse_value(text), reps)
 
 
-def _matches(value, d, reps):
+def _matches(value: float, d: Optional[decimal.Decimal],
+             reps: Tuple[float, ...]) -> bool:
     """Does the magnitude of a parsed value (value, d) match one of reps?"""
     if d is None or math.isinf(value):
         # nan and inf match nothing; nor does a decimal beyond float64's
@@ -230,8 +282,30 @@ def _matches(value, d, reps):
     return False
 
 
-def match_constant(text):
-    """The StuckValue the printed value matches, or None (magnitude only)."""
+def match_constant(text: object) -> Optional[StuckValue]:
+    """The constant a printed value matches (magnitude only).
+
+    Parameters
+    ----------
+    text : str
+        The value as printed, read by parse_value().
+
+    Returns
+    -------
+    StuckValue or None
+        The first of CONSTANTS the value matches, or None.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not a number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import match_constant
+    >>> match_constant("87.3365").name
+    '-ln(FLT_MIN)'
+    """
     value, d = parse_value(text)
     for constant in CONSTANTS:
         if _matches(value, d, constant.representations):
@@ -239,7 +313,7 @@ def match_constant(text):
     return None
 
 
-def uniform_classes(text):
+def uniform_classes(text: object) -> Optional[int]:
     """C if the printed value is ln(C) for exactly one integer C in
     [2, 10^6] under the same rounding rule, else None.
 
@@ -250,6 +324,27 @@ def uniform_classes(text):
     (b), h = 5e-5 v, is tried the same way.  Several integers mean the print
     does not pin C down (ln(10^6) printed with 6 digits fits about 100 of
     them).
+
+    Parameters
+    ----------
+    text : str
+        The value as printed, read by parse_value().
+
+    Returns
+    -------
+    int or None
+        The class count C, or None.
+
+    Raises
+    ------
+    ValueError
+        If `text` is not a number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import uniform_classes
+    >>> uniform_classes("2.30259"), uniform_classes("87.3365")
+    (10, None)
     """
     value, d = parse_value(text)
     if d is None or value <= 0 or value > math.log(MAX_CLASSES) + 1:
@@ -287,9 +382,10 @@ class Explanation:
     advice: str = ""
 
     @property
-    def headline(self):
+    def headline(self) -> str:
         text = abbreviate(self.text)
         if self.kind == "constant":
+            assert self.key is not None     # set with kind "constant"
             c = CONSTANT_BY_KEY[self.key]
             line = (f"{text} is the negative of {c.name}" if self.negated
                     else f"{text} = {c.name}")
@@ -306,14 +402,15 @@ class Explanation:
             return f"{text}: {self.name}"
         return f"{text}: no known constant"
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
+        """The explanation as a JSON-ready dict of its fields."""
         return {"text": self.text, "value": self.value, "known": self.known,
                 "kind": self.kind, "name": self.name, "key": self.key,
                 "constant": self.constant, "classes": self.classes,
                 "negated": self.negated, "what": self.what, "why": self.why,
                 "advice": self.advice}
 
-    def __str__(self):
+    def __str__(self) -> str:
         paragraphs = [fill(self.headline, subsequent_indent="  ")]
         for label, body in (("", self.what),
                             ("Why a loss sticks there: ", self.why),
@@ -323,13 +420,38 @@ class Explanation:
         return "\n\n".join(paragraphs) + "\n"
 
 
-def explain(value):
+def explain(value: Union[str, float, decimal.Decimal, np.generic]) -> Explanation:
     """Name the constant a stuck loss value comes from.
 
-    `value` is the loss as printed (a str, best: its digits carry the print
-    precision) or a number.  Returns an Explanation; .known is False when
-    the value matches nothing.  Raises ValueError when a string is not a
-    number.
+    Parameters
+    ----------
+    value : str or real number
+        The loss as printed (a str, best: its digits carry the print
+        precision) or a number.
+
+    Returns
+    -------
+    Explanation
+        What the value is; ``.known`` is False when it matches nothing, and
+        str() of it is the paragraph the command line prints.
+
+    Raises
+    ------
+    ValueError
+        If a string is not a number.
+    TypeError
+        If `value` is neither a str nor a real number.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.explain import explain
+    >>> found = explain("87.3365")
+    >>> found.kind, found.key
+    ('constant', 'flt_min')
+    >>> found.headline
+    '87.3365 = -ln(FLT_MIN) = -ln(2^-126) = 87.33654475 (float32: 87.336548)'
+    >>> explain("1.234").known
+    False
     """
     text = _as_text(value).strip()
     parsed, d = parse_value(text)
@@ -381,11 +503,23 @@ def explain(value):
                 ", nan and inf."))
 
 
-def cli_explain(text, out=None, err=None):
+def cli_explain(text: str, out: Optional[TextIO] = None,
+                err: Optional[TextIO] = None) -> int:
     """`python -m pysafemax explain VALUE`: print the explanation.
 
-    Exit code 0 when the value is known, 1 when it is not, 2 when `text`
-    is not a number.
+    Parameters
+    ----------
+    text : str
+        The value as printed.
+    out, err : text file, optional
+        Where the explanation and the error line go (default: sys.stdout
+        and sys.stderr).
+
+    Returns
+    -------
+    int
+        The exit code: 0 when the value is known, 1 when it is not, 2 when
+        `text` is not a number.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err

@@ -19,10 +19,14 @@ own, without pyplot, so it neither needs a display nor changes the backend
 or the figures of a session that calls it.  (Moved from pysafemax.plotting,
 which re-exports it.)
 """
+from __future__ import annotations
+
 import os
 import sys
+from typing import Any, Callable, Dict, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .. import METHODS
 from .demo import loss_vs_gap
@@ -57,11 +61,19 @@ _TRUE_STYLE = dict(color="black", lw=1.3, ls=(0, (4, 3)), zorder=5,
 _NAN_COLOR = "#d62728"
 
 
-def plot_loss_vs_gap(path):
-    """Draw the picture to `path` (a .png, or any format matplotlib knows).
+def plot_loss_vs_gap(path: Union[str, os.PathLike[str]]) -> int:
+    """Draw the picture to `path` (`python -m pysafemax demo --plot`).
 
-    Prints "wrote PATH" and returns 0; without matplotlib, or when the file
-    cannot be written, prints one line to stderr and returns 2.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file: a .png, or any format matplotlib knows.
+
+    Returns
+    -------
+    int
+        0 after printing "wrote PATH"; 2 without matplotlib, or when the
+        file cannot be written, after printing one line to stderr.
     """
     try:
         import matplotlib  # noqa: F401  (is it installed at all?)
@@ -106,7 +118,9 @@ def plot_loss_vs_gap(path):
     return 0
 
 
-def _lines(ax, table, values):
+# ax: a matplotlib Axes (matplotlib is optional, and imported only to draw)
+def _lines(ax: Any, table: Dict[str, Any],
+           values: Callable[[Any], NDArray[np.float64]]) -> Dict[str, Any]:
     """Draw each method's loss and the true loss; {name: its line}."""
     gaps = np.asarray(table["gap"], dtype=np.float64)
     drawn = {}
@@ -120,7 +134,7 @@ def _lines(ax, table, values):
     return drawn
 
 
-def _draw_wrong(ax, table):
+def _draw_wrong(ax: Any, table: Dict[str, Any]) -> Dict[str, Any]:
     drawn = _lines(ax, table, lambda v: np.asarray(v, dtype=np.float64))
     ax.set_title("Confidently wrong: logits {0, gap}, label 0", fontsize=11)
     ax.set_ylabel("loss", fontsize=10)
@@ -140,12 +154,12 @@ def _draw_wrong(ax, table):
     return drawn
 
 
-def _draw_right(ax, table):
-    def nonzero(v):
+def _draw_right(ax: Any, table: Dict[str, Any]) -> None:
+    def nonzero(v: Any) -> NDArray[np.float64]:
         v = np.asarray(v, dtype=np.float64)
         return np.where(v > 0, v, np.nan)
 
-    def drawable(v):
+    def drawable(v: Any) -> NDArray[np.float64]:
         # A true loss below the strip's top would run into the "reads 0" rows.
         v = nonzero(v)
         return np.where(v >= _ZERO_STRIP[1], v, np.nan)

@@ -36,13 +36,15 @@ first, the first hit, the TREND_WINDOW before it, the last LAST_KEPT...), so
 its memory does not grow with the number of readings.  (Moved from
 pysafemax.logscan, which re-exports it.)
 """
+from __future__ import annotations
+
 import io
 import math
 import re
 import sys
 from collections import deque
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, TextIO, Tuple, Union
 
 from .explain import (CONSTANT_BY_KEY, NAN_STORY, NUMBER_SPELLING,
                       match_constant, parse_value, uniform_classes)
@@ -124,21 +126,21 @@ class Reading:
     constant: Optional[str] = None  # the StuckValue key of a clamp
 
     @property
-    def hit(self):
+    def hit(self) -> bool:
         return self.status != "ok"
 
     @property
-    def where(self):
+    def where(self) -> str:
         if self.iteration is None:
             return f"line {self.line}"
         return f"iteration {self.iteration} (line {self.line})"
 
     @property
-    def short_where(self):
+    def short_where(self) -> str:
         return (f"line {self.line}" if self.iteration is None
                 else f"iteration {self.iteration}")
 
-    def values(self):
+    def values(self) -> List[Tuple[str, str, float]]:
         """(source, text, value) of the total and of each loss output."""
         found = []
         if self.text is not None:
@@ -147,7 +149,7 @@ class Reading:
         return found
 
     @property
-    def main(self):
+    def main(self) -> Tuple[str, float]:
         """(text, value) that represents this reading in a trend."""
         if self.text is not None:
             return self.text, self.value
@@ -444,28 +446,28 @@ class LogReport:
 
     # -- facts ---------------------------------------------------------
     @property
-    def last(self):
+    def last(self) -> Optional[Reading]:
         return self.last_readings[-1] if self.last_readings else None
 
     @property
-    def ends_stuck(self):
+    def ends_stuck(self) -> bool:
         return self.last is not None and self.last.hit
 
     @property
-    def stays(self):
+    def stays(self) -> bool:
         """The first hit lasts to the end of the log."""
         return self.episode_count == 1 and self.ends_stuck
 
     @property
-    def uniform_to_end(self):
+    def uniform_to_end(self) -> bool:
         return self.uniform is not None and self.uniform.to_end
 
     @property
-    def stuck(self):
+    def stuck(self) -> bool:
         return self.episode_count > 0 or self.uniform_to_end
 
     @property
-    def trend(self):
+    def trend(self) -> str:
         """"none", "single", "rising", "falling" or "steady": the finite
         readings just before the first hit."""
         prior = self.before_hit
@@ -480,7 +482,8 @@ class LogReport:
             return "falling"
         return "steady"
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, Any]:
+        """The report's facts as a JSON-ready dict."""
         hit, lr, rec = self.first_hit, self.lr_at_hit, self.recovered_at
         return {
             "source": self.source, "format": "caffe" if self.caffe else "plain",
@@ -504,7 +507,7 @@ class LogReport:
         }
 
     # -- words ---------------------------------------------------------
-    def __str__(self):
+    def __str__(self) -> str:
         paragraphs = [self._summary()]
         if self.first_hit is not None:
             paragraphs.append(self._facts())
@@ -741,10 +744,32 @@ def _loss(reading):
     return abbreviate(reading.main[0])
 
 
-def scan_log(lines, source=None):
-    """Scan training-log lines (any iterable of str or bytes), one at a time.
+def scan_log(lines: Iterable[Union[str, bytes]],
+             source: Optional[str] = None) -> LogReport:
+    """Scan training-log lines, one at a time.
 
-    Returns a LogReport; report.count is 0 when no line holds a loss.
+    Parameters
+    ----------
+    lines : iterable of str or bytes
+        The log's lines (an open file will do); bytes are read as UTF-8.
+    source : str, optional
+        The log's name, for the report.
+
+    Returns
+    -------
+    LogReport
+        What was found; ``report.count`` is 0 when no line holds a loss,
+        and str() of it is the report the command line prints.
+
+    Examples
+    --------
+    >>> from pysafemax.tools.scan_log import scan_log
+    >>> report = scan_log(["loss = 2.3", "loss = 1.5", "loss = 87.3365",
+    ...                    "loss = 87.3365"])
+    >>> report.count, report.stuck, report.stays
+    (4, True, True)
+    >>> report.first_hit.line, report.first_hit.constant
+    (3, 'flt_min')
     """
     caffe_scan, plain_scan = _Scan(), _Scan()
     caffe = _CaffeReadings(caffe_scan.add)
@@ -780,11 +805,24 @@ def _stdin_lines():
         stream.detach()         # leave sys.stdin's buffer open
 
 
-def cli_scan_log(path, out=None, err=None):
-    """`python -m pysafemax scan-log FILE` ("-": standard input).
+def cli_scan_log(path: str, out: Optional[TextIO] = None,
+                 err: Optional[TextIO] = None) -> int:
+    """`python -m pysafemax scan-log FILE`: print the report.
 
-    Exit code 0 when the loss never stuck, 1 when it hit 87.3365, nan or
-    another clamp, 2 when the file cannot be read or holds no loss lines.
+    Parameters
+    ----------
+    path : str
+        The log file; "-" reads standard input.
+    out, err : text file, optional
+        Where the report and the error line go (default: sys.stdout and
+        sys.stderr).
+
+    Returns
+    -------
+    int
+        The exit code: 0 when the loss never stuck, 1 when it hit 87.3365,
+        nan or another clamp, 2 when the file cannot be read or holds no
+        loss lines.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
