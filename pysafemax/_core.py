@@ -74,7 +74,7 @@ def _threads_from_environment():
     return _CORES
 
 
-_env_threads = _threads_from_environment()
+_env_threads = _capped(_threads_from_environment())
 
 
 def set_num_threads(n):
