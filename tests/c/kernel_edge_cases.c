@@ -527,6 +527,7 @@ int main(void)
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
     }
-    printf("kernel edge cases: all checks passed\n");
+    printf("kernel edge cases (SIMD level %d, threads up to %d): all checks passed\n",
+           psm_simd_level(), psm_max_threads());
     return 0;
 }
