@@ -55,7 +55,7 @@ install_missing() {
 windows() {
     # mingw-w64 links msvcrt by default, whose fma and fmaf (mingw-w64 10's
     # libmingwex) are not correctly rounded: the scalar exp then differs
-    # from the AVX2 one in the last bit.  UCRT's are, and UCRT is what an
+    # from the AVX2 one.  UCRT's are (wine's, at least), and UCRT is what an
     # MSVC-built extension uses.
     x86_64-w64-mingw32-gcc -dumpspecs | sed 's/-lmsvcrt/-lucrt/g' >"$work/ucrt.specs"
     x86_64-w64-mingw32-gcc -D_UCRT -specs="$work/ucrt.specs" "${cflags[@]}" \
