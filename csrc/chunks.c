@@ -1,7 +1,8 @@
 /*
- * Threads for the kernel's jobs: a pool of POSIX threads, started the first
- * time a call wants them and parked between calls.  No OpenMP (absent from
- * Apple's clang and from some toolchains).
+ * Threads for the kernel's jobs: a pool of threads (POSIX or Win32, through
+ * sys_threads.h), started the first time a call wants them and parked
+ * between calls.  No OpenMP (absent from Apple's clang and from some
+ * toolchains).
  *
  * Starting and joining threads per call cost 55-71 us on the benchmark
  * machine; a parked helper is woken in a few.  The pool is the kernel's one
@@ -19,16 +20,19 @@
  *   - helpers spin briefly after a run (so that calls made back to back
  *     find them awake), then sleep on a condition variable, so an idle
  *     process burns no CPU;
- *   - at exit a destructor stops and joins them: a thread still parked at
- *     exit leaves its thread-local block where valgrind reports it "possibly
- *     lost" (glibc's allocate_dtv); later calls, if any, start threads of
- *     their own;
- *   - fork: pthread_atfork handlers hold the mutex across the fork, and the
- *     child, which has none of the parent's helpers, forgets them and starts
- *     its own when it needs them.
+ *   - on POSIX, at exit a destructor stops and joins them: a thread still
+ *     parked at exit leaves its thread-local block where valgrind reports it
+ *     "possibly lost" (glibc's allocate_dtv); later calls, if any, start
+ *     threads of their own.  Not on Windows, where the process's other
+ *     threads are gone by the time a DLL's destructors run, perhaps
+ *     leaving the mutex held;
+ *   - fork (POSIX): pthread_atfork handlers hold the mutex across the fork,
+ *     and the child, which has none of the parent's helpers, forgets them
+ *     and starts its own when it needs them.
  *
  * A thread that cannot be started leaves its share to the caller.  Without
- * pthreads (or C11 atomics) the kernel runs on the calling thread.
+ * threads (or C11 atomics) the kernel runs on the calling thread, and
+ * psm_max_threads says so.
  */
 #if defined(__unix__) || defined(__APPLE__)
 /* clock_gettime, pthread_sigmask under -std=c11 */
@@ -39,12 +43,10 @@
 
 #include <stddef.h>
 
-#if (defined(__unix__) || defined(__APPLE__)) && !defined(__STDC_NO_ATOMICS__)
-#include <pthread.h>
-#include <signal.h>
+#include "sys_threads.h"
+
+#ifdef PSM_HAVE_THREADS
 #include <stdatomic.h>
-#include <time.h>
-#define PSM_HAVE_PTHREADS 1
 #endif
 
 int64_t psm_chunk_positions(int64_t classes)
@@ -65,7 +67,12 @@ int psm_threads_for(int requested, int64_t elements)
     return useful < requested ? (int)useful : requested;
 }
 
-#ifndef PSM_HAVE_PTHREADS
+#ifndef PSM_HAVE_THREADS
+
+int psm_max_threads(void)
+{
+    return 1;
+}
 
 int psm_run_chunks(psm_chunk_fn fn, const void *job, int64_t chunks, int threads)
 {
@@ -76,6 +83,11 @@ int psm_run_chunks(psm_chunk_fn fn, const void *job, int64_t chunks, int threads
 }
 
 #else
+
+int psm_max_threads(void)
+{
+    return PSM_MAX_THREADS;
+}
 
 /* One call's chunks, on the caller's stack until every thread in it has
  * left. */
@@ -101,21 +113,21 @@ static void claim_chunks(run *r)
 
 /* ---- the fallback: threads of this call's own ---------------------------- */
 
-static void *claim_thread(void *r)
+static PSM_THREAD_ENTRY claim_thread(void *r)
 {
     claim_chunks(r);
-    return NULL;
+    return 0;
 }
 
 static void run_on_new_threads(run *r, int helpers)
 {
-    pthread_t ids[PSM_MAX_THREADS];
+    psm_thread ids[PSM_MAX_THREADS];
     int started = 0;
-    while (started < helpers && pthread_create(&ids[started], NULL, claim_thread, r) == 0)
+    while (started < helpers && thread_start(&ids[started], claim_thread, r) == 0)
         started++;
     claim_chunks(r);
     for (int t = 0; t < started; t++)
-        pthread_join(ids[t], NULL);
+        thread_join(ids[t]);
 }
 
 /* ---- the pool ------------------------------------------------------------- */
@@ -128,9 +140,9 @@ static void run_on_new_threads(run *r, int helpers)
 #define PSM_SPIN_NS 50000
 
 static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t wake;       /* helpers: a run was opened */
-    pthread_cond_t done;       /* the owner: the last helper left its run */
+    psm_mutex lock;
+    psm_cond wake;             /* helpers: a run was opened */
+    psm_cond done;             /* the owner: the last helper left its run */
     int owned;                 /* a call owns the pool */
     int helpers;               /* helpers started (and alive) */
     int sleeping;              /* helpers waiting on `wake` */
@@ -140,25 +152,8 @@ static struct {
     run *open;                 /* the run helpers may join, or NULL */
     atomic_int active;         /* helpers inside a run (changed under lock) */
     atomic_ulong opened;       /* runs opened so far (changed under lock) */
-    pthread_t ids[PSM_MAX_THREADS - 1];
-} pool = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
-          .done = PTHREAD_COND_INITIALIZER};
-
-static void cpu_relax(void)
-{
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-    __builtin_ia32_pause();
-#elif defined(__GNUC__) && defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static int64_t now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
+    psm_thread ids[PSM_MAX_THREADS - 1];
+} pool = {.lock = PSM_MUTEX_INIT, .wake = PSM_COND_INIT, .done = PSM_COND_INIT};
 
 /* Spins until `word` is no longer `value` (1) or PSM_SPIN_NS have passed
  * (0).  Reads only: a hint to take the mutex, never a synchronization. */
@@ -179,19 +174,19 @@ static int run_open_to_helpers(void)
     return pool.open != NULL && pool.seats > 0;
 }
 
-static void *helper_main(void *unused)
+static PSM_THREAD_ENTRY helper_main(void *unused)
 {
     (void)unused;
-    pthread_mutex_lock(&pool.lock);
+    mutex_lock(&pool.lock);
     for (;;) {
         while (!pool.stopping && !run_open_to_helpers()) {
             unsigned long seen = atomic_load_explicit(&pool.opened, memory_order_relaxed);
-            pthread_mutex_unlock(&pool.lock);
+            mutex_unlock(&pool.lock);
             int moved = spin_while_equal(&pool.opened, seen);
-            pthread_mutex_lock(&pool.lock);
+            mutex_lock(&pool.lock);
             if (!moved && !pool.stopping && !run_open_to_helpers()) {
                 pool.sleeping++;
-                pthread_cond_wait(&pool.wake, &pool.lock);
+                cond_wait(&pool.wake, &pool.lock);
                 pool.sleeping--;
             }
         }
@@ -200,47 +195,37 @@ static void *helper_main(void *unused)
         run *r = pool.open;
         pool.seats--;
         atomic_fetch_add(&pool.active, 1);
-        pthread_mutex_unlock(&pool.lock);
+        mutex_unlock(&pool.lock);
         claim_chunks(r);
-        pthread_mutex_lock(&pool.lock);
+        mutex_lock(&pool.lock);
         if (atomic_fetch_sub(&pool.active, 1) == 1 && pool.owner_waiting)
-            pthread_cond_signal(&pool.done);
+            cond_signal(&pool.done);
     }
-    pthread_mutex_unlock(&pool.lock);
-    return NULL;
+    mutex_unlock(&pool.lock);
+    return 0;
 }
 
-/* Starts helpers until there are `wanted` (under the lock).  They block
- * every signal: a signal for the process is the caller's to handle, and a
- * parked helper should never wake for one. */
+/* Starts helpers until there are `wanted` (under the lock). */
 static void start_helpers(int wanted)
 {
-    if (pool.helpers >= wanted)
-        return;
-    pthread_attr_t attr;
-    if (pthread_attr_init(&attr) != 0)
-        return;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
     while (pool.helpers < wanted &&
-           pthread_create(&pool.ids[pool.helpers], &attr, helper_main, NULL) == 0)
+           thread_start(&pool.ids[pool.helpers], helper_main, NULL) == 0)
         pool.helpers++;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
 }
+
+#ifdef PSM_HAVE_FORK
 
 /* fork: no thread may be inside the pool's mutex when the process is copied,
  * and the child has only the forking thread: no helper, no owner (another
  * parent thread's run is not the child's), nobody waiting. */
 static void before_fork(void)
 {
-    pthread_mutex_lock(&pool.lock);
+    mutex_lock(&pool.lock);
 }
 
 static void after_fork_in_parent(void)
 {
-    pthread_mutex_unlock(&pool.lock);
+    mutex_unlock(&pool.lock);
 }
 
 static void after_fork_in_child(void)
@@ -261,15 +246,18 @@ static void register_fork_handlers(void)
 {
     pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 }
+#endif /* PSM_HAVE_FORK */
 
 /* Runs r on the pool with up to `helpers` helpers; 0 if another call owns
  * the pool (r untouched). */
 static int run_on_pool(run *r, int helpers)
 {
+#ifdef PSM_HAVE_FORK
     pthread_once(&fork_handlers_once, register_fork_handlers);
-    pthread_mutex_lock(&pool.lock);
+#endif
+    mutex_lock(&pool.lock);
     if (pool.owned || pool.stopping) {
-        pthread_mutex_unlock(&pool.lock);
+        mutex_unlock(&pool.lock);
         return 0;
     }
     pool.owned = 1;
@@ -278,50 +266,50 @@ static int run_on_pool(run *r, int helpers)
     pool.seats = helpers;
     atomic_fetch_add(&pool.opened, 1);
     for (int k = 0; k < pool.sleeping && k < helpers; k++)
-        pthread_cond_signal(&pool.wake);
-    pthread_mutex_unlock(&pool.lock);
+        cond_signal(&pool.wake);
+    mutex_unlock(&pool.lock);
 
     claim_chunks(r);
 
     /* Closed to late helpers; then wait for those inside (each finishing
      * its last chunk), spinning first since that is usually short. */
-    pthread_mutex_lock(&pool.lock);
+    mutex_lock(&pool.lock);
     pool.open = NULL;
     pool.seats = 0;
     if (atomic_load(&pool.active) > 0) {
-        pthread_mutex_unlock(&pool.lock);
+        mutex_unlock(&pool.lock);
         int64_t deadline = now_ns() + PSM_SPIN_NS;
         for (unsigned i = 1; atomic_load(&pool.active) > 0; i++) {
             cpu_relax();
             if (i % 64 == 0 && now_ns() > deadline)
                 break;
         }
-        pthread_mutex_lock(&pool.lock);
+        mutex_lock(&pool.lock);
         pool.owner_waiting = 1;
         while (atomic_load(&pool.active) > 0)
-            pthread_cond_wait(&pool.done, &pool.lock);
+            cond_wait(&pool.done, &pool.lock);
         pool.owner_waiting = 0;
     }
     pool.owned = 0;
-    pthread_mutex_unlock(&pool.lock);
+    mutex_unlock(&pool.lock);
     return 1;
 }
 
-#if defined(__GNUC__) || defined(__clang__)
+#if (defined(__GNUC__) || defined(__clang__)) && defined(PSM_HAVE_FORK)
 /* At exit (or unload): each helper leaves at its next look at the pool,
  * after the chunk it is running if any, and is joined.  A run still open
  * (a thread calling the kernel as the process exits) is finished by its
  * owner. */
 __attribute__((destructor)) static void stop_helpers(void)
 {
-    pthread_mutex_lock(&pool.lock);
+    mutex_lock(&pool.lock);
     pool.stopping = 1;
     int helpers = pool.helpers;
     pool.helpers = 0;
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.lock);
+    cond_broadcast(&pool.wake);
+    mutex_unlock(&pool.lock);
     for (int t = 0; t < helpers; t++)
-        pthread_join(pool.ids[t], NULL);
+        thread_join(pool.ids[t]);
 }
 #endif
 
@@ -343,4 +331,4 @@ int psm_run_chunks(psm_chunk_fn fn, const void *job, int64_t chunks, int threads
     return PSM_OK;
 }
 
-#endif /* PSM_HAVE_PTHREADS */
+#endif /* PSM_HAVE_THREADS */

@@ -19,7 +19,11 @@
  * normal float (worst input 0x1.4ca93ap-1 = 0.6497286); subnormal results
  * are within 0.763 of a subnormal step; inf, 0 and NaN are exact, and the
  * scalar and AVX2 versions agree bit for bit.  Measured over all 2^31 such
- * inputs by bench/check_exp_ulp.py.
+ * inputs by bench/check_exp_ulp.py.  Both assume the C library's fmaf
+ * rounds once, as C99 requires: glibc's does, and UCRT's as wine has it
+ * (Microsoft's is not checked here); mingw-w64 10's msvcrt build's does
+ * not, and there the scalar results differ from the AVX2 ones
+ * (.ci/cross.sh links UCRT).
  */
 #ifndef PYSAFEMAX_EXP_F32_H
 #define PYSAFEMAX_EXP_F32_H

@@ -28,12 +28,19 @@ def _declarations(header_path):
 
 
 def _compile_args():
-    if sys.platform == "win32":
-        return []
     # Portable flags only: CPU-specific code must be chosen at run time, and
-    # -ffast-math would break the NaN and inf semantics the methods promise.
-    # PYSAFEMAX_CFLAGS adds flags for checked builds (sanitizers).
+    # -ffast-math (MSVC's /fp:fast) would break the NaN and inf semantics the
+    # methods promise.  PYSAFEMAX_CFLAGS adds flags for checked builds
+    # (sanitizers), on every platform.
     extra = os.environ.get("PYSAFEMAX_CFLAGS", "").split()
+    if sys.platform == "win32":
+        # MSVC (setuptools' compiler on Windows): /fp:precise keeps NaN and
+        # inf semantics, and x64 code without /arch has no FMA instruction to
+        # contract into.  C11 atomics (Visual Studio 2022 17.5 and later) let
+        # chunks.c run threads; an older cl ignores the option (warning
+        # D9002) and the kernel runs on the calling thread (psm_max_threads
+        # says 1).  MSVC compiles the portable scalar code only (internal.h).
+        return ["/O2", "/fp:precise", "/std:c11", "/experimental:c11atomics"] + extra
     # -ffp-contract=off: no fused multiply-adds but the written ones, so the
     # scalar and AVX2 exp give the same bits.
     return ["-std=c11", "-O3", "-fno-math-errno", "-ffp-contract=off"] + extra

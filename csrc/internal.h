@@ -41,7 +41,7 @@
  * wherever the compiler takes target attributes on x86-64, each function
  * marked PSM_AVX2, with no -mavx2 for the whole build; psm_simd_level says
  * at run time whether this CPU may run them. */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #define PSM_HAVE_AVX2 1
 #define PSM_AVX2 __attribute__((target("avx2,fma")))
 #endif

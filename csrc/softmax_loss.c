@@ -6,8 +6,10 @@
  * chunks.c's.
  *
  * CPU dispatch: the AVX2+FMA code is compiled through target attributes and
- * chosen at run time with __builtin_cpu_supports, so the build needs no
- * host-specific flags and runs on any x86-64 (or other) CPU.
+ * chosen at run time from cpuid and xgetbv, so the build needs no
+ * host-specific flags and runs on any x86-64 (or other) CPU.  Not
+ * __builtin_cpu_supports: it reads libgcc's __cpu_model, which Apple's
+ * toolchain and clang-cl do not provide.
  */
 #include "softmax_loss.h"
 
@@ -17,11 +19,72 @@
 #include "internal.h"
 #include "testing.h"   /* psm_testing_portable */
 
+#ifdef PSM_HAVE_AVX2
+#if defined(_MSC_VER)   /* clang-cl: MSVC's cpuid intrinsic, not <cpuid.h>'s */
+#include <intrin.h>
+
+static void cpuid(int leaf, unsigned r[4])
+{
+    int v[4];
+    __cpuidex(v, leaf, 0);
+    for (int k = 0; k < 4; k++)
+        r[k] = (unsigned)v[k];
+}
+#else
+#include <cpuid.h>
+
+/* Leaves above the CPU's highest read as zeros: no feature. */
+static void cpuid(int leaf, unsigned r[4])
+{
+    if (!__get_cpuid_count((unsigned)leaf, 0, &r[0], &r[1], &r[2], &r[3]))
+        r[0] = r[1] = r[2] = r[3] = 0;
+}
+#endif
+
+/* XCR0's low word.  xgetbv by its bytes (0f 01 d0), which any assembler
+ * takes: the _xgetbv intrinsic would need the "xsave" target on its caller. */
+static unsigned xcr0(void)
+{
+    unsigned eax, edx;
+    __asm__ __volatile__(".byte 0x0f, 0x01, 0xd0" : "=a"(eax), "=d"(edx) : "c"(0));
+    return eax;
+}
+
+/* AVX2 and FMA in the CPU, and the OS saving the YMM registers on a context
+ * switch: OSXSAVE (leaf 1 ECX bit 27) makes xgetbv legal, and XCR0 must have
+ * the XMM and YMM state bits (1 and 2); then AVX (leaf 1 ECX bit 28), FMA
+ * (leaf 1 ECX bit 12) and AVX2 (leaf 7 EBX bit 5). */
+static int cpu_has_avx2_fma(void)
+{
+    unsigned r[4];
+    cpuid(0, r);
+    if (r[0] < 7)
+        return 0;
+    cpuid(1, r);
+    unsigned ecx1 = r[2];
+    if (!((ecx1 >> 27) & 1) || (xcr0() & 6u) != 6u)
+        return 0;
+    if (!((ecx1 >> 28) & 1) || !((ecx1 >> 12) & 1))
+        return 0;
+    cpuid(7, r);
+    return (r[1] >> 5) & 1;
+}
+#endif /* PSM_HAVE_AVX2 */
+
 int psm_simd_level(void)
 {
 #ifdef PSM_HAVE_AVX2
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    /* cpuid traps to the hypervisor in a VM (64 us a cpuid on the CI
+     * machine), and every entry point asks: the CPU is asked once, the
+     * answer kept.  It is the same on every thread, so a race only asks
+     * twice; relaxed atomics keep that race defined. */
+    static int level = -1;
+    int seen = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (seen < 0) {
+        seen = cpu_has_avx2_fma();
+        __atomic_store_n(&level, seen, __ATOMIC_RELAXED);
+    }
+    return seen;
 #else
     return 0;
 #endif

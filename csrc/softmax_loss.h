@@ -18,8 +18,9 @@
  * 87.3365447505531, -log(FLT_MIN) rounded to double.
  *
  * The kernel never touches Python state and keeps no globals (but for the
- * thread-local test flag of testing.h): every call is reentrant and may run
- * concurrently with any other.
+ * thread-local test flag of testing.h, chunks.c's thread pool and the CPU's
+ * features, asked once): every call is reentrant and may run concurrently
+ * with any other.
  *
  * The kernel's files (csrc/):
  *   softmax_loss.h     this contract: the entry points and their types
@@ -35,7 +36,8 @@
  *                      block sums, loss, gradient, partial state)
  *   driver.h           template: the loss, partials, grad-from-partials and
  *                      softmax jobs, their chunks, and the typed entry points
- *   chunks.c, .h       chunks of whole positions run on POSIX threads
+ *   chunks.c, .h       chunks of whole positions run on a thread pool
+ *   sys_threads.h      the pool's primitives, on POSIX or Win32 threads
  *   internal.h         what the .c files share privately (PSM_BLOCK,
  *                      read_label, argument checks, the SIMD choice)
  *   exp_f32.h          the float exp and its AVX2 twin, with its error bound
@@ -242,6 +244,10 @@ int64_t psm_log_softmax_f64(const double *logits, int64_t outer,
                             int64_t classes, int64_t inner, int threads, double *out);
 /* 1 when this CPU runs the AVX2+FMA paths, 0 when only the portable ones. */
 int psm_simd_level(void);
+/* How many threads a call may run on: PSM_MAX_THREADS, or 1 where the kernel
+ * was built without threads (no POSIX or Win32 threads, or no C11 atomics),
+ * and runs every call on the calling thread whatever its thread count. */
+int psm_max_threads(void);
 /* cdef-end */
 
 #ifdef __cplusplus

@@ -24,8 +24,9 @@ METHOD_IDS = {"naive": lib.PSM_NAIVE, "maxsub": lib.PSM_MAXSUB,
 REDUCTION_IDS = {"none": lib.PSM_NONE, "sum": lib.PSM_SUM, "mean": lib.PSM_MEAN,
                  "valid": lib.PSM_VALID, "full": lib.PSM_FULL,
                  "batch_size": lib.PSM_BATCH_SIZE}
-# The kernel starts at most this many threads.
-MAX_THREADS = lib.PSM_MAX_THREADS
+# The kernel starts at most this many threads: 1 where it was built without
+# threads, and then runs every call on the calling thread.
+MAX_THREADS = lib.psm_max_threads()
 
 # psm_partial, field for field (csrc/softmax_loss.h).
 STATE_DTYPE = np.dtype([

@@ -112,7 +112,7 @@ def _threads_from_environment() -> int:
     return _CORES
 
 
-_env_threads = _threads_from_environment()
+_env_threads = _capped(_threads_from_environment())
 
 
 def set_num_threads(n: Optional[Integer]) -> None:

@@ -3,18 +3,25 @@
  * .ci/run): every entry point on the shapes and values where indexing and
  * special values go wrong.  Arrays are allocated at their exact size so that
  * any read or write past them is reported.  Exits non-zero on a wrong result.
+ * Built for Windows (mingw-w64, run under wine) and aarch64 too: see
+ * .ci/cross.sh.
  */
+#if defined(__unix__) || defined(__APPLE__)
+#define _POSIX_C_SOURCE 200809L   /* sys_threads.h's clock_gettime, pthread_sigmask */
+#endif
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "chunks.h"   /* psm_run_chunks: the pool itself */
 #include "softmax_loss.h"
+#include "sys_threads.h"
 #include "testing.h"
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <pthread.h>
-#define HAVE_PTHREADS 1
+#ifdef PSM_HAVE_THREADS
+#include <stdatomic.h>
 #endif
 
 static int failures = 0;
@@ -282,12 +289,12 @@ static void threads_and_twins(void)
     free(x); free(y); free(g1); free(g2); free(l1); free(l2);
 }
 
-#ifdef HAVE_PTHREADS
-static void *portable_flag_of_a_new_thread(void *seen)
+#ifdef PSM_HAVE_THREADS
+static PSM_THREAD_ENTRY portable_flag_of_a_new_thread(void *seen)
 {
     *(int *)seen = psm_testing_portable();
     psm_testing_set_portable(1);   /* its own: the caller's stays as it was */
-    return NULL;
+    return 0;
 }
 #endif
 
@@ -297,20 +304,62 @@ static void portable_flag_is_per_thread(void)
     CHECK(psm_testing_portable() == 0);
     psm_testing_set_portable(5);
     CHECK(psm_testing_portable() == 1);
-#ifdef HAVE_PTHREADS
+#ifdef PSM_HAVE_THREADS
     int seen = -1;
-    pthread_t other;
+    psm_thread other;
     psm_testing_set_portable(0);
-    CHECK(pthread_create(&other, NULL, portable_flag_of_a_new_thread, &seen) == 0);
-    pthread_join(other, NULL);
+    CHECK(thread_start(&other, portable_flag_of_a_new_thread, &seen) == 0);
+    thread_join(other);
     CHECK(seen == 0 && psm_testing_portable() == 0);
     psm_testing_set_portable(1);
-    CHECK(pthread_create(&other, NULL, portable_flag_of_a_new_thread, &seen) == 0);
-    pthread_join(other, NULL);
+    CHECK(thread_start(&other, portable_flag_of_a_new_thread, &seen) == 0);
+    thread_join(other);
     CHECK(seen == 0 && psm_testing_portable() == 1);
 #endif
     psm_testing_set_portable(0);
     CHECK(psm_testing_portable() == 0);
+}
+
+#ifdef PSM_HAVE_THREADS
+typedef struct {
+    atomic_int *arrived;
+    int *met;
+} rendezvous;
+
+/* Each chunk waits (10 s at most) for the other to start: both meet only
+ * if two threads run them at once. */
+static void meet(const void *job, int64_t chunk)
+{
+    const rendezvous *r = job;
+    atomic_fetch_add(r->arrived, 1);
+    int64_t deadline = now_ns() + 10000000000;
+    while (atomic_load(r->arrived) < 2 && now_ns() < deadline)
+        cpu_relax();
+    r->met[chunk] = atomic_load(r->arrived) == 2;
+}
+#endif
+
+/* The pool runs a call's chunks on more than one thread (threads=2 above
+ * would pass on one thread too): with its helper just started, spinning,
+ * and asleep on its condition variable.  A build without threads says so. */
+static void pool_runs_two_threads_at_once(void)
+{
+#ifdef PSM_HAVE_THREADS
+    CHECK(psm_max_threads() == PSM_MAX_THREADS);
+    for (int round = 0; round < 3; round++) {
+        atomic_int arrived;
+        int met[2] = {0, 0};
+        rendezvous r = {&arrived, met};
+        atomic_init(&arrived, 0);
+        if (round == 2)   /* past the helper's spin (50 us): it sleeps */
+            for (int64_t idle = now_ns() + 2000000; now_ns() < idle;)
+                cpu_relax();
+        psm_run_chunks(meet, &r, 2, 2);
+        CHECK(met[0] && met[1]);
+    }
+#else
+    CHECK(psm_max_threads() == 1);
+#endif
 }
 
 /* Class blocks: every block's partial state, merged, gives the single call's
@@ -464,6 +513,7 @@ int main(void)
     bad_arguments();
     threads_and_twins();
     portable_flag_is_per_thread();
+    pool_runs_two_threads_at_once();
     labels_bounded_where_read();
     for (size_t b = 0; b < sizeof classes / sizeof *classes; b++) {
         one_pass_rows(classes[b], 1);
@@ -477,6 +527,7 @@ int main(void)
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
     }
-    printf("kernel edge cases: all checks passed\n");
+    printf("kernel edge cases (SIMD level %d, threads up to %d): all checks passed\n",
+           psm_simd_level(), psm_max_threads());
     return 0;
 }
