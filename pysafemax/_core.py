@@ -121,8 +121,9 @@ def set_num_threads(n: Optional[Integer]) -> None:
     Parameters
     ----------
     n : int or None
-        The thread count, >= 1; counts above 256 are taken as 256.  None
-        goes back to the default: PYSAFEMAX_NUM_THREADS as it was at import,
+        The thread count, >= 1; counts above the kernel's limit are taken
+        as the limit (256, or 1 in a build without threads).  None goes
+        back to the default: PYSAFEMAX_NUM_THREADS as it was at import,
         or else every core this process may run on.
 
     Raises
