@@ -66,8 +66,8 @@ def plot_loss_vs_gap(path):
     try:
         import matplotlib  # noqa: F401  (is it installed at all?)
     except ImportError:
-        print('pysafemax demo: --plot needs matplotlib: '
-              'pip install "pysafemax[plot]"', file=sys.stderr)
+        print('pysafemax demo: --plot needs matplotlib: pip install matplotlib '
+              '(the "plot" extra: pip install ".[plot]" in a source tree)', file=sys.stderr)
         return 2
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
