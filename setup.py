@@ -2,6 +2,7 @@
 and says how its wheel is tagged and linked."""
 import os
 import sys
+import sysconfig
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -30,10 +31,14 @@ class build_ext_without_debug_info(build_ext):
         super().build_extension(ext)
 
 
+# cffi builds the module against the limited API (pysafemax/_kernel.abi3.so)
+# except on free-threaded and debug CPython builds (cffi.setuptools_ext), so
+# the wheel is tagged cp39-abi3, one wheel for CPython 3.9 and every later
+# one, except there (where setuptools would refuse the tag).
+LIMITED_API = not (sysconfig.get_config_var("Py_GIL_DISABLED") or hasattr(sys, "gettotalrefcount"))
+
 setup(
     cffi_modules=["csrc/ffi_build.py:ffibuilder"],
     cmdclass={"build_ext": build_ext_without_debug_info},
-    # cffi builds the module against the limited API (pysafemax/_kernel.abi3.so),
-    # so one wheel, tagged cp39-abi3, serves CPython 3.9 and every later one.
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}} if LIMITED_API else {},
 )
