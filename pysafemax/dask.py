@@ -49,7 +49,8 @@ try:
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 except ImportError as exc:     # pysafemax itself never needs dask
-    raise ImportError(f'pysafemax.dask needs dask ({exc}): pip install "pysafemax[dask]"') \
+    raise ImportError(f'pysafemax.dask needs dask ({exc}): pip install "dask[array]" '
+                      '(the "dask" extra: pip install ".[dask]" in a source tree)') \
         from None
 
 from . import _bindings, _partials, _validation

@@ -358,7 +358,7 @@ def test_import_without_dask_says_how_to_install_it():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert 'pip install "pysafemax[dask]"' in done.stdout
+    assert 'pip install "dask[array]" (the "dask" extra: pip install ".[dask]"' in done.stdout
 
 
 # ---- a two-process LocalCluster: tasks pickled, states sent between workers

@@ -8,8 +8,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MISSING_MESSAGE = ('pysafemax demo: --plot needs matplotlib: '
-                   'pip install "pysafemax[plot]"')
+MISSING_MESSAGE = ('pysafemax demo: --plot needs matplotlib: pip install matplotlib '
+                   '(the "plot" extra: pip install ".[plot]" in a source tree)')
 
 
 def _run(*args):

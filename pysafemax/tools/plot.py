@@ -13,7 +13,7 @@ exact):
   a gap of about 16.6, naive reads nan once exp(gap) overflows (inf/inf),
   stable follows the truth down through float32's denormals.
 
-matplotlib is optional (pip install "pysafemax[plot]") and imported only
+matplotlib is optional (pip install matplotlib, or the "plot" extra) and imported only
 here, inside plot_loss_vs_gap.  The figure is drawn on an Agg canvas of its
 own, without pyplot, so it neither needs a display nor changes the backend
 or the figures of a session that calls it.  (Moved from pysafemax.plotting,
@@ -78,8 +78,8 @@ def plot_loss_vs_gap(path: Union[str, os.PathLike[str]]) -> int:
     try:
         import matplotlib  # noqa: F401  (is it installed at all?)
     except ImportError:
-        print('pysafemax demo: --plot needs matplotlib: '
-              'pip install "pysafemax[plot]"', file=sys.stderr)
+        print('pysafemax demo: --plot needs matplotlib: pip install matplotlib '
+              '(the "plot" extra: pip install ".[plot]" in a source tree)', file=sys.stderr)
         return 2
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
