@@ -39,6 +39,7 @@ typedef struct {
     double scale;            /* every loss's gradient is multiplied by this */
     double weight_total;     /* the class weights' sum, or the class count */
     REAL *losses, *grad;     /* either may be NULL */
+    REAL *lse;               /* each position's log-sum-exp, or NULL */
     double *chunk_loss;      /* each chunk's summed loss */
 } FN(loss_job);
 
@@ -116,14 +117,16 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
         int counts = FN(position)(c, chunk, pos, &base, &t);
         if (counts < 0)
             break;
+        const REAL *x = c->logits + base;
         if (!counts) {
             for (int64_t j = 0; job->grad && j < classes; j++)
                 job->grad[base + j * inner] = 0;
             if (job->losses)
                 job->losses[pos] = 0;
+            if (job->lse)   /* an ignored position's too: the logits have one */
+                job->lse[pos] = FN(position_lse)(x, classes, inner, method, c->fast);
             continue;
         }
-        const REAL *x = c->logits + base;
         double loss;
         if (job->grad && FN(is_one_hot)(&t)) {
             REAL *g = job->grad + base;
@@ -133,13 +136,21 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 if (method == PSM_STABLE)
                     FN(log_norms8)(batch_state, c->fast, batch_log_norm);
             }
-            if (pos < batch + 8)
-                loss = FN(finish_loss_grad)(&batch_state[pos - batch],
-                                            batch_log_norm[pos - batch], x, classes, inner,
-                                            &t, method, job->scale, c->fast, g);
-            else
-                loss = FN(one_hot_loss_grad)(x, classes, inner, &t, method, job->scale,
-                                             c->fast, g);
+            FN(row_state) own;
+            const FN(row_state) *st = &own;
+            double log_norm;
+            if (pos < batch + 8) {
+                st = &batch_state[pos - batch];
+                log_norm = batch_log_norm[pos - batch];
+            } else {
+                FN(stored_exps)(x, classes, inner, method, c->fast, g, &own);
+                log_norm = method == PSM_STABLE ? FN(log_norm)(&own) : 0.0;
+            }
+            loss = FN(finish_loss_grad)(st, log_norm, x, classes, inner, &t, method,
+                                        job->scale, c->fast, g);
+            if (job->lse)
+                job->lse[pos] = FN(stored_lse)(st, log_norm, method, x, classes, inner,
+                                               c->fast);
         } else if (method == PSM_STABLE && FN(smoothed_label)(&t)) {
             /* the max, sums and exps as for a label, then the smoothing's
              * cross term in one vector pass */
@@ -149,11 +160,14 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
             else
                 FN(row_pass)(x, classes, inner, 1, 1, c->fast, NULL, &st);
             FN(smoothed_cross)(x, classes, inner, &t, job->weight_total, c->fast, &st);
-            loss = FN(position_loss_given)(&st, FN(log_norm)(&st), 0, x, classes, inner, &t,
-                                           method);
+            double log_norm = FN(log_norm)(&st);
+            loss = FN(position_loss_given)(&st, log_norm, 0, x, classes, inner, &t, method);
             if (job->grad)
                 FN(smoothed_grad)(&st, x, classes, inner, &t, job->weight_total, job->scale,
                                   c->fast, job->grad + base);
+            if (job->lse)
+                job->lse[pos] = FN(stored_lse)(&st, log_norm, method, x, classes, inner,
+                                               c->fast);
         } else {
             FN(row_state) st;
             int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);
@@ -178,6 +192,8 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
             if (job->grad)
                 FN(position_grad)(&st, x, classes, inner, &t, method, job->scale, c->fast,
                                   FN(target_total)(&t, classes, inner), job->grad + base);
+            if (job->lse)
+                job->lse[pos] = FN(state_lse)(&st, log_norm, method);
         }
         if (job->losses)
             job->losses[pos] = (REAL)loss;
@@ -327,6 +343,16 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
                              const psm_options *opt, REAL *losses,
                              double *loss, REAL *grad)
 {
+    return FN(psm_softmax_loss_lse)(logits, outer, classes, inner, labels, target_probs,
+                                    opt, losses, loss, grad, NULL);
+}
+
+int64_t FN(psm_softmax_loss_lse)(const REAL *logits, int64_t outer,
+                                 int64_t classes, int64_t inner,
+                                 const int64_t *labels, const REAL *target_probs,
+                                 const psm_options *opt, REAL *losses,
+                                 double *loss, REAL *grad, REAL *lse)
+{
     if (!psm_options_ok(logits, outer, classes, inner, labels, target_probs, opt) ||
         loss == NULL)
         return PSM_BAD_ARGUMENT;
@@ -342,7 +368,8 @@ int64_t FN(psm_softmax_loss)(const REAL *logits, int64_t outer,
     }
     FN(loss_job) job = {FN(call_for)(logits, outer, classes, inner, 0, classes, labels,
                                      target_probs, opt),
-                        psm_gradient_scale(normalizer), weight_total, losses, grad, NULL};
+                        psm_gradient_scale(normalizer), weight_total, losses, grad, lse,
+                        NULL};
     double total;
     status = FN(run_job)(FN(loss_chunk), &job, &job.call, &job.chunk_loss, &total);
     if (status != PSM_OK)

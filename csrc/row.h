@@ -1016,17 +1016,41 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
     return loss;
 }
 
-/* One position's loss and gradient for a one-hot target (the label t->label
- * in [0, classes)). */
-static double FN(one_hot_loss_grad)(const REAL *x, int64_t classes, int64_t stride,
-                                    const FN(target) *t, int method, double scale,
-                                    int fast, REAL *grad)
+/* A position's log-sum-exp from its state of row_pass (see
+ * psm_softmax_loss_lse): stable's exact one, from log_norm = log1p(s);
+ * naive's and maxsub's from the sum they round to REAL.  A state whose max
+ * is not finite has no log1p(s): its log-sum-exp is that max, or NaN where
+ * a NaN logit made rest NaN (block_max skips NaN, the sums do not). */
+static REAL FN(state_lse)(const FN(row_state) *st, double log_norm, int method)
+{
+    if (method != PSM_STABLE)
+        return (REAL)((double)st->max + (double)LOG(FN(float_total)(st, method)));
+    if (!isfinite(st->max))
+        return isnan(st->rest) ? (REAL)NAN : st->max;
+    return (REAL)((double)st->max + log_norm);
+}
+
+/* The log-sum-exp of a position no loss needed (an ignored one): its state
+ * from one row_pass. */
+static REAL FN(position_lse)(const REAL *x, int64_t classes, int64_t stride, int method,
+                             int fast)
 {
     FN(row_state) st;
-    FN(stored_exps)(x, classes, stride, method, fast, grad, &st);
-    double log_norm = method == PSM_STABLE ? FN(log_norm)(&st) : 0.0;
-    return FN(finish_loss_grad)(&st, log_norm, x, classes, stride, t, method, scale, fast,
-                                grad);
+    FN(row_pass)(x, classes, stride, method != PSM_NAIVE, method == PSM_STABLE, fast, NULL,
+                 &st);
+    return FN(state_lse)(&st, method == PSM_STABLE ? FN(log_norm)(&st) : 0.0, method);
+}
+
+/* state_lse for a state of stored_exps, whose sum counts every e_j, the
+ * max's own among them: where the max is not finite, exp(inf - inf) is NaN
+ * there, with or without a NaN logit, so one row_pass tells them apart
+ * (a row no finite number tops: rare). */
+static REAL FN(stored_lse)(const FN(row_state) *st, double log_norm, int method,
+                           const REAL *x, int64_t classes, int64_t stride, int fast)
+{
+    if (method == PSM_STABLE && !isfinite(st->max))
+        return FN(position_lse)(x, classes, stride, method, fast);
+    return FN(state_lse)(st, log_norm, method);
 }
 
 /* Label smoothing over a label: q_j = smooth w_j + [j == y] label_part, the

@@ -141,6 +141,28 @@ int64_t psm_softmax_loss_f64(const double *logits, int64_t outer,
                              double *loss, double *grad);
 
 /*
+ * psm_softmax_loss, and each position's log-sum-exp written to lse (outer x
+ * inner, or NULL: then it is psm_softmax_loss), ignored positions included:
+ *   stable  log(sum_j exp(x_j)), exact: max + log1p(s) in double, rounded
+ *           once; -inf where every logit is -inf, +inf where one is +inf,
+ *           NaN where one is NaN (as scipy.special.logsumexp)
+ *   maxsub  max + log of the sum of exp(x_j - max) that the method itself
+ *           rounds to the logits' type (NaN where the max is not finite)
+ *   naive   log of the method's own sum of exp(x_j) in the logits' type:
+ *           +inf once that sum overflows
+ */
+int64_t psm_softmax_loss_lse_f32(const float *logits, int64_t outer,
+                                 int64_t classes, int64_t inner,
+                                 const int64_t *labels, const float *target_probs,
+                                 const psm_options *options, float *losses,
+                                 double *loss, float *grad, float *lse);
+int64_t psm_softmax_loss_lse_f64(const double *logits, int64_t outer,
+                                 int64_t classes, int64_t inner,
+                                 const int64_t *labels, const double *target_probs,
+                                 const psm_options *options, double *losses,
+                                 double *loss, double *grad, double *lse);
+
+/*
  * Class-sharded logits.  A position's classes may be split into blocks, each
  * read by its own call, possibly on another machine:
  *   psm_softmax_partials  the partial state of every position over one block

@@ -40,7 +40,7 @@ assert STATE_DTYPE.itemsize == ffi.sizeof("psm_partial")
 class _Kernels(NamedTuple):
     """One dtype's entry points."""
     ctype: Any              # the cffi array type of its buffers
-    softmax_loss: Any
+    softmax_loss: Any       # psm_softmax_loss_lse (lse NULL: psm_softmax_loss)
     softmax: Any
     log_softmax: Any
     partials: Any
@@ -53,11 +53,11 @@ class _Kernels(NamedTuple):
 _INT64_ARRAY = ffi.typeof("int64_t[]")
 KERNELS = {
     np.dtype(np.float32): _Kernels(
-        ffi.typeof("float[]"), lib.psm_softmax_loss_f32, lib.psm_softmax_f32,
+        ffi.typeof("float[]"), lib.psm_softmax_loss_lse_f32, lib.psm_softmax_f32,
         lib.psm_log_softmax_f32, lib.psm_softmax_partials_f32,
         lib.psm_loss_from_partials_f32, lib.psm_grad_from_partials_f32),
     np.dtype(np.float64): _Kernels(
-        ffi.typeof("double[]"), lib.psm_softmax_loss_f64, lib.psm_softmax_f64,
+        ffi.typeof("double[]"), lib.psm_softmax_loss_lse_f64, lib.psm_softmax_f64,
         lib.psm_log_softmax_f64, lib.psm_softmax_partials_f64,
         lib.psm_loss_from_partials_f64, lib.psm_grad_from_partials_f64),
 }
@@ -136,8 +136,10 @@ def options(method, reduction, threads, weight=None, ignore_index=None,
 _loss_cells: list[Any] = []
 
 
-def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, grad):
-    """psm_softmax_loss: the reduced loss; losses and grad (or None) filled.
+def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, grad,
+                 lse=None):
+    """psm_softmax_loss_lse: the reduced loss; losses, grad and lse (or None)
+    filled.
     Written for tiny calls, whose whole cost a few hundred ns of Python can
     double: the buffers are made inline (positional require_writable: the
     keyword alone costs 0.15 us), and the loss cell is reused."""
@@ -152,7 +154,8 @@ def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, gra
         null if labels is None else buffer(_INT64_ARRAY, labels),
         null if probs is None else buffer(ctype, probs), opts.struct,
         null if losses is None else buffer(ctype, losses, True), cell,
-        null if grad is None else buffer(ctype, grad, True))
+        null if grad is None else buffer(ctype, grad, True),
+        null if lse is None else buffer(ctype, lse, True))
     loss = cell[0]
     _loss_cells.append(cell)
     if status:
