@@ -15,8 +15,8 @@ __path__ = extend_path(__path__, __name__)
 
 from ._constants import DBL_MIN_LOSS, FLT_MIN_LOSS  # noqa: E402
 from ._core import (ReferenceMismatchError, check_tolerance,  # noqa: E402
-                    get_num_threads, log_softmax, set_num_threads, simd_level,
-                    softmax, softmax_loss)
+                    get_num_threads, log_softmax, logsumexp, set_num_threads,
+                    simd_level, softmax, softmax_loss)
 from ._partials import (SoftmaxPartials, combine_partials, grad_from_partials,
                         loss_from_partials, softmax_partials)
 from ._validation import METHODS, REDUCTIONS
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "diagnose", "DiagnosisReport",
-    "softmax_loss", "softmax", "log_softmax", "check_tolerance",
+    "softmax_loss", "softmax", "log_softmax", "logsumexp", "check_tolerance",
     "softmax_partials", "combine_partials", "loss_from_partials",
     "grad_from_partials", "SoftmaxPartials",
     "set_num_threads", "get_num_threads", "simd_level",

@@ -157,13 +157,15 @@ def get_num_threads() -> int:
     return _env_threads if _num_threads is None else _num_threads
 
 
-# What softmax_loss returns follows reduction and return_grad: a float, or
-# per-position losses for "none"; with return_grad, a (loss, gradient) pair.
+# What softmax_loss returns follows reduction, return_grad and return_lse: a
+# float, or per-position losses for "none"; with return_grad, a (loss,
+# gradient) pair; with return_lse, the log-sum-exps last.
 @overload
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Reduced = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 return_lse: Literal[False] = ...,
                  out: None = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> float: ...
 @overload
@@ -171,6 +173,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Literal["none"],
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 return_lse: Literal[False] = ...,
                  out: None = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> FloatArray: ...
 @overload
@@ -178,6 +181,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Reduced = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., return_grad: Literal[True],
+                 return_lse: Literal[False] = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[float, FloatArray]: ...
 @overload
@@ -185,24 +189,44 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Literal["none"],
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., return_grad: Literal[True],
+                 return_lse: Literal[False] = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[FloatArray, FloatArray]: ...
 @overload
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: str = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
-                 label_smoothing: float = ..., return_grad: bool = ...,
+                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 return_lse: Literal[True],
+                 out: None = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Tuple[Loss, FloatArray]: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: Literal[True],
+                 return_lse: Literal[True],
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
-                 check: bool = ...) -> Union[Loss, Tuple[Loss, FloatArray]]: ...
+                 check: bool = ...) -> Tuple[Loss, FloatArray, FloatArray]: ...
+@overload
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
+                 method: str = ..., reduction: str = ...,
+                 weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
+                 label_smoothing: float = ..., return_grad: bool = ...,
+                 return_lse: bool = ...,
+                 out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
+                 check: bool = ...) -> Union[Loss, Tuple[Loss, FloatArray],
+                                             Tuple[Loss, FloatArray, FloatArray]]: ...
 
 
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
                  method: str = "stable", reduction: str = "mean",
                  weight: Optional[ArrayLike] = None,
                  ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
-                 return_grad: bool = False, out: Optional[FloatArray] = None,
-                 threads: Optional[Integer] = None,
-                 check: bool = False) -> Union[Loss, Tuple[Loss, FloatArray]]:
+                 return_grad: bool = False, return_lse: bool = False,
+                 out: Optional[FloatArray] = None, threads: Optional[Integer] = None,
+                 check: bool = False) -> Union[Loss, Tuple[Loss, FloatArray],
+                                               Tuple[Loss, FloatArray, FloatArray]]:
     """Softmax cross-entropy of `logits` against `labels`, with PyTorch's and
     Caffe's options.
 
@@ -238,6 +262,13 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         In [0, 1], PyTorch's semantics.
     return_grad : bool, default False
         Also return d loss / d logits, shaped like `logits`.
+    return_lse : bool, default False
+        Also return each position's log-sum-exp over its classes (ignored
+        positions too), shaped like the logits without the class axis, in
+        the logits' dtype.  For "stable" it is exact, as logsumexp() gives
+        it (-inf where every logit is -inf, +inf where one is +inf, NaN
+        where one is NaN); for "maxsub" and "naive" it is the log of the
+        sum those methods compute: naive's is inf once exp overflows.
     out : ndarray, optional
         With return_grad: a C-contiguous array of the logits' shape and
         dtype to write the gradient into (and return), so that repeated
@@ -259,6 +290,9 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         Only with ``return_grad=True`` (then a ``(loss, grad)`` tuple is
         returned): d loss / d logits, in the logits' shape and dtype (`out`
         itself when given).
+    lse : ndarray
+        Only with ``return_lse=True``, last: ``(loss, lse)`` or ``(loss,
+        grad, lse)``.
 
     Raises
     ------
@@ -297,6 +331,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     # without helper calls.  Anything else, every bad input included, falls
     # through to the general path, which checks everything.
     if (weight is None and ignore_index is None and out is None and check is False
+            and return_lse is False
             and type(logits) is np.ndarray and type(labels) is np.ndarray
             and type(axis) is int and axis == 1
             and (type(label_smoothing) is float or type(label_smoothing) is int)
@@ -336,6 +371,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     method = _validation.choice(method, "method", _validation.METHODS)
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
     return_grad = _validation.flag(return_grad, "return_grad")
+    return_lse = _validation.flag(return_lse, "return_lse")
     check = _validation.flag(check, "check")
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     if out is not None:
@@ -346,25 +382,32 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     # Results in the caller's dtype, filled block by block.
     losses = (np.empty(x.position_shape, dtype=x.result_dtype)
               if reduction == "none" or check else None)
+    lse = np.empty(x.position_shape, dtype=x.result_dtype) if return_lse else None
     grad = None
     if return_grad:
         grad = out if out is not None else np.empty(x.array.shape, dtype=x.result_dtype)
-    if x.array.size * x.compute_dtype.itemsize * 3 <= _STREAM_BYTES:
-        # small enough to stage everything at once
-        blocks = [Block(..., ..., 0, math.prod(x.position_shape))]
-    else:
-        blocks = list(_blocks(x, _staged_bytes(x, t.probs, grad)))
-    loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check)
+    blocks = _call_blocks(x, t.probs, grad)
+    loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check, lse)
     if reduction == "none":
         loss = losses
-    # losses and grad are arrays when asked for (mypy cannot tell)
-    return (loss, grad) if return_grad else loss  # type: ignore[return-value]
+    results = (loss,) + ((grad,) if return_grad else ()) + ((lse,) if return_lse else ())
+    return results if len(results) > 1 else loss
+
+
+def _call_blocks(x: _validation.Logits, probs: Optional[NDArray[Any]],
+                 grad: Optional[FloatArray]) -> list[Block]:
+    """The blocks of positions a call computes one at a time: one, if all it
+    stages fits at once."""
+    if x.array.size * x.compute_dtype.itemsize * 3 <= _STREAM_BYTES:
+        return [Block(..., ..., 0, math.prod(x.position_shape))]
+    return list(_blocks(x, _staged_bytes(x, probs, grad)))
 
 
 def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Block],
                 method: str, reduction: str, threads: int, losses: Optional[FloatArray],
-                grad: Optional[FloatArray], check: bool) -> float:
-    """One kernel call per block, filling losses and grad (or None); returns
+                grad: Optional[FloatArray], check: bool,
+                lse: Optional[FloatArray] = None) -> float:
+    """One kernel call per block, filling losses, grad and lse (or None); returns
     the reduced loss.  Several blocks sum their losses and scale their
     gradient by the whole batch's normalizer (checking every label before
     any block runs); one block is one call that reduces by itself."""
@@ -382,11 +425,12 @@ def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Bloc
         probs_block = None if t.probs is None else _kernel_input(t.probs[index], compute)
         losses_to, losses_block = _kernel_output(losses, positions, compute)
         grad_to, grad_block = _kernel_output(grad, index, compute)
+        lse_to, lse_block = _kernel_output(lse, positions, compute)
         try:
             result = _bindings.softmax_loss(
                 block, math.prod(block.shape[:x.axis]), x.classes,
                 math.prod(block.shape[x.axis + 1:]), labels_block, probs_block, opts,
-                losses_block, grad_block)
+                losses_block, grad_block, lse_block)
         except _bindings.BadLabel as bad:   # one call's own check found it, or a
             # block found a label changed since the batch's check
             raise t.label_error(first + bad.position, x.classes) from None
@@ -399,9 +443,10 @@ def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Bloc
                                      losses_block, grad_block, origin)
         _store(losses_to, losses_block)
         _store(grad_to, grad_block)
+        _store(lse_to, lse_block)
         total.add(result)
         # Freed before the next block's copies are made, not after.
-        del block, probs_block, losses_block, grad_block
+        del block, probs_block, losses_block, grad_block, lse_block
     return _bindings.reduce(reduction, total.value(), normalizer) if streamed else result
 
 
@@ -703,3 +748,84 @@ def log_softmax(logits: ArrayLike, *, axis: Integer = 1,
     out = np.empty_like(x.array)
     _bindings.log_softmax(x.array, x.outer, x.classes, x.inner, threads, out)
     return x.in_result_dtype(out)
+
+
+def logsumexp(a: ArrayLike, axis: Optional[Integer] = -1, keepdims: bool = False, *,
+              threads: Optional[Integer] = None) -> Union[np.floating[Any], FloatArray]:
+    """log(sum(exp(a))) along an axis, exact, through the loss's one pass.
+
+    The stable method's own log-sum-exp (as ``softmax_loss(...,
+    return_lse=True)`` gives it): the max plus log1p of the other terms'
+    sum, in double, rounded once to the input's dtype.  It agrees with
+    ``scipy.special.logsumexp`` (without ``b`` or ``return_sign``),
+    special values included.
+
+    Parameters
+    ----------
+    a : array_like
+        float16, float32 or float64 (float16 is computed in float32);
+        integers and booleans are taken as float64, as scipy does.
+    axis : int or None, default -1
+        The axis summed over; None sums over every element.
+    keepdims : bool, default False
+        Keep the summed axis (axes) with length 1.
+    threads : int, optional
+        How many threads (None: get_num_threads()); every count gives the
+        same bits.
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        In `a`'s floating dtype: -inf where every term is -inf (or the axis
+        is empty), +inf where a term is +inf, NaN where a term is NaN.
+
+    Raises
+    ------
+    TypeError
+        If `a` is not a real number array (complex, object, a masked array),
+        or `axis` or `keepdims` has the wrong type.
+    ValueError
+        For an axis out of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pysafemax
+    >>> float(pysafemax.logsumexp(np.array([1000.0, 1000.0])))  # 1000 + ln 2
+    1000.6931471805599
+    >>> pysafemax.logsumexp(np.array([[0.0, -np.inf], [-np.inf, -np.inf]]))
+    array([  0., -inf])
+    """
+    array = a if type(a) is np.ndarray else _validation.as_array(a, "a")
+    if array.dtype.kind in "biu":      # as scipy: exactly, in float64
+        array = array.astype(np.float64)
+    if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
+        raise TypeError(f"a must be a float16, float32 or float64 array (or integers), "
+                        f"got dtype {array.dtype}")
+    keepdims = _validation.flag(keepdims, "keepdims")
+    threads = get_num_threads() if threads is None else _validation.thread_count(threads)
+    shape = array.shape
+    if axis is None:
+        array = array.reshape(1, -1)
+        class_axis = 1
+    else:
+        class_axis = _validation.integer(axis, "axis")
+        if not -array.ndim <= class_axis < array.ndim:
+            raise ValueError(f"axis {axis} is out of range for a of shape {shape}")
+        class_axis %= array.ndim
+    result_dtype = array.dtype.newbyteorder("=")
+    if array.shape[class_axis] == 0:       # the log of an empty sum
+        lse = np.full(array.shape[:class_axis] + array.shape[class_axis + 1:], -np.inf,
+                      dtype=result_dtype)
+    else:
+        x = _validation.logits_array(array, class_axis, convert=False)
+        t = _validation.targets(np.zeros(x.position_shape, np.int64), x, convert=False)
+        lse = np.empty(x.position_shape, dtype=x.result_dtype)
+        _run_blocks(x, t, _call_blocks(x, None, None), "stable", "sum", threads, None, None,
+                    False, lse)
+    if keepdims:
+        lse = (lse.reshape((1,) * len(shape)) if axis is None
+               else np.expand_dims(lse, class_axis))
+    elif axis is None:
+        lse = lse.reshape(())
+    return lse[()] if lse.ndim == 0 else lse

@@ -500,8 +500,9 @@ for _value, _shown in ((None, "None"), (0, "0"), (b"mean", "b'mean'")):
                   rf"^reduction must be a str, one of {REDUCTIONS_RE}, got {_shown}$",
                   "reduction")
 
-# --- return_grad and check: exactly bool (or numpy.bool_) --------------------
-for _name, _modules in (("return_grad", BOTH), ("check", ("kernel",))):
+# --- return_grad, return_lse and check: exactly bool (or numpy.bool_) --------
+for _name, _modules in (("return_grad", BOTH), ("return_lse", ("kernel",)),
+                        ("check", ("kernel",))):
     for _value, _shown in ((1, "1"), (0, "0"), (None, "None"), ("yes", "'yes'"),
                            (1.0, "1.0"), (np.array(True), r"array\(True\)"),
                            ([True], r"\[True\]")):
@@ -579,7 +580,8 @@ TABLE += _row("log-softmax-has-no-method", "log_softmax", (X,),
               r"unexpected keyword argument 'method'", "method")
 TABLE += _row("softmax-has-no-weight", "softmax", (X,), {"weight": np.ones(C)},
               TypeError, r"unexpected keyword argument 'weight'", "weight")
-for _name, _value in (("check", True), ("threads", 2), ("out", np.empty((N, C)))):
+for _name, _value in (("check", True), ("threads", 2), ("out", np.empty((N, C))),
+                      ("return_lse", True)):
     TABLE += _row(f"reference-has-no-{_name}", "softmax_loss", (X, Y), {_name: _value},
                   TypeError, rf"unexpected keyword argument '{_name}'", _name,
                   modules=("reference",))
@@ -612,11 +614,13 @@ def test_table_covers_every_argument():
 
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_reference_has_the_kernel_signature_without_check(function):
-    # check, out and threads steer the kernel; the numpy twin has none of them.
+    # check, out and threads steer the kernel, and return_lse asks for one
+    # more of its outputs (tests/test_logsumexp.py has its float64 oracle);
+    # the numpy twin has none of them.
     kernel = inspect.signature(getattr(pysafemax, function))
     twin = inspect.signature(getattr(reference, function))
     expected = [p for name, p in kernel.parameters.items()
-                if name not in ("check", "out", "threads")]
+                if name not in ("check", "out", "threads", "return_lse")]
     assert list(twin.parameters.values()) == expected
     assert "check" in inspect.signature(pysafemax.softmax_loss).parameters
 
