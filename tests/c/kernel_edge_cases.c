@@ -92,6 +92,8 @@ static void shape_sweep(int64_t outer, int64_t classes, int64_t inner)
     double *grad_d = malloc((size_t)(n ? n : 1) * sizeof *grad_d);
     double *weight = malloc((size_t)classes * sizeof *weight);
     float *probs = malloc((size_t)(n ? n : 1) * sizeof *probs);
+    float *lse = malloc((size_t)(positions ? positions : 1) * sizeof *lse);
+    double *lse_d = malloc((size_t)(positions ? positions : 1) * sizeof *lse_d);
     for (int64_t c = 0; c < classes; c++)
         weight[c] = 0.5 + (double)c / (double)classes;
     for (int64_t k = 0; k < n; k++)
@@ -117,6 +119,13 @@ static void shape_sweep(int64_t outer, int64_t classes, int64_t inner)
             o.ignore_index = 1;
             CHECK(psm_softmax_loss_f32(x, outer, classes, inner, y, NULL, &o,
                                        losses, &loss, grad) == PSM_OK);
+            /* the log-sum-exp of every position, ignored ones too */
+            CHECK(psm_softmax_loss_lse_f32(x, outer, classes, inner, y, NULL, &o,
+                                           NULL, &loss, grad, lse) == PSM_OK);
+            CHECK(psm_softmax_loss_lse_f64(xd, outer, classes, inner, y, NULL, &o,
+                                           NULL, &loss_d, NULL, lse_d) == PSM_OK);
+            for (int64_t k = 0; method == PSM_STABLE && k < positions; k++)
+                CHECK(agree(lse[k], lse_d[k], 1e-6));
             o.use_ignore_index = 0;
             CHECK(psm_softmax_loss_f32(x, outer, classes, inner, NULL, probs, &o,
                                        NULL, &loss, grad) == PSM_OK);
@@ -127,7 +136,7 @@ static void shape_sweep(int64_t outer, int64_t classes, int64_t inner)
     CHECK(psm_log_softmax_f32(x, outer, classes, inner, 2, grad) == PSM_OK);
     CHECK(psm_log_softmax_f64(xd, outer, classes, inner, 2, grad_d) == PSM_OK);
     free(x); free(xd); free(y); free(losses); free(losses_d); free(grad);
-    free(grad_d); free(weight); free(probs);
+    free(grad_d); free(weight); free(probs); free(lse); free(lse_d);
 }
 
 static void special_values(void)
@@ -146,6 +155,16 @@ static void special_values(void)
     CHECK(losses[0] == 80.0f);
     CHECK(isnan(losses[1]) && isnan(losses[2]) && isnan(losses[4]));
     CHECK(isinf(losses[3]) && losses[3] > 0);
+    /* the log-sum-exps, with the loss alone and with the gradient (whose
+     * pass tells a NaN row from a +inf one by a row_pass of its own) */
+    float lse[5], grad[10];
+    for (int with_grad = 0; with_grad < 2; with_grad++) {
+        CHECK(psm_softmax_loss_lse_f32(x, 5, 2, 1, y, NULL, &o, NULL, &loss,
+                                       with_grad ? grad : NULL, lse) == PSM_OK);
+        CHECK(agree(lse[0], 100.0 + log1p(exp(-80.0)), 1e-7));
+        CHECK(isnan(lse[1]) && lse[2] == INFINITY && lse[4] == -INFINITY);
+        CHECK(lse[3] == 1.0f);
+    }
 }
 
 static void bad_arguments(void)
