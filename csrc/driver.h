@@ -127,7 +127,9 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 job->lse[pos] = FN(position_lse)(x, classes, inner, method, c->fast);
             continue;
         }
-        double loss;
+        /* the log-sum-exp, where it is returned or a z-loss needs it */
+        int want_lse = job->lse != NULL || t.z_scale != 0.0;
+        double loss, lse = 0.0, z_mass;
         if (job->grad && FN(is_one_hot)(&t)) {
             REAL *g = job->grad + base;
             if (batches && pos >= batch + 8 && pos + 8 <= last &&
@@ -146,11 +148,11 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 FN(stored_exps)(x, classes, inner, method, c->fast, g, &own);
                 log_norm = method == PSM_STABLE ? FN(log_norm)(&own) : 0.0;
             }
-            loss = FN(finish_loss_grad)(st, log_norm, x, classes, inner, &t, method,
-                                        job->scale, c->fast, g);
-            if (job->lse)
-                job->lse[pos] = FN(stored_lse)(st, log_norm, method, x, classes, inner,
-                                               c->fast);
+            if (want_lse)
+                lse = FN(stored_lse)(st, log_norm, method, x, classes, inner, c->fast);
+            double z_loss = FN(z_term)(&t, lse, &z_mass);
+            loss = FN(finish_loss_grad)(st, log_norm, x, classes, inner, &t, z_mass, method,
+                                        job->scale, c->fast, g) + z_loss;
         } else if (method == PSM_STABLE && FN(smoothed_label)(&t)) {
             /* the max, sums and exps as for a label, then the smoothing's
              * cross term in one vector pass */
@@ -161,13 +163,13 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 FN(row_pass)(x, classes, inner, 1, 1, c->fast, NULL, &st);
             FN(smoothed_cross)(x, classes, inner, &t, job->weight_total, c->fast, &st);
             double log_norm = FN(log_norm)(&st);
-            loss = FN(position_loss_given)(&st, log_norm, 0, x, classes, inner, &t, method);
+            if (want_lse)
+                lse = FN(stored_lse)(&st, log_norm, method, x, classes, inner, c->fast);
+            loss = FN(position_loss_given)(&st, log_norm, 0, x, classes, inner, &t, method) +
+                   FN(z_term)(&t, lse, &z_mass);
             if (job->grad)
-                FN(smoothed_grad)(&st, x, classes, inner, &t, job->weight_total, job->scale,
-                                  c->fast, job->grad + base);
-            if (job->lse)
-                job->lse[pos] = FN(stored_lse)(&st, log_norm, method, x, classes, inner,
-                                               c->fast);
+                FN(smoothed_grad)(&st, x, classes, inner, &t, job->weight_total, z_mass,
+                                  job->scale, c->fast, job->grad + base);
         } else {
             FN(row_state) st;
             int want_cross = method == PSM_STABLE && !FN(is_one_hot)(&t);
@@ -188,13 +190,17 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 log_norm = method == PSM_STABLE ? FN(log_norm)(&st) : 0.0;
             }
             REAL x_y = FN(is_one_hot)(&t) ? x[t.label * inner] : 0;
-            loss = FN(position_loss_given)(&st, log_norm, x_y, x, classes, inner, &t, method);
+            if (want_lse)
+                lse = FN(state_lse)(&st, log_norm, method);
+            loss = FN(position_loss_given)(&st, log_norm, x_y, x, classes, inner, &t, method) +
+                   FN(z_term)(&t, lse, &z_mass);
             if (job->grad)
                 FN(position_grad)(&st, x, classes, inner, &t, method, job->scale, c->fast,
-                                  FN(target_total)(&t, classes, inner), job->grad + base);
-            if (job->lse)
-                job->lse[pos] = FN(state_lse)(&st, log_norm, method);
+                                  FN(target_total)(&t, classes, inner), z_mass,
+                                  job->grad + base);
         }
+        if (job->lse)
+            job->lse[pos] = (REAL)lse;
         if (job->losses)
             job->losses[pos] = (REAL)loss;
         psm_sum_add(&total, loss);
@@ -244,9 +250,11 @@ static void FN(grad_chunk)(const void *job_, int64_t chunk)
         }
         const psm_partial *whole = &job->state[pos];
         FN(row_state) st = FN(state_from)(whole);
-        double mass = FN(is_one_hot)(&t) ? t.label_part : whole->mass;
+        double mass = FN(is_one_hot)(&t) ? t.label_part : whole->mass, z_mass = 0.0;
+        if (t.z_scale != 0.0)
+            FN(z_term)(&t, FN(partial_lse)(&st, c->opt->method), &z_mass);
         FN(position_grad)(&st, c->logits + base, classes, inner, &t, c->opt->method,
-                          job->scale, c->fast, mass, job->grad + base);
+                          job->scale, c->fast, mass, z_mass, job->grad + base);
     }
 }
 
@@ -490,7 +498,10 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
             x_y = (REAL)p->label_logit;
         }
         FN(row_state) st = FN(state_from)(p);
-        double l = FN(position_loss)(&st, x_y, NULL, total_classes, 1, &t, opt->method);
+        double z_mass, l = FN(position_loss)(&st, x_y, NULL, total_classes, 1, &t,
+                                             opt->method);
+        if (t.z_scale != 0.0)
+            l += FN(z_term)(&t, FN(partial_lse)(&st, opt->method), &z_mass);
         if (losses)
             losses[pos] = (REAL)l;
         psm_sum_add(&chunk_total, l);

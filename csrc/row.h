@@ -79,6 +79,7 @@ typedef struct {
     double label_part;    /* (1 - eps) w_y */
     double keep;          /* 1 - eps */
     double smooth;        /* eps / C */
+    double z_scale;       /* z v: the z-loss's weight (psm_options.z_loss) */
 } FN(target);
 
 static double FN(target_mass)(const FN(target) *t, int64_t c, int64_t stride)
@@ -108,7 +109,7 @@ static int FN(target_at)(const psm_options *opt, const int64_t *labels, int64_t 
     const double *w = opt->class_weight;
     double eps = opt->label_smoothing;
     FN(target) at = {w ? w + class_offset : NULL, probs, -1, 0.0, 1.0 - eps,
-                     eps / (double)total_classes};
+                     eps / (double)total_classes, opt->z_loss};
     if (!probs) {
         int64_t y = read_label(labels, pos);
         if (opt->use_ignore_index && y == opt->ignore_index)
@@ -117,6 +118,7 @@ static int FN(target_at)(const psm_options *opt, const int64_t *labels, int64_t 
             return -1;
         at.label = y - class_offset;
         at.label_part = (1.0 - eps) * (w ? w[y] : 1.0);
+        at.z_scale *= w ? w[y] : 1.0;
     }
     *t = at;
     return 1;
@@ -809,19 +811,21 @@ static double FN(target_total)(const FN(target) *t, int64_t classes, int64_t str
 }
 
 /* The gradient of one position, or of a block of its classes (whose label,
- * t->label, may lie outside [0, classes)): (p_j Q - q_j) * scale, with st
- * the state of the whole position and mass its Q. */
+ * t->label, may lie outside [0, classes)): (p_j (Q + Z) - q_j) * scale,
+ * with st the state of the whole position, mass its Q and z_mass its Z
+ * (the z-loss's 2 z v lse, or 0). */
 static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
                               int64_t classes, int64_t stride,
                               const FN(target) *t, int method, double scale,
-                              int fast, double mass, REAL *grad)
+                              int fast, double mass, double z_mass, REAL *grad)
 {
     int one_hot = FN(is_one_hot)(t);
     int label_here = t->label >= 0 && t->label < classes;
+    double p_mass = mass + z_mass;
     if (method != PSM_STABLE) {
         /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
         REAL total = FN(float_total)(st, method);
-        REAL rmass = (REAL)mass, rscale = (REAL)scale;
+        REAL rmass = (REAL)p_mass, rscale = (REAL)scale;
         if (one_hot) {
             FN(grad_row)(x, classes, stride, fast, st->max, 1, total, rmass, rscale, grad);
             if (!label_here)
@@ -844,20 +848,21 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
     }
     double denom = 1.0 + s;
     if (one_hot) {
-        /* every class: Q p_j scale, in REAL; then the label's own entry */
-        FN(grad_row)(x, classes, stride, fast, st->max, 0, 1, (REAL)(mass * scale / denom),
-                     1, grad);
+        /* every class: (Q + Z) p_j scale, in REAL; then the label's own entry */
+        FN(grad_row)(x, classes, stride, fast, st->max, 0, 1,
+                     (REAL)(p_mass * scale / denom), 1, grad);
         if (!label_here)
             return;
         REAL x_y = x[t->label * stride];
-        double g = mass * ((double)EXP(x_y - st->max) / denom) - t->label_part;
+        double g = p_mass * ((double)EXP(x_y - st->max) / denom) - t->label_part;
         if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
-            g = s < 1.0 ? -mass * (s / denom) : mass / denom - t->label_part;
+            g = s < 1.0 ? -mass * (s / denom) + z_mass / denom
+                        : p_mass / denom - t->label_part;
         grad[t->label * stride] = (REAL)(g * scale);
         return;
     }
-    /* At the max, p Q - q = (Q - q) - Q s / (1 + s): without cancellation as
-     * p -> 1.  s < 1 means the max is unique.  Q - q is the block's other q
+    /* At the max, p (Q + Z) - q = (Q - q) - Q s / (1 + s) + Z / (1 + s):
+     * without cancellation as p -> 1.  s < 1 means the max is unique.  Q - q is the block's other q
      * plus the mass outside the block (exactly 0 for a whole position, whose
      * Q was summed in the same order). */
     int64_t at_max = -1;
@@ -866,7 +871,7 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
         REAL v = x[j * stride];
         double q = FN(target_mass)(t, j, stride);
         double e = v == st->max ? 1.0 : (double)EXP(v - st->max);
-        grad[j * stride] = (REAL)((mass * (e / denom) - q) * scale);
+        grad[j * stride] = (REAL)((p_mass * (e / denom) - q) * scale);
         block_mass += q;
         if (v == st->max && at_max < 0)
             at_max = j;
@@ -874,8 +879,8 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
             off_max_mass += q;
     }
     if (s < 1.0 && at_max >= 0)
-        grad[at_max * stride] = (REAL)(((off_max_mass + (mass - block_mass)) -
-                                        mass * (s / denom)) * scale);
+        grad[at_max * stride] = (REAL)((((off_max_mass + (mass - block_mass)) -
+                                         mass * (s / denom)) + z_mass / denom) * scale);
 }
 
 /* block_sum with ties (shift m), from e_j = exp(x_j - m) already stored
@@ -986,17 +991,17 @@ static int FN(small_stored_exps)(const REAL *x, int64_t classes, int method, int
  * state and log_norm (stable), and its gradient, scaled in place. */
 static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
                                    const REAL *x, int64_t classes, int64_t stride,
-                                   const FN(target) *t, int method, double scale,
-                                   int fast, REAL *grad)
+                                   const FN(target) *t, double z_mass, int method,
+                                   double scale, int fast, REAL *grad)
 {
     int64_t y = t->label;
     REAL x_y = x[y * stride], e_y = grad[y * stride];
     double loss = FN(position_loss_given)(st, log_norm, x_y, x, classes, stride, t, method);
-    double mass = t->label_part;
+    double mass = t->label_part, p_mass = mass + z_mass;
     if (method != PSM_STABLE) {
         /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
         REAL total = FN(float_total)(st, method);
-        REAL rmass = (REAL)mass, rscale = (REAL)scale;
+        REAL rmass = (REAL)p_mass, rscale = (REAL)scale;
         FN(scale_row)(grad, classes, stride, fast, 1, total, rmass, rscale);
         grad[y * stride] = ((e_y / total) * rmass - (REAL)t->label_part) * rscale;
         return loss;
@@ -1008,10 +1013,10 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
         return loss;
     }
     double denom = 1.0 + s;
-    FN(scale_row)(grad, classes, stride, fast, 0, 1, (REAL)(mass * scale / denom), 1);
-    double g = mass * ((double)e_y / denom) - t->label_part;
+    FN(scale_row)(grad, classes, stride, fast, 0, 1, (REAL)(p_mass * scale / denom), 1);
+    double g = p_mass * ((double)e_y / denom) - t->label_part;
     if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
-        g = s < 1.0 ? -mass * (s / denom) : mass / denom - t->label_part;
+        g = s < 1.0 ? -mass * (s / denom) + z_mass / denom : p_mass / denom - t->label_part;
     grad[y * stride] = (REAL)(g * scale);
     return loss;
 }
@@ -1021,19 +1026,19 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
  * naive's and maxsub's from the sum they round to REAL.  A state whose max
  * is not finite has no log1p(s): its log-sum-exp is that max, or NaN where
  * a NaN logit made rest NaN (block_max skips NaN, the sums do not). */
-static REAL FN(state_lse)(const FN(row_state) *st, double log_norm, int method)
+static double FN(state_lse)(const FN(row_state) *st, double log_norm, int method)
 {
     if (method != PSM_STABLE)
-        return (REAL)((double)st->max + (double)LOG(FN(float_total)(st, method)));
+        return (double)st->max + (double)LOG(FN(float_total)(st, method));
     if (!isfinite(st->max))
-        return isnan(st->rest) ? (REAL)NAN : st->max;
-    return (REAL)((double)st->max + log_norm);
+        return isnan(st->rest) ? NAN : (double)st->max;
+    return (double)st->max + log_norm;
 }
 
 /* The log-sum-exp of a position no loss needed (an ignored one): its state
  * from one row_pass. */
-static REAL FN(position_lse)(const REAL *x, int64_t classes, int64_t stride, int method,
-                             int fast)
+static double FN(position_lse)(const REAL *x, int64_t classes, int64_t stride, int method,
+                               int fast)
 {
     FN(row_state) st;
     FN(row_pass)(x, classes, stride, method != PSM_NAIVE, method == PSM_STABLE, fast, NULL,
@@ -1045,12 +1050,33 @@ static REAL FN(position_lse)(const REAL *x, int64_t classes, int64_t stride, int
  * max's own among them: where the max is not finite, exp(inf - inf) is NaN
  * there, with or without a NaN logit, so one row_pass tells them apart
  * (a row no finite number tops: rare). */
-static REAL FN(stored_lse)(const FN(row_state) *st, double log_norm, int method,
-                           const REAL *x, int64_t classes, int64_t stride, int fast)
+static double FN(stored_lse)(const FN(row_state) *st, double log_norm, int method,
+                             const REAL *x, int64_t classes, int64_t stride, int fast)
 {
     if (method == PSM_STABLE && !isfinite(st->max))
         return FN(position_lse)(x, classes, stride, method, fast);
     return FN(state_lse)(st, log_norm, method);
+}
+
+/* state_lse of a whole position's merged partial state (its blocks'
+ * sums, as row_pass's). */
+static double FN(partial_lse)(const FN(row_state) *st, int method)
+{
+    return FN(state_lse)(st, method == PSM_STABLE ? FN(log_norm)(st) : 0.0, method);
+}
+
+/* The z-loss of a counted position with log-sum-exp lse: z v lse^2, its
+ * addition to the loss, and *z_mass = 2 z v lse, the extra weight its
+ * gradient gives each p_j.  Both 0 without a z-loss, whatever lse is (an
+ * infinite one would make 0 * inf NaN). */
+static double FN(z_term)(const FN(target) *t, double lse, double *z_mass)
+{
+    if (t->z_scale == 0.0) {
+        *z_mass = 0.0;
+        return 0.0;
+    }
+    *z_mass = 2.0 * t->z_scale * lse;
+    return t->z_scale * lse * lse;
 }
 
 /* Label smoothing over a label: q_j = smooth w_j + [j == y] label_part, the
@@ -1132,7 +1158,7 @@ static void FN(smoothed_cross)(const REAL *x, int64_t classes, int64_t stride,
  * s < 1, the max's without cancellation, (Q - q_max) - Q s / (1 + s). */
 static void FN(smoothed_grad)(const FN(row_state) *st, const REAL *x, int64_t classes,
                               int64_t stride, const FN(target) *t, double weight_total,
-                              double scale, int fast, REAL *grad)
+                              double z_mass, double scale, int fast, REAL *grad)
 {
     double s = FN(stable_rest)(st);
     if (isnan(s)) {
@@ -1140,28 +1166,30 @@ static void FN(smoothed_grad)(const FN(row_state) *st, const REAL *x, int64_t cl
             grad[j * stride] = (REAL)NAN;
         return;
     }
-    double denom = 1.0 + s, mass = st->mass;
+    double denom = 1.0 + s, mass = st->mass, p_mass = mass + z_mass;
     const double *w = t->weight;
     int64_t y = t->label;
     double e_y = (double)grad[y * stride];
 #if VECTOR_ROWS
     if (fast && stride == 1)
-        VEC(smoothed_grad)(grad, classes, w, mass, denom, t->smooth, scale);
+        VEC(smoothed_grad)(grad, classes, w, p_mass, denom, t->smooth, scale);
     else
 #else
     (void)fast;
 #endif
         for (int64_t j = 0; j < classes; j++)
-            grad[j * stride] = (REAL)((mass * ((double)grad[j * stride] / denom) -
+            grad[j * stride] = (REAL)((p_mass * ((double)grad[j * stride] / denom) -
                                        t->smooth * (w ? w[j] : 1.0)) * scale);
-    grad[y * stride] = (REAL)((mass * (e_y / denom) - FN(target_mass)(t, y, stride)) * scale);
+    grad[y * stride] = (REAL)((p_mass * (e_y / denom) - FN(target_mass)(t, y, stride)) *
+                              scale);
     if (s < 1.0) {   /* the max is unique */
         int64_t at = 0;
         while (at < classes - 1 && !(x[at * stride] == st->max))
             at++;
         double off_max_mass = t->smooth * (weight_total - (w ? w[at] : 1.0)) +
                               (at == y ? 0.0 : t->label_part);
-        grad[at * stride] = (REAL)((off_max_mass - mass * (s / denom)) * scale);
+        grad[at * stride] = (REAL)((off_max_mass - mass * (s / denom) + z_mass / denom) *
+                                   scale);
     }
 }
 

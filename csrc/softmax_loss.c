@@ -13,6 +13,7 @@
  */
 #include "softmax_loss.h"
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 
@@ -114,6 +115,8 @@ int psm_options_ok(const void *logits, int64_t outer, int64_t classes, int64_t i
     if (opt->reduction < PSM_NONE || opt->reduction > PSM_BATCH_SIZE)
         return 0;
     if (!(opt->label_smoothing >= 0.0 && opt->label_smoothing <= 1.0))
+        return 0;
+    if (!(opt->z_loss >= 0.0 && opt->z_loss <= DBL_MAX))
         return 0;
     /* exactly one kind of target, unless there is nothing to compute */
     return outer == 0 || inner == 0 || (labels == NULL) != (target_probs == NULL);

@@ -116,6 +116,12 @@ typedef struct {
     int has_normalizer;         /* 1: divide by `normalizer` instead of the */
     double normalizer;          /* reduction's own, for a call that sees only
                                    part of a batch (the gradient's scale too) */
+    double z_loss;              /* z >= 0: each counted position adds
+                                   z v lse^2 (PaLM's z-loss), v its share of
+                                   the mean's normalizer (w_y with labels, 1
+                                   with probabilities), lse the method's own
+                                   log-sum-exp (psm_softmax_loss_lse), and
+                                   2 z v lse p_j to its gradient */
 } psm_options;
 
 /*

@@ -101,11 +101,12 @@ class Options(NamedTuple):
 
 
 def options(method, reduction, threads, weight=None, ignore_index=None,
-            label_smoothing=0.0, normalizer=None):
+            label_smoothing=0.0, normalizer=None, z_loss=0.0):
     """The psm_options of a call, built whole: method and reduction by name,
     threads an int >= 1 (capped at MAX_THREADS), weight a float64 array the
     caller keeps unchanged, normalizer what the reduction divides by instead
-    of its own (the whole batch's, for a call on part of it)."""
+    of its own (the whole batch's, for a call on part of it), z_loss the
+    z-loss coefficient (checked: finite, >= 0)."""
     struct = ffi.new("psm_options *")      # zeroed: no weights, no ignore
     struct.method = METHOD_IDS[method]
     struct.reduction = REDUCTION_IDS[reduction]
@@ -122,6 +123,8 @@ def options(method, reduction, threads, weight=None, ignore_index=None,
     if normalizer is not None:
         struct.has_normalizer = 1
         struct.normalizer = normalizer
+    if z_loss:
+        struct.z_loss = z_loss
     return Options(struct, weight_buffer)
 
 

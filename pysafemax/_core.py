@@ -164,7 +164,7 @@ def get_num_threads() -> int:
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Reduced = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
-                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
                  return_lse: Literal[False] = ...,
                  out: None = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> float: ...
@@ -172,7 +172,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Literal["none"],
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
-                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
                  return_lse: Literal[False] = ...,
                  out: None = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> FloatArray: ...
@@ -180,7 +180,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Reduced = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
-                 label_smoothing: float = ..., return_grad: Literal[True],
+                 label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
                  return_lse: Literal[False] = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[float, FloatArray]: ...
@@ -188,7 +188,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Literal["none"],
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
-                 label_smoothing: float = ..., return_grad: Literal[True],
+                 label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
                  return_lse: Literal[False] = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[FloatArray, FloatArray]: ...
@@ -196,7 +196,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: str = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
-                 label_smoothing: float = ..., return_grad: Literal[False] = ...,
+                 label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
                  return_lse: Literal[True],
                  out: None = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[Loss, FloatArray]: ...
@@ -204,7 +204,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: str = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
-                 label_smoothing: float = ..., return_grad: Literal[True],
+                 label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
                  return_lse: Literal[True],
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[Loss, FloatArray, FloatArray]: ...
@@ -212,7 +212,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: str = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
-                 label_smoothing: float = ..., return_grad: bool = ...,
+                 label_smoothing: float = ..., z_loss: float = ..., return_grad: bool = ...,
                  return_lse: bool = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Union[Loss, Tuple[Loss, FloatArray],
@@ -223,7 +223,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
                  method: str = "stable", reduction: str = "mean",
                  weight: Optional[ArrayLike] = None,
                  ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
-                 return_grad: bool = False, return_lse: bool = False,
+                 z_loss: float = 0.0, return_grad: bool = False, return_lse: bool = False,
                  out: Optional[FloatArray] = None, threads: Optional[Integer] = None,
                  check: bool = False) -> Union[Loss, Tuple[Loss, FloatArray],
                                                Tuple[Loss, FloatArray, FloatArray]]:
@@ -260,6 +260,13 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         Positions with this label add no loss and no gradient.
     label_smoothing : float, default 0.0
         In [0, 1], PyTorch's semantics.
+    z_loss : float, default 0.0
+        PaLM's z-loss: each counted position adds ``z_loss * lse**2``, lse
+        its log-sum-exp (see `return_lse`), weighted as its main term is in
+        the mean (w[label], 1 with probability targets) and reduced with it;
+        its gradient adds ``2 * z_loss * lse * softmax``.  Exact in
+        "stable"; in "maxsub" and "naive" lse is the log of their own sum,
+        so naive's z-loss is inf (and its gradient nan) once exp overflows.
     return_grad : bool, default False
         Also return d loss / d logits, shaped like `logits`.
     return_lse : bool, default False
@@ -331,7 +338,8 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     # without helper calls.  Anything else, every bad input included, falls
     # through to the general path, which checks everything.
     if (weight is None and ignore_index is None and out is None and check is False
-            and return_lse is False
+            and return_lse is False and (type(z_loss) is float or type(z_loss) is int)
+            and z_loss == 0
             and type(logits) is np.ndarray and type(labels) is np.ndarray
             and type(axis) is int and axis == 1
             and (type(label_smoothing) is float or type(label_smoothing) is int)
@@ -372,6 +380,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
     return_grad = _validation.flag(return_grad, "return_grad")
     return_lse = _validation.flag(return_lse, "return_lse")
+    z_loss = _validation.z_loss(z_loss)
     check = _validation.flag(check, "check")
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     if out is not None:
@@ -387,7 +396,8 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     if return_grad:
         grad = out if out is not None else np.empty(x.array.shape, dtype=x.result_dtype)
     blocks = _call_blocks(x, t.probs, grad)
-    loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check, lse)
+    loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check, lse,
+                       z_loss)
     if reduction == "none":
         loss = losses
     results = (loss,) + ((grad,) if return_grad else ()) + ((lse,) if return_lse else ())
@@ -406,7 +416,7 @@ def _call_blocks(x: _validation.Logits, probs: Optional[NDArray[Any]],
 def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Block],
                 method: str, reduction: str, threads: int, losses: Optional[FloatArray],
                 grad: Optional[FloatArray], check: bool,
-                lse: Optional[FloatArray] = None) -> float:
+                lse: Optional[FloatArray] = None, z_loss: float = 0.0) -> float:
     """One kernel call per block, filling losses, grad and lse (or None); returns
     the reduced loss.  Several blocks sum their losses and scale their
     gradient by the whole batch's normalizer (checking every label before
@@ -416,7 +426,7 @@ def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Bloc
                   else None)
     opts = _bindings.options(method, "sum" if streamed else reduction, threads,
                              t.weight, t.ignore_index, t.label_smoothing,
-                             normalizer if streamed else None)
+                             normalizer if streamed else None, z_loss)
     compute = x.compute_dtype
     total = _CompensatedSum()
     for index, positions, first, _ in blocks:
@@ -439,7 +449,7 @@ def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Bloc
                       else (0,) * len(x.position_shape))
             targets = probs_block if t.labels is None else labels_block
             assert targets is not None      # labels, or else probabilities
-            _check_against_reference(block, targets, t, x.axis, method, normalizer,
+            _check_against_reference(block, targets, t, x.axis, method, normalizer, z_loss,
                                      losses_block, grad_block, origin)
         _store(losses_to, losses_block)
         _store(grad_to, grad_block)
@@ -566,7 +576,8 @@ def _new_plain_options(method: str, reduction: str,
 
 def _check_against_reference(logits: NDArray[Any], targets: NDArray[Any],
                              t: _validation.Targets, axis: int, method: str,
-                             normalizer: Optional[float], losses: Optional[NDArray[Any]],
+                             normalizer: Optional[float], z_loss: float,
+                             losses: Optional[NDArray[Any]],
                              grad: Optional[NDArray[Any]], origin: Tuple[int, ...]) -> None:
     """Compare one block's losses and gradient (in the compute dtype) with
     pysafemax.reference on the block; origin is the block's first position,
@@ -574,7 +585,7 @@ def _check_against_reference(logits: NDArray[Any], targets: NDArray[Any],
     tol = check_tolerance(logits.dtype, logits.shape[axis])
     expected: Any = reference.softmax_loss(
         logits, targets, axis=axis, method=method, weight=t.weight,
-        ignore_index=t.ignore_index, label_smoothing=t.label_smoothing,
+        ignore_index=t.ignore_index, label_smoothing=t.label_smoothing, z_loss=z_loss,
         reduction="none", return_grad=grad is not None)
     expected_grad: Any      # an array when grad is one
     expected_losses, expected_grad = expected if grad is not None else (expected, None)

@@ -34,7 +34,7 @@ class SoftmaxPartials:
     classes, from softmax_partials() or combine_partials().
 
     The options the blocks were computed with (method, weight, ignore_index,
-    label_smoothing, the labels) travel with the state: states merge only
+    label_smoothing, z_loss, the labels) travel with the state: states merge only
     with states computed with the same ones.  States pickle, so they can be
     computed on other processes or machines.
 
@@ -68,7 +68,7 @@ class SoftmaxPartials:
                  result_dtype: np.dtype[Any], method: str,
                  labels: Optional[NDArray[np.int64]], uses_probabilities: bool,
                  weight: Optional[NDArray[np.float64]], ignore_index: Optional[int],
-                 label_smoothing: float) -> None:
+                 label_smoothing: float, z_loss: float = 0.0) -> None:
         self._state = state
         self.classes_covered = tuple(classes_covered)
         self.num_classes = num_classes
@@ -82,6 +82,7 @@ class SoftmaxPartials:
         self.weight = weight
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
+        self.z_loss = z_loss
         self._freeze()
 
     def _freeze(self) -> None:
@@ -138,7 +139,7 @@ class SoftmaxPartials:
         None: get_num_threads())."""
         return _bindings.options(
             self.method, reduction, get_num_threads() if threads is None else threads,
-            self.weight, self.ignore_index, self.label_smoothing, normalizer)
+            self.weight, self.ignore_index, self.label_smoothing, normalizer, self.z_loss)
 
 
 # The kernel's class count for a block whose total is not known yet: labels
@@ -198,6 +199,7 @@ def softmax_partials(logits_block: ArrayLike, labels: ArrayLike, *,
                      axis: Integer = 1, method: str = "stable",
                      weight: Optional[ArrayLike] = None,
                      ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+                     z_loss: float = 0.0,
                      threads: Optional[Integer] = None) -> SoftmaxPartials:
     """The partial state of every position over one block of its classes.
 
@@ -230,6 +232,10 @@ def softmax_partials(logits_block: ArrayLike, labels: ArrayLike, *,
         Per-class weights for all num_classes classes.
     ignore_index, label_smoothing, threads
         As softmax_loss.
+    z_loss : float, default 0.0
+        As softmax_loss: kept with the state, and added by
+        loss_from_partials() and grad_from_partials() from each position's
+        whole log-sum-exp.
 
     Returns
     -------
@@ -264,6 +270,7 @@ def softmax_partials(logits_block: ArrayLike, labels: ArrayLike, *,
     """
     x = _validation.logits_array(logits_block, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
+    z_loss = _validation.z_loss(z_loss)
     class_offset, num_classes = _class_block(class_offset, num_classes, x.classes, weight)
     t = _block_targets(x, labels, num_classes, weight, ignore_index, label_smoothing)
     if num_classes is None and t.label_smoothing != 0.0:
@@ -288,7 +295,7 @@ def softmax_partials(logits_block: ArrayLike, labels: ArrayLike, *,
         compute_dtype=x.array.dtype, result_dtype=x.result_dtype, method=method,
         labels=None if t.labels is None else t.labels.copy(),
         uses_probabilities=t.probs is not None, weight=t.weight,
-        ignore_index=t.ignore_index, label_smoothing=t.label_smoothing)
+        ignore_index=t.ignore_index, label_smoothing=t.label_smoothing, z_loss=z_loss)
 
 
 def _same(a: Optional[NDArray[Any]], b: Optional[NDArray[Any]]) -> bool:
@@ -307,6 +314,7 @@ def _check_compatible(first: SoftmaxPartials, other: SoftmaxPartials, k: int) ->
               ("axis", first.axis == other.axis),
               ("ignore_index", first.ignore_index == other.ignore_index),
               ("label_smoothing", first.label_smoothing == other.label_smoothing),
+              ("z_loss", first.z_loss == other.z_loss),
               ("targets", first.uses_probabilities == other.uses_probabilities),
               ("weight", _same(first.weight, other.weight)),
               ("labels", _same(first.labels, other.labels))]
@@ -393,7 +401,8 @@ def combine_partials(*parts: Any) -> SoftmaxPartials:
         compute_dtype=first.compute_dtype, result_dtype=first.result_dtype,
         method=first.method, labels=first.labels,
         uses_probabilities=first.uses_probabilities, weight=first.weight,
-        ignore_index=first.ignore_index, label_smoothing=first.label_smoothing)
+        ignore_index=first.ignore_index, label_smoothing=first.label_smoothing,
+        z_loss=first.z_loss)
 
 
 def _require_complete(state: SoftmaxPartials, what: str) -> None:

@@ -299,15 +299,36 @@ def class_weight(weight: Any, classes: int) -> Optional[NDArray[np.float64]]:
     return w
 
 
+def _real(value: Any) -> float:
+    """float(value), or an infinity for an int or Fraction beyond a double
+    (which float() refuses with OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def smoothing(value: Any) -> float:
     if type(value) is float and 0.0 <= value <= 1.0:
         return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {value!r}")
-    value = float(value)
+    value = _real(value)
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {value!r}")
     return value
+
+
+def z_loss(value: Any) -> float:
+    """The z-loss coefficient: a finite real number >= 0 (PaLM used 1e-4)."""
+    if type(value) is float and 0.0 <= value <= 1.7976931348623157e308:
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"z_loss must be a real number >= 0, got {value!r}")
+    number = _real(value)
+    if not 0.0 <= number <= 1.7976931348623157e308:
+        raise ValueError(f"z_loss must be a finite number >= 0, got {number!r}")
+    return number
 
 
 def label_out_of_range(given: Any, position: int, classes: Optional[int],

@@ -96,16 +96,18 @@ def _losses(x: NDArray[Any], method: str, stats: _Stats,
 
 
 def _gradient(x: NDArray[Any], method: str, stats: _Stats, q: NDArray[np.float64],
-              scale: float) -> NDArray[Any]:
+              scale: float, z_mass: NDArray[np.float64]) -> NDArray[Any]:
+    """(p (Q + Z) - q) * scale: Z is the z-loss's 2 z v lse (0 without)."""
     shift, e, excluded, s = stats
     used = q != 0
     mass = np.where(used, q, 0).sum(axis=1, keepdims=True)
     p = _probabilities(x, method, stats)
     if method != "stable":
         t = x.dtype.type
-        return (p * mass.astype(x.dtype) - q.astype(x.dtype)) * t(scale)
+        p_mass = (mass + z_mass[:, None]).astype(x.dtype)
+        return (p * p_mass - q.astype(x.dtype)) * t(scale)
     assert excluded is not None     # stable's argmax, excluded from s
-    grad = p * mass - q
+    grad = p * (mass + z_mass[:, None]) - q
     # At the argmax, when p there exceeds 1/2: p Q - q = rest - Q s / (1 + s),
     # rest being the mass off the argmax; no cancellation as p -> 1.
     rows = np.arange(x.shape[0])
@@ -114,8 +116,32 @@ def _gradient(x: NDArray[Any], method: str, stats: _Stats, q: NDArray[np.float64
     rest = off_max.sum(axis=1)   # summed, not Q - q_max, which cancels
     near_one = (s < 1.0) & np.isfinite(shift[:, 0])
     r = rows[near_one]
-    grad[r, excluded[r]] = rest[r] - mass[r, 0] * (s[r] / (1.0 + s[r]))
+    grad[r, excluded[r]] = (rest[r] - mass[r, 0] * (s[r] / (1.0 + s[r])) +
+                            z_mass[r] / (1.0 + s[r]))
     return grad * scale
+
+
+def _log_sum_exp(x: NDArray[Any], method: str, stats: _Stats) -> NDArray[np.float64]:
+    """Each row's log-sum-exp as the method has it (psm_softmax_loss_lse):
+    stable's exact one, naive's and maxsub's the log of their own sum."""
+    shift, e, excluded, s = stats
+    m = shift[:, 0].astype(np.float64)
+    if method != "stable":
+        return m + np.log(s).astype(np.float64)
+    lse = m + np.log1p(s)
+    # no finite max: that max (-inf, +inf), or NaN where a logit is NaN
+    return np.where(np.isfinite(m), lse, np.where(np.isnan(x).any(axis=1), np.nan, m))
+
+
+def _z_weights(x: NDArray[Any], labels: Optional[NDArray[np.int64]],
+               weight: Optional[NDArray[np.float64]], ignored: NDArray[np.bool_]
+               ) -> NDArray[np.float64]:
+    """Each row's share of the mean's normalizer, which weighs its z-loss:
+    w[label] (1 without weights), 1 with probability targets, 0 if ignored."""
+    if labels is None:
+        return np.ones(x.shape[0])
+    v = np.ones(x.shape[0]) if weight is None else weight[np.where(ignored, 0, labels)]
+    return np.where(ignored, 0.0, v)
 
 
 def _normalizer(reduction: str, ignored: NDArray[np.bool_],
@@ -140,12 +166,15 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
                  method: str = "stable", reduction: str = "mean",
                  weight: Optional[ArrayLike] = None,
                  ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+                 z_loss: float = 0.0,
                  return_grad: bool = False) -> Union[Loss, Tuple[Loss, FloatArray]]:
     """numpy twin of pysafemax.softmax_loss (same arguments and results).
 
     Parameters
     ----------
-    logits, labels, axis, method, reduction, weight, ignore_index, label_smoothing, return_grad
+    logits, labels, axis, method, reduction, weight, ignore_index, label_smoothing
+        As pysafemax.softmax_loss.
+    z_loss, return_grad
         As pysafemax.softmax_loss.
 
     Returns
@@ -167,6 +196,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
                             label_smoothing=label_smoothing)
     _validation.choice(method, "method", _validation.METHODS)
     _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
+    z = _validation.z_loss(z_loss)
     return_grad = _validation.flag(return_grad, "return_grad")
 
     x = _positions_by_classes(lg.array, lg.axis)
@@ -189,6 +219,13 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         stats = _row_stats(x, method)
         q = _target_mass(x, flat_labels, probs, t.weight, t.label_smoothing, ignored)
         losses = _losses(x, method, stats, q)
+        z_mass = np.zeros(x.shape[0])
+        if z:
+            zv = z * _z_weights(x, flat_labels, t.weight, ignored)
+            lse = _log_sum_exp(x, method, stats)
+            counted = zv != 0          # 0 * inf would be NaN
+            losses[counted] += zv[counted] * lse[counted] ** 2
+            z_mass[counted] = 2.0 * zv[counted] * lse[counted]
         losses[ignored] = 0.0
         total = float(losses.sum())
         normalizer = _normalizer(reduction, ignored, flat_labels, t.weight, lg.outer)
@@ -203,7 +240,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
             return loss
         # a mean over no weight: a NaN loss, and so a NaN gradient
         scale = 1.0 if reduction in ("none", "sum") else 1.0 / normalizer if normalizer else np.nan
-        grad = _gradient(x, method, stats, q, scale)
+        grad = _gradient(x, method, stats, q, scale, z_mass)
         grad[ignored] = 0.0
         return loss, _from_positions_by_classes(grad, lg).astype(lg.result_dtype)
 

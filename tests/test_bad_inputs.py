@@ -453,8 +453,10 @@ for _value in (1.0, -100.0, True, False, np.bool_(False), "-100", [-100],
 for _value, _shown in ((-0.1, "-0.1"), (1.1, "1.1"), (float("nan"), "nan"),
                        (float("inf"), "inf"), (float("-inf"), "-inf"), (2, "2.0"),
                        (-1e-300, "-1e-300"), (1 + 2**-52, re.escape(repr(1 + 2**-52))),
-                       (np.float32(1.5), "1.5"), (Fraction(3, 2), "1.5")):
-    TABLE += _option_rows(f"label_smoothing-{_typed_id(_value)}", "label_smoothing", _value,
+                       (np.float32(1.5), "1.5"), (Fraction(3, 2), "1.5"),
+                       (10**400, "inf"), (Fraction(-10**400, 3), "-inf")):
+    TABLE += _option_rows(f"label_smoothing-{_typed_id(_value)[:40]}", "label_smoothing",
+                          _value,
                           ValueError,
                           rf"^label_smoothing must be in \[0, 1\], got {_shown}$")
 for _value in ("0.1", True, False, None, np.bool_(True), np.array(0.1), 0.1j,
@@ -463,6 +465,16 @@ for _value in ("0.1", True, False, None, np.bool_(True), np.array(0.1), 0.1j,
                           TypeError,
                           rf"^label_smoothing must be a float in \[0, 1\], "
                           rf"got {re.escape(repr(_value))}$")
+
+# --- z_loss: a finite real number >= 0 ------------------------------------------
+for _value, _shown in ((-0.1, "-0.1"), (float("nan"), "nan"), (float("inf"), "inf"),
+                       (-1, "-1.0"), (np.float32(-2.0), "-2.0"), (Fraction(-1, 2), "-0.5"),
+                       (10**400, "inf")):      # beyond a double
+    TABLE += _option_rows(f"z_loss-{_typed_id(_value)[:40]}", "z_loss", _value, ValueError,
+                          rf"^z_loss must be a finite number >= 0, got {_shown}$")
+for _value in ("0.1", True, np.bool_(False), None, np.array(0.1), 0.1j, [0.1]):
+    TABLE += _option_rows(f"z_loss-{_typed_id(_value)}", "z_loss", _value, TypeError,
+                          rf"^z_loss must be a real number >= 0, got {re.escape(repr(_value))}$")
 
 # --- probability targets take no ignore_index ---------------------------------
 _PROBS_IGNORE = (r"^ignore_index applies to class-index labels only; probability "

@@ -115,6 +115,7 @@ static void shape_sweep(int64_t outer, int64_t classes, int64_t inner)
             /* every option at once, and probability targets */
             o.class_weight = weight;
             o.label_smoothing = 0.25;
+            o.z_loss = 0.5;
             o.use_ignore_index = 1;
             o.ignore_index = 1;
             CHECK(psm_softmax_loss_f32(x, outer, classes, inner, y, NULL, &o,
@@ -201,6 +202,15 @@ static void bad_arguments(void)
     o.reduction = PSM_SUM;
     o.label_smoothing = NAN;
     CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    o.label_smoothing = 0;
+    o.z_loss = -1;
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    o.z_loss = NAN;
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    o.z_loss = INFINITY;
+    CHECK(psm_softmax_loss_f32(x, 3, 2, 1, y, NULL, &o, losses, &loss, grad) == PSM_BAD_ARGUMENT);
+    o.z_loss = 0;
+    o.label_smoothing = NAN;
     CHECK(psm_softmax_f32(x, 3, 2, 1, 3, 1, grad) == PSM_BAD_ARGUMENT);
     CHECK(psm_log_softmax_f32(x, 3, 0, 1, 1, grad) == PSM_BAD_ARGUMENT);
     CHECK(psm_softmax_f32(x, 3, 2, 1, PSM_STABLE, 1, NULL) == PSM_BAD_ARGUMENT);
