@@ -111,6 +111,7 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
     double batch_log_norm[8] = {0};
     int64_t batch = -8;
     int batches = SMALL_ROWS && c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES;
+    int extras = job->lse != NULL || c->opt->z_loss != 0.0;
     for (int64_t pos = first; pos < last; pos++) {
         int64_t base;
         FN(target) t;
@@ -127,9 +128,9 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 job->lse[pos] = FN(position_lse)(x, classes, inner, method, c->fast);
             continue;
         }
-        /* the log-sum-exp, where it is returned or a z-loss needs it */
-        int want_lse = job->lse != NULL || t.z_scale != 0.0;
-        double loss, lse = 0.0, z_mass;
+        /* the log-sum-exp, where the call returns it or has a z-loss; its
+         * z-term, added to the loss, and z_mass, to the gradient's p-term */
+        double loss, lse = 0.0, z_part = 0.0, z_mass = 0.0;
         if (job->grad && FN(is_one_hot)(&t)) {
             REAL *g = job->grad + base;
             if (batches && pos >= batch + 8 && pos + 8 <= last &&
@@ -148,11 +149,12 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 FN(stored_exps)(x, classes, inner, method, c->fast, g, &own);
                 log_norm = method == PSM_STABLE ? FN(log_norm)(&own) : 0.0;
             }
-            if (want_lse)
+            if (extras) {
                 lse = FN(stored_lse)(st, log_norm, method, x, classes, inner, c->fast);
-            double z_loss = FN(z_term)(&t, lse, &z_mass);
+                z_part = FN(z_term)(&t, lse, &z_mass);
+            }
             loss = FN(finish_loss_grad)(st, log_norm, x, classes, inner, &t, z_mass, method,
-                                        job->scale, c->fast, g) + z_loss;
+                                        job->scale, c->fast, g);
         } else if (method == PSM_STABLE && FN(smoothed_label)(&t)) {
             /* the max, sums and exps as for a label, then the smoothing's
              * cross term in one vector pass */
@@ -163,10 +165,11 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 FN(row_pass)(x, classes, inner, 1, 1, c->fast, NULL, &st);
             FN(smoothed_cross)(x, classes, inner, &t, job->weight_total, c->fast, &st);
             double log_norm = FN(log_norm)(&st);
-            if (want_lse)
+            if (extras) {
                 lse = FN(stored_lse)(&st, log_norm, method, x, classes, inner, c->fast);
-            loss = FN(position_loss_given)(&st, log_norm, 0, x, classes, inner, &t, method) +
-                   FN(z_term)(&t, lse, &z_mass);
+                z_part = FN(z_term)(&t, lse, &z_mass);
+            }
+            loss = FN(position_loss_given)(&st, log_norm, 0, x, classes, inner, &t, method);
             if (job->grad)
                 FN(smoothed_grad)(&st, x, classes, inner, &t, job->weight_total, z_mass,
                                   job->scale, c->fast, job->grad + base);
@@ -190,15 +193,18 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 log_norm = method == PSM_STABLE ? FN(log_norm)(&st) : 0.0;
             }
             REAL x_y = FN(is_one_hot)(&t) ? x[t.label * inner] : 0;
-            if (want_lse)
+            if (extras) {
                 lse = FN(state_lse)(&st, log_norm, method);
-            loss = FN(position_loss_given)(&st, log_norm, x_y, x, classes, inner, &t, method) +
-                   FN(z_term)(&t, lse, &z_mass);
+                z_part = FN(z_term)(&t, lse, &z_mass);
+            }
+            loss = FN(position_loss_given)(&st, log_norm, x_y, x, classes, inner, &t, method);
             if (job->grad)
                 FN(position_grad)(&st, x, classes, inner, &t, method, job->scale, c->fast,
                                   FN(target_total)(&t, classes, inner), z_mass,
                                   job->grad + base);
         }
+        if (z_part != 0.0)   /* (+0 would turn a -0 loss into +0) */
+            loss += z_part;
         if (job->lse)
             job->lse[pos] = (REAL)lse;
         if (job->losses)

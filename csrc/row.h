@@ -810,6 +810,14 @@ static double FN(target_total)(const FN(target) *t, int64_t classes, int64_t str
     return mass;
 }
 
+/* g plus a z-loss's share z (z_mass / denom): g itself without a z-loss,
+ * so that a -0 stays -0 (g + 0.0 would be +0) and a gradient without a
+ * z-loss keeps its bits. */
+static double FN(plus_z)(double g, double z)
+{
+    return z != 0.0 ? g + z : g;
+}
+
 /* The gradient of one position, or of a block of its classes (whose label,
  * t->label, may lie outside [0, classes)): (p_j (Q + Z) - q_j) * scale,
  * with st the state of the whole position, mass its Q and z_mass its Z
@@ -821,7 +829,7 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
 {
     int one_hot = FN(is_one_hot)(t);
     int label_here = t->label >= 0 && t->label < classes;
-    double p_mass = mass + z_mass;
+    double p_mass = FN(plus_z)(mass, z_mass);
     if (method != PSM_STABLE) {
         /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
         REAL total = FN(float_total)(st, method);
@@ -856,7 +864,7 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
         REAL x_y = x[t->label * stride];
         double g = p_mass * ((double)EXP(x_y - st->max) / denom) - t->label_part;
         if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
-            g = s < 1.0 ? -mass * (s / denom) + z_mass / denom
+            g = s < 1.0 ? FN(plus_z)(-mass * (s / denom), z_mass / denom)
                         : p_mass / denom - t->label_part;
         grad[t->label * stride] = (REAL)(g * scale);
         return;
@@ -879,8 +887,9 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
             off_max_mass += q;
     }
     if (s < 1.0 && at_max >= 0)
-        grad[at_max * stride] = (REAL)((((off_max_mass + (mass - block_mass)) -
-                                         mass * (s / denom)) + z_mass / denom) * scale);
+        grad[at_max * stride] = (REAL)(FN(plus_z)((off_max_mass + (mass - block_mass)) -
+                                                  mass * (s / denom), z_mass / denom) *
+                                       scale);
 }
 
 /* block_sum with ties (shift m), from e_j = exp(x_j - m) already stored
@@ -997,7 +1006,7 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
     int64_t y = t->label;
     REAL x_y = x[y * stride], e_y = grad[y * stride];
     double loss = FN(position_loss_given)(st, log_norm, x_y, x, classes, stride, t, method);
-    double mass = t->label_part, p_mass = mass + z_mass;
+    double mass = t->label_part, p_mass = FN(plus_z)(mass, z_mass);
     if (method != PSM_STABLE) {
         /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
         REAL total = FN(float_total)(st, method);
@@ -1016,7 +1025,8 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
     FN(scale_row)(grad, classes, stride, fast, 0, 1, (REAL)(p_mass * scale / denom), 1);
     double g = p_mass * ((double)e_y / denom) - t->label_part;
     if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
-        g = s < 1.0 ? -mass * (s / denom) + z_mass / denom : p_mass / denom - t->label_part;
+        g = s < 1.0 ? FN(plus_z)(-mass * (s / denom), z_mass / denom)
+                    : p_mass / denom - t->label_part;
     grad[y * stride] = (REAL)(g * scale);
     return loss;
 }
@@ -1166,7 +1176,7 @@ static void FN(smoothed_grad)(const FN(row_state) *st, const REAL *x, int64_t cl
             grad[j * stride] = (REAL)NAN;
         return;
     }
-    double denom = 1.0 + s, mass = st->mass, p_mass = mass + z_mass;
+    double denom = 1.0 + s, mass = st->mass, p_mass = FN(plus_z)(mass, z_mass);
     const double *w = t->weight;
     int64_t y = t->label;
     double e_y = (double)grad[y * stride];
@@ -1188,8 +1198,8 @@ static void FN(smoothed_grad)(const FN(row_state) *st, const REAL *x, int64_t cl
             at++;
         double off_max_mass = t->smooth * (weight_total - (w ? w[at] : 1.0)) +
                               (at == y ? 0.0 : t->label_part);
-        grad[at * stride] = (REAL)((off_max_mass - mass * (s / denom) + z_mass / denom) *
-                                   scale);
+        grad[at * stride] = (REAL)(FN(plus_z)(off_max_mass - mass * (s / denom),
+                                              z_mass / denom) * scale);
     }
 }
 
