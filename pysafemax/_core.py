@@ -279,7 +279,11 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     out : ndarray, optional
         With return_grad: a C-contiguous array of the logits' shape and
         dtype to write the gradient into (and return), so that repeated
-        calls need not allocate.
+        calls need not allocate.  It must not overlap any input, but for
+        ``out=logits`` itself: then the gradient is written over the
+        logits, which are consumed (each block of positions is copied,
+        at most 64 MB, before its gradient overwrites it), so the call
+        needs one logits-sized array, not two.
     threads : int, optional
         How many threads (None: get_num_threads()); small inputs use one,
         and every count gives the same bits.
@@ -383,11 +387,13 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     z_loss = _validation.z_loss(z_loss)
     check = _validation.flag(check, "check")
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
+    # out=logits: the gradient written over the logits (consumed)
+    consume = out is not None and _validation.same_array(out, x.array)
     if out is not None:
-        out = _validation.gradient_out(out, x, return_grad, (
-            ("logits", logits), ("logits", x.array), ("labels", labels),
-            ("labels", t.labels), ("labels", t.probs), ("weight", weight),
-            ("weight", t.weight)))
+        logits_inputs = () if consume else (("logits", logits), ("logits", x.array))
+        out = _validation.gradient_out(out, x, return_grad, logits_inputs + (
+            ("labels", labels), ("labels", t.labels), ("labels", t.probs),
+            ("weight", weight), ("weight", t.weight)))
     # Results in the caller's dtype, filled block by block.
     losses = (np.empty(x.position_shape, dtype=x.result_dtype)
               if reduction == "none" or check else None)
@@ -395,9 +401,9 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     grad = None
     if return_grad:
         grad = out if out is not None else np.empty(x.array.shape, dtype=x.result_dtype)
-    blocks = _call_blocks(x, t.probs, grad)
+    blocks = _call_blocks(x, t.probs, grad, consume)
     loss = _run_blocks(x, t, blocks, method, reduction, threads, losses, grad, check, lse,
-                       z_loss)
+                       z_loss, consume)
     if reduction == "none":
         loss = losses
     results = (loss,) + ((grad,) if return_grad else ()) + ((lse,) if return_lse else ())
@@ -405,18 +411,23 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
 
 
 def _call_blocks(x: _validation.Logits, probs: Optional[NDArray[Any]],
-                 grad: Optional[FloatArray]) -> list[Block]:
+                 grad: Optional[FloatArray], consume: bool = False) -> list[Block]:
     """The blocks of positions a call computes one at a time: one, if all it
-    stages fits at once."""
+    stages fits at once.  consume: the gradient overwrites the logits, so
+    each block of them is copied first, as if staged."""
     if x.array.size * x.compute_dtype.itemsize * 3 <= _STREAM_BYTES:
         return [Block(..., ..., 0, math.prod(x.position_shape))]
-    return list(_blocks(x, _staged_bytes(x, probs, grad)))
+    position_bytes = _staged_bytes(x, probs, grad)
+    if consume and _kernel_ready(x.array, x.compute_dtype):   # not counted there
+        position_bytes += x.classes * x.compute_dtype.itemsize
+    return list(_blocks(x, position_bytes))
 
 
 def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Block],
                 method: str, reduction: str, threads: int, losses: Optional[FloatArray],
                 grad: Optional[FloatArray], check: bool,
-                lse: Optional[FloatArray] = None, z_loss: float = 0.0) -> float:
+                lse: Optional[FloatArray] = None, z_loss: float = 0.0,
+                consume: bool = False) -> float:
     """One kernel call per block, filling losses, grad and lse (or None); returns
     the reduced loss.  Several blocks sum their losses and scale their
     gradient by the whole batch's normalizer (checking every label before
@@ -430,7 +441,9 @@ def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Bloc
     compute = x.compute_dtype
     total = _CompensatedSum()
     for index, positions, first, _ in blocks:
-        block = _kernel_input(x.array[index], compute)
+        # (consume: a copy, whatever its layout, since grad is x.array)
+        block = (np.array(x.array[index], compute, order="C") if consume
+                 else _kernel_input(x.array[index], compute))
         labels_block = None if t.labels is None else t.labels[positions]
         probs_block = None if t.probs is None else _kernel_input(t.probs[index], compute)
         losses_to, losses_block = _kernel_output(losses, positions, compute)

@@ -364,6 +364,14 @@ def thread_count(value: Any, name: str = "threads") -> int:
     return value
 
 
+def same_array(a: Any, b: NDArray[Any]) -> bool:
+    """Whether a is b's very memory: an ndarray of its dtype, shape, strides
+    and first byte (b itself, or a view of it as it is)."""
+    return (isinstance(a, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+            and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
 def gradient_out(out: Any, logits: Logits, return_grad: bool,
                  inputs: Sequence[Tuple[str, Any]]) -> NDArray[Any]:
     """Check `out`, the caller's buffer for the gradient, against the logits

@@ -554,11 +554,18 @@ for _id, _value, _kwargs, _exc, _match in (
          r"^out must be C-contiguous, aligned and writeable$"),
         ("read-only", _READ_ONLY, _GRAD, ValueError,
          r"^out must be C-contiguous, aligned and writeable$"),
-        ("the-logits", X, _GRAD, ValueError, _overlap_re("logits")),
         ("masked", np.ma.masked_array(np.empty((N, C), np.float32)), _GRAD, TypeError,
          r"^out is a masked array; pysafemax does not read masks")):
     TABLE += _row(f"out-{_id}", "softmax_loss", (X, Y), {"out": _value, **_kwargs},
                   _exc, _match, "out", modules=("kernel",))
+# out=logits itself is the gradient written over the logits
+# (tests/test_inplace.py); any other overlap with them is refused.
+_LOGITS_BUFFER = np.zeros(N * C + 1, np.float32)
+_LOGITS_BUFFER[:N * C] = X.reshape(-1)
+TABLE += _row("out-overlaps-the-logits", "softmax_loss",
+              (_LOGITS_BUFFER[:N * C].reshape(N, C), Y),
+              {"out": _LOGITS_BUFFER[1:].reshape(N, C), **_GRAD}, ValueError,
+              _overlap_re("logits"), "out", modules=("kernel",))
 # out shares memory with an input other than the logits: the gradient would
 # overwrite labels the kernel has checked and reads again (a crash, before
 # the kernel bounded labels at the point of use), or weights and targets it
