@@ -165,7 +165,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Reduced = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
-                 return_lse: Literal[False] = ...,
+                 return_lse: Literal[False] = ..., loss_dtype: Optional[DTypeLike] = ...,
                  out: None = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> float: ...
 @overload
@@ -173,7 +173,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Literal["none"],
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
-                 return_lse: Literal[False] = ...,
+                 return_lse: Literal[False] = ..., loss_dtype: Optional[DTypeLike] = ...,
                  out: None = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> FloatArray: ...
 @overload
@@ -181,7 +181,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Reduced = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
-                 return_lse: Literal[False] = ...,
+                 return_lse: Literal[False] = ..., loss_dtype: Optional[DTypeLike] = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[float, FloatArray]: ...
 @overload
@@ -189,7 +189,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: Literal["none"],
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
-                 return_lse: Literal[False] = ...,
+                 return_lse: Literal[False] = ..., loss_dtype: Optional[DTypeLike] = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[FloatArray, FloatArray]: ...
 @overload
@@ -197,7 +197,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: str = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
-                 return_lse: Literal[True],
+                 return_lse: Literal[True], loss_dtype: Optional[DTypeLike] = ...,
                  out: None = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[Loss, FloatArray]: ...
 @overload
@@ -205,7 +205,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: str = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
-                 return_lse: Literal[True],
+                 return_lse: Literal[True], loss_dtype: Optional[DTypeLike] = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Tuple[Loss, FloatArray, FloatArray]: ...
 @overload
@@ -213,7 +213,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                  method: str = ..., reduction: str = ...,
                  weight: Optional[ArrayLike] = ..., ignore_index: Optional[Integer] = ...,
                  label_smoothing: float = ..., z_loss: float = ..., return_grad: bool = ...,
-                 return_lse: bool = ...,
+                 return_lse: bool = ..., loss_dtype: Optional[DTypeLike] = ...,
                  out: Optional[FloatArray] = ..., threads: Optional[Integer] = ...,
                  check: bool = ...) -> Union[Loss, Tuple[Loss, FloatArray],
                                              Tuple[Loss, FloatArray, FloatArray]]: ...
@@ -224,6 +224,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
                  weight: Optional[ArrayLike] = None,
                  ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
                  z_loss: float = 0.0, return_grad: bool = False, return_lse: bool = False,
+                 loss_dtype: Optional[DTypeLike] = None,
                  out: Optional[FloatArray] = None, threads: Optional[Integer] = None,
                  check: bool = False) -> Union[Loss, Tuple[Loss, FloatArray],
                                                Tuple[Loss, FloatArray, FloatArray]]:
@@ -276,6 +277,11 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         it (-inf where every logit is -inf, +inf where one is +inf, NaN
         where one is NaN); for "maxsub" and "naive" it is the log of the
         sum those methods compute: naive's is inf once exp overflows.
+    loss_dtype : dtype, optional
+        The dtype of the per-position losses (reduction "none") and
+        log-sum-exps: float16, float32, float64 or bfloat16; None, the
+        logits'.  float32 keeps float16 or bfloat16 logits' losses as the
+        kernel computed them (a float16 loss of 4.308065 reads 4.31).
     out : ndarray, optional
         With return_grad: a C-contiguous array of the logits' shape and
         dtype to write the gradient into (and return), so that repeated
@@ -342,7 +348,8 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     # without helper calls.  Anything else, every bad input included, falls
     # through to the general path, which checks everything.
     if (weight is None and ignore_index is None and out is None and check is False
-            and return_lse is False and (type(z_loss) is float or type(z_loss) is int)
+            and return_lse is False and loss_dtype is None
+            and (type(z_loss) is float or type(z_loss) is int)
             and z_loss == 0
             and type(logits) is np.ndarray and type(labels) is np.ndarray
             and type(axis) is int and axis == 1
@@ -385,6 +392,8 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     return_grad = _validation.flag(return_grad, "return_grad")
     return_lse = _validation.flag(return_lse, "return_lse")
     z_loss = _validation.z_loss(z_loss)
+    per_position = (x.result_dtype if loss_dtype is None
+                    else _validation.float_dtype(loss_dtype, "loss_dtype"))
     check = _validation.flag(check, "check")
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     # out=logits: the gradient written over the logits (consumed)
@@ -395,9 +404,9 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
             ("labels", labels), ("labels", t.labels), ("labels", t.probs),
             ("weight", weight), ("weight", t.weight)))
     # Results in the caller's dtype, filled block by block.
-    losses = (np.empty(x.position_shape, dtype=x.result_dtype)
+    losses = (np.empty(x.position_shape, dtype=per_position)
               if reduction == "none" or check else None)
-    lse = np.empty(x.position_shape, dtype=x.result_dtype) if return_lse else None
+    lse = np.empty(x.position_shape, dtype=per_position) if return_lse else None
     grad = None
     if return_grad:
         grad = out if out is not None else np.empty(x.array.shape, dtype=x.result_dtype)
@@ -823,9 +832,9 @@ def logsumexp(a: ArrayLike, axis: Optional[Integer] = -1, keepdims: bool = False
     array = a if type(a) is np.ndarray else _validation.as_array(a, "a")
     if array.dtype.kind in "biu":      # as scipy: exactly, in float64
         array = array.astype(np.float64)
-    if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
-        raise TypeError(f"a must be a float16, float32 or float64 array (or integers), "
-                        f"got dtype {array.dtype}")
+    if not (_validation.is_floating(array.dtype) and array.dtype.itemsize in (2, 4, 8)):
+        raise TypeError(f"a must be a float16, float32, float64 or bfloat16 array (or "
+                        f"integers), got dtype {array.dtype}")
     keepdims = _validation.flag(keepdims, "keepdims")
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     shape = array.shape
@@ -837,7 +846,7 @@ def logsumexp(a: ArrayLike, axis: Optional[Integer] = -1, keepdims: bool = False
         if not -array.ndim <= class_axis < array.ndim:
             raise ValueError(f"axis {axis} is out of range for a of shape {shape}")
         class_axis %= array.ndim
-    result_dtype = array.dtype.newbyteorder("=")
+    result_dtype = array.dtype if array.dtype.kind == "V" else array.dtype.newbyteorder("=")
     if array.shape[class_axis] == 0:       # the log of an empty sum
         lse = np.full(array.shape[:class_axis] + array.shape[class_axis + 1:], -np.inf,
                       dtype=result_dtype)

@@ -25,12 +25,40 @@ _NATIVE_FLOATS = frozenset([np.dtype(np.float32), np.dtype(np.float64)])
 INT64 = np.dtype(np.int64)
 
 # float16 has no kernel of its own: it is computed in float32 and the results
-# are returned as float16.
+# are returned as float16.  So is bfloat16 (ml_dtypes', JAX's), which numpy
+# lists as a kind "V" dtype: it is added when first met (is_bfloat16), so
+# that ml_dtypes stays an optional extra pysafemax never imports.
 _COMPUTE_DTYPE: dict[np.dtype[Any], np.dtype[Any]] = {
     np.dtype(np.float16): np.dtype(np.float32),
     np.dtype(np.float32): np.dtype(np.float32),
     np.dtype(np.float64): np.dtype(np.float64),
 }
+
+
+def is_bfloat16(dtype: np.dtype[Any]) -> bool:
+    """ml_dtypes.bfloat16 (registered as a compute dtype on sight)."""
+    if dtype.kind == "V" and dtype.name == "bfloat16" and dtype.itemsize == 2:
+        _COMPUTE_DTYPE.setdefault(dtype, np.dtype(np.float32))
+        return True
+    return False
+
+
+def float_dtype(value: Any, name: str) -> np.dtype[Any]:
+    """A result dtype: float16, float32, float64 or bfloat16."""
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a float dtype (float16, float32, float64 or "
+                        f"bfloat16), got {value!r}") from None
+    if not ((dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or is_bfloat16(dtype)):
+        raise TypeError(f"{name} must be a float dtype (float16, float32, float64 or "
+                        f"bfloat16), got {dtype}")
+    return dtype.newbyteorder("=") if dtype.kind == "f" else dtype
+
+
+def is_floating(dtype: np.dtype[Any]) -> bool:
+    """A floating dtype: numpy's own, or bfloat16."""
+    return dtype.kind == "f" or is_bfloat16(dtype)
 
 
 class Logits(NamedTuple):
@@ -126,6 +154,8 @@ def logits_array(logits: Any, axis: Any = 1, convert: bool = True) -> Logits:
     # since they run on every call).
     dtype = x.dtype
     compute = dtype if dtype in _NATIVE_FLOATS else _COMPUTE_DTYPE.get(dtype.newbyteorder("="))
+    if compute is None and is_bfloat16(dtype):
+        compute = _COMPUTE_DTYPE[dtype]
     if compute is None:
         raise TypeError(
             f"logits must be float16, float32 or float64, got dtype {x.dtype}")
@@ -151,7 +181,8 @@ def logits_array(logits: Any, axis: Any = 1, convert: bool = True) -> Logits:
         array = x
     else:
         array = np.require(x, dtype=compute, requirements=("C", "A"))
-    result_dtype = dtype if compute is dtype else dtype.newbyteorder("=")
+    result_dtype = (dtype if compute is dtype or dtype.kind == "V"
+                    else dtype.newbyteorder("="))
     return Logits(array, result_dtype, axis, outer, classes, inner)
 
 
@@ -177,7 +208,7 @@ def targets(labels: Any, logits: Logits, *, weight: Any = None, ignore_index: An
     weight = class_weight(weight, logits.classes)
     label_smoothing = smoothing(label_smoothing)
 
-    if given.dtype.kind == "f":
+    if is_floating(given.dtype):
         if given.shape != logits.array.shape:
             raise probabilities_shape_error(given.shape, logits.array.shape)
         if ignore_index is not None:

@@ -476,6 +476,14 @@ for _value in ("0.1", True, np.bool_(False), None, np.array(0.1), 0.1j, [0.1]):
     TABLE += _option_rows(f"z_loss-{_typed_id(_value)}", "z_loss", _value, TypeError,
                           rf"^z_loss must be a real number >= 0, got {re.escape(repr(_value))}$")
 
+# --- loss_dtype: a float dtype ------------------------------------------------
+for _value, _shown in ((np.int32, "int32"), ("complex64", "complex64"), (object, "object"),
+                       ("float128", "float128"), ("nonsense", "'nonsense'"),
+                       (np.bool_, "bool")):
+    TABLE += _row(f"loss_dtype-{_shown}", "softmax_loss", (X, Y), {"loss_dtype": _value},
+                  TypeError, r"^loss_dtype must be a float dtype \(float16, float32, "
+                  rf"float64 or bfloat16\), got {_shown}$", "loss_dtype", modules=("kernel",))
+
 # --- probability targets take no ignore_index ---------------------------------
 _PROBS_IGNORE = (r"^ignore_index applies to class-index labels only; probability "
                  r"targets \(floating labels\) take ignore_index=None$")
@@ -600,7 +608,7 @@ TABLE += _row("log-softmax-has-no-method", "log_softmax", (X,),
 TABLE += _row("softmax-has-no-weight", "softmax", (X,), {"weight": np.ones(C)},
               TypeError, r"unexpected keyword argument 'weight'", "weight")
 for _name, _value in (("check", True), ("threads", 2), ("out", np.empty((N, C))),
-                      ("return_lse", True)):
+                      ("return_lse", True), ("loss_dtype", np.float32)):
     TABLE += _row(f"reference-has-no-{_name}", "softmax_loss", (X, Y), {_name: _value},
                   TypeError, rf"unexpected keyword argument '{_name}'", _name,
                   modules=("reference",))
@@ -633,13 +641,14 @@ def test_table_covers_every_argument():
 
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_reference_has_the_kernel_signature_without_check(function):
-    # check, out and threads steer the kernel, and return_lse asks for one
-    # more of its outputs (tests/test_logsumexp.py has its float64 oracle);
-    # the numpy twin has none of them.
+    # check, out and threads steer the kernel, return_lse asks for one more of
+    # its outputs (tests/test_logsumexp.py has its float64 oracle) and
+    # loss_dtype for its per-position outputs in another dtype; the numpy
+    # twin has none of them.
     kernel = inspect.signature(getattr(pysafemax, function))
     twin = inspect.signature(getattr(reference, function))
     expected = [p for name, p in kernel.parameters.items()
-                if name not in ("check", "out", "threads", "return_lse")]
+                if name not in ("check", "out", "threads", "return_lse", "loss_dtype")]
     assert list(twin.parameters.values()) == expected
     assert "check" in inspect.signature(pysafemax.softmax_loss).parameters
 

@@ -236,7 +236,7 @@ def test_naive_and_maxsubs_lse_are_the_logs_of_their_own_sums():
 
 def test_bad_arguments_are_named():
     x = np.zeros((2, 3), np.float32)
-    with pytest.raises(TypeError, match="a must be a float16, float32 or float64"):
+    with pytest.raises(TypeError, match="a must be a float16, float32, float64 or bfloat16"):
         pysafemax.logsumexp(x.astype(np.complex64))
     with pytest.raises(TypeError, match="a must be"):
         pysafemax.logsumexp(np.array(["1", "2"]))
