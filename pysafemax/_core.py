@@ -343,11 +343,14 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     """
     # The common call, cheap: (N, C) float32/float64 logits and (N,) int64
     # labels, C-contiguous and aligned, used in place, with no options but
-    # method, reduction, threads and return_grad (True or False).  A (32, 10)
-    # call spends more time here than in the kernel, so this is written out
-    # without helper calls.  Anything else, every bad input included, falls
-    # through to the general path, which checks everything.
-    if (weight is None and ignore_index is None and out is None and check is False
+    # method, reduction, threads, return_grad (True or False) and an out=
+    # buffer that is plainly fine (the logits' dtype and shape, C-contiguous,
+    # writeable, sharing no memory with the inputs).  A (32, 10) call spends
+    # more time here than in the kernel, so this is written out without
+    # helper calls.  Anything else, every bad input included, falls through
+    # to the general path, which checks everything.
+    if (weight is None and ignore_index is None and check is False
+            and (out is None or (type(out) is np.ndarray and return_grad is True))
             and return_lse is False and loss_dtype is None
             and (type(z_loss) is float or type(z_loss) is int)
             and z_loss == 0
@@ -363,9 +366,16 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         if count is None:
             count = _env_threads if _num_threads is None else _num_threads
         flags, label_flags = logits.flags, labels.flags
+        if out is not None:
+            out_flags = out.flags
+            plain_out = (out.dtype is logits.dtype and out.shape == logits.shape
+                         and out_flags.c_contiguous and out_flags.aligned
+                         and out_flags.writeable and not np.may_share_memory(out, logits)
+                         and not np.may_share_memory(out, labels))
         if (classes and len(labels) == rows and type(count) is int and count >= 1
                 and flags.c_contiguous and flags.aligned
-                and label_flags.c_contiguous and label_flags.aligned):
+                and label_flags.c_contiguous and label_flags.aligned
+                and (out is None or plain_out)):
             opts: Optional[_bindings.Options]
             try:
                 opts = _plain_options[method, reduction, count]
@@ -373,7 +383,8 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
                 opts = _new_plain_options(method, reduction, count)
             if opts is not None:
                 losses = np.empty(rows, logits.dtype) if reduction == "none" else None
-                grad = np.empty((rows, classes), logits.dtype) if return_grad else None
+                grad = (out if out is not None else np.empty((rows, classes), logits.dtype)
+                        if return_grad else None)
                 try:
                     loss = _bindings.softmax_loss(logits, rows, classes, 1, labels, None,
                                                   opts, losses, grad)

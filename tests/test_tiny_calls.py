@@ -70,6 +70,34 @@ def test_the_cheap_loss_gives_the_general_paths_results(dtype, method, return_gr
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+def test_a_plain_out_buffer_takes_the_cheap_path_with_the_general_paths_results(dtype,
+                                                                               method):
+    rng = np.random.default_rng(4)
+    for shape in SHAPES:
+        x = logits(shape, dtype)
+        y = rng.integers(0, shape[1], shape[0])
+        for reduction in ("mean", "none"):
+            out = np.full(shape, np.nan, dtype)
+            got = pysafemax.softmax_loss(x, y, method=method, reduction=reduction,
+                                         return_grad=True, out=out)
+            assert got[1] is out
+            same(got, pysafemax.softmax_loss(x, y, axis=-1, method=method,
+                                             reduction=reduction, return_grad=True))
+    # buffers it cannot take fall through to the general path and its checks
+    x = logits((4, 5), dtype)
+    y = np.zeros(4, np.int64)
+    for out, error in ((np.empty((4, 5), np.float16), TypeError),
+                       (np.empty((5, 4), dtype), ValueError),
+                       (np.empty((4, 10), dtype)[:, ::2], ValueError),
+                       (np.zeros(20, dtype)[:, None].reshape(4, 5)[::-1], ValueError)):
+        with pytest.raises(error):
+            pysafemax.softmax_loss(x, y, return_grad=True, out=out)
+    with pytest.raises(ValueError, match="pass return_grad=True"):
+        pysafemax.softmax_loss(x, y, out=np.empty((4, 5), dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("writeable", [True, False], ids=["writeable", "readonly"])
 def test_cheap_softmax_and_log_softmax_give_the_general_paths_results(dtype, writeable):
     for shape in SHAPES:
