@@ -181,6 +181,24 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, class_weight=None
     >>> d_weight.shape
     (100, 8)
     """
+    return _run(hidden, weight, labels, bias=bias, class_weight=class_weight,
+                method=method, reduction=reduction, ignore_index=ignore_index,
+                label_smoothing=label_smoothing, z_loss=z_loss, return_grad=return_grad,
+                chunk_size=chunk_size, threads=threads)
+
+
+def position_scaled_grads(hidden, weight, labels, position_scale, **options):
+    """linear_cross_entropy's gradients (options as there) with each
+    position's share scaled by position_scale, (N,): the backward of
+    sum(position_scale * losses) for reduction="none", the vector-Jacobian
+    product autograd asks for."""
+    return _run(hidden, weight, labels, return_grad=True, position_scale=position_scale,
+                **options)[1]
+
+
+def _run(hidden, weight, labels, *, bias=None, class_weight=None, method="stable",
+         reduction="mean", ignore_index=None, label_smoothing=0.0, z_loss=0.0,
+         return_grad=False, chunk_size=None, threads=None, position_scale=None):
     hidden = _float_array(hidden, "hidden", "(N, H)", 2)
     weight = _float_array(weight, "weight", "(V, H), one row per class", 2)
     rows, features = hidden.shape
@@ -231,6 +249,9 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, class_weight=None
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         chunk_size = min(chunk_size, classes)
 
+    if position_scale is not None and np.shape(position_scale) != (rows,):
+        raise ValueError(f"position_scale must have shape ({rows},), one per position, "
+                         f"got {np.shape(position_scale)}")
     clamped = method != "stable" and t.label_smoothing != 0.0
     if clamped and z_loss:
         raise ValueError(f"z_loss={z_loss!r} with method={method!r} and label_smoothing="
@@ -254,7 +275,8 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, class_weight=None
     # and maxsub with smoothing) its clamped terms.
     if clamped:
         smoothing = _ClampedSmoothing(state, t, logits_shape, reduction, threads)
-    grads = _Gradients(hidden, weight, bias, compute) if return_grad else None
+    grads = (_Gradients(hidden, weight, bias, compute, position_scale) if return_grad
+             else None)
     for start, logits in chunks:
         if clamped:
             grad = smoothing.add_chunk(logits, start, return_grad)
@@ -329,8 +351,10 @@ class _Gradients:
     """d_hidden, d_weight and d_bias summed chunk by chunk from each chunk's
     d loss / d logits G."""
 
-    def __init__(self, hidden, weight, bias, compute):
+    def __init__(self, hidden, weight, bias, compute, position_scale=None):
         self.hidden = np.asarray(hidden, dtype=compute)
+        self.position_scale = (None if position_scale is None else
+                               np.asarray(position_scale, dtype=compute)[:, None])
         self.dtypes = [_native(a.dtype) for a in (hidden, weight, bias) if a is not None]
         self.d_hidden = None
         # d_weight is written a chunk's rows at a time, in place when it has
@@ -341,6 +365,8 @@ class _Gradients:
     def add_chunk(self, grad, start, chunk_weight, scratch):
         """Add the chunk at start, with gradient grad (N x width); scratch is
         an N x width buffer free to overwrite (the chunk's logits, used)."""
+        if self.position_scale is not None:
+            grad *= self.position_scale
         width = grad.shape[1]
         stop = start + width
         rows, features = self.hidden.shape
