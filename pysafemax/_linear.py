@@ -317,7 +317,12 @@ def _in_dtype(array, dtype):
 
 class _Chunks:
     """The logits of classes [start, start + chunk_size) for each chunk, in
-    one reused buffer: iterate for (start, logits)."""
+    one reused buffer: iterate for (start, logits).
+
+    Each pass goes the other way round from the one before and starts with
+    the chunk that one ended with, whose logits are still in the buffer:
+    one matmul fewer per extra pass (the only one with a single chunk).  So
+    only the last pass may overwrite the logits it is given."""
 
     def __init__(self, hidden, weight, bias, compute, chunk_size):
         self.hidden = np.asarray(hidden, dtype=compute)
@@ -329,6 +334,8 @@ class _Chunks:
         # Flat, so that a narrower last chunk is a C-contiguous view too
         # (softmax_partials would copy a strided one).
         self.buffer = np.empty(rows * chunk_size, dtype=compute)
+        self.backwards = False
+        self.held = None    # the start of the chunk whose logits the buffer holds
 
     def chunk_weight(self, start):
         """weight's rows for the chunk at start, in the compute dtype."""
@@ -338,13 +345,20 @@ class _Chunks:
     def __iter__(self):
         rows = self.hidden.shape[0]
         classes = self.weight.shape[0]
-        for start in range(0, classes, self.chunk_size):
+        starts = range(0, classes, self.chunk_size)
+        if self.backwards:
+            starts = reversed(starts)
+        self.backwards = not self.backwards
+        for start in starts:
             width = min(self.chunk_size, classes - start)
             logits = self.buffer[:rows * width].reshape(rows, width)
-            np.matmul(self.hidden, self.chunk_weight(start).T, out=logits)
-            if self.bias is not None:
-                logits += self.bias[start:start + width]
+            if start != self.held:
+                np.matmul(self.hidden, self.chunk_weight(start).T, out=logits)
+                if self.bias is not None:
+                    logits += self.bias[start:start + width]
+            self.held = None
             yield start, logits
+        self.held = start
 
 
 class _Gradients:
