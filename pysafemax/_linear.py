@@ -17,18 +17,21 @@ the whole sum is known, which no partial state can carry (not_decomposable
 in _partials), so their clamped terms are added by a second pass in numpy,
 in _clamped_smoothing, with Caffe's formula.
 """
+from __future__ import annotations
+
 import inspect
 import math
-from typing import Literal, Optional, Tuple, Union, overload
+from typing import Any, Iterator, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _bindings, _validation
 from ._constants import FLT_MIN
 from ._core import batch_normalizer, get_num_threads
-from ._partials import (combine_partials, grad_from_partials, loss_from_partials,
-                        softmax_partials)
+from ._partials import (SoftmaxPartials, combine_partials, grad_from_partials,
+                        loss_from_partials, softmax_partials)
+from ._types import FloatArray, Integer, Loss, Reduced
 
 __all__ = ["linear_cross_entropy"]
 
@@ -38,11 +41,14 @@ __all__ = ["linear_cross_entropy"]
 # enough to stay far below the N x V logits it replaces.
 CHUNK_BYTES = 32 << 20
 
+# (d_hidden, d_weight) or (d_hidden, d_weight, d_bias)
+Grads = Tuple[FloatArray, ...]
+
 # z_loss passes through to softmax_partials once that takes it.
 _PARTIALS_TAKE_Z_LOSS = "z_loss" in inspect.signature(softmax_partials).parameters
 
 
-def _compute_dtype(dtype, name):
+def _compute_dtype(dtype: DTypeLike, name: str) -> np.dtype[Any]:
     """float32 for float16 and bfloat16 (ml_dtypes), else the dtype itself;
     a TypeError naming the argument for anything but a float."""
     dtype = np.dtype(dtype)
@@ -54,7 +60,8 @@ def _compute_dtype(dtype, name):
                     f"got dtype {dtype}")
 
 
-def _float_array(value, name, shape_text, ndim):
+def _float_array(value: ArrayLike, name: str, shape_text: str,
+                 ndim: int) -> NDArray[Any]:
     array = _validation.as_array(value, name)
     _compute_dtype(array.dtype, name)
     if array.ndim != ndim:
@@ -62,11 +69,11 @@ def _float_array(value, name, shape_text, ndim):
     return array
 
 
-def _native(dtype):
+def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(dtype.newbyteorder("=")) if dtype.kind == "f" else dtype
 
 
-def default_chunk_size(rows, classes, itemsize):
+def default_chunk_size(rows: int, classes: int, itemsize: int) -> int:
     """The classes per chunk that keep one rows x chunk buffer within
     CHUNK_BYTES (at least 1, at most all of them)."""
     if rows == 0:
@@ -78,27 +85,51 @@ def default_chunk_size(rows, classes, itemsize):
 def linear_cross_entropy(
         hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
         bias: Optional[ArrayLike] = ..., class_weight: Optional[ArrayLike] = ...,
-        method: str = ..., reduction: str = ..., ignore_index: Optional[int] = ...,
-        label_smoothing: float = ..., z_loss: float = ...,
-        return_grad: Literal[False] = ..., chunk_size: Optional[int] = ...,
-        threads: Optional[int] = ...) -> Union[float, np.ndarray]: ...
-
-
+        method: str = ..., reduction: Reduced = ..., ignore_index: Optional[Integer] = ...,
+        label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
+        chunk_size: Optional[Integer] = ..., threads: Optional[Integer] = ...) -> float: ...
 @overload
 def linear_cross_entropy(
         hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
         bias: Optional[ArrayLike] = ..., class_weight: Optional[ArrayLike] = ...,
-        method: str = ..., reduction: str = ..., ignore_index: Optional[int] = ...,
-        label_smoothing: float = ..., z_loss: float = ...,
-        return_grad: Literal[True], chunk_size: Optional[int] = ...,
-        threads: Optional[int] = ...
-) -> Tuple[Union[float, np.ndarray], Tuple[np.ndarray, ...]]: ...
+        method: str = ..., reduction: Literal["none"], ignore_index: Optional[Integer] = ...,
+        label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
+        chunk_size: Optional[Integer] = ..., threads: Optional[Integer] = ...
+) -> FloatArray: ...
+@overload
+def linear_cross_entropy(
+        hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
+        bias: Optional[ArrayLike] = ..., class_weight: Optional[ArrayLike] = ...,
+        method: str = ..., reduction: Reduced = ..., ignore_index: Optional[Integer] = ...,
+        label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
+        chunk_size: Optional[Integer] = ..., threads: Optional[Integer] = ...
+) -> Tuple[float, Grads]: ...
+@overload
+def linear_cross_entropy(
+        hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
+        bias: Optional[ArrayLike] = ..., class_weight: Optional[ArrayLike] = ...,
+        method: str = ..., reduction: Literal["none"], ignore_index: Optional[Integer] = ...,
+        label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
+        chunk_size: Optional[Integer] = ..., threads: Optional[Integer] = ...
+) -> Tuple[FloatArray, Grads]: ...
+@overload
+def linear_cross_entropy(
+        hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
+        bias: Optional[ArrayLike] = ..., class_weight: Optional[ArrayLike] = ...,
+        method: str = ..., reduction: str = ..., ignore_index: Optional[Integer] = ...,
+        label_smoothing: float = ..., z_loss: float = ..., return_grad: bool = ...,
+        chunk_size: Optional[Integer] = ..., threads: Optional[Integer] = ...
+) -> Union[Loss, Tuple[Loss, Grads]]: ...
 
 
-def linear_cross_entropy(hidden, weight, labels, *, bias=None, class_weight=None,
-                         method="stable", reduction="mean", ignore_index=None,
-                         label_smoothing=0.0, z_loss=0.0, return_grad=False,
-                         chunk_size=None, threads=None):
+def linear_cross_entropy(
+        hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
+        bias: Optional[ArrayLike] = None, class_weight: Optional[ArrayLike] = None,
+        method: str = "stable", reduction: str = "mean",
+        ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+        z_loss: float = 0.0, return_grad: bool = False,
+        chunk_size: Optional[Integer] = None,
+        threads: Optional[Integer] = None) -> Union[Loss, Tuple[Loss, Grads]]:
     """Softmax cross-entropy of the logits ``hidden @ weight.T + bias``,
     without making them: the classes are taken chunk_size at a time.
 
@@ -109,32 +140,38 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, class_weight=None
 
     Parameters
     ----------
-    hidden : array_like, (N, H)
-        The positions' features; float16, float32 or float64 (bfloat16 from
-        ml_dtypes too).  float16 and bfloat16 are computed in float32.
-    weight : array_like, (V, H)
+    hidden : array_like of float, shape (N, H)
+        The positions' features: float16, float32 or float64 (bfloat16 from
+        ml_dtypes too; float16 and bfloat16 are computed in float32).
+    weight : array_like of float, shape (V, H)
         The output layer's weights, one row per class (torch.nn.Linear's
         layout).
-    labels : array_like of int, (N,)
-        Class indices in [0, V), or ignore_index.
-    bias : array_like, (V,), optional
+    labels : array_like of int, shape (N,)
+        Class indices in [0, V), or `ignore_index`.
+    bias : array_like of float, shape (V,), optional
         The output layer's bias.
-    class_weight : array_like, (V,), optional
-        Per-class loss weights: softmax_loss's ``weight=``.
-    method, reduction, ignore_index, label_smoothing : optional
-        As softmax_loss: method "stable", "maxsub" or "naive"; reduction one
-        of pysafemax.REDUCTIONS.  naive and maxsub with label smoothing take
-        one more pass over the chunks (their clamp needs every class's sum).
-    z_loss : float, optional
-        Only 0.0 until softmax_partials takes z_loss.
-    return_grad : bool, optional
-        Also return the gradients (a second pass that recomputes each
-        chunk's logits).
+    class_weight : array_like of float, shape (V,), optional
+        Per-class loss weights: softmax_loss's ``weight=``, renamed since
+        `weight` is the layer's here.
+    method : {"stable", "maxsub", "naive"}
+        As softmax_loss.  naive and maxsub with label smoothing take one
+        more pass over the chunks: their clamp needs every class's sum.
+    reduction : {"mean", "sum", "none", "valid", "full", "batch_size"}
+        As softmax_loss.
+    ignore_index : int, optional
+        Positions with this label add no loss and no gradient.
+    label_smoothing : float, default 0.0
+        In [0, 1], PyTorch's semantics.
+    z_loss : float, default 0.0
+        Only 0.0 until softmax_partials takes a z_loss.
+    return_grad : bool, default False
+        Also return the gradients, from a second pass that recomputes each
+        chunk's logits.
     chunk_size : int, optional
         Classes per chunk.  By default as many as keep one N x chunk_size
-        buffer of the compute dtype within 32 MB, so that the two buffers
-        the gradient pass holds take about 64 MB (at least one class, at
-        most V).
+        buffer of the compute dtype within 32 MB, so that the two the
+        gradient pass holds take about 64 MB (at least one class, at most
+        V).  Narrow chunks cost speed: BLAS runs best on wide ones.
     threads : int, optional
         The kernel's threads (None: get_num_threads()).  The matmuls run on
         numpy's BLAS with its own thread count (OPENBLAS_NUM_THREADS, or
@@ -142,12 +179,14 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, class_weight=None
 
     Returns
     -------
-    loss : float or numpy.ndarray
-        As softmax_loss: a Python float, or for reduction="none" the (N,)
-        losses in the logits' dtype (the inputs' common dtype).
-    grads : tuple of numpy.ndarray
-        Only with return_grad: ``(d_hidden, d_weight)``, and ``d_bias`` last
-        when bias is given, each in its input's dtype.
+    loss : float or ndarray
+        As softmax_loss: a float, or for reduction="none" the (N,) losses in
+        the logits' dtype (the inputs' common dtype; float32 or float64 if
+        they differ).
+    grads : tuple of ndarray
+        Only with ``return_grad=True`` (then a ``(loss, grads)`` tuple is
+        returned): ``(d_hidden, d_weight)``, and ``d_bias`` last when `bias`
+        is given, each in its input's shape and dtype.
 
     Raises
     ------
@@ -187,18 +226,24 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, class_weight=None
                 chunk_size=chunk_size, threads=threads)
 
 
-def position_scaled_grads(hidden, weight, labels, position_scale, **options):
+def position_scaled_grads(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike,
+                          position_scale: ArrayLike, **options: Any) -> Grads:
     """linear_cross_entropy's gradients (options as there) with each
     position's share scaled by position_scale, (N,): the backward of
     sum(position_scale * losses) for reduction="none", the vector-Jacobian
     product autograd asks for."""
-    return _run(hidden, weight, labels, return_grad=True, position_scale=position_scale,
-                **options)[1]
+    _, grads = _run(hidden, weight, labels, return_grad=True,
+                    position_scale=position_scale, **options)
+    return grads
 
 
-def _run(hidden, weight, labels, *, bias=None, class_weight=None, method="stable",
-         reduction="mean", ignore_index=None, label_smoothing=0.0, z_loss=0.0,
-         return_grad=False, chunk_size=None, threads=None, position_scale=None):
+def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
+         bias: Optional[ArrayLike] = None, class_weight: Optional[ArrayLike] = None,
+         method: str = "stable", reduction: str = "mean",
+         ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
+         z_loss: float = 0.0, return_grad: bool = False,
+         chunk_size: Optional[Integer] = None, threads: Optional[Integer] = None,
+         position_scale: Optional[ArrayLike] = None) -> Any:
     hidden = _float_array(hidden, "hidden", "(N, H)", 2)
     weight = _float_array(weight, "weight", "(V, H), one row per class", 2)
     rows, features = hidden.shape
@@ -233,6 +278,8 @@ def _run(hidden, weight, labels, *, bias=None, class_weight=None, method="stable
         class_weight = _validation.class_weight(class_weight, classes, "class_weight")
     t = _validation.targets(labels, logits_shape, weight=class_weight,
                             ignore_index=ignore_index, label_smoothing=label_smoothing)
+    assert t.labels is not None     # integers: class indices, never probabilities
+    class_labels = t.labels
     bad = np.flatnonzero(_validation.out_of_range(labels, classes, t.ignore_index))
     if bad.size:
         raise _validation.label_out_of_range(labels, int(bad[0]), classes, t.ignore_index)
@@ -242,12 +289,12 @@ def _run(hidden, weight, labels, *, bias=None, class_weight=None, method="stable
     z_loss = _z_loss(z_loss)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     if chunk_size is None:
-        chunk_size = default_chunk_size(rows, classes, compute.itemsize)
+        chunk = default_chunk_size(rows, classes, compute.itemsize)
     else:
-        chunk_size = _validation.integer(chunk_size, "chunk_size")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        chunk_size = min(chunk_size, classes)
+        chunk = _validation.integer(chunk_size, "chunk_size")
+        if chunk < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk}")
+        chunk = min(chunk, classes)
 
     if position_scale is not None and np.shape(position_scale) != (rows,):
         raise ValueError(f"position_scale must have shape ({rows},), one per position, "
@@ -256,18 +303,19 @@ def _run(hidden, weight, labels, *, bias=None, class_weight=None, method="stable
     if clamped and z_loss:
         raise ValueError(f"z_loss={z_loss!r} with method={method!r} and label_smoothing="
                          f"{t.label_smoothing!r} is not supported: use method='stable'")
-    options = dict(num_classes=classes, method=method, weight=t.weight,
+    options: dict[str, Any] = dict(num_classes=classes, method=method, weight=t.weight,
                    ignore_index=t.ignore_index, threads=threads,
                    label_smoothing=0.0 if clamped else t.label_smoothing)
     if z_loss:
         options["z_loss"] = z_loss
-    chunks = _Chunks(hidden, weight, bias, compute, chunk_size)
+    chunks = _Chunks(hidden, weight, bias, compute, chunk)
 
-    state = None
+    state: Optional[SoftmaxPartials] = None
     for start, logits in chunks:
-        part = softmax_partials(logits, t.labels, class_offset=start, **options)
+        part = softmax_partials(logits, class_labels, class_offset=start, **options)
         state = part if state is None else combine_partials(state, part)
         del part
+    assert state is not None        # V >= 1: one chunk at least
     if not clamped and not return_grad:
         return _as_result(loss_from_partials(state, reduction=reduction), result_dtype)
 
@@ -281,17 +329,18 @@ def _run(hidden, weight, labels, *, bias=None, class_weight=None, method="stable
         if clamped:
             grad = smoothing.add_chunk(logits, start, return_grad)
         else:
-            grad = grad_from_partials(state, logits, t.labels, class_offset=start,
+            grad = grad_from_partials(state, logits, class_labels, class_offset=start,
                                       reduction=reduction, threads=threads)
         if grads is not None:
+            assert grad is not None     # asked for: return_grad
             grads.add_chunk(grad, start, chunks.chunk_weight(start), logits)
         del grad
     loss = _as_result(smoothing.loss() if clamped
                       else loss_from_partials(state, reduction=reduction), result_dtype)
-    return (loss, grads.result()) if return_grad else loss
+    return (loss, grads.result()) if grads is not None else loss
 
 
-def _z_loss(value):
+def _z_loss(value: Any) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating,
                                                                      np.integer)):
         raise TypeError(f"z_loss must be a float, got {value!r}")
@@ -304,13 +353,13 @@ def _z_loss(value):
     return value
 
 
-def _as_result(loss, result_dtype):
+def _as_result(loss: Loss, result_dtype: np.dtype[Any]) -> Loss:
     """A reduced loss as it is (a float), per-position losses in the
     logits' dtype."""
     return _in_dtype(loss, result_dtype) if isinstance(loss, np.ndarray) else loss
 
 
-def _in_dtype(array, dtype):
+def _in_dtype(array: NDArray[Any], dtype: DTypeLike) -> NDArray[Any]:
     with np.errstate(over="ignore"):   # float16: beyond its range is inf
         return array.astype(dtype, copy=False)
 
@@ -324,7 +373,9 @@ class _Chunks:
     one matmul fewer per extra pass (the only one with a single chunk).  So
     only the last pass may overwrite the logits it is given."""
 
-    def __init__(self, hidden, weight, bias, compute, chunk_size):
+    def __init__(self, hidden: NDArray[Any], weight: NDArray[Any],
+                 bias: Optional[NDArray[Any]], compute: np.dtype[Any],
+                 chunk_size: int) -> None:
         self.hidden = np.asarray(hidden, dtype=compute)
         self.weight = weight
         self.bias = None if bias is None else np.asarray(bias, dtype=compute)
@@ -335,19 +386,19 @@ class _Chunks:
         # (softmax_partials would copy a strided one).
         self.buffer = np.empty(rows * chunk_size, dtype=compute)
         self.backwards = False
-        self.held = None    # the start of the chunk whose logits the buffer holds
+        self.held: Optional[int] = None    # the start of the chunk whose logits the buffer holds
 
-    def chunk_weight(self, start):
+    def chunk_weight(self, start: int) -> NDArray[Any]:
         """weight's rows for the chunk at start, in the compute dtype."""
         rows = self.weight[start:start + self.chunk_size]
         return np.asarray(rows, dtype=self.compute)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tuple[int, NDArray[Any]]]:
         rows = self.hidden.shape[0]
         classes = self.weight.shape[0]
-        starts = range(0, classes, self.chunk_size)
+        starts: Iterator[int] = iter(range(0, classes, self.chunk_size))
         if self.backwards:
-            starts = reversed(starts)
+            starts = reversed(range(0, classes, self.chunk_size))
         self.backwards = not self.backwards
         for start in starts:
             width = min(self.chunk_size, classes - start)
@@ -365,18 +416,21 @@ class _Gradients:
     """d_hidden, d_weight and d_bias summed chunk by chunk from each chunk's
     d loss / d logits G."""
 
-    def __init__(self, hidden, weight, bias, compute, position_scale=None):
+    def __init__(self, hidden: NDArray[Any], weight: NDArray[Any],
+                 bias: Optional[NDArray[Any]], compute: np.dtype[Any],
+                 position_scale: Optional[ArrayLike] = None) -> None:
         self.hidden = np.asarray(hidden, dtype=compute)
         self.position_scale = (None if position_scale is None else
                                np.asarray(position_scale, dtype=compute)[:, None])
         self.dtypes = [_native(a.dtype) for a in (hidden, weight, bias) if a is not None]
-        self.d_hidden = None
+        self.d_hidden: Optional[NDArray[Any]] = None    # from the first chunk
         # d_weight is written a chunk's rows at a time, in place when it has
         # the compute dtype.
         self.d_weight = np.empty(weight.shape, dtype=self.dtypes[1])
         self.d_bias = None if bias is None else np.empty(bias.shape, dtype=self.dtypes[2])
 
-    def add_chunk(self, grad, start, chunk_weight, scratch):
+    def add_chunk(self, grad: NDArray[Any], start: int, chunk_weight: NDArray[Any],
+                  scratch: NDArray[Any]) -> None:
         """Add the chunk at start, with gradient grad (N x width); scratch is
         an N x width buffer free to overwrite (the chunk's logits, used)."""
         if self.position_scale is not None:
@@ -407,7 +461,8 @@ class _Gradients:
             self.d_bias[start:stop] = _in_dtype(grad.sum(axis=0, dtype=np.float64),
                                                 self.d_bias.dtype)
 
-    def result(self):
+    def result(self) -> Grads:
+        assert self.d_hidden is not None    # V >= 1: one chunk at least
         d_hidden = _in_dtype(self.d_hidden, self.dtypes[0])
         if self.d_bias is None:
             return d_hidden, self.d_weight
@@ -423,7 +478,8 @@ class _ClampedSmoothing:
     and total are those of the whole rows: the state of a first pass
     without smoothing.  q_j = (1 - eps) w_y [j = y] + (eps / V) w_j."""
 
-    def __init__(self, state, t, logits, reduction, threads):
+    def __init__(self, state: SoftmaxPartials, t: _validation.Targets,
+                 logits: _validation.Logits, reduction: str, threads: int) -> None:
         compute = logits.compute_dtype
         rows, classes = logits.outer, logits.classes
         self.real = compute.type
@@ -435,6 +491,7 @@ class _ClampedSmoothing:
         if state.method == "maxsub":
             self.total[~np.isfinite(fields["max"])] = np.nan
         self.weight = np.ones(classes) if t.weight is None else t.weight
+        assert t.labels is not None     # class indices: never probabilities here
         eps = t.label_smoothing
         self.smooth = (eps / classes) * self.weight        # double, per class
         self.ignored = (np.zeros(rows, dtype=bool) if t.ignore_index is None
@@ -447,7 +504,8 @@ class _ClampedSmoothing:
         self.scale = _bindings.reduce("mean", 1.0, self.normalizer)
         self.losses = np.zeros(rows)
 
-    def add_chunk(self, logits, start, want_grad):
+    def add_chunk(self, logits: NDArray[Any], start: int,
+                  want_grad: bool) -> Optional[NDArray[Any]]:
         """Add the chunk's terms to the losses; return its gradient (None
         without want_grad).  Overwrites logits."""
         real = self.real
@@ -482,7 +540,7 @@ class _ClampedSmoothing:
         self.losses += terms
         return grad
 
-    def loss(self):
+    def loss(self) -> Loss:
         if self.reduction == "none":
             return self.losses
         return _bindings.reduce(self.reduction, math.fsum(self.losses), self.normalizer)

@@ -5,7 +5,10 @@ torch.nn.Linear(in_features, num_classes) then torch.nn.CrossEntropyLoss,
 computed by pysafemax.linear_cross_entropy without the N x num_classes
 logits.  CPU tensors only (the kernel reads numpy arrays).
 """
+from __future__ import annotations
+
 import math
+from typing import Any, Dict, List, Optional, Tuple
 
 try:
     import torch
@@ -13,12 +16,14 @@ except ImportError:   # pragma: no cover - the message is the point
     raise ImportError("pysafemax.torch needs PyTorch, which pysafemax does not "
                       "install: pip install torch") from None
 
+from numpy.typing import NDArray
+
 from ._linear import linear_cross_entropy, position_scaled_grads
 
 __all__ = ["LinearCrossEntropy"]
 
 
-def _array(tensor, name):
+def _array(tensor: torch.Tensor, name: str) -> NDArray[Any]:
     """A CPU tensor's numpy view (no copy); bfloat16, which numpy cannot
     hold, as float32."""
     if tensor.device.type != "cpu":
@@ -29,7 +34,7 @@ def _array(tensor, name):
     return tensor.numpy()
 
 
-def _tensor(array, dtype):
+def _tensor(array: NDArray[Any], dtype: torch.dtype) -> torch.Tensor:
     """A numpy result as a tensor of `dtype` (the input's: bfloat16 comes
     back from float32)."""
     return torch.from_numpy(array).to(dtype)
@@ -40,20 +45,23 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
     gradients of linear_cross_entropy."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, options):
-        arrays = dict(hidden=_array(hidden, "hidden"), weight=_array(weight, "weight"),
-                      labels=_array(target, "target"),
-                      bias=None if bias is None else _array(bias, "bias"))
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor], target: torch.Tensor,
+                options: Dict[str, Any]) -> torch.Tensor:
+        arrays = (_array(hidden, "hidden"), _array(weight, "weight"),
+                  _array(target, "target"))
+        with_bias = dict(options, bias=None if bias is None else _array(bias, "bias"))
         wants_grad = any(ctx.needs_input_grad[:3])
         per_position = options["reduction"] == "none"
+        loss: Any
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         if wants_grad and not per_position:
             # A reduced loss's backward only scales these: take them in the
             # same call, whose second pass reuses the first's state.
-            loss, grads = linear_cross_entropy(**arrays, return_grad=True, **options)
+            loss, grads = linear_cross_entropy(*arrays, return_grad=True, **with_bias)
             ctx.grads = grads
         else:
-            loss = linear_cross_entropy(**arrays, **options)
+            loss = linear_cross_entropy(*arrays, **with_bias)
             ctx.grads = None
         if wants_grad and per_position:
             # Each position's incoming gradient scales its share: known only
@@ -67,18 +75,18 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         return torch.tensor(loss, dtype=result_dtype)
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         if ctx.grads is not None:
             scale = grad_output.to(torch.float64)
-            grads = [_tensor(g, dtype) * scale.to(dtype) for g, dtype in
-                     zip(ctx.grads, ctx.dtypes)]
+            grads: List[Optional[torch.Tensor]] = [
+                _tensor(g, dtype) * scale.to(dtype) for g, dtype in zip(ctx.grads, ctx.dtypes)]
         else:
             hidden, weight, bias, target = ctx.saved_tensors
-            grads = position_scaled_grads(
+            arrays = position_scaled_grads(
                 _array(hidden, "hidden"), _array(weight, "weight"), _array(target, "target"),
                 _array(grad_output, "grad_output"),
                 bias=None if bias is None else _array(bias, "bias"), **ctx.options)
-            grads = [_tensor(g, dtype) for g, dtype in zip(grads, ctx.dtypes)]
+            grads = [_tensor(g, dtype) for g, dtype in zip(arrays, ctx.dtypes)]
         if len(grads) == 2:
             grads.append(None)
         return grads[0], grads[1], grads[2], None, None
@@ -121,9 +129,11 @@ class LinearCrossEntropy(torch.nn.Module):
     torch.Size([1000, 16])
     """
 
-    def __init__(self, in_features, num_classes, bias=True, *, ignore_index=-100,
-                 reduction="mean", label_smoothing=0.0, z_loss=0.0, chunk_size=None,
-                 device=None, dtype=None):
+    def __init__(self, in_features: int, num_classes: int, bias: bool = True, *,
+                 ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 chunk_size: Optional[int] = None, device: Any = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         self.in_features = in_features
         self.num_classes = num_classes
@@ -140,21 +150,21 @@ class LinearCrossEntropy(torch.nn.Module):
             self.register_parameter("bias", None)
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """torch.nn.Linear's initialization."""
         torch.nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
             torch.nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, hidden, target):
+    def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         options = dict(ignore_index=self.ignore_index, reduction=self.reduction,
                        label_smoothing=self.label_smoothing, z_loss=self.z_loss,
                        chunk_size=self.chunk_size)
         return _LinearCrossEntropyFunction.apply(hidden, self.weight, self.bias, target,
                                                  options)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, num_classes={self.num_classes}, "
                 f"bias={self.bias is not None}, reduction={self.reduction!r}, "
                 f"ignore_index={self.ignore_index}, "
