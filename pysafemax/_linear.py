@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from typing import Any, Iterator, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
@@ -86,14 +87,17 @@ def linear_cross_entropy(
         hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
         bias: Optional[ArrayLike] = ..., class_weight: Optional[ArrayLike] = ...,
         method: str = ..., reduction: Reduced = ..., ignore_index: Optional[Integer] = ...,
-        label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
+        label_smoothing: float = ..., z_loss: float = ...,
+        return_grad: Literal[False] = ...,
         chunk_size: Optional[Integer] = ..., threads: Optional[Integer] = ...) -> float: ...
 @overload
 def linear_cross_entropy(
         hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
         bias: Optional[ArrayLike] = ..., class_weight: Optional[ArrayLike] = ...,
-        method: str = ..., reduction: Literal["none"], ignore_index: Optional[Integer] = ...,
-        label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[False] = ...,
+        method: str = ..., reduction: Literal["none"],
+        ignore_index: Optional[Integer] = ...,
+        label_smoothing: float = ..., z_loss: float = ...,
+        return_grad: Literal[False] = ...,
         chunk_size: Optional[Integer] = ..., threads: Optional[Integer] = ...
 ) -> FloatArray: ...
 @overload
@@ -108,7 +112,8 @@ def linear_cross_entropy(
 def linear_cross_entropy(
         hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
         bias: Optional[ArrayLike] = ..., class_weight: Optional[ArrayLike] = ...,
-        method: str = ..., reduction: Literal["none"], ignore_index: Optional[Integer] = ...,
+        method: str = ..., reduction: Literal["none"],
+        ignore_index: Optional[Integer] = ...,
         label_smoothing: float = ..., z_loss: float = ..., return_grad: Literal[True],
         chunk_size: Optional[Integer] = ..., threads: Optional[Integer] = ...
 ) -> Tuple[FloatArray, Grads]: ...
@@ -244,6 +249,7 @@ def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
          z_loss: float = 0.0, return_grad: bool = False,
          chunk_size: Optional[Integer] = None, threads: Optional[Integer] = None,
          position_scale: Optional[ArrayLike] = None) -> Any:
+    """linear_cross_entropy, and position_scaled_grads with position_scale."""
     hidden = _float_array(hidden, "hidden", "(N, H)", 2)
     weight = _float_array(weight, "weight", "(V, H), one row per class", 2)
     rows, features = hidden.shape
@@ -303,9 +309,11 @@ def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
     if clamped and z_loss:
         raise ValueError(f"z_loss={z_loss!r} with method={method!r} and label_smoothing="
                          f"{t.label_smoothing!r} is not supported: use method='stable'")
-    options: dict[str, Any] = dict(num_classes=classes, method=method, weight=t.weight,
-                   ignore_index=t.ignore_index, threads=threads,
-                   label_smoothing=0.0 if clamped else t.label_smoothing)
+    # naive and maxsub with smoothing: a first pass without it, for each
+    # row's shift and sum (_ClampedSmoothing adds the smoothed terms)
+    options: dict[str, Any] = dict(
+        num_classes=classes, method=method, weight=t.weight, ignore_index=t.ignore_index,
+        threads=threads, label_smoothing=0.0 if clamped else t.label_smoothing)
     if z_loss:
         options["z_loss"] = z_loss
     chunks = _Chunks(hidden, weight, bias, compute, chunk)
@@ -341,8 +349,7 @@ def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
 
 
 def _z_loss(value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating,
-                                                                     np.integer)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"z_loss must be a float, got {value!r}")
     value = float(value)
     if not (math.isfinite(value) and value >= 0.0):
@@ -386,7 +393,7 @@ class _Chunks:
         # (softmax_partials would copy a strided one).
         self.buffer = np.empty(rows * chunk_size, dtype=compute)
         self.backwards = False
-        self.held: Optional[int] = None    # the start of the chunk whose logits the buffer holds
+        self.held: Optional[int] = None    # the chunk whose logits the buffer holds
 
     def chunk_weight(self, start: int) -> NDArray[Any]:
         """weight's rows for the chunk at start, in the compute dtype."""

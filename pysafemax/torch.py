@@ -79,12 +79,13 @@ class _LinearCrossEntropyFunction(torch.autograd.Function):
         if ctx.grads is not None:
             scale = grad_output.to(torch.float64)
             grads: List[Optional[torch.Tensor]] = [
-                _tensor(g, dtype) * scale.to(dtype) for g, dtype in zip(ctx.grads, ctx.dtypes)]
+                _tensor(g, dtype) * scale.to(dtype)
+                for g, dtype in zip(ctx.grads, ctx.dtypes)]
         else:
             hidden, weight, bias, target = ctx.saved_tensors
             arrays = position_scaled_grads(
-                _array(hidden, "hidden"), _array(weight, "weight"), _array(target, "target"),
-                _array(grad_output, "grad_output"),
+                _array(hidden, "hidden"), _array(weight, "weight"),
+                _array(target, "target"), _array(grad_output, "grad_output"),
                 bias=None if bias is None else _array(bias, "bias"), **ctx.options)
             grads = [_tensor(g, dtype) for g, dtype in zip(arrays, ctx.dtypes)]
         if len(grads) == 2:

@@ -329,7 +329,8 @@ def test_bad_inputs_name_the_argument_and_value():
          labels=labels.astype(float))
     _bad(r"labels\[2\] = 10 is out of range for C = 10 classes",
          labels=np.array([0, 1, 10, 2]))
-    _bad(r"labels\[1\] = -1 is out of range.*ignore_index=-1", labels=np.array([0, -1, 1, 2]))
+    _bad(r"labels\[1\] = -1 is out of range.*ignore_index=-1",
+         labels=np.array([0, -1, 1, 2]))
     _bad(r"class_weight must have shape \(10,\)", class_weight=np.ones(3))
     _bad(r"class_weight must be a floating array", TypeError, class_weight=np.ones(10, int))
     _bad(r"chunk_size must be >= 1, got 0", chunk_size=0)
