@@ -6,9 +6,12 @@ The materialized call (softmax_loss on the float64 logits, and its gradient
 pushed through the linear layer in float64) is the oracle.
 """
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pysafemax
 from pysafemax import _linear, check_tolerance
@@ -345,3 +348,59 @@ def test_bad_inputs_name_the_argument_and_value():
     _bad(r"z_loss must be a finite number >= 0, got -1.0", z_loss=-1.0)
     _bad(r"z_loss must be a float, got 'x'", TypeError, z_loss="x")
     _bad(r"hidden is a masked array", TypeError, hidden=np.ma.masked_array(hidden))
+
+
+def test_position_scaled_grads_is_the_backward_of_weighted_losses():
+    # what autograd asks of reduction="none": d sum(scale * losses)
+    hidden, weight, bias, labels = _problem(9, 5, 21, ignored=[4])
+    scale = np.linspace(-1.0, 3.0, 9)
+    options = dict(ignore_index=IGNORE, label_smoothing=0.1, reduction="none")
+    logits = hidden @ weight.T + bias
+    for method in pysafemax.METHODS:
+        _, g = pysafemax.softmax_loss(logits, labels, return_grad=True, method=method,
+                                      **options)
+        g = g * scale[:, None]
+        grads = _linear.position_scaled_grads(hidden, weight, labels, scale, bias=bias,
+                                              method=method, chunk_size=4, **options)
+        for got, expected in zip(grads, (g @ weight, g.T @ hidden, g.sum(axis=0))):
+            _close(got, expected, 1e-12, method)
+    with pytest.raises(ValueError, match=r"position_scale must have shape \(9,\)"):
+        _linear.position_scaled_grads(hidden, weight, labels, scale[:3],
+                                      ignore_index=IGNORE)
+
+
+@given(rows=st.integers(1, 9), features=st.integers(1, 6), classes=st.integers(1, 40),
+       chunk=st.integers(1, 45), method=st.sampled_from(pysafemax.METHODS),
+       reduction=st.sampled_from(pysafemax.REDUCTIONS),
+       smoothing=st.sampled_from([0.0, 0.3]), seed=st.integers(0, 2**32 - 1))
+def test_any_shape_and_chunk_agrees_with_the_materialized_logits(
+        rows, features, classes, chunk, method, reduction, smoothing, seed):
+    hidden, weight, bias, labels = _problem(rows, features, classes, seed=seed)
+    labels[::3] = IGNORE
+    options = dict(method=method, reduction=reduction, label_smoothing=smoothing,
+                   ignore_index=IGNORE)
+    oracle_loss, oracle_grads = _oracle(hidden, weight, bias, labels, **options)
+    loss, grads = pysafemax.linear_cross_entropy(hidden, weight, labels, bias=bias,
+                                                 chunk_size=chunk, return_grad=True,
+                                                 **options)
+    _close(loss, oracle_loss, 1e-12)
+    for got, expected in zip(grads, oracle_grads):
+        _close(got, expected, 1e-12)
+
+
+def test_threads_at_once():
+    # each call owns its buffers and states: calls from many threads at once
+    # give each its own answer
+    problems = [_problem(40, 8, 500, np.float32, seed=k) for k in range(4)]
+    expected = [pysafemax.linear_cross_entropy(h, w, y, bias=b, chunk_size=64,
+                                               return_grad=True)
+                for h, w, b, y in problems]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda p: pysafemax.linear_cross_entropy(
+            p[0], p[1], p[3], bias=p[2], chunk_size=64, return_grad=True),
+            problems * 3))
+    for k, (loss, grads) in enumerate(got):
+        want_loss, want_grads = expected[k % 4]
+        assert loss == want_loss
+        for a, b in zip(grads, want_grads):
+            np.testing.assert_array_equal(a, b)
