@@ -64,9 +64,9 @@ def _check(hidden, weight, bias, labels, rtol, options, chunk_size):
         **options)
     _close(loss, oracle_loss, rtol, "loss with the gradient")
     assert len(grads) == len(oracle_grads)
-    for name, got, expected, given in zip(("d_hidden", "d_weight", "d_bias"), grads,
-                                          oracle_grads, (hidden, weight, bias)):
-        assert got.dtype == given.dtype and got.shape == given.shape, name
+    for name, got, expected, source in zip(("d_hidden", "d_weight", "d_bias"), grads,
+                                           oracle_grads, (hidden, weight, bias)):
+        assert got.dtype == source.dtype and got.shape == source.shape, name
         _close(got, expected, rtol, name)
     return loss
 
