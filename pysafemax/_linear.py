@@ -36,11 +36,13 @@ from ._types import FloatArray, Integer, Loss, Reduced
 
 __all__ = ["linear_cross_entropy"]
 
-# One N x chunk_size buffer of the compute dtype is at most this many bytes
-# by default; the gradient pass holds two (the logits and their gradient),
-# so about 64 MB in all: large enough for BLAS to run at full speed, small
-# enough to stay far below the N x V logits it replaces.
-CHUNK_BYTES = 32 << 20
+# The N x chunk_size buffers of the compute dtype take at most this many
+# bytes by default: one buffer of the logits, or with the gradient two of
+# half the size (the logits and their gradient).  Large enough for BLAS to
+# run near full speed (OpenBLAS ran 7-13% faster at 4096 classes a chunk
+# than at 2048, bench/linear.py's shapes), small enough to stay far below
+# the N x V logits it replaces.
+CHUNK_BYTES = 64 << 20
 
 # (d_hidden, d_weight) or (d_hidden, d_weight, d_bias)
 Grads = Tuple[FloatArray, ...]
@@ -74,12 +76,12 @@ def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.dtype(dtype.newbyteorder("=")) if dtype.kind == "f" else dtype
 
 
-def default_chunk_size(rows: int, classes: int, itemsize: int) -> int:
-    """The classes per chunk that keep one rows x chunk buffer within
+def default_chunk_size(rows: int, classes: int, itemsize: int, buffers: int) -> int:
+    """The classes per chunk that keep `buffers` rows x chunk buffers within
     CHUNK_BYTES (at least 1, at most all of them)."""
     if rows == 0:
         return classes
-    return max(1, min(classes, CHUNK_BYTES // (rows * itemsize)))
+    return max(1, min(classes, CHUNK_BYTES // (buffers * rows * itemsize)))
 
 
 @overload
@@ -173,10 +175,11 @@ def linear_cross_entropy(
         Also return the gradients, from a second pass that recomputes each
         chunk's logits.
     chunk_size : int, optional
-        Classes per chunk.  By default as many as keep one N x chunk_size
-        buffer of the compute dtype within 32 MB, so that the two the
-        gradient pass holds take about 64 MB (at least one class, at most
-        V).  Narrow chunks cost speed: BLAS runs best on wide ones.
+        Classes per chunk.  By default as many as keep the buffers of the
+        compute dtype within 64 MB: one N x chunk_size buffer of logits, or
+        with return_grad two (the logits and their gradient) of 32 MB each;
+        at least one class, at most V.  Narrow chunks cost speed: BLAS runs
+        best on wide ones.
     threads : int, optional
         The kernel's threads (None: get_num_threads()).  The matmuls run on
         numpy's BLAS with its own thread count (OPENBLAS_NUM_THREADS, or
@@ -295,7 +298,7 @@ def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
     z_loss = _z_loss(z_loss)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     if chunk_size is None:
-        chunk = default_chunk_size(rows, classes, compute.itemsize)
+        chunk = default_chunk_size(rows, classes, compute.itemsize, 2 if return_grad else 1)
     else:
         chunk = _validation.integer(chunk_size, "chunk_size")
         if chunk < 1:

@@ -296,13 +296,15 @@ def test_memory_stays_within_two_chunks():
             del result
 
 
-def test_default_chunk_size_keeps_buffers_near_32_mb():
-    assert _linear.default_chunk_size(4096, 32000, 4) == 2048
-    assert _linear.default_chunk_size(2048, 128256, 4) == 4096
-    assert _linear.default_chunk_size(4096, 32000, 8) == 1024
-    assert _linear.default_chunk_size(10, 100, 4) == 100
-    assert _linear.default_chunk_size(10**8, 100, 4) == 1
-    assert _linear.default_chunk_size(0, 100, 4) == 100
+def test_default_chunk_size_keeps_buffers_within_64_mb():
+    # one buffer of logits, or with the gradient two
+    assert _linear.default_chunk_size(4096, 32000, 4, 1) == 4096
+    assert _linear.default_chunk_size(4096, 32000, 4, 2) == 2048
+    assert _linear.default_chunk_size(2048, 128256, 4, 2) == 4096
+    assert _linear.default_chunk_size(4096, 32000, 8, 2) == 1024
+    assert _linear.default_chunk_size(10, 100, 4, 2) == 100
+    assert _linear.default_chunk_size(10**8, 100, 4, 2) == 1
+    assert _linear.default_chunk_size(0, 100, 4, 1) == 100
 
 
 def _bad(match, error=ValueError, **changes):
