@@ -19,9 +19,7 @@ in _clamped_smoothing, with Caffe's formula.
 """
 from __future__ import annotations
 
-import inspect
 import math
-import numbers
 from typing import Any, Iterator, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
@@ -47,8 +45,6 @@ CHUNK_BYTES = 64 << 20
 # (d_hidden, d_weight) or (d_hidden, d_weight, d_bias)
 Grads = Tuple[FloatArray, ...]
 
-# z_loss passes through to softmax_partials once that takes it.
-_PARTIALS_TAKE_Z_LOSS = "z_loss" in inspect.signature(softmax_partials).parameters
 
 
 def _compute_dtype(dtype: DTypeLike, name: str) -> np.dtype[Any]:
@@ -170,7 +166,9 @@ def linear_cross_entropy(
     label_smoothing : float, default 0.0
         In [0, 1], PyTorch's semantics.
     z_loss : float, default 0.0
-        Only 0.0 until softmax_partials takes a z_loss.
+        As softmax_loss: PaLM's ``z_loss * lse**2`` per counted position,
+        kept with the partial state and added from each row's whole
+        log-sum-exp.  Not with naive or maxsub and label smoothing.
     return_grad : bool, default False
         Also return the gradients, from a second pass that recomputes each
         chunk's logits.
@@ -203,7 +201,8 @@ def linear_cross_entropy(
         labels, or a chunk_size, threads or ignore_index that is no int.
     ValueError
         For wrong shapes, a label out of range, an unknown method or
-        reduction, chunk_size < 1, or z_loss != 0.
+        reduction, chunk_size < 1, a negative z_loss, or z_loss with
+        naive or maxsub and label smoothing.
 
     Notes
     -----
@@ -295,7 +294,7 @@ def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
     method = _validation.choice(method, "method", _validation.METHODS)
     reduction = _validation.choice(reduction, "reduction", _validation.REDUCTIONS)
     return_grad = _validation.flag(return_grad, "return_grad")
-    z_loss = _z_loss(z_loss)
+    z_loss = _validation.z_loss(z_loss)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
     if chunk_size is None:
         chunk = default_chunk_size(rows, classes, compute.itemsize, 2 if return_grad else 1)
@@ -316,9 +315,8 @@ def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
     # row's shift and sum (_ClampedSmoothing adds the smoothed terms)
     options: dict[str, Any] = dict(
         num_classes=classes, method=method, weight=t.weight, ignore_index=t.ignore_index,
-        threads=threads, label_smoothing=0.0 if clamped else t.label_smoothing)
-    if z_loss:
-        options["z_loss"] = z_loss
+        threads=threads, label_smoothing=0.0 if clamped else t.label_smoothing,
+        z_loss=z_loss)
     chunks = _Chunks(hidden, weight, bias, compute, chunk)
 
     state: Optional[SoftmaxPartials] = None
@@ -349,18 +347,6 @@ def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
     loss = _as_result(smoothing.loss() if clamped
                       else loss_from_partials(state, reduction=reduction), result_dtype)
     return (loss, grads.result()) if grads is not None else loss
-
-
-def _z_loss(value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"z_loss must be a float, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"z_loss must be a finite number >= 0, got {value!r}")
-    if value != 0.0 and not _PARTIALS_TAKE_Z_LOSS:
-        raise ValueError(f"z_loss={value!r} is not supported yet: softmax_partials "
-                         f"takes no z_loss in this version; pass z_loss=0.0")
-    return value
 
 
 def _as_result(loss: Loss, result_dtype: np.dtype[Any]) -> Loss:

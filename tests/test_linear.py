@@ -257,17 +257,32 @@ def test_threads_give_the_same_loss():
 
 
 def test_z_loss():
-    hidden, weight, bias, labels = _problem(6, 4, 11)
-    assert pysafemax.linear_cross_entropy(hidden, weight, labels, z_loss=0.0) == \
-        pysafemax.linear_cross_entropy(hidden, weight, labels)
-    if not _linear._PARTIALS_TAKE_Z_LOSS:
-        with pytest.raises(ValueError, match=r"z_loss=0.1 is not supported yet"):
-            pysafemax.linear_cross_entropy(hidden, weight, labels, z_loss=0.1)
-        return
-    for options in OPTIONS[:3]:
-        options = dict(options, z_loss=1e-2)
-        options.pop("class_weight", None)
-        _check(hidden, weight, bias, labels, 1e-12, options, 4)
+    hidden, weight, bias, labels = _problem(6, 4, 11, ignored=[2])
+    assert pysafemax.linear_cross_entropy(hidden, weight, labels, z_loss=0.0,
+                                          ignore_index=IGNORE) == \
+        pysafemax.linear_cross_entropy(hidden, weight, labels, ignore_index=IGNORE)
+    weights = RNG.uniform(0.5, 2.0, 11)
+    for method in pysafemax.METHODS:
+        for reduction in ("mean", "none", "sum"):
+            for smoothing in (0.0, 0.2):
+                if method != "stable" and smoothing:
+                    continue
+                options = dict(z_loss=1e-2, method=method, reduction=reduction,
+                               label_smoothing=smoothing, ignore_index=IGNORE)
+                _check(hidden, weight, bias, labels, 1e-12, options, 4)
+                loss = pysafemax.linear_cross_entropy(
+                    hidden, weight, labels, bias=bias, class_weight=weights,
+                    chunk_size=3, **options)
+                oracle, _ = _oracle(hidden, weight, bias, labels, weight=weights,
+                                    **options)
+                _close(loss, oracle, 1e-12)
+    # naive and maxsub with smoothing take their own second pass, which has
+    # no z-term
+    with pytest.raises(ValueError, match=r"z_loss=0.1 with method='maxsub' and "
+                                         r"label_smoothing=0.2 is not supported"):
+        pysafemax.linear_cross_entropy(hidden, weight, labels, z_loss=0.1,
+                                       method="maxsub", label_smoothing=0.2,
+                                       ignore_index=IGNORE)
 
 
 def test_memory_stays_within_two_chunks():
@@ -348,7 +363,7 @@ def test_bad_inputs_name_the_argument_and_value():
     _bad(r"ignore_index must be an int", TypeError, ignore_index=1.5)
     _bad(r"return_grad must be True or False", TypeError, return_grad=1)
     _bad(r"z_loss must be a finite number >= 0, got -1.0", z_loss=-1.0)
-    _bad(r"z_loss must be a float, got 'x'", TypeError, z_loss="x")
+    _bad(r"z_loss must be a real number >= 0, got 'x'", TypeError, z_loss="x")
     _bad(r"hidden is a masked array", TypeError, hidden=np.ma.masked_array(hidden))
 
 

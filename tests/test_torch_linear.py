@@ -80,3 +80,22 @@ def test_no_grad_and_module_details():
     assert loss.dtype == torch.float32 and np.isfinite(loss.item())
     with pytest.raises(ValueError, match="labels"):
         layer(torch.randn(4, 5), torch.tensor([0, 1, 2, 10]))
+
+
+def test_z_loss_adds_palms_term():
+    # F.cross_entropy plus z * lse**2, averaged over the counted positions
+    ours, theirs = _pair(5, 13, True, z_loss=1e-2, chunk_size=4)
+    hidden = torch.randn(7, 5, dtype=torch.float64)
+    target = torch.randint(0, 13, (7,))
+    target[1] = -100
+    h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    loss = ours(h1, target)
+    logits = theirs(h2)
+    counted = target != -100
+    expected = (F.cross_entropy(logits, target)
+                + 1e-2 * (torch.logsumexp(logits, 1)[counted] ** 2).mean())
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-10, atol=1e-12)
