@@ -48,15 +48,10 @@ Grads = Tuple[FloatArray, ...]
 
 
 def _compute_dtype(dtype: DTypeLike, name: str) -> np.dtype[Any]:
-    """float32 for float16 and bfloat16 (ml_dtypes), else the dtype itself;
-    a TypeError naming the argument for anything but a float."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f" and dtype.itemsize in (4, 8):
-        return np.dtype(dtype.newbyteorder("="))
-    if (dtype.kind == "f" and dtype.itemsize == 2) or dtype.name == "bfloat16":
-        return np.dtype(np.float32)
-    raise TypeError(f"{name} must be float16, float32 or float64 (or bfloat16), "
-                    f"got dtype {dtype}")
+    """float32 for float16 and bfloat16, else the dtype itself (native byte
+    order); _validation's TypeError naming the argument for any other."""
+    dtype = _validation.float_dtype(dtype, name)
+    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
 
 
 def _float_array(value: ArrayLike, name: str, shape_text: str,

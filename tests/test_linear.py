@@ -334,16 +334,16 @@ def _bad(match, error=ValueError, **changes):
 def test_bad_inputs_name_the_argument_and_value():
     hidden, weight, bias, labels = _problem(4, 3, 10)
     _bad(r"hidden must be 2-D \(N, H\), got shape \(4, 3, 1\)", hidden=hidden[..., None])
-    _bad(r"hidden must be float16, float32 or float64.*int64", TypeError,
+    _bad(r"hidden must be a float dtype.*got int64", TypeError,
          hidden=hidden.astype(np.int64))
     _bad(r"weight must be 2-D", weight=weight[0])
     _bad(r"weight must have shape \(V, 3\) to match hidden's \(N, H\) = \(4, 3\), "
          r"got \(10, 2\)", weight=weight[:, :2])
-    _bad(r"weight must be float16.*complex128", TypeError, weight=weight + 0j)
+    _bad(r"weight must be a float dtype.*complex128", TypeError, weight=weight + 0j)
     _bad(r"weight has no rows", weight=weight[:0], bias=None)
     _bad(r"bias must have shape \(10,\), one per class, got \(9,\)", bias=bias[:9])
     _bad(r"bias must be 1-D", bias=bias[None])
-    _bad(r"bias must be float16.*int", TypeError, bias=np.arange(10))
+    _bad(r"bias must be a float dtype.*int", TypeError, bias=np.arange(10))
     _bad(r"labels must have shape \(4,\)", labels=labels[:3])
     _bad(r"labels must be integer class indices, got dtype float64", TypeError,
          labels=labels.astype(float))
