@@ -17,6 +17,7 @@ from ._constants import DBL_MIN_LOSS, FLT_MIN_LOSS  # noqa: E402
 from ._core import (ReferenceMismatchError, check_tolerance,  # noqa: E402
                     get_num_threads, log_softmax, logsumexp, set_num_threads,
                     simd_level, softmax, softmax_loss)
+from ._linear import linear_cross_entropy  # noqa: E402
 from ._partials import (SoftmaxPartials, combine_partials, grad_from_partials,
                         loss_from_partials, softmax_partials)
 from ._validation import METHODS, REDUCTIONS
@@ -28,7 +29,7 @@ __all__ = [
     "diagnose", "DiagnosisReport",
     "softmax_loss", "softmax", "log_softmax", "logsumexp", "check_tolerance",
     "softmax_partials", "combine_partials", "loss_from_partials",
-    "grad_from_partials", "SoftmaxPartials",
+    "grad_from_partials", "SoftmaxPartials", "linear_cross_entropy",
     "set_num_threads", "get_num_threads", "simd_level",
     "ReferenceMismatchError", "METHODS", "REDUCTIONS", "FLT_MIN_LOSS",
     "DBL_MIN_LOSS", "__version__",

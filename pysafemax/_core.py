@@ -453,7 +453,7 @@ def _run_blocks(x: _validation.Logits, t: _validation.Targets, blocks: list[Bloc
     gradient by the whole batch's normalizer (checking every label before
     any block runs); one block is one call that reduces by itself."""
     streamed = len(blocks) > 1
-    normalizer = (_batch_normalizer(x, t, reduction, threads) if streamed or check
+    normalizer = (batch_normalizer(x, t, reduction, threads) if streamed or check
                   else None)
     opts = _bindings.options(method, "sum" if streamed else reduction, threads,
                              t.weight, t.ignore_index, t.label_smoothing,
@@ -573,8 +573,8 @@ def _store(part: Any, block: Any) -> None:   # arrays, or both None
             np.copyto(part, block, casting="unsafe")
 
 
-def _batch_normalizer(x: _validation.Logits, t: _validation.Targets, reduction: str,
-                      threads: int) -> float:
+def batch_normalizer(x: _validation.Logits, t: _validation.Targets, reduction: str,
+                     threads: int) -> float:
     """What the whole batch's reduction divides by (psm_normalizer).  Checks
     every label first, and raises the ValueError naming the first bad one."""
     positions = math.prod(x.position_shape)

@@ -307,25 +307,28 @@ def out_of_range(labels: NDArray[Any], classes: int,
     return bad
 
 
-def class_weight(weight: Any, classes: int) -> Optional[NDArray[np.float64]]:
+def class_weight(weight: Any, classes: int,
+                 name: str = "weight") -> Optional[NDArray[np.float64]]:
+    """Per-class weights as a private float64 copy; `name` is the argument's
+    name in messages (linear_cross_entropy calls it class_weight)."""
     if weight is None:
         return None
-    w = as_array(weight, "weight")
+    w = as_array(weight, name)
     if w.dtype.kind != "f":
-        raise TypeError(f"weight must be a floating array of {classes} class "
+        raise TypeError(f"{name} must be a floating array of {classes} class "
                         f"weights, got dtype {w.dtype}")
     if w.shape != (classes,):
-        raise ValueError(f"weight must have shape ({classes},), one per class, "
+        raise ValueError(f"{name} must have shape ({classes},), one per class, "
                          f"got {w.shape}")
     # Always a private copy: a kernel call reads it with the GIL released,
     # and a partial state keeps it.
     w = np.array(w, dtype=np.float64, order="C", copy=True)
     nan = np.flatnonzero(np.isnan(w))
     if nan.size:
-        raise ValueError(f"weight[{nan[0]}] is nan; class weights must be numbers")
+        raise ValueError(f"{name}[{nan[0]}] is nan; class weights must be numbers")
     infinite = np.flatnonzero(np.isinf(w))
     if infinite.size:
-        raise ValueError(f"weight[{infinite[0]}] is {w[infinite[0]]}; class weights "
+        raise ValueError(f"{name}[{infinite[0]}] is {w[infinite[0]]}; class weights "
                          f"must be finite")
     return w
 

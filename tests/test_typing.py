@@ -5,6 +5,7 @@ in numpydoc sections, the docstrings' examples run as doctests, and, when
 mypy is installed (it is no test dependency), the overloads seen by mypy."""
 import doctest
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -23,6 +24,8 @@ try:
     HAVE_DASK = True
 except ImportError:
     HAVE_DASK = False
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 # The modules whose public functions are the API: each one's __all__ (the
 # tools' own modules, not their old re-exporting paths), and the command line.
@@ -139,11 +142,14 @@ def test_public_functions_have_numpydoc_sections(name, function):
 
 # -- the examples are doctests -------------------------------------------
 
-DOCTEST_MODULES = ["pysafemax._core", "pysafemax._partials", "pysafemax.tools.diagnose",
+DOCTEST_MODULES = ["pysafemax._core", "pysafemax._partials", "pysafemax._linear",
+                   "pysafemax.tools.diagnose",
                    "pysafemax.tools.explain", "pysafemax.tools.scan_log",
                    "pysafemax.tools.demo", "pysafemax.tools.text",
                    pytest.param("pysafemax.dask", marks=pytest.mark.skipif(
-                       not HAVE_DASK, reason="needs dask"))]
+                       not HAVE_DASK, reason="needs dask")),
+                   pytest.param("pysafemax.torch", marks=pytest.mark.skipif(
+                       not HAVE_TORCH, reason="needs torch"))]
 
 
 @pytest.mark.parametrize("module_name", DOCTEST_MODULES)
@@ -188,6 +194,11 @@ reveal_type(pysafemax.loss_from_partials(state))
 reveal_type(pysafemax.loss_from_partials(state, reduction="none"))
 reveal_type(pysafemax.diagnose(x, y).nan_rows)
 reveal_type(explain("87.3365").known)
+w = np.zeros((3, 2), dtype=np.float32)
+h = np.zeros((4, 2), dtype=np.float32)
+reveal_type(pysafemax.linear_cross_entropy(h, w, y))
+reveal_type(pysafemax.linear_cross_entropy(h, w, y, reduction="none"))
+reveal_type(pysafemax.linear_cross_entropy(h, w, y, return_grad=True))
 wrong: float = pysafemax.softmax_loss(x, y, reduction="none")
 '''
 
@@ -204,7 +215,8 @@ def _pair(a, b):
 EXPECTED = [FLOAT, FLOAT, ARRAY, _pair(FLOAT, ARRAY), _pair(ARRAY, ARRAY),
             rf"{FLOAT} \| .*tuple.*|Union\[.*[tT]uple.*\]", ARRAY,
             r"pysafemax\._partials\.SoftmaxPartials", FLOAT, ARRAY,
-            r"(builtins\.)?int", r"(builtins\.)?bool"]
+            r"(builtins\.)?int", r"(builtins\.)?bool", FLOAT, ARRAY,
+            _pair(FLOAT, rf"(builtins\.)?[tT]uple\[{ARRAY}, \.\.\.\]")]
 
 DASK_SNIPPET = '''
 import numpy as np
