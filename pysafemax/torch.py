@@ -1,0 +1,215 @@
+"""pysafemax for PyTorch: `cross_entropy`, torch.nn.functional.cross_entropy's
+arguments and results, computed by pysafemax's kernel on CPU tensors.
+
+The forward pass is one ``pysafemax.softmax_loss(..., return_grad=True)`` on
+the tensors' memory (``Tensor.numpy()`` shares it; nothing is copied for
+float32 and float64 logits): the loss and d loss / d input in one sweep,
+one exp per logit.  The gradient is kept for the backward pass, which
+multiplies it by the incoming gradient (or returns it as it is when that is
+1, as for ``loss.backward()``).  So a training step holds one N x C
+gradient between forward and backward, as torch holds its log-softmax, and
+a call that needs no gradient (torch.no_grad(), an input that does not
+require it) computes the loss only.
+
+PyTorch is optional: importing `pysafemax` never imports torch, and this
+module raises ImportError without it (``python -m pip install torch``).
+"""
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import Any, Optional, Tuple
+
+try:
+    import torch
+except ImportError as exc:
+    raise ImportError(
+        "pysafemax.torch needs PyTorch, which is not installed: "
+        "python -m pip install torch (pysafemax itself needs only numpy and cffi)"
+    ) from exc
+
+import numpy as np
+
+from ._core import softmax_loss
+from ._validation import choice
+
+__all__ = ["cross_entropy"]
+
+# torch's reductions; pysafemax's Caffe modes have no torch name.
+REDUCTIONS = ("mean", "sum", "none")
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# torch's default ignore_index, which probability targets accept (any other
+# value is refused for them, as torch refuses it).
+_TORCH_IGNORE_INDEX = -100
+# z_loss reaches the kernel only through a softmax_loss that takes it.
+_HAS_Z_LOSS = "z_loss" in inspect.signature(softmax_loss).parameters
+
+
+def cross_entropy(input: torch.Tensor, target: torch.Tensor,
+                  weight: Optional[torch.Tensor] = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0) -> torch.Tensor:
+    """Softmax cross-entropy of CPU tensors, as
+    ``torch.nn.functional.cross_entropy``, by pysafemax's exact kernel.
+
+    Differentiable with respect to `input` (once: a second derivative is
+    refused).  Threads: pysafemax's own (``pysafemax.set_num_threads``),
+    not ``torch.set_num_threads``.
+
+    Parameters
+    ----------
+    input : Tensor
+        Logits on the CPU, (C,), (N, C) or (N, C, d1, ..., dk): float32 or
+        float64 (used in place, any strides), float16 or bfloat16 (computed
+        in float32, results in the input's dtype, as torch does).
+    target : Tensor
+        Class indices (an integer tensor shaped like `input` without the
+        class axis) or class probabilities (a floating tensor shaped like
+        `input`).
+    weight : Tensor, optional
+        Per-class weights, shape (C,), as torch's; no gradient flows to them.
+    ignore_index : int, default -100
+        Class-index positions with this label add no loss and no gradient.
+        Probability targets accept only the default, as in torch.
+    reduction : {"mean", "sum", "none"}
+        "mean": torch's weighted mean over the non-ignored positions;
+        "none": the per-position losses, shaped like `target` (class
+        indices) or `input` without the class axis.
+    label_smoothing : float, default 0.0
+        In [0, 1], as torch's.
+    z_loss : float, default 0.0
+        Adds ``z_loss * logsumexp(input) ** 2`` per non-ignored position,
+        weighted and reduced like the loss, when pysafemax.softmax_loss
+        takes z_loss; otherwise only 0.0 is accepted.
+
+    Returns
+    -------
+    Tensor
+        The loss in the input's dtype: 0-d for "mean" and "sum" (summed in
+        double, then rounded once), per position for "none".
+
+    Raises
+    ------
+    TypeError
+        If `input`, `target` or `weight` is not a tensor, or `input` is not
+        float16, bfloat16, float32 or float64.
+    ValueError
+        If a tensor is not a strided CPU tensor, `reduction` is not one of
+        torch's, `weight` or a probability `target` requires a gradient
+        while autograd records, `ignore_index` is set with probability
+        targets, `z_loss` is not 0 without pysafemax's z_loss, or
+        pysafemax.softmax_loss refuses the values (it names `input`
+        "logits" and `target` "labels": a shape mismatch, a label out of
+        range, smoothing outside [0, 1]).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pysafemax.torch import cross_entropy
+    >>> x = torch.tensor([[100.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    >>> loss = cross_entropy(x, torch.tensor([1, 0]))
+    >>> loss
+    tensor(50.3466, grad_fn=<_CrossEntropyBackward>)
+    >>> loss.backward()
+    >>> x.grad
+    tensor([[ 0.5000, -0.5000],
+            [-0.2500,  0.2500]])
+    """
+    reduction = choice(reduction, "reduction", REDUCTIONS)
+    logits = _array(input, "input")
+    if input.dtype not in _FLOATS:
+        raise TypeError(f"input must be float16, bfloat16, float32 or float64, "
+                        f"got {input.dtype}")
+    labels = _array(target, "target")
+    recording = torch.is_grad_enabled()
+    options = {"weight": None if weight is None else _array(weight, "weight"),
+               "label_smoothing": label_smoothing,
+               "ignore_index": ignore_index}
+    for name, tensor in (("weight", weight), ("target", target)):
+        if recording and tensor is not None and tensor.requires_grad:
+            raise ValueError(
+                f"{name} requires grad, but pysafemax.torch.cross_entropy gives a "
+                f"gradient for input only: pass {name}.detach()")
+    if labels.dtype.kind == "f":
+        # pysafemax takes probability targets with ignore_index=None; torch
+        # takes them with its default and refuses any other value.
+        if not (isinstance(ignore_index, numbers.Integral)
+                and ignore_index == _TORCH_IGNORE_INDEX):
+            raise ValueError(f"ignore_index applies to class-index targets only; "
+                             f"probability targets take the default "
+                             f"{_TORCH_IGNORE_INDEX}, got {ignore_index!r}")
+        options["ignore_index"] = None
+    if _HAS_Z_LOSS:
+        options["z_loss"] = z_loss
+    elif not (isinstance(z_loss, numbers.Real) and z_loss == 0):
+        raise ValueError(f"z_loss={z_loss!r} needs pysafemax.softmax_loss's z_loss, "
+                         f"which this pysafemax does not have; only z_loss=0.0 works")
+    if recording and input.requires_grad:
+        return _CrossEntropy.apply(input, logits, labels, reduction, options)
+    # no graph to record: the loss alone, without a gradient to compute
+    return _tensor(softmax_loss(logits, labels, reduction=reduction, **options),
+                   input.dtype)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """The loss as an autograd node: the gradient computed with the loss and
+    kept until backward.  `input` is the tensor the graph records; `logits`
+    and `labels` its and target's arrays (see _array)."""
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, logits: np.ndarray,
+                labels: np.ndarray, reduction: str,
+                options: dict) -> torch.Tensor:
+        loss, grad = softmax_loss(logits, labels, reduction=reduction,
+                                  return_grad=True, **options)
+        ctx.save_for_backward(_tensor(grad, input.dtype))
+        # "none": one incoming gradient per position, spread over its classes
+        ctx.class_axis = 1 if reduction == "none" and input.dim() > 1 else None
+        ctx.per_position = reduction == "none"
+        return _tensor(loss, input.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        (grad,) = ctx.saved_tensors
+        if ctx.per_position:
+            scale = (grad_output if ctx.class_axis is None
+                     else grad_output.unsqueeze(ctx.class_axis))
+        elif bool(grad_output == 1):
+            # loss.backward(): the kept gradient is the answer.  Returning it
+            # is safe: autograd adopts it as input.grad only once this node
+            # has dropped it (no retain_graph), and otherwise copies it.
+            return grad, None, None, None, None
+        else:
+            scale = grad_output
+        return grad * scale, None, None, None, None
+
+
+def _array(tensor: Any, name: str) -> np.ndarray:
+    """The tensor's values as an ndarray sharing its memory (bfloat16, which
+    numpy lacks, as a float32 copy), or the TypeError / ValueError saying why
+    pysafemax cannot read it."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.device.type != "cpu":
+        raise ValueError(
+            f"{name} is on {tensor.device}; pysafemax.torch.cross_entropy computes "
+            f"on the CPU only: pass {name}.cpu(), or use "
+            f"torch.nn.functional.cross_entropy on {tensor.device.type}")
+    if tensor.layout is not torch.strided:
+        raise ValueError(f"{name} is a {tensor.layout} tensor; pass a dense one "
+                         f"({name}.to_dense())")
+    values = tensor.detach()
+    if values.dtype is torch.bfloat16:
+        values = values.float()
+    # numpy() refuses tensors with a pending conjugate or negation (views
+    # that torch resolves lazily); resolving a plain tensor returns it as is.
+    return values.resolve_conj().resolve_neg().numpy()
+
+
+def _tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A loss (a float, or an ndarray of losses) or gradient as a tensor of
+    `dtype`; an ndarray is shared, not copied, when it has that dtype."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value).to(dtype)
+    return torch.tensor(value, dtype=dtype)
