@@ -169,8 +169,14 @@ class _CrossEntropy(torch.autograd.Function):
         return _tensor(loss, input.dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        if torch.is_grad_enabled():
+            # create_graph=True: the kept gradient is a constant to autograd,
+            # so a second derivative through it would silently be 0.
+            raise RuntimeError(
+                "pysafemax.torch.cross_entropy has no second derivative: "
+                "backward with create_graph=True is refused; use "
+                "torch.nn.functional.cross_entropy where one is needed")
         (grad,) = ctx.saved_tensors
         if ctx.per_position:
             scale = (grad_output if ctx.class_axis is None
