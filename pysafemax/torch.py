@@ -139,9 +139,15 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
                              f"probability targets take the default "
                              f"{_TORCH_IGNORE_INDEX}, got {ignore_index!r}")
         options["ignore_index"] = None
+    elif (type(ignore_index) is int and abs(ignore_index) < 2 ** 63
+          and not (labels == ignore_index).any()):
+        # Nothing to ignore: without ignore_index the results are the same,
+        # and a plain (N, C) call takes softmax_loss's cheap path (20 us less
+        # on (32, 10)).  Other values are left for softmax_loss to check.
+        options["ignore_index"] = None
     if _HAS_Z_LOSS:
         options["z_loss"] = z_loss
-    elif not (isinstance(z_loss, numbers.Real) and z_loss == 0):
+    elif z_loss != 0:
         raise ValueError(f"z_loss={z_loss!r} needs pysafemax.softmax_loss's z_loss, "
                          f"which this pysafemax does not have; only z_loss=0.0 works")
     if recording and input.requires_grad:
@@ -197,7 +203,7 @@ def _array(tensor: Any, name: str) -> np.ndarray:
     pysafemax cannot read it."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.device.type != "cpu":
+    if not tensor.is_cpu:
         raise ValueError(
             f"{name} is on {tensor.device}; pysafemax.torch.cross_entropy computes "
             f"on the CPU only: pass {name}.cpu(), or use "
@@ -208,9 +214,11 @@ def _array(tensor: Any, name: str) -> np.ndarray:
     values = tensor.detach()
     if values.dtype is torch.bfloat16:
         values = values.float()
-    # numpy() refuses tensors with a pending conjugate or negation (views
-    # that torch resolves lazily); resolving a plain tensor returns it as is.
-    return values.resolve_conj().resolve_neg().numpy()
+    try:
+        return values.numpy()
+    except RuntimeError:
+        # a view with a pending negation or conjugation, which numpy() refuses
+        return values.resolve_neg().resolve_conj().numpy()
 
 
 def _tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:

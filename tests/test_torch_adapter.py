@@ -278,6 +278,25 @@ def test_the_callers_tensors_are_never_written(dtype):
         assert torch.equal(before, after.detach())
 
 
+def test_a_lazily_negated_view_is_read_as_its_values():
+    x = torch.randn(5, 4, dtype=torch.float64)
+    negated = torch._neg_view(x)        # what numpy() refuses to read as is
+    assert negated.is_neg()
+    target = torch.tensor([0, 1, 2, 3, 0])
+    torch.testing.assert_close(cross_entropy(negated, target),
+                               F.cross_entropy(-x, target))
+
+
+def test_a_sum_beyond_float32_is_inf_as_in_torch():
+    # each loss 2e38, finite; their sum, taken in double, rounds to inf
+    x = torch.tensor([[1e38, -1e38]] * 4)
+    target = torch.tensor([1, 1, 1, 1])
+    want = F.cross_entropy(x, target, reduction="sum")
+    assert torch.isinf(want)
+    assert torch.isfinite(cross_entropy(x, target, reduction="none")).all()
+    assert torch.equal(cross_entropy(x, target, reduction="sum"), want)
+
+
 def test_results_own_their_memory():
     x = torch.randn(4, 3)
     losses = cross_entropy(x, torch.tensor([0, 1, 2, 0]), reduction="none")
