@@ -60,8 +60,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
     ----------
     input : Tensor
         Logits on the CPU, (C,), (N, C) or (N, C, d1, ..., dk): float32 or
-        float64 (used in place, any strides), float16 or bfloat16 (computed
-        in float32, results in the input's dtype, as torch does).
+        float64 (read in place when contiguous; other strides are copied a
+        block at a time), float16 or bfloat16 (computed in float32, results
+        in the input's dtype, as torch does).
     target : Tensor
         Class indices (an integer tensor shaped like `input` without the
         class axis) or class probabilities (a floating tensor shaped like
