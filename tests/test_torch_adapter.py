@@ -200,6 +200,19 @@ def test_an_input_used_twice_sums_both_gradients():
     torch.testing.assert_close(x.grad, xw.grad)
 
 
+def test_gradients_flow_on_to_the_layers_before():
+    torch.manual_seed(6)
+    layer = torch.nn.Linear(5, 3)
+    x, target = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    grads = []
+    for function in (cross_entropy, F.cross_entropy):
+        layer.zero_grad()
+        function(layer(x), target, label_smoothing=0.1).backward()
+        grads.append((layer.weight.grad.clone(), layer.bias.grad.clone()))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs)
+
+
 def test_double_backward_is_refused():
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     for reduction in ("mean", "sum", "none"):
