@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 try:
     import torch
@@ -123,9 +123,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
                         f"got {input.dtype}")
     labels = _array(target, "target")
     recording = torch.is_grad_enabled()
-    options = {"weight": None if weight is None else _array(weight, "weight"),
-               "label_smoothing": label_smoothing,
-               "ignore_index": ignore_index}
+    options: Dict[str, Any] = {
+        "weight": None if weight is None else _array(weight, "weight"),
+        "label_smoothing": label_smoothing, "ignore_index": ignore_index}
     for name, tensor in (("weight", weight), ("target", target)):
         if recording and tensor is not None and tensor.requires_grad:
             raise ValueError(
@@ -166,9 +166,11 @@ class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, input: torch.Tensor, logits: np.ndarray,
                 labels: np.ndarray, reduction: str,
-                options: dict) -> torch.Tensor:
-        loss, grad = softmax_loss(logits, labels, reduction=reduction,
-                                  return_grad=True, **options)
+                options: Dict[str, Any]) -> torch.Tensor:
+        # (a str reduction picks softmax_loss's catch-all overload)
+        loss, grad = cast(Tuple[Any, np.ndarray],
+                          softmax_loss(logits, labels, reduction=reduction,
+                                       return_grad=True, **options))
         ctx.save_for_backward(_tensor(grad, input.dtype))
         # "none": one incoming gradient per position, spread over its classes
         ctx.class_axis = 1 if reduction == "none" and input.dim() > 1 else None

@@ -5,6 +5,7 @@ in numpydoc sections, the docstrings' examples run as doctests, and, when
 mypy is installed (it is no test dependency), the overloads seen by mypy."""
 import doctest
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -24,12 +25,15 @@ try:
 except ImportError:
     HAVE_DASK = False
 
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
 # The modules whose public functions are the API: each one's __all__ (the
 # tools' own modules, not their old re-exporting paths), and the command line.
 MODULES = ["pysafemax", "pysafemax.reference", "pysafemax.tools.diagnose",
            "pysafemax.tools.explain", "pysafemax.tools.scan_log",
            "pysafemax.tools.demo", "pysafemax.tools.plot", "pysafemax.tools.text",
-           "pysafemax.tools.limits"] + (["pysafemax.dask"] if HAVE_DASK else [])
+           "pysafemax.tools.limits"] + (["pysafemax.dask"] if HAVE_DASK else []) \
+    + (["pysafemax.torch"] if HAVE_TORCH else [])
 
 
 def _public(module_name):
@@ -143,7 +147,9 @@ DOCTEST_MODULES = ["pysafemax._core", "pysafemax._partials", "pysafemax.tools.di
                    "pysafemax.tools.explain", "pysafemax.tools.scan_log",
                    "pysafemax.tools.demo", "pysafemax.tools.text",
                    pytest.param("pysafemax.dask", marks=pytest.mark.skipif(
-                       not HAVE_DASK, reason="needs dask"))]
+                       not HAVE_DASK, reason="needs dask")),
+                   pytest.param("pysafemax.torch", marks=pytest.mark.skipif(
+                       not HAVE_TORCH, reason="needs torch"))]
 
 
 @pytest.mark.parametrize("module_name", DOCTEST_MODULES)
