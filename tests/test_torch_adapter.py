@@ -191,6 +191,18 @@ def test_backward_twice_with_retain_graph_accumulates():
     torch.testing.assert_close(again, want)
 
 
+def test_a_returned_gradient_written_in_place_is_caught():
+    # The kept gradient itself may reach the caller (retain_graph=True):
+    # writing it in place must not change what a second backward returns
+    # unnoticed; autograd's version check refuses it.
+    x = torch.randn(4, 3, requires_grad=True)
+    loss = cross_entropy(x, torch.tensor([0, 1, 2, 0]))
+    (grad,) = torch.autograd.grad(loss, x, retain_graph=True)
+    grad.mul_(100)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(loss, x)
+
+
 def test_an_input_used_twice_sums_both_gradients():
     x = torch.randn(8, 6, requires_grad=True)
     target = torch.randint(0, 6, (8,))
