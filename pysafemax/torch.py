@@ -193,7 +193,9 @@ class _CrossEntropy(torch.autograd.Function):
         elif bool(grad_output == 1):
             # loss.backward(): the kept gradient is the answer.  Returning it
             # is safe: autograd adopts it as input.grad only once this node
-            # has dropped it (no retain_graph), and otherwise copies it.
+            # has dropped it (no retain_graph), and otherwise copies it; a
+            # caller who writes it in place (autograd.grad, retain_graph)
+            # fails the next backward's version check instead of changing it.
             return grad, None, None, None, None
         else:
             scale = grad_output
