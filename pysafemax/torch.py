@@ -190,7 +190,7 @@ class _CrossEntropy(torch.autograd.Function):
         if ctx.per_position:
             scale = (grad_output if ctx.class_axis is None
                      else grad_output.unsqueeze(ctx.class_axis))
-        elif bool(grad_output == 1):
+        elif grad_output.item() == 1:    # (item: a tenth of the cost of ==)
             # loss.backward(): the kept gradient is the answer.  Returning it
             # is safe: autograd adopts it as input.grad only once this node
             # has dropped it (no retain_graph), and otherwise copies it; a
