@@ -597,6 +597,22 @@ def timing_defaults(parser, args):
     return shapes, args.threads or sorted({1, all_cores()})
 
 
+def each_shape(shapes, info, measure, report):
+    """For each shape: measure(shape) -> (rows, problems), then
+    report(shape, rows, seconds taken) -> its records, printed as it goes.
+    Returns all records and problems; the total time goes in info."""
+    records, problems = [], []
+    start = time.perf_counter()
+    for shape in shapes:
+        shape_start = time.perf_counter()
+        rows, shape_problems = measure(shape)
+        records += report(shape, rows, time.perf_counter() - shape_start)
+        problems += shape_problems
+    info["seconds"] = time.perf_counter() - start
+    print(f"\ntotal {info['seconds']:.0f} s")
+    return records, problems
+
+
 def save_json(path, info, records, problems):
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"header": info, "results": records, "problems": problems}, f, indent=1)
@@ -631,18 +647,18 @@ def main(argv=None):
     print_header(info)
 
     rng = np.random.default_rng(args.seed)
-    records, problems = [], []
-    start = time.perf_counter()
-    for shape in shapes:
-        shape_start = time.perf_counter()
-        rows, shape_problems = measure_shape(shape, thread_counts, torch, args, rng)
-        itemsize = np.dtype(args.dtype).itemsize
-        shape_records = summarise(shape, rows, itemsize)
-        print_table(shape, shape_records, time.perf_counter() - shape_start, itemsize)
-        records += shape_records
-        problems += [f"{shape}: {p}" for p in shape_problems]
-    info["seconds"] = time.perf_counter() - start
-    print(f"\ntotal {info['seconds']:.0f} s")
+    itemsize = np.dtype(args.dtype).itemsize
+
+    def measure(shape):
+        rows, problems = measure_shape(shape, thread_counts, torch, args, rng)
+        return rows, [f"{shape}: {p}" for p in problems]
+
+    def report(shape, rows, seconds):
+        records = summarise(shape, rows, itemsize)
+        print_table(shape, records, seconds, itemsize)
+        return records
+
+    records, problems = each_shape(shapes, info, measure, report)
 
     if args.json:
         save_json(args.json, info, records, problems)

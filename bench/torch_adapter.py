@@ -30,14 +30,13 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import numpy as np
 
 import pysafemax
 # bench/run.py beside this script: its shapes and timing.
-from run import (LATENCY_ELEMENTS, Row, format_time, header, import_torch, save_json,
-                 time_rows, timing_arguments, timing_defaults)
+from run import (LATENCY_ELEMENTS, Row, each_shape, format_time, header, import_torch,
+                 save_json, time_rows, timing_arguments, timing_defaults)
 
 TORCH_FORWARD = "torch forward"
 TORCH_BACKWARD = "torch forward+backward"
@@ -145,17 +144,15 @@ def main(argv=None):
           f"forward, the others against torch forward+backward)")
 
     rng = np.random.default_rng(args.seed)
-    records, problems = [], []
-    start = time.perf_counter()
-    for shape in shapes:
-        shape_start = time.perf_counter()
-        rows, shape_problems = measure_shape(shape, thread_counts, torch, args, rng)
-        shape_records = summarise(shape, rows)
-        print_table(shape, shape_records, time.perf_counter() - shape_start)
-        records += shape_records
-        problems += shape_problems
-    info["seconds"] = time.perf_counter() - start
-    print(f"\ntotal {info['seconds']:.0f} s")
+
+    def report(shape, rows, seconds):
+        records = summarise(shape, rows)
+        print_table(shape, records, seconds)
+        return records
+
+    records, problems = each_shape(
+        shapes, info, lambda shape: measure_shape(shape, thread_counts, torch, args, rng),
+        report)
     if args.json:
         save_json(args.json, info, records, problems)
     if problems:
