@@ -146,11 +146,13 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
         # and a plain (N, C) call takes softmax_loss's cheap path (20 us less
         # on (32, 10)).  Other values are left for softmax_loss to check.
         options["ignore_index"] = None
-    if _HAS_Z_LOSS:
+    if z_loss != 0:
+        # (0 is left out, so that the common call stays softmax_loss's cheap one)
+        if not _HAS_Z_LOSS:
+            raise ValueError(f"z_loss={z_loss!r} needs pysafemax.softmax_loss's "
+                             f"z_loss, which this pysafemax does not have; only "
+                             f"z_loss=0.0 works")
         options["z_loss"] = z_loss
-    elif z_loss != 0:
-        raise ValueError(f"z_loss={z_loss!r} needs pysafemax.softmax_loss's z_loss, "
-                         f"which this pysafemax does not have; only z_loss=0.0 works")
     if recording and input.requires_grad:
         return _CrossEntropy.apply(input, logits, labels, reduction, options)
     # no graph to record: the loss alone, without a gradient to compute
