@@ -3,8 +3,8 @@ arguments and results, computed by pysafemax's kernel on CPU tensors.
 
 The forward pass is one ``pysafemax.softmax_loss(..., return_grad=True)`` on
 the tensors' memory (``Tensor.numpy()`` shares it; nothing is copied for
-float32 and float64 logits): the loss and d loss / d input in one sweep,
-one exp per logit.  The gradient is kept for the backward pass, which
+contiguous float32 and float64 logits): the loss and d loss / d input in
+one sweep, one exp per logit.  The gradient is kept for the backward pass, which
 multiplies it by the incoming gradient (or returns it as it is when that is
 1, as for ``loss.backward()``).  So a training step holds one N x C
 gradient between forward and backward, as torch holds its log-softmax, and
