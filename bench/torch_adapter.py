@@ -139,9 +139,10 @@ def main(argv=None):
     print(f"CPU: {info['cpu']}; {info['cores']} cores available; {info['platform']}")
     print(f"date: {info['date']}")
     print(f"command: {info['command']}")
-    print(f"median of up to {args.rounds} interleaved rounds, each >= {args.target_ms:g} ms; "
-          f"vs torch = torch's best round / the row's median (forward rows against torch "
-          f"forward, the others against torch forward+backward)")
+    print(f"median of up to {args.rounds} interleaved rounds, each >= "
+          f"{args.target_ms:g} ms; vs torch = torch's best round / the row's median "
+          f"(forward rows against torch forward, the others against torch "
+          f"forward+backward)")
 
     rng = np.random.default_rng(args.seed)
 
@@ -156,7 +157,8 @@ def main(argv=None):
     if args.json:
         save_json(args.json, info, records, problems)
     if problems:
-        print(f"{len(problems)} row(s) disagree with torch: see the warnings", file=sys.stderr)
+        print(f"{len(problems)} row(s) disagree with torch: see the warnings",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -180,7 +180,8 @@ class _CrossEntropy(torch.autograd.Function):
         return _tensor(loss, input.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+    def backward(ctx: Any,
+                 grad_output: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         if torch.is_grad_enabled():
             # create_graph=True: the kept gradient is a constant to autograd,
             # so a second derivative through it would silently be 0.

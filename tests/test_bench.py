@@ -106,7 +106,8 @@ ADAPTER_ROWS = ["torch forward", "adapter forward", "torch forward+backward",
 
 def test_quick_torch_adapter_benchmark_prints_every_row(tmp_path):
     out = tmp_path / "adapter.json"
-    done = run("bench/torch_adapter.py", "--quick", "--threads", "1,2", "--json", str(out))
+    done = run("bench/torch_adapter.py", "--quick", "--threads", "1,2",
+               "--json", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     if not HAVE_TORCH:
         assert "torch is not installed" in done.stdout

@@ -95,7 +95,8 @@ def test_every_option_on_spatial_logits(reduction, targets, dtype):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_unbatched_logits(reduction):
     x = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64)
-    for target in (torch.tensor(2), torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)):
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    for target in (torch.tensor(2), probs):
         want = loss_and_grad(F.cross_entropy, x, target, {"reduction": reduction})
         got = loss_and_grad(cross_entropy, x, target, {"reduction": reduction})
         assert got[0].shape == want[0].shape == ()
@@ -159,11 +160,12 @@ def test_threads_of_the_caller_each_get_their_own_results():
     # concurrent calls from Python threads give what serial ones give.
     from concurrent.futures import ThreadPoolExecutor
     gen = torch.Generator().manual_seed(7)
-    cases = [(torch.randn(64, 500, generator=gen), torch.randint(0, 500, (64,), generator=gen))
-             for _ in range(8)]
+    cases = [(torch.randn(64, 500, generator=gen),
+              torch.randint(0, 500, (64,), generator=gen)) for _ in range(8)]
     serial = [loss_and_grad(cross_entropy, x, t, {}) for x, t in cases]
     with ThreadPoolExecutor(4) as pool:
-        concurrent = list(pool.map(lambda c: loss_and_grad(cross_entropy, *c, {}), cases * 4))
+        concurrent = list(pool.map(lambda c: loss_and_grad(cross_entropy, *c, {}),
+                                   cases * 4))
     for (loss, grad), (want_loss, want_grad) in zip(concurrent, serial * 4):
         assert torch.equal(loss, want_loss) and torch.equal(grad, want_grad)
 
@@ -186,7 +188,8 @@ def test_gradcheck_in_float64(case, reduction):
     elif case == "probabilities":
         target = torch.softmax(torch.randn(4, 5, dtype=torch.float64, generator=gen), 1)
     elif case == "spatial":
-        x = torch.randn(2, 5, 3, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+        x = torch.randn(2, 5, 3, 2, dtype=torch.float64, generator=gen,
+                        requires_grad=True)
         target = torch.randint(0, 5, (2, 3, 2), generator=gen)
     assert torch.autograd.gradcheck(lambda a: cross_entropy(a, target, **kwargs), (x,))
 
@@ -222,7 +225,8 @@ def test_an_input_used_twice_sums_both_gradients():
     target = torch.randint(0, 6, (8,))
     (cross_entropy(x, target) + 3 * cross_entropy(x, target, reduction="sum")).backward()
     xw = x.detach().clone().requires_grad_(True)
-    (F.cross_entropy(xw, target) + 3 * F.cross_entropy(xw, target, reduction="sum")).backward()
+    (F.cross_entropy(xw, target)
+     + 3 * F.cross_entropy(xw, target, reduction="sum")).backward()
     torch.testing.assert_close(x.grad, xw.grad)
 
 
@@ -358,7 +362,8 @@ def test_special_values():
                      requires_grad=True)
     target = torch.tensor([2, 1, 0, 2, 0])
     losses = cross_entropy(x, target, reduction="none")
-    expected = pysafemax.softmax_loss(x.detach().numpy(), target.numpy(), reduction="none")
+    expected = pysafemax.softmax_loss(x.detach().numpy(), target.numpy(),
+                                      reduction="none")
     np.testing.assert_array_equal(losses.detach().numpy(), expected)
     assert losses[1] == inf and losses[2].isnan() and losses[3].isnan()
     torch.testing.assert_close(losses[4], torch.tensor(np.log(2.0), dtype=torch.float32))
@@ -433,11 +438,11 @@ X, T = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
     (lambda: cross_entropy(X, T, weight=torch.ones(3, device="meta")), ValueError,
      "weight is on meta"),
     (lambda: cross_entropy(X.to_sparse(), T), ValueError, "sparse.*to_dense"),
-    (lambda: cross_entropy(X, T, reduction="avg"), ValueError, "reduction must be one of"),
-    (lambda: cross_entropy(X, T, reduction="valid"), ValueError, "reduction must be one of"),
+    (lambda: cross_entropy(X, T, reduction="avg"), ValueError, "reduction must be one"),
+    (lambda: cross_entropy(X, T, reduction="valid"), ValueError, "reduction must be one"),
     (lambda: cross_entropy(X, T, reduction=None), TypeError, "reduction must be a str"),
     (lambda: cross_entropy(X, T, label_smoothing=1.5), ValueError, r"\[0, 1\]"),
-    (lambda: cross_entropy(X, T, ignore_index=1.5), TypeError, "ignore_index must be an int"),
+    (lambda: cross_entropy(X, T, ignore_index=1.5), TypeError, "ignore_index must be an"),
     (lambda: cross_entropy(X, T[:3]), ValueError, "labels must have shape"),
     (lambda: cross_entropy(X, torch.tensor([0, 1, 3, 0])), ValueError,
      r"labels\[2\] = 3 is out of range"),
