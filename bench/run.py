@@ -390,9 +390,15 @@ def measure_shape(shape, thread_counts, torch, args, rng):
     return rows, problems
 
 
-def time_rows(rows, torch, args):
+def time_rows(rows, torch, args, settle=False):
     """Calibrate every row (see calibrate), then time them in interleaved
-    rounds, filling each row's times; returns the rows' checked values."""
+    rounds, filling each row's times; returns the rows' checked values.
+
+    settle: each measurement of a single call is preceded by an untimed call
+    of the same row, so that it runs in the memory its own last call freed,
+    as a training loop's step does, and does not pay for what the row
+    before it left: on this project's VM the first touch of 823 MB freshly
+    freed by torch's forward+backward took 0.6-1.9 s, a second 0.2 s."""
     target = args.target_ms / 1000
     state = {}
     results = [calibrate(row, target, torch, state) for row in rows]
@@ -405,6 +411,8 @@ def time_rows(rows, torch, args):
         for row in rows:            # round-robin: every row once per round
             if r in row.rounds:
                 set_threads(torch, row, state)
+                if settle and row.loops == 1:
+                    row.call()
                 row.times.append(time_loops(row.call, row.loops) / row.loops)
                 after(row)
     return results

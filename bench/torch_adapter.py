@@ -22,9 +22,14 @@ both), these rows:
 Timing is bench/run.py's (its Row, calibrate and time_rows): every row called
 once untimed and its loss checked against torch's, loops of at least the
 target time, rounds round-robin over the rows, the median over the rounds
-printed with the fastest and slowest round; "vs torch" is torch's best round
-(torch's time moves with its allocator's state) over the row's median, the
-forward rows against torch forward, the others against torch forward+backward.
+printed with the fastest and slowest round.  A measurement of one call (the
+large shapes) follows an untimed call of the same row (time_rows' settle),
+so that each row runs in the memory its own last call freed, as a training
+step does: otherwise the row after torch's forward+backward paid up to 2 s
+for first touching the 823 MB torch had just freed.  "vs torch" is torch's
+best round (torch's time moves with its allocator's state) over the row's
+median, the forward rows against torch forward, the others against torch
+forward+backward.
 """
 import argparse
 import os
@@ -78,7 +83,8 @@ def make_rows(shape, thread_counts, torch, rng):
 
 def measure_shape(shape, thread_counts, torch, args, rng):
     rows = make_rows(shape, thread_counts, torch, rng)
-    results = time_rows(rows, torch, args)
+    # settle: each big call's own memory, not the row before's (time_rows)
+    results = time_rows(rows, torch, args, settle=True)
     reference = results[0]              # torch forward's loss
     problems = [f"{shape}: {row.name} ({row.threads} threads) gives {value!r}, torch "
                 f"{reference!r}" for row, value in zip(rows, results)
