@@ -16,7 +16,6 @@ module raises ImportError without it (``python -m pip install torch``).
 """
 from __future__ import annotations
 
-import inspect
 import numbers
 from typing import Any, Dict, Optional, Tuple, cast
 
@@ -41,8 +40,6 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # torch's default ignore_index, which probability targets accept (any other
 # value is refused for them, as torch refuses it).
 _TORCH_IGNORE_INDEX = -100
-# z_loss reaches the kernel only through a softmax_loss that takes it.
-_HAS_Z_LOSS = "z_loss" in inspect.signature(softmax_loss).parameters
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor,
@@ -79,9 +76,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
     label_smoothing : float, default 0.0
         In [0, 1], as torch's.
     z_loss : float, default 0.0
-        Adds ``z_loss * logsumexp(input) ** 2`` per non-ignored position,
-        weighted and reduced like the loss, when pysafemax.softmax_loss
-        takes z_loss; otherwise only 0.0 is accepted.
+        PaLM's z-loss: adds ``z_loss * logsumexp(input) ** 2`` per
+        non-ignored position, weighted and reduced like the loss (see
+        pysafemax.softmax_loss); not a torch argument.
 
     Returns
     -------
@@ -98,10 +95,9 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
         If a tensor is not a strided CPU tensor, `reduction` is not one of
         torch's, `weight` or a probability `target` requires a gradient
         while autograd records, `ignore_index` is set with probability
-        targets, `z_loss` is not 0 without pysafemax's z_loss, or
-        pysafemax.softmax_loss refuses the values (it names `input`
-        "logits" and `target` "labels": a shape mismatch, a label out of
-        range, smoothing outside [0, 1]).
+        targets, or pysafemax.softmax_loss refuses the values (it names
+        `input` "logits" and `target` "labels": a shape mismatch, a label
+        out of range, smoothing outside [0, 1], a negative z_loss).
 
     Examples
     --------
@@ -125,7 +121,8 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
     recording = torch.is_grad_enabled()
     options: Dict[str, Any] = {
         "weight": None if weight is None else _array(weight, "weight"),
-        "label_smoothing": label_smoothing, "ignore_index": ignore_index}
+        "label_smoothing": label_smoothing, "ignore_index": ignore_index,
+        "z_loss": z_loss}
     for name, tensor in (("weight", weight), ("target", target)):
         if recording and tensor is not None and tensor.requires_grad:
             raise ValueError(
@@ -146,13 +143,6 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
         # and a plain (N, C) call takes softmax_loss's cheap path (20 us less
         # on (32, 10)).  Other values are left for softmax_loss to check.
         options["ignore_index"] = None
-    if z_loss != 0:
-        # (0 is left out, so that the common call stays softmax_loss's cheap one)
-        if not _HAS_Z_LOSS:
-            raise ValueError(f"z_loss={z_loss!r} needs pysafemax.softmax_loss's "
-                             f"z_loss, which this pysafemax does not have; only "
-                             f"z_loss=0.0 works")
-        options["z_loss"] = z_loss
     if recording and input.requires_grad:
         return _CrossEntropy.apply(input, logits, labels, reduction, options)
     # no graph to record: the loss alone, without a gradient to compute
