@@ -213,9 +213,14 @@ class Row:
     returning something whose loss (or sum, or copy check, for the probes) can
     be checked."""
 
-    def __init__(self, name, threads, call, value, torch_threads=None):
+    def __init__(self, name, threads, call, value, torch_threads=None,
+                 pysafemax_threads=None):
         self.name, self.threads, self.call, self.value = name, threads, call, value
+        # set before the row runs: torch's count for calls into torch, and
+        # pysafemax's default for calls that pass no threads= (the torch
+        # adapter's, in bench/torch_adapter.py)
         self.torch_threads = torch_threads
+        self.pysafemax_threads = pysafemax_threads
         self.loops = 1
         self.seconds_estimate = None
         self.rounds = set()
@@ -313,10 +318,12 @@ def after(row):
         time.sleep(TORCH_PAUSE)
 
 
-def set_torch_threads(torch, row, state):
+def set_threads(torch, row, state):
     if row.torch_threads is not None and state.get("threads") != row.torch_threads:
         torch.set_num_threads(row.torch_threads)
         state["threads"] = row.torch_threads
+    if row.pysafemax_threads is not None:
+        pysafemax.set_num_threads(row.pysafemax_threads)
 
 
 def time_loops(call, loops):
@@ -328,7 +335,7 @@ def time_loops(call, loops):
 
 def calibrate(row, target, torch, state):
     """Warm up, check the row's result, and pick the loop count."""
-    set_torch_threads(torch, row, state)
+    set_threads(torch, row, state)
     result = row.value(row.call())
     loops, elapsed = 1, time_loops(row.call, 1)
     while elapsed < target / 4:
@@ -377,10 +384,24 @@ def spread(count, total):
 
 def measure_shape(shape, thread_counts, torch, args, rng):
     x, y, grad, rows = make_rows(shape, thread_counts, torch, rng, np.dtype(args.dtype))
+    results = time_rows(rows, torch, args)
+    problems = check_results(shape, x, rows, results)
+    del x, y, grad
+    return rows, problems
+
+
+def time_rows(rows, torch, args, settle=False):
+    """Calibrate every row (see calibrate), then time them in interleaved
+    rounds, filling each row's times; returns the rows' checked values.
+
+    settle: each measurement of a single call is preceded by an untimed call
+    of the same row, so that it runs in the memory its own last call freed,
+    as a training loop's step does, and does not pay for what the row
+    before it left: on this project's VM the first touch of 823 MB freshly
+    freed by torch's forward+backward took 0.6-1.9 s, a second 0.2 s."""
     target = args.target_ms / 1000
     state = {}
     results = [calibrate(row, target, torch, state) for row in rows]
-    problems = check_results(shape, x, rows, results)
     for row in rows:
         measurement = row.loops * row.seconds_estimate
         affordable = int(args.row_budget / max(measurement, 1e-9))
@@ -389,11 +410,12 @@ def measure_shape(shape, thread_counts, torch, args, rng):
     for r in range(args.rounds):
         for row in rows:            # round-robin: every row once per round
             if r in row.rounds:
-                set_torch_threads(torch, row, state)
+                set_threads(torch, row, state)
+                if settle and row.loops == 1:
+                    row.call()
                 row.times.append(time_loops(row.call, row.loops) / row.loops)
                 after(row)
-    del x, y, grad
-    return rows, problems
+    return results
 
 
 def summarise(shape, rows, itemsize=4):
@@ -549,13 +571,10 @@ def parse_threads(text):
     return sorted(set(counts))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Time pysafemax against numpy, PyTorch and the read, exp+sum and "
-                    "copy probes.")
+def timing_arguments(parser):
+    """The command-line options of a timing on this script's rows and shapes
+    (bench/torch_adapter.py takes them too)."""
     parser.add_argument("--json", metavar="FILE", help="save all results as JSON")
-    parser.add_argument("--plot", metavar="FILE.png",
-                        help="draw G elements/s against shape (needs matplotlib)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke mode: tiny shapes, 2 rounds, a few seconds")
     parser.add_argument("--threads", type=parse_threads,
@@ -568,9 +587,55 @@ def main(argv=None):
     parser.add_argument("--row-budget", type=float,
                         help="seconds of measurements per row and shape before a slow row "
                              "drops to fewer rounds (default 8; quick 0.05)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def timing_defaults(parser, args):
+    """Fill in the defaults of timing_arguments' options (smaller with
+    --quick) and check them; returns (shapes, thread counts)."""
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 7
+    if args.target_ms is None:
+        args.target_ms = 2.0 if args.quick else 20.0
+    if args.row_budget is None:
+        args.row_budget = 0.05 if args.quick else 8.0
+    if args.rounds < 1 or args.target_ms <= 0:
+        parser.error("--rounds and --target-ms must be positive")
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+    return shapes, args.threads or sorted({1, all_cores()})
+
+
+def each_shape(shapes, info, measure, report):
+    """For each shape: measure(shape) -> (rows, problems), then
+    report(shape, rows, seconds taken) -> its records, printed as it goes.
+    Returns all records and problems; the total time goes in info."""
+    records, problems = [], []
+    start = time.perf_counter()
+    for shape in shapes:
+        shape_start = time.perf_counter()
+        rows, shape_problems = measure(shape)
+        records += report(shape, rows, time.perf_counter() - shape_start)
+        problems += shape_problems
+    info["seconds"] = time.perf_counter() - start
+    print(f"\ntotal {info['seconds']:.0f} s")
+    return records, problems
+
+
+def save_json(path, info, records, problems):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"header": info, "results": records, "problems": problems}, f, indent=1)
+    print(f"results saved to {path}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Time pysafemax against numpy, PyTorch and the read, exp+sum and "
+                    "copy probes.")
+    timing_arguments(parser)
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw G elements/s against shape (needs matplotlib)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="logits' dtype (default float32; float64 has no probe rows)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     if args.plot:
@@ -580,17 +645,7 @@ def main(argv=None):
             print("--plot needs matplotlib, which is not installed: "
                   "python -m pip install matplotlib", file=sys.stderr)
             return 2
-    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
-    cores = all_cores()
-    thread_counts = args.threads or sorted({1, cores})
-    if args.rounds is None:
-        args.rounds = 2 if args.quick else 7
-    if args.target_ms is None:
-        args.target_ms = 2.0 if args.quick else 20.0
-    if args.row_budget is None:
-        args.row_budget = 0.05 if args.quick else 8.0
-    if args.rounds < 1 or args.target_ms <= 0:
-        parser.error("--rounds and --target-ms must be positive")
+    shapes, thread_counts = timing_defaults(parser, args)
 
     torch = import_torch()
     info = header(torch, args)
@@ -600,23 +655,21 @@ def main(argv=None):
     print_header(info)
 
     rng = np.random.default_rng(args.seed)
-    records, problems = [], []
-    start = time.perf_counter()
-    for shape in shapes:
-        shape_start = time.perf_counter()
-        rows, shape_problems = measure_shape(shape, thread_counts, torch, args, rng)
-        itemsize = np.dtype(args.dtype).itemsize
-        shape_records = summarise(shape, rows, itemsize)
-        print_table(shape, shape_records, time.perf_counter() - shape_start, itemsize)
-        records += shape_records
-        problems += [f"{shape}: {p}" for p in shape_problems]
-    info["seconds"] = time.perf_counter() - start
-    print(f"\ntotal {info['seconds']:.0f} s")
+    itemsize = np.dtype(args.dtype).itemsize
+
+    def measure(shape):
+        rows, problems = measure_shape(shape, thread_counts, torch, args, rng)
+        return rows, [f"{shape}: {p}" for p in problems]
+
+    def report(shape, rows, seconds):
+        records = summarise(shape, rows, itemsize)
+        print_table(shape, records, seconds, itemsize)
+        return records
+
+    records, problems = each_shape(shapes, info, measure, report)
 
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"header": info, "results": records, "problems": problems}, f, indent=1)
-        print(f"results saved to {args.json}")
+        save_json(args.json, info, records, problems)
     if args.plot:
         plot(args.plot, records, thread_counts)
         print(f"plot saved to {args.plot}")

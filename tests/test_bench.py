@@ -98,3 +98,34 @@ def test_exp_accuracy_check_on_a_sample():
     assert errors and max(errors) <= 1.0
     assert "PASS" in done.stdout
     assert " 0 of " in done.stdout        # the portable twin gives the same bits
+
+
+ADAPTER_ROWS = ["torch forward", "adapter forward", "torch forward+backward",
+                "adapter forward+backward", "softmax_loss+grad"]
+
+
+def test_quick_torch_adapter_benchmark_prints_every_row(tmp_path):
+    out = tmp_path / "adapter.json"
+    done = run("bench/torch_adapter.py", "--quick", "--threads", "1,2",
+               "--json", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    if not HAVE_TORCH:
+        assert "torch is not installed" in done.stdout
+        return
+    for word in ("pysafemax", "torch", "CPU", "date", "command"):
+        assert word in done.stdout
+    saved = json.loads(out.read_text())
+    assert saved["problems"] == []
+    shapes = len(saved["header"]["shapes"])
+    for name in ADAPTER_ROWS:
+        # threads, row, time per call, ..., "vs torch" last
+        threads = re.findall(rf"^\s+(\d+)\s+{re.escape(name)}\s+[\d.]+ [um]?s\s.*\dx$",
+                             done.stdout, re.M)
+        assert sorted(threads) == ["1"] * shapes + ["2"] * shapes, (name, threads)
+    assert len(saved["results"]) == shapes * 2 * len(ADAPTER_ROWS)
+    for record in saved["results"]:
+        assert record["seconds"] > 0 and record["rounds"] >= 1
+        assert record["ratio_to_torch"] > 0
+        forward = record["row"] in ("torch forward", "adapter forward")
+        assert record["torch_baseline"] == ("torch forward" if forward
+                                            else "torch forward+backward")

@@ -32,7 +32,8 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 MODULES = ["pysafemax", "pysafemax.reference", "pysafemax.tools.diagnose",
            "pysafemax.tools.explain", "pysafemax.tools.scan_log",
            "pysafemax.tools.demo", "pysafemax.tools.plot", "pysafemax.tools.text",
-           "pysafemax.tools.limits"] + (["pysafemax.dask"] if HAVE_DASK else [])
+           "pysafemax.tools.limits"] + (["pysafemax.dask"] if HAVE_DASK else []) \
+    + (["pysafemax.torch"] if HAVE_TORCH else [])
 
 
 def _public(module_name):
