@@ -122,3 +122,20 @@ def test_logits_it_cannot_overwrite_in_place_are_refused_as_before():
     swapped = x.astype(x.dtype.newbyteorder())
     with pytest.raises(TypeError, match="out must have the logits' dtype"):
         pysafemax.softmax_loss(swapped, labels, return_grad=True, out=swapped)
+
+
+def test_the_gradient_over_the_logits_is_torchs():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 300)) * 4
+    labels = rng.integers(0, 300, 64)
+    xt = torch.tensor(x, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(xt, torch.tensor(labels),
+                                             label_smoothing=0.1)
+    want_grad, = torch.autograd.grad(want, xt)
+    logits = x.copy()
+    loss, grad = pysafemax.softmax_loss(logits, labels, label_smoothing=0.1,
+                                        return_grad=True, out=logits)
+    assert grad is logits
+    assert loss == pytest.approx(want.item(), rel=1e-12)
+    np.testing.assert_allclose(logits, want_grad.numpy(), rtol=1e-10, atol=1e-15)

@@ -254,3 +254,13 @@ def test_bad_arguments_are_named():
         pysafemax.logsumexp(x, threads=0)
     with pytest.raises(TypeError, match="return_lse must be True or False"):
         pysafemax.softmax_loss(x, np.zeros(2, np.int64), return_lse="yes")
+
+
+@pytest.mark.parametrize("method_dtype", [np.float32, np.float64])
+def test_return_lse_matches_torch_logsumexp(method_dtype):
+    torch = pytest.importorskip("torch")
+    x = special_rows(257, method_dtype)
+    labels = np.arange(len(x)) % 257
+    _, _, lse = pysafemax.softmax_loss(x, labels, return_grad=True, return_lse=True)
+    want = torch.logsumexp(torch.from_numpy(x.astype(np.float64)), dim=1).numpy()
+    assert_lse_close(lse, want, method_dtype)
