@@ -129,3 +129,10 @@ def test_quick_torch_adapter_benchmark_prints_every_row(tmp_path):
         forward = record["row"] in ("torch forward", "adapter forward")
         assert record["torch_baseline"] == ("torch forward" if forward
                                             else "torch forward+backward")
+
+
+def test_matmul_bound_runs_on_a_small_chunk():
+    done = run("bench/matmul_bound.py", "--shape", "64x32x48", "--rounds", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "numpy hidden @ weight.T" in done.stdout and "GFLOP/s" in done.stdout
+    assert ("best ratio of 4 numpy products" in done.stdout) == HAVE_TORCH
