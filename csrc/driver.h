@@ -258,7 +258,7 @@ static void FN(grad_chunk)(const void *job_, int64_t chunk)
         FN(row_state) st = FN(state_from)(whole);
         double mass = FN(is_one_hot)(&t) ? t.label_part : whole->mass, z_mass = 0.0;
         if (t.z_scale != 0.0)
-            FN(z_term)(&t, FN(partial_lse)(&st, c->opt->method), &z_mass);
+            FN(z_term)(&t, FN(summed_lse)(&st, c->opt->method), &z_mass);
         FN(position_grad)(&st, c->logits + base, classes, inner, &t, c->opt->method,
                           job->scale, c->fast, mass, z_mass, job->grad + base);
     }
@@ -507,7 +507,7 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
         double z_mass, l = FN(position_loss)(&st, x_y, NULL, total_classes, 1, &t,
                                              opt->method);
         if (t.z_scale != 0.0)
-            l += FN(z_term)(&t, FN(partial_lse)(&st, opt->method), &z_mass);
+            l += FN(z_term)(&t, FN(summed_lse)(&st, opt->method), &z_mass);
         if (losses)
             losses[pos] = (REAL)l;
         psm_sum_add(&chunk_total, l);

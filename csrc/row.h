@@ -870,9 +870,9 @@ static void FN(position_grad)(const FN(row_state) *st, const REAL *x,
         return;
     }
     /* At the max, p (Q + Z) - q = (Q - q) - Q s / (1 + s) + Z / (1 + s):
-     * without cancellation as p -> 1.  s < 1 means the max is unique.  Q - q is the block's other q
-     * plus the mass outside the block (exactly 0 for a whole position, whose
-     * Q was summed in the same order). */
+     * without cancellation as p -> 1.  s < 1 means the max is unique.
+     * Q - q is the block's other q plus the mass outside the block (exactly
+     * 0 for a whole position, whose Q was summed in the same order). */
     int64_t at_max = -1;
     double off_max_mass = 0.0, block_mass = 0.0;
     for (int64_t j = 0; j < classes; j++) {
@@ -1045,6 +1045,13 @@ static double FN(state_lse)(const FN(row_state) *st, double log_norm, int method
     return (double)st->max + log_norm;
 }
 
+/* state_lse of a state of block sums (row_pass's, or a whole position's
+ * merged partial state), its log_norm taken here. */
+static double FN(summed_lse)(const FN(row_state) *st, int method)
+{
+    return FN(state_lse)(st, method == PSM_STABLE ? FN(log_norm)(st) : 0.0, method);
+}
+
 /* The log-sum-exp of a position no loss needed (an ignored one): its state
  * from one row_pass. */
 static double FN(position_lse)(const REAL *x, int64_t classes, int64_t stride, int method,
@@ -1053,7 +1060,7 @@ static double FN(position_lse)(const REAL *x, int64_t classes, int64_t stride, i
     FN(row_state) st;
     FN(row_pass)(x, classes, stride, method != PSM_NAIVE, method == PSM_STABLE, fast, NULL,
                  &st);
-    return FN(state_lse)(&st, method == PSM_STABLE ? FN(log_norm)(&st) : 0.0, method);
+    return FN(summed_lse)(&st, method);
 }
 
 /* state_lse for a state of stored_exps, whose sum counts every e_j, the
@@ -1066,13 +1073,6 @@ static double FN(stored_lse)(const FN(row_state) *st, double log_norm, int metho
     if (method == PSM_STABLE && !isfinite(st->max))
         return FN(position_lse)(x, classes, stride, method, fast);
     return FN(state_lse)(st, log_norm, method);
-}
-
-/* state_lse of a whole position's merged partial state (its blocks'
- * sums, as row_pass's). */
-static double FN(partial_lse)(const FN(row_state) *st, int method)
-{
-    return FN(state_lse)(st, method == PSM_STABLE ? FN(log_norm)(st) : 0.0, method);
 }
 
 /* The z-loss of a counted position with log-sum-exp lse: z v lse^2, its

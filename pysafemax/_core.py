@@ -843,7 +843,7 @@ def logsumexp(a: ArrayLike, axis: Optional[Integer] = -1, keepdims: bool = False
     array = a if type(a) is np.ndarray else _validation.as_array(a, "a")
     if array.dtype.kind in "biu":      # as scipy: exactly, in float64
         array = array.astype(np.float64)
-    if not (_validation.is_floating(array.dtype) and array.dtype.itemsize in (2, 4, 8)):
+    if not _validation.computable(array.dtype):
         raise TypeError(f"a must be a float16, float32, float64 or bfloat16 array (or "
                         f"integers), got dtype {array.dtype}")
     keepdims = _validation.flag(keepdims, "keepdims")
@@ -857,10 +857,9 @@ def logsumexp(a: ArrayLike, axis: Optional[Integer] = -1, keepdims: bool = False
         if not -array.ndim <= class_axis < array.ndim:
             raise ValueError(f"axis {axis} is out of range for a of shape {shape}")
         class_axis %= array.ndim
-    result_dtype = array.dtype if array.dtype.kind == "V" else array.dtype.newbyteorder("=")
     if array.shape[class_axis] == 0:       # the log of an empty sum
         lse = np.full(array.shape[:class_axis] + array.shape[class_axis + 1:], -np.inf,
-                      dtype=result_dtype)
+                      dtype=_validation.native(array.dtype))
     else:
         x = _validation.logits_array(array, class_axis, convert=False)
         t = _validation.targets(np.zeros(x.position_shape, np.int64), x, convert=False)

@@ -63,10 +63,6 @@ def _float_array(value: ArrayLike, name: str, shape_text: str,
     return array
 
 
-def _native(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    return np.dtype(dtype.newbyteorder("=")) if dtype.kind == "f" else dtype
-
-
 def default_chunk_size(rows: int, classes: int, itemsize: int, buffers: int) -> int:
     """The classes per chunk that keep `buffers` rows x chunk buffers within
     CHUNK_BYTES (at least 1, at most all of them)."""
@@ -266,7 +262,7 @@ def _run(hidden: ArrayLike, weight: ArrayLike, labels: ArrayLike, *,
     compute = max((_compute_dtype(a.dtype, "") for a in inputs), key=lambda d: d.itemsize)
     # The logits' dtype, as numpy's matmul would make it: the inputs' common
     # dtype, float32 or float64 when they differ.
-    dtypes = {_native(a.dtype) for a in inputs}
+    dtypes = {_validation.native(a.dtype) for a in inputs}
     result_dtype = dtypes.pop() if len(dtypes) == 1 else compute
 
     labels = _validation.as_array(labels, "labels")
@@ -413,7 +409,8 @@ class _Gradients:
         self.hidden = np.asarray(hidden, dtype=compute)
         self.position_scale = (None if position_scale is None else
                                np.asarray(position_scale, dtype=compute)[:, None])
-        self.dtypes = [_native(a.dtype) for a in (hidden, weight, bias) if a is not None]
+        self.dtypes = [_validation.native(a.dtype) for a in (hidden, weight, bias)
+                       if a is not None]
         self.d_hidden: Optional[NDArray[Any]] = None    # from the first chunk
         # d_weight is written a chunk's rows at a time, in place when it has
         # the compute dtype.

@@ -43,6 +43,18 @@ def is_bfloat16(dtype: np.dtype[Any]) -> bool:
     return False
 
 
+def computable(dtype: np.dtype[Any]) -> bool:
+    """float16, float32, float64 (either byte order) or bfloat16: a dtype
+    the kernel computes, in itself or in float32."""
+    return (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or is_bfloat16(dtype)
+
+
+def native(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """dtype in this machine's byte order (bfloat16, a kind "V" dtype, has
+    only the one)."""
+    return dtype.newbyteorder("=") if dtype.kind == "f" else dtype
+
+
 def float_dtype(value: Any, name: str) -> np.dtype[Any]:
     """A result dtype: float16, float32, float64 or bfloat16."""
     try:
@@ -50,10 +62,10 @@ def float_dtype(value: Any, name: str) -> np.dtype[Any]:
     except TypeError:
         raise TypeError(f"{name} must be a float dtype (float16, float32, float64 or "
                         f"bfloat16), got {value!r}") from None
-    if not ((dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or is_bfloat16(dtype)):
+    if not computable(dtype):
         raise TypeError(f"{name} must be a float dtype (float16, float32, float64 or "
                         f"bfloat16), got {dtype}")
-    return dtype.newbyteorder("=") if dtype.kind == "f" else dtype
+    return native(dtype)
 
 
 def is_floating(dtype: np.dtype[Any]) -> bool:
@@ -181,8 +193,7 @@ def logits_array(logits: Any, axis: Any = 1, convert: bool = True) -> Logits:
         array = x
     else:
         array = np.require(x, dtype=compute, requirements=("C", "A"))
-    result_dtype = (dtype if compute is dtype or dtype.kind == "V"
-                    else dtype.newbyteorder("="))
+    result_dtype = dtype if compute is dtype else native(dtype)
     return Logits(array, result_dtype, axis, outer, classes, inner)
 
 
