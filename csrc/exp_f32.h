@@ -142,7 +142,7 @@ static PSM_AVX2 __attribute__((noinline)) __m256 psm_expf_special_avx2(__m256 x)
     return _mm256_mul_ps(_mm256_mul_ps(y, psm_pow2i_avx2(e1)), psm_pow2i_avx2(e2));
 }
 
-static inline PSM_AVX2 __m256 psm_expf_avx2(__m256 x)
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_expf_avx2(__m256 x)
 {
     __m256 abs_x = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
     __m256 big = _mm256_cmp_ps(abs_x, _mm256_set1_ps(PSM_EXP_FAST_LIMIT), _CMP_NLE_UQ);

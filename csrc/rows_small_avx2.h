@@ -107,9 +107,10 @@ static inline PSM_AVX2 void psm_small_store_ties_avx2(__m256 ties, double out[8]
  * the sum of exp(x_j - max) over x_j != max with the x_j == max counted
  * (exact_rest), or else the sum of every exp(x_j - shift), the shift being
  * the max, or -big for a max of -inf. */
-static PSM_AVX2 void psm_small_rows_avx2(const float *x, int n, int track_max,
-                                         int exact_rest, float big, float max[8],
-                                         double rest[8], double ties[8])
+static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_rows_n_avx2(const float *x, int n,
+                                                              int track_max, int exact_rest,
+                                                              float big, float max[8],
+                                                              double rest[8], double ties[8])
 {
     __m256 col[PSM_SMALL_CLASSES];
     __m256 m = psm_small_columns_avx2(x, n, track_max, col);
@@ -130,9 +131,10 @@ static PSM_AVX2 void psm_small_rows_avx2(const float *x, int n, int track_max,
  * their e_j in psm_exp_store_sum_avx2's order; for stable also the sum
  * over x_j != max with the x_j == max counted, in psm_stored_sums_avx2's
  * order, which stored_exps takes for a row that needs it. */
-static PSM_AVX2 void psm_small_exps_avx2(const float *x, int n, int method, float big,
-                                         float *e, float max[8], double sum[8],
-                                         double rest[8], double ties[8])
+static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_exps_n_avx2(const float *x, int n,
+                                                              int method, float big, float *e,
+                                                              float max[8], double sum[8],
+                                                              double rest[8], double ties[8])
 {
     __m256 col[PSM_SMALL_CLASSES], untied[PSM_SMALL_CLASSES];
     __m256 m = psm_small_columns_avx2(x, n, method != PSM_NAIVE, col);
@@ -152,6 +154,42 @@ static PSM_AVX2 void psm_small_exps_avx2(const float *x, int n, int method, floa
         psm_small_store_ties_avx2(tie_count, ties);
     }
     _mm256_storeu_ps(max, m);
+}
+
+/* Each class count its own copy of the two functions above: with n a
+ * constant the loops unroll, and which class each lane of each group adds
+ * (psm_small_lane_class) is settled at compile time, not branched on per
+ * lane.  On (65536, 10) the generic loops ran about 100 instructions a row,
+ * most of them that bookkeeping. */
+_Static_assert(PSM_SMALL_CLASSES == 16, "PSM_SMALL_CASES lists each count up to it");
+#define PSM_SMALL_CASES(call) \
+    call(1) call(2) call(3) call(4) call(5) call(6) call(7) call(8) \
+    call(9) call(10) call(11) call(12) call(13) call(14) call(15) call(16)
+
+/* psm_small_rows_n_avx2 for n <= PSM_SMALL_CLASSES. */
+static PSM_AVX2 void psm_small_rows_avx2(const float *x, int n, int track_max,
+                                         int exact_rest, float big, float max[8],
+                                         double rest[8], double ties[8])
+{
+    switch (n) {
+#define PSM_SMALL_ROWS_CASE(k) \
+    case k: psm_small_rows_n_avx2(x, k, track_max, exact_rest, big, max, rest, ties); return;
+    PSM_SMALL_CASES(PSM_SMALL_ROWS_CASE)
+#undef PSM_SMALL_ROWS_CASE
+    }
+}
+
+/* psm_small_exps_n_avx2 for n <= PSM_SMALL_CLASSES. */
+static PSM_AVX2 void psm_small_exps_avx2(const float *x, int n, int method, float big,
+                                         float *e, float max[8], double sum[8],
+                                         double rest[8], double ties[8])
+{
+    switch (n) {
+#define PSM_SMALL_EXPS_CASE(k) \
+    case k: psm_small_exps_n_avx2(x, k, method, big, e, max, sum, rest, ties); return;
+    PSM_SMALL_CASES(PSM_SMALL_EXPS_CASE)
+#undef PSM_SMALL_EXPS_CASE
+    }
 }
 
 #endif /* PSM_HAVE_AVX2 */
