@@ -95,6 +95,35 @@ static int FN(position)(const FN(call) *c, int64_t chunk, int64_t pos, int64_t *
     return counts;
 }
 
+/* Positions [pos, pos + 8) of a loss job whose targets are plain labels
+ * (loss_chunk's plain), rows of few classes: their losses (and gradients)
+ * in one batch (small_plain_losses), stored and added to *total in order.  Returns 0,
+ * having done nothing, if some label is ignored or out of range: those
+ * positions take the general path, which records a bad label. */
+static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_sum *total)
+{
+    const FN(call) *c = &job->call;
+    const psm_options *opt = c->opt;
+    int64_t y[8];
+    for (int r = 0; r < 8; r++) {
+        y[r] = read_label(c->labels, pos + r);
+        if ((opt->use_ignore_index && y[r] == opt->ignore_index) || y[r] < 0 ||
+            y[r] >= c->classes)
+            return 0;
+    }
+    double loss[8];
+    int64_t base = pos * c->classes;
+    if (!FN(small_plain_losses)(c->logits + base, c->classes, y, opt->method, job->scale,
+                                c->fast, job->grad ? job->grad + base : NULL, loss))
+        return 0;
+    for (int r = 0; r < 8; r++) {
+        if (job->losses)
+            job->losses[pos + r] = (REAL)loss[r];
+        psm_sum_add(total, loss[r]);
+    }
+    return 1;
+}
+
 /* A chunk of a loss job, summing its losses in order (compensated:
  * psm_sum) into chunk_loss[chunk]. */
 static void FN(loss_chunk)(const void *job_, int64_t chunk)
@@ -112,7 +141,14 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
     int64_t batch = -8;
     int batches = SMALL_ROWS && c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES;
     int extras = job->lse != NULL || c->opt->z_loss != 0.0;
+    int plain = batches && !extras && !c->probs && !c->opt->class_weight &&
+                c->opt->label_smoothing == 0.0 && c->class_offset == 0 &&
+                c->total_classes == classes;
     for (int64_t pos = first; pos < last; pos++) {
+        if (plain && pos + 8 <= last && FN(plain_batch)(job, pos, &total)) {
+            pos += 7;
+            continue;
+        }
         int64_t base;
         FN(target) t;
         int counts = FN(position)(c, chunk, pos, &base, &t);

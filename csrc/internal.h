@@ -78,8 +78,13 @@ static inline void psm_sum_add(psm_sum *s, double x)
     s->sum = t;
 }
 
+/* A NaN total is written +NaN: which of two NaNs a sum keeps depends on
+ * the operand order the compiler picks, which differs between inlined
+ * copies of psm_sum_add. */
 static inline double psm_sum_value(const psm_sum *s)
 {
+    if (isnan(s->sum))
+        return NAN;
     return s->comp == 0.0 ? s->sum : s->sum + s->comp;   /* a -0.0 sum stays -0.0 */
 }
 

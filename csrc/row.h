@@ -759,28 +759,39 @@ static REAL FN(clamped_nll)(REAL shift, REAL total, REAL x)
 /* One position's loss, given its log_norm (stable; unused otherwise); x_y
  * is the label's logit (one-hot targets), and x the logits, which only
  * naive and maxsub with other targets read. */
+/* The loss of a one-hot position: x_y its label's logit, label_part its
+ * share (1 - smoothing, times the label's weight). */
+static double FN(one_hot_loss)(const FN(row_state) *st, double log_norm, REAL x_y,
+                               double label_part, int method)
+{
+    if (method == PSM_STABLE) {
+        double cross = 0.0;
+        /* (m - x_y) first: for logits {1e8, 1e8} it is 0, the loss ln 2 */
+        if (label_part != 0.0)
+            cross = label_part * ((double)st->max - (double)x_y);
+        /* both terms NaN (m = x_y = +inf): which NaN the sum returns
+         * depends on the operand order the compiler picks, which differs
+         * where label_part is a known 1, so the NaN is written, not summed */
+        double loss = cross + label_part * log_norm;
+        return isnan(loss) ? NAN : loss;
+    }
+    if (label_part == 0.0)
+        return 0.0;
+    return label_part * (double)FN(clamped_nll)(st->max, FN(float_total)(st, method), x_y);
+}
+
 static double FN(position_loss_given)(const FN(row_state) *st, double log_norm, REAL x_y,
                                       const REAL *x, int64_t classes, int64_t stride,
                                       const FN(target) *t, int method)
 {
+    if (FN(is_one_hot)(t))
+        return FN(one_hot_loss)(st, log_norm, x_y, t->label_part, method);
     if (method == PSM_STABLE) {
-        if (FN(is_one_hot)(t)) {
-            double cross = 0.0;
-            /* (m - x_y) first: for logits {1e8, 1e8} it is 0, the loss ln 2 */
-            if (t->label_part != 0.0)
-                cross = t->label_part * ((double)st->max - (double)x_y);
-            return cross + t->label_part * log_norm;
-        }
         if (isnan(log_norm))
             return NAN;
         return (st->cross_inf ? INFINITY : st->cross) + st->mass * log_norm;
     }
     REAL total = FN(float_total)(st, method);
-    if (FN(is_one_hot)(t)) {
-        if (t->label_part == 0.0)
-            return 0.0;
-        return t->label_part * (double)FN(clamped_nll)(st->max, total, x_y);
-    }
     double loss = 0.0;
     for (int64_t j = 0; j < classes; j++) {
         double q = FN(target_mass)(t, j, stride);
@@ -1029,6 +1040,40 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
                     : p_mass / denom - t->label_part;
     grad[y * stride] = (REAL)(g * scale);
     return loss;
+}
+
+/* Eight positions of few classes whose targets are plain labels (no
+ * weight, no smoothing): rows x, x + classes, ..., x + 7 classes, label
+ * y[r] in [0, classes).  Their losses, and with grad (8 rows alike) their
+ * gradients, each with the bits the position-by-position path gives it
+ * (small_row_passes' or small_stored_exps' states, log_norms8, a label
+ * share of 1), without its per-position target and state bookkeeping,
+ * which cost twice the rows' own arithmetic at ten classes.  Returns 0
+ * where there is no small-rows path. */
+static int FN(small_plain_losses)(const REAL *x, int64_t classes, const int64_t y[8],
+                                  int method, double scale, int fast, REAL *grad,
+                                  double loss[8])
+{
+    FN(row_state) st[8];
+    double log_norm[8] = {0};
+    int batched = grad ? FN(small_stored_exps)(x, classes, method, fast, grad, st)
+                       : FN(small_row_passes)(x, classes, method != PSM_NAIVE,
+                                              method == PSM_STABLE, fast, st);
+    if (!batched)
+        return 0;
+    if (method == PSM_STABLE)
+        FN(log_norms8)(st, fast, log_norm);
+    for (int r = 0; r < 8; r++) {
+        const REAL *row = x + r * classes;
+        if (grad) {
+            FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
+            loss[r] = FN(finish_loss_grad)(&st[r], log_norm[r], row, classes, 1, &t, 0.0,
+                                           method, scale, fast, grad + r * classes);
+        } else {
+            loss[r] = FN(one_hot_loss)(&st[r], log_norm[r], row[y[r]], 1.0, method);
+        }
+    }
+    return 1;
 }
 
 /* A position's log-sum-exp from its state of row_pass (see

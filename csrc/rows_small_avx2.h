@@ -37,8 +37,9 @@ static inline int psm_small_lane_class(int n, int g, int l)
 /* Column j of 8 rows of n contiguous floats (row r at x + r n) into col[j],
  * and the rows' max (track_max; else 0) as psm_block_max_avx2 finds it,
  * +0 for a zero max. */
-static inline PSM_AVX2 __m256 psm_small_columns_avx2(const float *x, int n, int track_max,
-                                                     __m256 col[PSM_SMALL_CLASSES])
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_columns_avx2(const float *x, int n,
+                                                               int track_max,
+                                                               __m256 col[PSM_SMALL_CLASSES])
 {
     const __m256 zero = _mm256_setzero_ps();
     const __m256i rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
@@ -53,7 +54,7 @@ static inline PSM_AVX2 __m256 psm_small_columns_avx2(const float *x, int n, int 
 }
 
 /* The shift of naive and maxsub: the max, or -big for a max of -inf. */
-static inline PSM_AVX2 __m256 psm_small_shift_avx2(__m256 m, float big)
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_shift_avx2(__m256 m, float big)
 {
     return _mm256_blendv_ps(m, _mm256_set1_ps(-big),
                             _mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
@@ -64,7 +65,8 @@ static inline PSM_AVX2 __m256 psm_small_shift_avx2(__m256 m, float big)
  * acc[k] = (acc[k] + s[k]) + s[k + 4] per group, then (acc0 + acc2) +
  * (acc1 + acc3) as psm_hsum_pd_avx2.  A masked lane adds +0, which changes
  * no sum (never -0), so it is skipped. */
-static inline PSM_AVX2 void psm_small_sums_avx2(const __m256 *term, int n, double sum[8])
+static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_sums_avx2(const __m256 *term, int n,
+                                                           double sum[8])
 {
     __m256d lo[4], hi[4];   /* rows 0-3, rows 4-7 */
     for (int k = 0; k < 4; k++)
@@ -88,15 +90,15 @@ static inline PSM_AVX2 void psm_small_sums_avx2(const __m256 *term, int n, doubl
 
 /* exp(v - m) where v != m, else 0, and the v == m counted into *ties: the
  * terms of psm_block_sums_avx2 from e = exp(v - m). */
-static inline PSM_AVX2 __m256 psm_small_untied_avx2(__m256 v, __m256 m, __m256 e,
-                                                    __m256 *ties)
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_untied_avx2(__m256 v, __m256 m,
+                                                              __m256 e, __m256 *ties)
 {
     __m256 tie = _mm256_cmp_ps(v, m, _CMP_EQ_OQ);
     *ties = _mm256_add_ps(*ties, _mm256_and_ps(tie, _mm256_set1_ps(1.0f)));
     return _mm256_andnot_ps(tie, e);
 }
 
-static inline PSM_AVX2 void psm_small_store_ties_avx2(__m256 ties, double out[8])
+static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_store_ties_avx2(__m256 ties, double out[8])
 {
     _mm256_storeu_pd(out, _mm256_cvtps_pd(_mm256_castps256_ps128(ties)));
     _mm256_storeu_pd(out + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(ties, 1)));

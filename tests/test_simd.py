@@ -507,3 +507,42 @@ def test_vector_and_portable_log1p_agree_bit_for_bit():
                                   _bindings.log1p_f64(s, 1).view(np.uint64))
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(vector[-7:-2], np.log1p(s[-7:-2]))
+
+
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+@pytest.mark.parametrize("bad", [10, -1, 2**40])
+@pytest.mark.parametrize("where", [0, 7, 8, 13, 28])
+def test_a_bad_label_in_a_batch_of_eight_rows_is_named(method, bad, where):
+    # rows of 10 classes are read eight at a time; a bad label anywhere in a
+    # batch must still stop the call at its own position
+    x = np.zeros((29, 10), np.float32)
+    y = np.arange(29) % 10
+    y[where] = bad
+    for grad in (False, True):
+        with pytest.raises(ValueError, match=rf"labels\[{where}\] = {bad} is out of range"):
+            pysafemax.softmax_loss(x, y, method=method, return_grad=grad)
+
+
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+@pytest.mark.parametrize("classes", [1, 4, 10, 16, 17, 1000])
+def test_a_nan_loss_reduces_to_positive_nan(method, classes):
+    # Which of two NaNs a sum keeps depends on the operand order a compiler
+    # picks; the kernel writes every NaN total as +NaN, on every path
+    # NaNs made by the arithmetic, not read: inf - inf and inf / inf give
+    # the x86 default NaN, whose sign bit is set
+    x = np.zeros((24, classes), np.float32)
+    x[5, :] = np.inf
+    x[9, :] = 100.0    # naive: exp overflows, inf / inf
+    y = np.zeros(24, np.int64)
+    positive_nan = np.float64(np.nan).view(np.uint64)
+    for reduction in ("mean", "sum"):
+        for threads in (1, 2):
+            for grad in (False, True):
+                got = pysafemax.softmax_loss(x, y, method=method, reduction=reduction,
+                                             threads=threads, return_grad=grad)
+                loss = np.float64(got[0] if grad else got)
+                assert loss.view(np.uint64) == positive_nan
+                with _bindings.portable_code():
+                    twin = pysafemax.softmax_loss(x, y, method=method, reduction=reduction,
+                                                  threads=threads)
+                assert np.float64(twin).view(np.uint64) == positive_nan
