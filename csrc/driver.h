@@ -96,10 +96,10 @@ static int FN(position)(const FN(call) *c, int64_t chunk, int64_t pos, int64_t *
 }
 
 /* Positions [pos, pos + 8) of a loss job whose targets are plain labels
- * (loss_chunk's plain), rows of few classes: their losses (and gradients)
- * in one batch (small_plain_losses), stored and added to *total in order.  Returns 0,
- * having done nothing, if some label is ignored or out of range: those
- * positions take the general path, which records a bad label. */
+ * (loss_chunk's plain): their losses (and gradients) in one batch
+ * (plain_losses8), stored and added to *total in order.  Returns 0, having
+ * done nothing, if some label is ignored or out of range: those positions
+ * take the general path, which records a bad label. */
 static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_sum *total)
 {
     const FN(call) *c = &job->call;
@@ -113,9 +113,8 @@ static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_sum *total)
     }
     double loss[8];
     int64_t base = pos * c->classes;
-    if (!FN(small_plain_losses)(c->logits + base, c->classes, y, opt->method, job->scale,
-                                c->fast, job->grad ? job->grad + base : NULL, loss))
-        return 0;
+    FN(plain_losses8)(c->logits + base, c->classes, y, opt->method, job->scale, c->fast,
+                      job->grad ? job->grad + base : NULL, loss);
     for (int r = 0; r < 8; r++) {
         if (job->losses)
             job->losses[pos + r] = (REAL)loss[r];
@@ -141,9 +140,9 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
     int64_t batch = -8;
     int batches = SMALL_ROWS && c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES;
     int extras = job->lse != NULL || c->opt->z_loss != 0.0;
-    int plain = batches && !extras && !c->probs && !c->opt->class_weight &&
-                c->opt->label_smoothing == 0.0 && c->class_offset == 0 &&
-                c->total_classes == classes;
+    int plain = inner == 1 && classes <= PSM_PLAIN_BATCH_CLASSES && !extras && !c->probs &&
+                !c->opt->class_weight && c->opt->label_smoothing == 0.0 &&
+                c->class_offset == 0 && c->total_classes == classes;
     for (int64_t pos = first; pos < last; pos++) {
         if (plain && pos + 8 <= last && FN(plain_batch)(job, pos, &total)) {
             pos += 7;

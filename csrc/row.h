@@ -1007,16 +1007,14 @@ static int FN(small_stored_exps)(const REAL *x, int64_t classes, int method, int
     return 0;
 }
 
-/* The loss of a position whose exps stored_exps left in grad, with its
- * state and log_norm (stable), and its gradient, scaled in place. */
-static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
-                                   const REAL *x, int64_t classes, int64_t stride,
-                                   const FN(target) *t, double z_mass, int method,
-                                   double scale, int fast, REAL *grad)
+/* The gradient of a position whose exps stored_exps left in grad, with
+ * its state, scaled in place; x_y is its label's logit. */
+static void FN(finish_grad)(const FN(row_state) *st, REAL x_y, int64_t classes,
+                            int64_t stride, const FN(target) *t, double z_mass, int method,
+                            double scale, int fast, REAL *grad)
 {
     int64_t y = t->label;
-    REAL x_y = x[y * stride], e_y = grad[y * stride];
-    double loss = FN(position_loss_given)(st, log_norm, x_y, x, classes, stride, t, method);
+    REAL e_y = grad[y * stride];
     double mass = t->label_part, p_mass = FN(plus_z)(mass, z_mass);
     if (method != PSM_STABLE) {
         /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
@@ -1024,13 +1022,13 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
         REAL rmass = (REAL)p_mass, rscale = (REAL)scale;
         FN(scale_row)(grad, classes, stride, fast, 1, total, rmass, rscale);
         grad[y * stride] = ((e_y / total) * rmass - (REAL)t->label_part) * rscale;
-        return loss;
+        return;
     }
     double s = FN(stable_rest)(st);
     if (isnan(s)) {
         for (int64_t j = 0; j < classes; j++)
             grad[j * stride] = (REAL)NAN;
-        return loss;
+        return;
     }
     double denom = 1.0 + s;
     FN(scale_row)(grad, classes, stride, fast, 0, 1, (REAL)(p_mass * scale / denom), 1);
@@ -1039,41 +1037,65 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
         g = s < 1.0 ? FN(plus_z)(-mass * (s / denom), z_mass / denom)
                     : p_mass / denom - t->label_part;
     grad[y * stride] = (REAL)(g * scale);
+}
+
+/* The loss of a position whose exps stored_exps left in grad, with its
+ * state and log_norm (stable), and its gradient (finish_grad). */
+static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
+                                   const REAL *x, int64_t classes, int64_t stride,
+                                   const FN(target) *t, double z_mass, int method,
+                                   double scale, int fast, REAL *grad)
+{
+    REAL x_y = x[t->label * stride];
+    double loss = FN(position_loss_given)(st, log_norm, x_y, x, classes, stride, t, method);
+    FN(finish_grad)(st, x_y, classes, stride, t, z_mass, method, scale, fast, grad);
     return loss;
 }
 
-/* Eight positions of few classes whose targets are plain labels (no
- * weight, no smoothing): rows x, x + classes, ..., x + 7 classes, label
- * y[r] in [0, classes).  Their losses, and with grad (8 rows alike) their
- * gradients, each with the bits the position-by-position path gives it
- * (small_row_passes' or small_stored_exps' states, log_norms8, a label
- * share of 1), without its per-position target and state bookkeeping,
- * which cost twice the rows' own arithmetic at ten classes.  Returns 0
- * where there is no small-rows path. */
-static int FN(small_plain_losses)(const REAL *x, int64_t classes, const int64_t y[8],
-                                  int method, double scale, int fast, REAL *grad,
-                                  double loss[8])
+/* Eight positions whose targets are plain labels (no weight, no
+ * smoothing), contiguous rows x, x + classes, ..., x + 7 classes, label
+ * y[r] in [0, classes): their losses, and with grad (8 rows alike) their
+ * gradients, each with the bits the position-by-position path gives it,
+ * a label share of 1.  Eight at once, for rows of up to
+ * PSM_PLAIN_BATCH_CLASSES, for two reasons:
+ *   - a row's finish (its horizontal sums, log1p and loss) is a chain of
+ *     dependent steps which, on a short row, costs about as much as the
+ *     sweep; here the eight sweeps run first, then their eight independent
+ *     finishes, the log1p four lanes at a time (log_norms8);
+ *   - rows of at most PSM_SMALL_CLASSES take one vector sweep for all
+ *     eight (small_row_passes, small_stored_exps), and skip the per-position
+ *     target and state bookkeeping, which cost twice a row's own arithmetic
+ *     at ten classes.
+ * With grad, each row's exps are scaled as soon as they are stored, while
+ * they are in cache; only the losses wait for the eight. */
+static void FN(plain_losses8)(const REAL *x, int64_t classes, const int64_t y[8],
+                              int method, double scale, int fast, REAL *grad,
+                              double loss[8])
 {
     FN(row_state) st[8];
     double log_norm[8] = {0};
-    int batched = grad ? FN(small_stored_exps)(x, classes, method, fast, grad, st)
-                       : FN(small_row_passes)(x, classes, method != PSM_NAIVE,
-                                              method == PSM_STABLE, fast, st);
-    if (!batched)
-        return 0;
+    REAL x_y[8];
+    for (int r = 0; r < 8; r++)
+        x_y[r] = x[r * classes + y[r]];
+    int track_max = method != PSM_NAIVE, exact_rest = method == PSM_STABLE;
+    if (grad) {
+        int small = FN(small_stored_exps)(x, classes, method, fast, grad, st);
+        for (int r = 0; r < 8; r++) {
+            FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
+            REAL *g = grad + r * classes;
+            if (!small)
+                FN(stored_exps)(x + r * classes, classes, 1, method, fast, g, &st[r]);
+            FN(finish_grad)(&st[r], x_y[r], classes, 1, &t, 0.0, method, scale, fast, g);
+        }
+    } else if (!FN(small_row_passes)(x, classes, track_max, exact_rest, fast, st)) {
+        for (int r = 0; r < 8; r++)
+            FN(row_pass)(x + r * classes, classes, 1, track_max, exact_rest, fast, NULL,
+                         &st[r]);
+    }
     if (method == PSM_STABLE)
         FN(log_norms8)(st, fast, log_norm);
-    for (int r = 0; r < 8; r++) {
-        const REAL *row = x + r * classes;
-        if (grad) {
-            FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
-            loss[r] = FN(finish_loss_grad)(&st[r], log_norm[r], row, classes, 1, &t, 0.0,
-                                           method, scale, fast, grad + r * classes);
-        } else {
-            loss[r] = FN(one_hot_loss)(&st[r], log_norm[r], row[y[r]], 1.0, method);
-        }
-    }
-    return 1;
+    for (int r = 0; r < 8; r++)
+        loss[r] = FN(one_hot_loss)(&st[r], log_norm[r], x_y[r], 1.0, method);
 }
 
 /* A position's log-sum-exp from its state of row_pass (see

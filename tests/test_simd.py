@@ -452,11 +452,12 @@ def _loss_bits(x, y, **options):
 
 
 @needs_simd
-@pytest.mark.parametrize("classes", range(1, 18))
+@pytest.mark.parametrize("classes", [*range(1, 18), 33, 100, 256, 257])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(classes,
                                                                            method):
-    """Rows of up to 16 classes take an eight-row vector loop: each row's
+    """Rows of up to 16 classes take an eight-row vector loop, and plain
+    labels on rows of up to 256 are finished eight at a time: each row's
     loss and gradient are the ones it has alone (one row per call), and the
     twin's."""
     rng = np.random.default_rng(classes)
