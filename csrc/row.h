@@ -293,6 +293,7 @@ static const REAL *FN(block_values)(const REAL *b, int64_t len, int64_t stride,
     return b;
 }
 
+
 #if ONLINE_ROWS
 /* max_ps(a, b): a if a > b, else b (so b when either is NaN) */
 static inline float FN(lane_max)(float a, float b)
@@ -433,9 +434,9 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
 {
 #if ONLINE_ROWS
     /* stable, one-hot: one sweep, unless the row is confident or special;
-     * rows of few classes keep the blocks, whose states the eight-row loop
-     * (rows_small_avx2.h) reproduces */
-    if (exact_rest && track_max && t == NULL && classes > PSM_SMALL_CLASSES &&
+     * rows of up to PSM_ONLINE_MIN_CLASSES keep the blocks (cheaper there;
+     * the eight-row loop of rows_small_avx2.h reproduces their states) */
+    if (exact_rest && track_max && t == NULL && classes > PSM_ONLINE_MIN_CLASSES &&
         FN(online_pass)(x, classes, stride, fast, st))
         return;
 #endif

@@ -16,8 +16,11 @@ import pysafemax
 from pysafemax import _bindings, reference
 
 needs_simd = pytest.mark.skipif(not _bindings.simd_level(), reason="no AVX2+FMA here")
-# around the vector (8), group (32) and block (2048) sizes, and a vocabulary
-WIDTHS = list(range(1, 71)) + [2047, 2048, 2049, 2050, 4095, 4096, 4097, 32001]
+# around the vector (8), group (32) and block (2048) sizes, and a vocabulary;
+# rows of up to 512 classes (PSM_ONLINE_MIN_CLASSES) take two sweeps instead,
+# so every tail of a group is also tried just above it
+WIDTHS = (list(range(1, 71)) + list(range(511, 548))
+          + [2047, 2048, 2049, 2050, 4095, 4096, 4097, 32001])
 inf, nan = np.inf, np.nan
 
 
