@@ -784,17 +784,20 @@ static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, 
 
 #if SMALL_ROWS
 /* Eight rows' log_softmax_row at once, as small_softmax_rows: their
- * row_pass states (small_row_passes) and log_norms, then y written row by
- * row from them, with log_softmax_row's arithmetic. */
+ * row_pass states (psm_small_rows_avx2, as small_row_passes) and log_norms
+ * (as log_norms8, without the states' round trip through memory), then y
+ * written row by row with log_softmax_row's arithmetic. */
 static void FN(small_log_softmax_rows)(const REAL *x, int64_t classes, REAL *y)
 {
-    FN(row_state) st[8];
     float max[8];
-    double log_norm[8];
-    FN(small_row_passes)(x, classes, 1, 1, 1, st);
-    FN(log_norms8)(st, 1, log_norm);
-    for (int r = 0; r < 8; r++)
-        max[r] = st[r].max;
+    double rest[8], ties[8], log_norm[8];
+    psm_small_rows_avx2(x, (int)classes, 1, 1, BIG, max, rest, ties);
+    for (int r = 0; r < 8; r++) {
+        FN(row_state) st = {max[r], rest[r], ties[r], 0.0, 0.0, 0.0, 0};
+        log_norm[r] = FN(stable_rest)(&st);
+    }
+    psm_log1p4_avx2(log_norm);
+    psm_log1p4_avx2(log_norm + 4);
     psm_small_log_softmax_avx2(x, (int)classes, max, log_norm, y);
 }
 #endif

@@ -94,11 +94,18 @@ static inline PSM_AVX2 __m256 psm_small_log_softmax8_avx2(__m256 v, __m256d m, _
     return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
 }
 
+/* 4 floats of a log-softmax, as psm_small_log_softmax8_avx2. */
+static inline PSM_AVX2 __m128 psm_small_log_softmax4_avx2(__m128 v, __m256d m, __m256d l)
+{
+    return _mm256_cvtpd_ps(_mm256_sub_pd(_mm256_sub_pd(_mm256_cvtps_pd(v), m), l));
+}
+
 /* The log-softmax of 8 rows of n <= PSM_SMALL_CLASSES floats, row r at
  * x + r n, into y alike, from their maxima and log_norms: row by row, its
- * first and last 8 floats (overlapping for n < 16), both read before either
- * is written, so that y may be x.  Rows shorter than 8 go through buffers,
- * as psm_small_store_rows_avx2 writes them. */
+ * first 8 floats, then its last 4 (n % 8 <= 4) or 8, overlapping those
+ * (n < 16), both read before either is written, so that y may be x.  Rows
+ * shorter than 8 go through buffers, as psm_small_store_rows_avx2 writes
+ * them. */
 static PSM_AVX2 void psm_small_log_softmax_avx2(const float *x, int n, const float max[8],
                                                 const double log_norm[8], float *y)
 {
@@ -113,11 +120,21 @@ static PSM_AVX2 void psm_small_log_softmax_avx2(const float *x, int n, const flo
         memcpy(y, out, sizeof(float) * 8 * (size_t)n);
         return;
     }
+    int tail4 = n % 8 != 0 && n % 8 <= 4;   /* the last n % 8 fit in 4 lanes */
     for (int r = 0; r < 8; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
         const __m256d m = _mm256_set1_pd((double)max[r]), l = _mm256_set1_pd(log_norm[r]);
-        __m256 first = _mm256_loadu_ps(x + r * n), last = _mm256_loadu_ps(x + r * n + n - 8);
-        _mm256_storeu_ps(y + r * n, psm_small_log_softmax8_avx2(first, m, l));
-        _mm256_storeu_ps(y + r * n + n - 8, psm_small_log_softmax8_avx2(last, m, l));
+        __m256 first = _mm256_loadu_ps(xr);
+        if (tail4) {
+            __m128 last = _mm_loadu_ps(xr + n - 4);
+            _mm256_storeu_ps(yr, psm_small_log_softmax8_avx2(first, m, l));
+            _mm_storeu_ps(yr + n - 4, psm_small_log_softmax4_avx2(last, m, l));
+        } else {
+            __m256 last = _mm256_loadu_ps(xr + n - 8);
+            _mm256_storeu_ps(yr, psm_small_log_softmax8_avx2(first, m, l));
+            _mm256_storeu_ps(yr + n - 8, psm_small_log_softmax8_avx2(last, m, l));
+        }
     }
 }
 
