@@ -307,7 +307,21 @@ static void FN(softmax_chunk)(const void *job_, int64_t chunk)
     const FN(call) *c = &job->call;
     int64_t classes = c->classes, inner = c->inner, first, last;
     FN(chunk_span)(c, chunk, &first, &last);
-    for (int64_t pos = first; pos < last; pos++) {
+    int64_t pos = first;
+#if SMALL_ROWS
+    /* rows of a few classes: eight at once, the chunk's last
+     * (last - first) % 8 one by one below */
+    for (; c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES && pos + 8 <= last;
+         pos += 8) {
+        const REAL *x = c->logits + pos * classes;
+        REAL *y = job->out + pos * classes;
+        if (job->method < 0)
+            FN(small_log_softmax_rows)(x, classes, y);
+        else
+            FN(small_softmax_rows)(x, classes, job->method, y);
+    }
+#endif
+    for (; pos < last; pos++) {
         int64_t o = inner == 1 ? pos : pos / inner, i = inner == 1 ? 0 : pos % inner;
         int64_t base = o * classes * inner + i;
         if (job->method < 0)

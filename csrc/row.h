@@ -20,7 +20,8 @@
  *   LANE_SUMS  1 to sum in the 8-float-lane order of rows_avx2.h (float), 0
  *              in the 4-double-lane order of rows_avx2_f64.h (double)
  *   SMALL_ROWS 1 where rows of at most PSM_SMALL_CLASSES are read eight at a
- *              time (rows_small_avx2.h: float on x86-64)
+ *              time (rows_small_avx2.h, and rows_small_out_avx2.h for
+ *              softmax's outputs: float on x86-64)
  *   ONLINE_ROWS 1 where the stable forward takes the one-pass sweep
  *              (rows_online_avx2.h and its twin: float, on every CPU)
  * and after internal.h (PSM_BLOCK, read_label) and the type's AVX2 loops.
@@ -37,7 +38,8 @@
  *     counting (rows_online_avx2.h, twin online_lanes below); confident,
  *     NaN and non-finite rows fall back to the blocks;
  *   - float rows of at most PSM_SMALL_CLASSES classes: eight rows at once,
- *     with the blocks' states bit for bit (rows_small_avx2.h);
+ *     with the blocks' states bit for bit (rows_small_avx2.h), for the loss
+ *     and for softmax and log-softmax (small_softmax_rows);
  *   - a one-hot loss with its gradient (every method): the max, then each
  *     exp stored into the gradient while it is summed, then scaled in place
  *     (stored_exps, finish_loss_grad): one exp per logit.  Its loss comes
@@ -704,6 +706,40 @@ static void FN(softmax_row)(const REAL *x, int64_t classes, int64_t stride, int 
     }
 }
 
+#if SMALL_ROWS
+/* Eight rows' softmax_row at once: rows x, x + classes, ..., x + 7 classes,
+ * contiguous, classes <= PSM_SMALL_CLASSES, into y alike, on the vector
+ * path (rows_small_avx2.h, rows_small_out_avx2.h: fast only), with the
+ * same bits: the same max, exps and sums, each row's factor rounded as
+ * softmax_row rounds it, each y_j as scale_row rounds it. */
+static void FN(small_softmax_rows)(const REAL *x, int64_t classes, int method, REAL *y)
+{
+    float e[8 * PSM_SMALL_CLASSES], max[8], by[8];
+    double sum[8], rest[8], ties[8];
+    int stable = method == PSM_STABLE;
+    /* stable shifts by the max as maxsub does wherever it has a softmax (a
+     * finite max); asked as stable, the batch would also sum the exps
+     * without the max's own terms, which only the loss needs */
+    psm_small_exps_avx2(x, (int)classes, stable ? PSM_MAXSUB : method, BIG, e, max, sum,
+                        rest, ties);
+    unsigned no_softmax = 0;
+    for (int r = 0; r < 8; r++) {
+        if (stable) {
+            no_softmax |= (unsigned)(!isfinite(max[r]) || isnan(sum[r])) << r;
+            by[r] = (REAL)(1.0 / sum[r]);
+        } else {
+            FN(row_state) st = {max[r], sum[r], 0.0, 0.0, 0.0, 0.0, 0};
+            by[r] = FN(float_total)(&st, method);
+        }
+    }
+    psm_small_softmax_avx2(e, (int)classes, !stable, by, y);
+    for (int r = 0; no_softmax && r < 8; r++)   /* see softmax_row */
+        if (no_softmax >> r & 1)
+            for (int64_t j = 0; j < classes; j++)
+                y[r * classes + j] = (REAL)NAN;
+}
+#endif
+
 /* stable: log(1 + s), the log of a position's softmax denominator over
  * exp(max); NaN where it has none. */
 static double FN(log_norm)(const FN(row_state) *st)
@@ -746,6 +782,26 @@ static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, 
     for (int64_t j = 0; j < classes; j++)
         y[j * stride] = (REAL)(((double)x[j * stride] - (double)st.max) - log_norm);
 }
+
+#if SMALL_ROWS
+/* Eight rows' log_softmax_row at once, as small_softmax_rows: their
+ * row_pass states (psm_small_rows_avx2, as small_row_passes) and log_norms
+ * (as log_norms8, without the states' round trip through memory), then y
+ * written row by row with log_softmax_row's arithmetic. */
+static void FN(small_log_softmax_rows)(const REAL *x, int64_t classes, REAL *y)
+{
+    float max[8];
+    double rest[8], ties[8], log_norm[8];
+    psm_small_rows_avx2(x, (int)classes, 1, 1, BIG, max, rest, ties);
+    for (int r = 0; r < 8; r++) {
+        FN(row_state) st = {max[r], rest[r], ties[r], 0.0, 0.0, 0.0, 0};
+        log_norm[r] = FN(stable_rest)(&st);
+    }
+    psm_log1p4_avx2(log_norm);
+    psm_log1p4_avx2(log_norm + 4);
+    psm_small_log_softmax_avx2(x, (int)classes, max, log_norm, y);
+}
+#endif
 
 /* naive and maxsub: loss_c = -log(max(p_c, FLT_MIN)) with p_c in REAL, as
  * Caffe's loss -= log(std::max(p, Dtype(FLT_MIN))), for double too: a NaN p

@@ -15,6 +15,7 @@
 #include "rows_avx2.h"
 #include "rows_online_avx2.h"
 #include "rows_small_avx2.h"
+#include "rows_small_out_avx2.h"
 
 #define REAL float
 #define FN(name) name##_f32

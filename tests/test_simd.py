@@ -484,6 +484,80 @@ def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(cla
             np.testing.assert_array_equal(got, np.concatenate(alone), err_msg=str(options))
 
 
+def _few_class_rows(rng, classes, rows):
+    """Rows of random scale, among them one of each special kind, placed in
+    random rows so that each kind lands in another lane of the eight-row
+    batches (and in the remainder) from seed to seed."""
+    x = rng.standard_normal((rows, classes)) * rng.choice([1.0, 30.0, 100.0], (rows, 1))
+    x = x.astype(np.float32)
+    last = classes - 1
+    kinds = [{0: np.inf}, {last: -np.inf}, {classes // 2: np.nan},
+             {j: -np.inf for j in range(classes)},                  # no finite logit
+             {j: np.nan for j in range(classes)},
+             {j: 2.5 for j in range(classes)},                      # all tied
+             {0: 7.0, last: 7.0},                                   # a tie of the max
+             {0: 1e38, last: -1e38},                                # huge
+             {0: 1e-45, last: -1e-40},                              # subnormal
+             {j: -1.0 - j for j in range(classes)} | {last: -0.0},  # max -0.0
+             {j: -1.0 - j for j in range(classes)} | {0: 0.0, last: -0.0},   # max +0.0
+             {last: 90.0},                                          # naive overflows
+             {0: -np.inf, last: 88.0}]
+    shuffled = [kinds[k] for k in rng.permutation(len(kinds))]
+    for row, kind in zip(rng.permutation(rows), shuffled):
+        for j, v in kind.items():
+            x[row, j] = v
+    return x
+
+
+@needs_simd
+@pytest.mark.parametrize("classes", range(1, 18))
+@pytest.mark.parametrize("method", pysafemax.METHODS + ("log_softmax",))
+def test_softmax_of_rows_of_few_classes_read_eight_at_a_time_gives_each_row_its_own_bits(
+        classes, method):
+    """Rows of up to 16 classes: softmax and log_softmax take eight rows at
+    once; each row gets the bits it has alone (one row per call, the
+    per-row path) and the twin's, wherever the batch puts it."""
+    def result(x):
+        if method == "log_softmax":
+            return pysafemax.log_softmax(x)
+        return pysafemax.softmax(x, method=method)
+
+    rng = np.random.default_rng(classes)
+    for rows in (8, 8 * 4 + 5):   # one batch; four and a remainder
+        for _ in range(3):
+            x = _few_class_rows(rng, classes, rows)
+            got = result(x).view(np.uint32)
+            with _bindings.portable_code():
+                twin = result(x).view(np.uint32)
+            alone = np.concatenate([result(x[i:i + 1]) for i in range(rows)])
+            np.testing.assert_array_equal(got, twin)
+            np.testing.assert_array_equal(got, alone.view(np.uint32))
+
+
+@pytest.mark.parametrize("classes", [1, 7, 10, 16, 17])
+@pytest.mark.parametrize("method", pysafemax.METHODS + ("log_softmax",))
+def test_softmax_of_few_classes_gives_the_same_bits_on_any_threads_and_chunks(classes,
+                                                                            method):
+    """Enough rows for two threads, chunks whose starts are not multiples
+    of eight (psm_chunk_positions), and a remainder: the bits of one thread,
+    and of one row per call."""
+    def result(x, threads):
+        if method == "log_softmax":
+            return pysafemax.log_softmax(x, threads=threads)
+        return pysafemax.softmax(x, method=method, threads=threads)
+
+    rng = np.random.default_rng(classes)
+    rows = 300001 // classes
+    x = (rng.standard_normal((rows, classes)) * 4).astype(np.float32)
+    x[rng.permutation(rows)[:13]] = _few_class_rows(rng, classes, 13)
+    first = result(x, 1).view(np.uint32)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(first, result(x, threads).view(np.uint32))
+    some = rng.choice(rows, 200, replace=False)
+    alone = np.concatenate([result(x[i:i + 1], 1) for i in some])
+    np.testing.assert_array_equal(first[some], alone.view(np.uint32))
+
+
 def test_log1p_within_its_stated_error_on_a_sample():
     """csrc/log1p_f64.h's bound (bench/check_log1p_ulp.py measures it over
     2^26 inputs) on a sample of the stable method's domain, s >= 0."""

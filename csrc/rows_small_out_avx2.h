@@ -1,0 +1,142 @@
+/*
+ * The softmax and log-softmax of 8 rows of at most PSM_SMALL_CLASSES
+ * contiguous floats, written out.  rows_small_avx2.h leaves the rows' exps a
+ * class per vector (row r in lane r): each such column is scaled by its
+ * rows' factors in one operation, and 8 x 8 transposes put the rows back,
+ * so that 8 rows cost a few vector stores rather than 8 n scalar ones or 8
+ * passes of scale_row, whose per-row tail dominates a row of ten floats.
+ *
+ * Elementwise: every y_j is rounded as scale_row or log_softmax_row (row.h)
+ * rounds it alone, so the portable twins of this file are those loops, and
+ * a row's bits do not depend on the batch it lands in.
+ */
+#ifndef PYSAFEMAX_ROWS_SMALL_OUT_AVX2_H
+#define PYSAFEMAX_ROWS_SMALL_OUT_AVX2_H
+
+#include <string.h>
+
+#include "internal.h"   /* PSM_SMALL_CLASSES */
+
+#ifdef PSM_HAVE_AVX2
+
+/* t[k] lane j = c[j] lane k, in place: columns to rows, and back. */
+static inline PSM_AVX2 void psm_transpose8_avx2(__m256 t[8])
+{
+    __m256 a[8], b[8];
+    for (int k = 0; k < 8; k += 2) {
+        a[k] = _mm256_unpacklo_ps(t[k], t[k + 1]);
+        a[k + 1] = _mm256_unpackhi_ps(t[k], t[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        b[k] = _mm256_shuffle_ps(a[k], a[k + 2], 0x44);
+        b[k + 1] = _mm256_shuffle_ps(a[k], a[k + 2], 0xEE);
+        b[k + 2] = _mm256_shuffle_ps(a[k + 1], a[k + 3], 0x44);
+        b[k + 3] = _mm256_shuffle_ps(a[k + 1], a[k + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        t[k] = _mm256_permute2f128_ps(b[k], b[k + 4], 0x20);
+        t[k + 4] = _mm256_permute2f128_ps(b[k], b[k + 4], 0x31);
+    }
+}
+
+/* 8 rows of n <= PSM_SMALL_CLASSES floats, row r at y + r n, from their
+ * columns: y[r n + j] = col[j] lane r. */
+static inline PSM_AVX2 void psm_small_store_rows_avx2(const __m256 *col, int n, float *y)
+{
+    __m256 t[8];
+    if (n < 8) {
+        /* the rows, 8n contiguous floats, through a buffer: each row's
+         * store spills into the next row's place, which that row's store
+         * then overwrites, and nothing is written past y's 8n floats */
+        float rows[7 * 7 + 8];
+        for (int j = 0; j < 8; j++)
+            t[j] = j < n ? col[j] : _mm256_setzero_ps();
+        psm_transpose8_avx2(t);
+        for (int r = 0; r < 8; r++)
+            _mm256_storeu_ps(rows + r * n, t[r]);
+        memcpy(y, rows, sizeof(float) * 8 * (size_t)n);
+        return;
+    }
+    /* classes 0-7, then the last 8 (8-15 for n = 16; 2-9 for n = 10, the
+     * same values written twice) */
+    for (int g = 0; g < n; g += 8) {
+        int first = g + 8 <= n ? g : n - 8;
+        for (int j = 0; j < 8; j++)
+            t[j] = col[first + j];
+        psm_transpose8_avx2(t);
+        for (int r = 0; r < 8; r++)
+            _mm256_storeu_ps(y + r * n + first, t[r]);
+    }
+}
+
+/* The softmax of 8 rows from their exps e_j of row r at e[j * 8 + r]
+ * (psm_small_exps_avx2): y_j = e_j / by[r] with divide, else e_j * by[r],
+ * into row r at y + r n.  scale_row's other factors, 1 here, change no bit
+ * of a product, so they are not applied. */
+static PSM_AVX2 void psm_small_softmax_avx2(const float *e, int n, int divide,
+                                            const float by[8], float *y)
+{
+    __m256 col[PSM_SMALL_CLASSES];
+    const __m256 f = _mm256_loadu_ps(by);
+    for (int j = 0; j < n; j++) {
+        __m256 v = _mm256_loadu_ps(e + 8 * j);
+        col[j] = divide ? _mm256_div_ps(v, f) : _mm256_mul_ps(v, f);
+    }
+    psm_small_store_rows_avx2(col, n, y);
+}
+
+/* 8 floats of a log-softmax: (x_j - m) - log_norm in double, rounded. */
+static inline PSM_AVX2 __m256 psm_small_log_softmax8_avx2(__m256 v, __m256d m, __m256d l)
+{
+    __m256d lo = _mm256_sub_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), m), l);
+    __m256d hi = _mm256_sub_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), m),
+                               l);
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+}
+
+/* 4 floats of a log-softmax, as psm_small_log_softmax8_avx2. */
+static inline PSM_AVX2 __m128 psm_small_log_softmax4_avx2(__m128 v, __m256d m, __m256d l)
+{
+    return _mm256_cvtpd_ps(_mm256_sub_pd(_mm256_sub_pd(_mm256_cvtps_pd(v), m), l));
+}
+
+/* The log-softmax of 8 rows of n <= PSM_SMALL_CLASSES floats, row r at
+ * x + r n, into y alike, from their maxima and log_norms: row by row, its
+ * first 8 floats, then its last 4 (n % 8 <= 4) or 8, overlapping those
+ * (n < 16), both read before either is written, so that y may be x.  Rows
+ * shorter than 8 go through buffers, as psm_small_store_rows_avx2 writes
+ * them. */
+static PSM_AVX2 void psm_small_log_softmax_avx2(const float *x, int n, const float max[8],
+                                                const double log_norm[8], float *y)
+{
+    if (n < 8) {
+        float in[7 * 7 + 8] = {0}, out[7 * 7 + 8];
+        memcpy(in, x, sizeof(float) * 8 * (size_t)n);
+        for (int r = 0; r < 8; r++)
+            _mm256_storeu_ps(out + r * n,
+                             psm_small_log_softmax8_avx2(_mm256_loadu_ps(in + r * n),
+                                                         _mm256_set1_pd((double)max[r]),
+                                                         _mm256_set1_pd(log_norm[r])));
+        memcpy(y, out, sizeof(float) * 8 * (size_t)n);
+        return;
+    }
+    int tail4 = n % 8 != 0 && n % 8 <= 4;   /* the last n % 8 fit in 4 lanes */
+    for (int r = 0; r < 8; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        const __m256d m = _mm256_set1_pd((double)max[r]), l = _mm256_set1_pd(log_norm[r]);
+        __m256 first = _mm256_loadu_ps(xr);
+        if (tail4) {
+            __m128 last = _mm_loadu_ps(xr + n - 4);
+            _mm256_storeu_ps(yr, psm_small_log_softmax8_avx2(first, m, l));
+            _mm_storeu_ps(yr + n - 4, psm_small_log_softmax4_avx2(last, m, l));
+        } else {
+            __m256 last = _mm256_loadu_ps(xr + n - 8);
+            _mm256_storeu_ps(yr, psm_small_log_softmax8_avx2(first, m, l));
+            _mm256_storeu_ps(yr + n - 8, psm_small_log_softmax8_avx2(last, m, l));
+        }
+    }
+}
+
+#endif /* PSM_HAVE_AVX2 */
+#endif /* PYSAFEMAX_ROWS_SMALL_OUT_AVX2_H */
