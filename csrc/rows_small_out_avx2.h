@@ -50,7 +50,9 @@ static inline PSM_AVX2 void psm_small_store_rows_avx2(const __m256 *col, int n, 
          * then overwrites, and nothing is written past y's 8n floats */
         float rows[7 * 7 + 8];
         for (int j = 0; j < 8; j++)
-            t[j] = j < n ? col[j] : _mm256_setzero_ps();
+            t[j] = _mm256_setzero_ps();
+        for (int j = 0; j < n; j++)
+            t[j] = col[j];
         psm_transpose8_avx2(t);
         for (int r = 0; r < 8; r++)
             _mm256_storeu_ps(rows + r * n, t[r]);
