@@ -50,8 +50,17 @@
 #define PSM_BLOCK 2048
 
 /* Rows of at most this many classes are read eight at a time, where a
- * vector loop does so (rows_small_avx2.h). */
+ * vector loop does so (rows_small_avx2.h, rows_small_avx2_f64.h). */
 #define PSM_SMALL_CLASSES 16
+
+/* call(n) for each class count n of a small row, for the switches that
+ * give each count its own copy of an eight-row loop. */
+#if PSM_SMALL_CLASSES != 16
+#error "PSM_SMALL_CASES lists each count up to PSM_SMALL_CLASSES"
+#endif
+#define PSM_SMALL_CASES(call) \
+    call(1) call(2) call(3) call(4) call(5) call(6) call(7) call(8) \
+    call(9) call(10) call(11) call(12) call(13) call(14) call(15) call(16)
 
 /* Positions with plain labels and rows of at most this many classes are
  * finished eight at a time (plain_losses8 in row.h).  Thread CPU time, 1

@@ -20,8 +20,10 @@
  *   LANE_SUMS  1 to sum in the 8-float-lane order of rows_avx2.h (float), 0
  *              in the 4-double-lane order of rows_avx2_f64.h (double)
  *   SMALL_ROWS 1 where rows of at most PSM_SMALL_CLASSES are read eight at a
- *              time (rows_small_avx2.h, and rows_small_out_avx2.h for
- *              softmax's outputs: float on x86-64)
+ *              time by VEC(small_rows) and VEC(small_exps) (x86-64):
+ *              rows_small_avx2.h for float, rows_small_avx2_f64.h for double
+ *   SMALL_OUT_ROWS 1 where softmax and log-softmax write such rows eight at
+ *              a time too (rows_small_out_avx2.h: float on x86-64)
  *   ONLINE_ROWS 1 where the stable forward takes the one-pass sweep
  *              (rows_online_avx2.h and its twin: float, on every CPU)
  * and after internal.h (PSM_BLOCK, read_label) and the type's AVX2 loops.
@@ -37,9 +39,10 @@
  *     PSM_SMALL_CLASSES classes): one sweep, with no max sweep and no tie
  *     counting (rows_online_avx2.h, twin online_lanes below); confident,
  *     NaN and non-finite rows fall back to the blocks;
- *   - float rows of at most PSM_SMALL_CLASSES classes: eight rows at once,
- *     with the blocks' states bit for bit (rows_small_avx2.h), for the loss
- *     and for softmax and log-softmax (small_softmax_rows);
+ *   - rows of at most PSM_SMALL_CLASSES classes: eight rows at once, with
+ *     the blocks' states bit for bit (rows_small_avx2.h and its double
+ *     twin rows_small_avx2_f64.h), for the loss, and for float softmax and
+ *     log-softmax (small_softmax_rows);
  *   - a one-hot loss with its gradient (every method): the max, then each
  *     exp stored into the gradient while it is summed, then scaled in place
  *     (stored_exps, finish_loss_grad): one exp per logit.  Its loss comes
@@ -53,9 +56,9 @@
  * the finished sum).
  *
  * Each vector loop (rows_avx2.h, rows_avx2_f64.h, rows_online_avx2.h,
- * rows_small_avx2.h) has its portable twin here (same operations, same
- * order, emulated lanes, any stride), so every path, CPU and thread count
- * gives the same bits.
+ * rows_small_avx2.h, rows_small_avx2_f64.h) has its portable twin here
+ * (same operations, same order, emulated lanes, any stride), so every path,
+ * CPU and thread count gives the same bits.
  *
  * Precision.  Sums are kept in double (those of a call's losses compensated:
  * psm_sum).  naive and maxsub round the total (rest + ties) to REAL once,
@@ -517,16 +520,16 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
 
 /* Eight rows at once: row_pass(t = NULL) of rows x, x + classes, ...,
  * x + 7 classes, contiguous, classes <= PSM_SMALL_CLASSES, on the vector
- * path (rows_small_avx2.h), with the same states, bit for bit.  Returns 0
+ * path (VEC(small_rows)), with the same states, bit for bit.  Returns 0
  * where there is no such path: the caller passes the rows one by one. */
 static int FN(small_row_passes)(const REAL *x, int64_t classes, int track_max,
                                 int exact_rest, int fast, FN(row_state) st[8])
 {
 #if SMALL_ROWS
     if (fast && classes <= PSM_SMALL_CLASSES) {
-        float max[8];
+        REAL max[8];
         double rest[8], ties[8];
-        psm_small_rows_avx2(x, (int)classes, track_max, exact_rest, BIG, max, rest, ties);
+        VEC(small_rows)(x, (int)classes, track_max, exact_rest, BIG, max, rest, ties);
         for (int r = 0; r < 8; r++) {
             FN(row_state) one = {max[r], rest[r], ties[r], 0.0, 0.0, 0.0, 0};
             st[r] = one;
@@ -706,7 +709,7 @@ static void FN(softmax_row)(const REAL *x, int64_t classes, int64_t stride, int 
     }
 }
 
-#if SMALL_ROWS
+#if SMALL_OUT_ROWS
 /* Eight rows' softmax_row at once: rows x, x + classes, ..., x + 7 classes,
  * contiguous, classes <= PSM_SMALL_CLASSES, into y alike, on the vector
  * path (rows_small_avx2.h, rows_small_out_avx2.h: fast only), with the
@@ -783,7 +786,7 @@ static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, 
         y[j * stride] = (REAL)(((double)x[j * stride] - (double)st.max) - log_norm);
 }
 
-#if SMALL_ROWS
+#if SMALL_OUT_ROWS
 /* Eight rows' log_softmax_row at once, as small_softmax_rows: their
  * row_pass states (psm_small_rows_avx2, as small_row_passes) and log_norms
  * (as log_norms8, without the states' round trip through memory), then y
@@ -1035,16 +1038,16 @@ static void FN(stored_exps)(const REAL *x, int64_t classes, int64_t stride, int 
 
 /* Eight rows' stored_exps at once: rows x, x + classes, ..., x + 7 classes,
  * contiguous, classes <= PSM_SMALL_CLASSES, their exps stored to the rows
- * of grad alike, on the vector path (rows_small_avx2.h), with the same bits
+ * of grad alike, on the vector path (VEC(small_exps)), with the same bits
  * and states.  Returns 0 where there is no such path. */
 static int FN(small_stored_exps)(const REAL *x, int64_t classes, int method, int fast,
                                  REAL *grad, FN(row_state) st[8])
 {
 #if SMALL_ROWS
     if (fast && classes <= PSM_SMALL_CLASSES) {
-        float e[8 * PSM_SMALL_CLASSES], max[8];
+        REAL e[8 * PSM_SMALL_CLASSES], max[8];
         double sum[8], rest[8], ties[8];
-        psm_small_exps_avx2(x, (int)classes, method, BIG, e, max, sum, rest, ties);
+        VEC(small_exps)(x, (int)classes, method, BIG, e, max, sum, rest, ties);
         for (int r = 0; r < 8; r++) {
             for (int64_t j = 0; j < classes; j++)
                 grad[r * classes + j] = e[j * 8 + r];

@@ -158,15 +158,11 @@ static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_exps_n_avx2(const float *x, int
     _mm256_storeu_ps(max, m);
 }
 
-/* Each class count its own copy of the two functions above: with n a
- * constant the loops unroll, and which class each lane of each group adds
- * (psm_small_lane_class) is settled at compile time, not branched on per
- * lane.  On (65536, 10) the generic loops ran about 100 instructions a row,
- * most of them that bookkeeping. */
-_Static_assert(PSM_SMALL_CLASSES == 16, "PSM_SMALL_CASES lists each count up to it");
-#define PSM_SMALL_CASES(call) \
-    call(1) call(2) call(3) call(4) call(5) call(6) call(7) call(8) \
-    call(9) call(10) call(11) call(12) call(13) call(14) call(15) call(16)
+/* Each class count its own copy of the two functions above (PSM_SMALL_CASES):
+ * with n a constant the loops unroll, and which class each lane of each
+ * group adds (psm_small_lane_class) is settled at compile time, not branched
+ * on per lane.  On (65536, 10) the generic loops ran about 100 instructions
+ * a row, most of them that bookkeeping. */
 
 /* psm_small_rows_n_avx2 for n <= PSM_SMALL_CLASSES. */
 static PSM_AVX2 void psm_small_rows_avx2(const float *x, int n, int track_max,

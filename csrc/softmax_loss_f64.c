@@ -1,9 +1,9 @@
 /*
  * The double entry points: row.h and driver.h instantiated for double,
- * whose contiguous rows take the AVX2 loops of rows_avx2_f64.h where the CPU
- * has them, and whose exp is the kernel's own (exp_f64.h; the same bits on
- * every path, within 0.51 ULP).  The template's macros (see row.h) are
- * defined here, once.
+ * whose contiguous rows take the AVX2 loops of rows_avx2_f64.h (and, rows of
+ * few classes, rows_small_avx2_f64.h) where the CPU has them, and whose exp
+ * is the kernel's own (exp_f64.h; the same bits on every path, within 0.51
+ * ULP).  The template's macros (see row.h) are defined here, once.
  */
 #include <float.h>
 #include <math.h>
@@ -14,6 +14,7 @@
 #include "internal.h"
 #include "log1p_f64.h"
 #include "rows_avx2_f64.h"
+#include "rows_small_avx2_f64.h"
 
 #define REAL double
 #define FN(name) name##_f64
@@ -23,10 +24,13 @@
 #ifdef PSM_HAVE_AVX2
 #define VECTOR_ROWS 1
 #define VEC(name) psm_##name##_f64_avx2
+#define SMALL_ROWS 1
+#define SMALL_OUT_ROWS 0
 #else
 #define VECTOR_ROWS 0
-#endif
 #define SMALL_ROWS 0
+#define SMALL_OUT_ROWS 0
+#endif
 #define LANE_SUMS 0
 #define ONLINE_ROWS 0
 

@@ -446,34 +446,48 @@ def test_the_cheap_path_leaves_every_error_to_the_general_path():
 def _loss_bits(x, y, **options):
     """The per-row losses' bits, and with the gradient its bits after them."""
     got = pysafemax.softmax_loss(x, y, reduction="none", **options)
+    bits = np.dtype(f"u{x.dtype.itemsize}")
     if options.get("return_grad"):
-        return np.concatenate([got[0].view(np.uint32), got[1].reshape(-1).view(np.uint32)])
-    return got.view(np.uint32)
+        return np.concatenate([got[0].view(bits), got[1].reshape(-1).view(bits)])
+    return got.view(bits)
+
+
+# Per dtype: the rows' scales, and special values: huge, near exp's
+# overflow and underflow, subnormal (float64), signed zeros, inf, NaN.
+FEW_CLASSES_DATA = {
+    np.float32: ([1.0, 30.0, 100.0],
+                 [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e30, -1e30, 88.0, -104.0]),
+    np.float64: ([1.0, 30.0, 100.0, 1000.0],
+                 [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e300, -1e300, 709.5, -745.0, 5e-324,
+                  -2.5e-320]),
+}
 
 
 @needs_simd
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("classes", [*range(1, 18), 33, 100, 256, 257])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(classes,
-                                                                           method):
+                                                                           method, dtype):
     """Rows of up to 16 classes take an eight-row vector loop, and plain
     labels on rows of up to 256 are finished eight at a time: each row's
     loss and gradient are the ones it has alone (one row per call), and the
-    twin's."""
+    twin's, with one thread or two."""
+    scales, specials = FEW_CLASSES_DATA[dtype]
     rng = np.random.default_rng(classes)
     rows = 8 * 3 + 5   # three batches of eight and a remainder
-    x = (rng.standard_normal((rows, classes)) * rng.choice([1.0, 30.0, 100.0], (rows, 1)))
-    x = x.astype(np.float32)
-    specials = [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e30, -1e30, 88.0, -104.0]
+    x = (rng.standard_normal((rows, classes)) * rng.choice(scales, (rows, 1)))
+    x = x.astype(dtype)
     flat = x.reshape(-1)
-    flat[rng.integers(0, flat.size, 9)] = specials
+    flat[rng.integers(0, flat.size, len(specials))] = specials
     x[3] = x[3, 0]   # a row of ties
     y = rng.integers(0, classes, rows)
     for options in ({}, {"label_smoothing": 0.1}, {"ignore_index": 0},
-                    {"weight": rng.uniform(0, 2, classes)}):
+                    {"weight": rng.uniform(0, 2, classes)}, {"z_loss": 1e-3}):
         for grad in (False, True):
             options["return_grad"] = grad
             got = _loss_bits(x, y, method=method, **options)
+            two_threads = _loss_bits(x, y, method=method, threads=2, **options)
             with _bindings.portable_code():
                 twin = _loss_bits(x, y, method=method, **options)
             alone = [_loss_bits(x[i:i + 1], y[i:i + 1], method=method, **options)
@@ -481,6 +495,7 @@ def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(cla
             if grad:   # the losses, then the gradient rows
                 alone = [a[:1] for a in alone] + [a[1:] for a in alone]
             np.testing.assert_array_equal(got, twin, err_msg=str(options))
+            np.testing.assert_array_equal(got, two_threads, err_msg=str(options))
             np.testing.assert_array_equal(got, np.concatenate(alone), err_msg=str(options))
 
 
@@ -584,13 +599,14 @@ def test_vector_and_portable_log1p_agree_bit_for_bit():
         np.testing.assert_array_equal(vector[-7:-2], np.log1p(s[-7:-2]))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 @pytest.mark.parametrize("bad", [10, -1, 2**40])
 @pytest.mark.parametrize("where", [0, 7, 8, 13, 28])
-def test_a_bad_label_in_a_batch_of_eight_rows_is_named(method, bad, where):
+def test_a_bad_label_in_a_batch_of_eight_rows_is_named(method, bad, where, dtype):
     # rows of 10 classes are read eight at a time; a bad label anywhere in a
     # batch must still stop the call at its own position
-    x = np.zeros((29, 10), np.float32)
+    x = np.zeros((29, 10), dtype)
     y = np.arange(29) % 10
     y[where] = bad
     for grad in (False, True):
@@ -598,16 +614,17 @@ def test_a_bad_label_in_a_batch_of_eight_rows_is_named(method, bad, where):
             pysafemax.softmax_loss(x, y, method=method, return_grad=grad)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 @pytest.mark.parametrize("classes", [1, 4, 10, 16, 17, 1000])
-def test_a_nan_loss_reduces_to_positive_nan(method, classes):
+def test_a_nan_loss_reduces_to_positive_nan(method, classes, dtype):
     # Which of two NaNs a sum keeps depends on the operand order a compiler
     # picks; the kernel writes every NaN total as +NaN, on every path
     # NaNs made by the arithmetic, not read: inf - inf and inf / inf give
     # the x86 default NaN, whose sign bit is set
-    x = np.zeros((24, classes), np.float32)
+    x = np.zeros((24, classes), dtype)
     x[5, :] = np.inf
-    x[9, :] = 100.0    # naive: exp overflows, inf / inf
+    x[9, :] = 1000.0    # naive: exp overflows (float32 and float64), inf / inf
     y = np.zeros(24, np.int64)
     positive_nan = np.float64(np.nan).view(np.uint64)
     for reduction in ("mean", "sum"):
