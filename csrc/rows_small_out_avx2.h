@@ -16,28 +16,9 @@
 #include <string.h>
 
 #include "internal.h"   /* PSM_SMALL_CLASSES */
+#include "rows_small_avx2.h"   /* psm_transpose8_avx2 */
 
 #ifdef PSM_HAVE_AVX2
-
-/* t[k] lane j = c[j] lane k, in place: columns to rows, and back. */
-static inline PSM_AVX2 void psm_transpose8_avx2(__m256 t[8])
-{
-    __m256 a[8], b[8];
-    for (int k = 0; k < 8; k += 2) {
-        a[k] = _mm256_unpacklo_ps(t[k], t[k + 1]);
-        a[k + 1] = _mm256_unpackhi_ps(t[k], t[k + 1]);
-    }
-    for (int k = 0; k < 8; k += 4) {
-        b[k] = _mm256_shuffle_ps(a[k], a[k + 2], 0x44);
-        b[k + 1] = _mm256_shuffle_ps(a[k], a[k + 2], 0xEE);
-        b[k + 2] = _mm256_shuffle_ps(a[k + 1], a[k + 3], 0x44);
-        b[k + 3] = _mm256_shuffle_ps(a[k + 1], a[k + 3], 0xEE);
-    }
-    for (int k = 0; k < 4; k++) {
-        t[k] = _mm256_permute2f128_ps(b[k], b[k + 4], 0x20);
-        t[k + 4] = _mm256_permute2f128_ps(b[k], b[k + 4], 0x31);
-    }
-}
 
 /* 8 rows of n <= PSM_SMALL_CLASSES floats, row r at y + r n, from their
  * columns: y[r n + j] = col[j] lane r. */
