@@ -308,7 +308,7 @@ static void FN(softmax_chunk)(const void *job_, int64_t chunk)
     int64_t classes = c->classes, inner = c->inner, first, last;
     FN(chunk_span)(c, chunk, &first, &last);
     int64_t pos = first;
-#if SMALL_OUT_ROWS
+#if SMALL_ROWS
     /* rows of a few classes: eight at once, the chunk's last
      * (last - first) % 8 one by one below */
     for (; c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES && pos + 8 <= last;

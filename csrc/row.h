@@ -709,22 +709,22 @@ static void FN(softmax_row)(const REAL *x, int64_t classes, int64_t stride, int 
     }
 }
 
-#if SMALL_OUT_ROWS
+#if SMALL_ROWS
 /* Eight rows' softmax_row at once: rows x, x + classes, ..., x + 7 classes,
  * contiguous, classes <= PSM_SMALL_CLASSES, into y alike, on the vector
- * path (rows_small_avx2.h, rows_small_out_avx2.h: fast only), with the
- * same bits: the same max, exps and sums, each row's factor rounded as
- * softmax_row rounds it, each y_j as scale_row rounds it. */
+ * path (VEC(small_exps); for float rows_small_out_avx2.h writes y: fast
+ * only), with the same bits: the same max, exps and sums, each row's factor
+ * rounded as softmax_row rounds it, each y_j as scale_row rounds it. */
 static void FN(small_softmax_rows)(const REAL *x, int64_t classes, int method, REAL *y)
 {
-    float e[8 * PSM_SMALL_CLASSES], max[8], by[8];
+    REAL e[8 * PSM_SMALL_CLASSES], max[8], by[8];
     double sum[8], rest[8], ties[8];
     int stable = method == PSM_STABLE;
     /* stable shifts by the max as maxsub does wherever it has a softmax (a
      * finite max); asked as stable, the batch would also sum the exps
      * without the max's own terms, which only the loss needs */
-    psm_small_exps_avx2(x, (int)classes, stable ? PSM_MAXSUB : method, BIG, e, max, sum,
-                        rest, ties);
+    VEC(small_exps)(x, (int)classes, stable ? PSM_MAXSUB : method, BIG, e, max, sum, rest,
+                    ties);
     unsigned no_softmax = 0;
     for (int r = 0; r < 8; r++) {
         if (stable) {
@@ -735,7 +735,15 @@ static void FN(small_softmax_rows)(const REAL *x, int64_t classes, int method, R
             by[r] = FN(float_total)(&st, method);
         }
     }
+#if SMALL_OUT_ROWS
     psm_small_softmax_avx2(e, (int)classes, !stable, by, y);
+#else
+    /* scale_row's arithmetic, its factors of 1 left out (they change no
+     * bit of a product) */
+    for (int r = 0; r < 8; r++)
+        for (int64_t j = 0; j < classes; j++)
+            y[r * classes + j] = stable ? e[j * 8 + r] * by[r] : e[j * 8 + r] / by[r];
+#endif
     for (int r = 0; no_softmax && r < 8; r++)   /* see softmax_row */
         if (no_softmax >> r & 1)
             for (int64_t j = 0; j < classes; j++)
@@ -786,23 +794,30 @@ static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, 
         y[j * stride] = (REAL)(((double)x[j * stride] - (double)st.max) - log_norm);
 }
 
-#if SMALL_OUT_ROWS
+#if SMALL_ROWS
 /* Eight rows' log_softmax_row at once, as small_softmax_rows: their
- * row_pass states (psm_small_rows_avx2, as small_row_passes) and log_norms
- * (as log_norms8, without the states' round trip through memory), then y
+ * row_pass states (VEC(small_rows), as small_row_passes) and log_norms (as
+ * log_norms8, without the states' round trip through memory), then y
  * written row by row with log_softmax_row's arithmetic. */
 static void FN(small_log_softmax_rows)(const REAL *x, int64_t classes, REAL *y)
 {
-    float max[8];
+    REAL max[8];
     double rest[8], ties[8], log_norm[8];
-    psm_small_rows_avx2(x, (int)classes, 1, 1, BIG, max, rest, ties);
+    VEC(small_rows)(x, (int)classes, 1, 1, BIG, max, rest, ties);
     for (int r = 0; r < 8; r++) {
         FN(row_state) st = {max[r], rest[r], ties[r], 0.0, 0.0, 0.0, 0};
         log_norm[r] = FN(stable_rest)(&st);
     }
     psm_log1p4_avx2(log_norm);
     psm_log1p4_avx2(log_norm + 4);
+#if SMALL_OUT_ROWS
     psm_small_log_softmax_avx2(x, (int)classes, max, log_norm, y);
+#else
+    for (int r = 0; r < 8; r++)
+        for (int64_t j = 0; j < classes; j++)
+            y[r * classes + j] = (REAL)(((double)x[r * classes + j] - (double)max[r]) -
+                                        log_norm[r]);
+#endif
 }
 #endif
 
@@ -816,9 +831,6 @@ static REAL FN(clamped_nll)(REAL shift, REAL total, REAL x)
     return (REAL)0 - LOG(p < tiny ? tiny : p);
 }
 
-/* One position's loss, given its log_norm (stable; unused otherwise); x_y
- * is the label's logit (one-hot targets), and x the logits, which only
- * naive and maxsub with other targets read. */
 /* The loss of a one-hot position: x_y its label's logit, label_part its
  * share (1 - smoothing, times the label's weight). */
 static double FN(one_hot_loss)(const FN(row_state) *st, double log_norm, REAL x_y,
@@ -840,6 +852,9 @@ static double FN(one_hot_loss)(const FN(row_state) *st, double log_norm, REAL x_
     return label_part * (double)FN(clamped_nll)(st->max, FN(float_total)(st, method), x_y);
 }
 
+/* One position's loss, given its log_norm (stable; unused otherwise); x_y
+ * is the label's logit (one-hot targets), and x the logits, which only
+ * naive and maxsub with other targets read. */
 static double FN(position_loss_given)(const FN(row_state) *st, double log_norm, REAL x_y,
                                       const REAL *x, int64_t classes, int64_t stride,
                                       const FN(target) *t, int method)

@@ -499,12 +499,12 @@ def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(cla
             np.testing.assert_array_equal(got, np.concatenate(alone), err_msg=str(options))
 
 
-def _few_class_rows(rng, classes, rows):
+def _few_class_rows(rng, classes, rows, dtype=np.float32):
     """Rows of random scale, among them one of each special kind, placed in
     random rows so that each kind lands in another lane of the eight-row
     batches (and in the remainder) from seed to seed."""
     x = rng.standard_normal((rows, classes)) * rng.choice([1.0, 30.0, 100.0], (rows, 1))
-    x = x.astype(np.float32)
+    x = x.astype(dtype)
     last = classes - 1
     kinds = [{0: np.inf}, {last: -np.inf}, {classes // 2: np.nan},
              {j: -np.inf for j in range(classes)},                  # no finite logit
@@ -517,6 +517,9 @@ def _few_class_rows(rng, classes, rows):
              {j: -1.0 - j for j in range(classes)} | {0: 0.0, last: -0.0},   # max +0.0
              {last: 90.0},                                          # naive overflows
              {0: -np.inf, last: 88.0}]
+    if dtype == np.float64:   # the same kinds at double's range
+        kinds += [{0: 1e300, last: -1e300}, {0: 5e-324, last: -2.5e-320},
+                  {last: 710.0}, {0: -np.inf, last: 709.0}]
     shuffled = [kinds[k] for k in rng.permutation(len(kinds))]
     for row, kind in zip(rng.permutation(rows), shuffled):
         for j, v in kind.items():
@@ -525,10 +528,11 @@ def _few_class_rows(rng, classes, rows):
 
 
 @needs_simd
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("classes", range(1, 18))
 @pytest.mark.parametrize("method", pysafemax.METHODS + ("log_softmax",))
 def test_softmax_of_rows_of_few_classes_read_eight_at_a_time_gives_each_row_its_own_bits(
-        classes, method):
+        classes, method, dtype):
     """Rows of up to 16 classes: softmax and log_softmax take eight rows at
     once; each row gets the bits it has alone (one row per call, the
     per-row path) and the twin's, wherever the batch puts it."""
@@ -538,15 +542,16 @@ def test_softmax_of_rows_of_few_classes_read_eight_at_a_time_gives_each_row_its_
         return pysafemax.softmax(x, method=method)
 
     rng = np.random.default_rng(classes)
+    bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
     for rows in (8, 8 * 4 + 5):   # one batch; four and a remainder
         for _ in range(3):
-            x = _few_class_rows(rng, classes, rows)
-            got = result(x).view(np.uint32)
+            x = _few_class_rows(rng, classes, rows, dtype)
+            got = result(x).view(bits)
             with _bindings.portable_code():
-                twin = result(x).view(np.uint32)
+                twin = result(x).view(bits)
             alone = np.concatenate([result(x[i:i + 1]) for i in range(rows)])
             np.testing.assert_array_equal(got, twin)
-            np.testing.assert_array_equal(got, alone.view(np.uint32))
+            np.testing.assert_array_equal(got, alone.view(bits))
 
 
 @pytest.mark.parametrize("classes", [1, 7, 10, 16, 17])
