@@ -1147,6 +1147,12 @@ static void FN(plain_losses8)(const REAL *x, int64_t classes, const int64_t y[8]
                               int method, double scale, int fast, REAL *grad,
                               double loss[8])
 {
+#if SMALL_OUT_ROWS
+    if (!grad && method == PSM_STABLE && fast && classes <= PSM_SMALL_CLASSES) {
+        psm_small_stable_losses_avx2(x, (int)classes, y, loss);
+        return;
+    }
+#endif
     FN(row_state) st[8];
     double log_norm[8] = {0};
     REAL x_y[8];
