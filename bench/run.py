@@ -14,6 +14,9 @@ reduction "mean":
   pysafemax softmax / log_softmax     softmax(x, threads=n) (stable) and
                                       log_softmax(x, threads=n): an N x C
                                       result allocated per call
+  pysafemax softmax / log_softmax out=
+                                      the same into a preallocated N x C
+                                      array (out=)
   numpy naive / maxsub / stable       pysafemax.reference.softmax_loss; numpy
                                       runs on one thread, so these rows are
                                       timed once, in the first thread group
@@ -21,6 +24,8 @@ reduction "mean":
   torch forward+backward              the same, then torch.autograd.grad of
                                       the loss with respect to x
   torch softmax / log_softmax         torch.softmax(x, 1), torch.log_softmax(x, 1)
+  torch softmax / log_softmax out=    the same with out= the rows' preallocated
+                                      array
   read probe                          psm_read_probe_f32: a SIMD sum over
                                       the same bytes with the same threads
   exp+sum probe                       psm_exp_sum_probe_f32: the kernel's own
@@ -54,9 +59,9 @@ against torch forward+backward, softmax and log_softmax against torch's
 own) and against the probes (probe time / row time): the read probe (the
 share of the read bandwidth reached), the exp+sum probe (every row but that
 probe), the exp+store probe (every row that writes N x C floats), the copy
-probe (the rows that write into a given buffer: +grad) and the fresh copy
-probe (the rows that return a new N x C array: softmax, log_softmax and
-their torch peers).
+probe (the rows that write into a given buffer: +grad and out=) and the
+fresh copy probe (the rows that return a new N x C array: softmax,
+log_softmax and their torch peers).
 
 Timing: arrays are made and written before timing; every row is called once
 untimed, then calibrated to loop k calls per measurement (at least the
@@ -99,18 +104,28 @@ PROBES = (PROBE, EXP_PROBE, EXP_STORE_PROBE, COPY_PROBE, FRESH_PROBE)
 GRAD_ROW = "pysafemax stable+grad"
 SOFTMAX_ROW = "pysafemax softmax"
 LOG_SOFTMAX_ROW = "pysafemax log_softmax"
+SOFTMAX_OUT_ROW = "pysafemax softmax out="
+LOG_SOFTMAX_OUT_ROW = "pysafemax log_softmax out="
 TORCH_SOFTMAX = "torch softmax"
 TORCH_LOG_SOFTMAX = "torch log_softmax"
-ROW_NAMES = ([f"pysafemax {m}" for m in METHODS] + [GRAD_ROW, SOFTMAX_ROW, LOG_SOFTMAX_ROW]
+TORCH_SOFTMAX_OUT = "torch softmax out="
+TORCH_LOG_SOFTMAX_OUT = "torch log_softmax out="
+ROW_NAMES = ([f"pysafemax {m}" for m in METHODS]
+             + [GRAD_ROW, SOFTMAX_ROW, LOG_SOFTMAX_ROW, SOFTMAX_OUT_ROW, LOG_SOFTMAX_OUT_ROW]
              + [f"numpy {m}" for m in METHODS]
-             + [TORCH_FORWARD, TORCH_BACKWARD, TORCH_SOFTMAX, TORCH_LOG_SOFTMAX] + list(PROBES))
+             + [TORCH_FORWARD, TORCH_BACKWARD, TORCH_SOFTMAX, TORCH_LOG_SOFTMAX,
+                TORCH_SOFTMAX_OUT, TORCH_LOG_SOFTMAX_OUT] + list(PROBES))
 # The torch row each row's "vs torch" compares with (else torch forward).
 TORCH_BASELINE = {GRAD_ROW: TORCH_BACKWARD, TORCH_BACKWARD: TORCH_BACKWARD,
                   SOFTMAX_ROW: TORCH_SOFTMAX, TORCH_SOFTMAX: TORCH_SOFTMAX,
-                  LOG_SOFTMAX_ROW: TORCH_LOG_SOFTMAX, TORCH_LOG_SOFTMAX: TORCH_LOG_SOFTMAX}
+                  LOG_SOFTMAX_ROW: TORCH_LOG_SOFTMAX, TORCH_LOG_SOFTMAX: TORCH_LOG_SOFTMAX,
+                  SOFTMAX_OUT_ROW: TORCH_SOFTMAX_OUT, TORCH_SOFTMAX_OUT: TORCH_SOFTMAX_OUT,
+                  LOG_SOFTMAX_OUT_ROW: TORCH_LOG_SOFTMAX_OUT,
+                  TORCH_LOG_SOFTMAX_OUT: TORCH_LOG_SOFTMAX_OUT}
 # The rows that write N x C floats into a given buffer, compared with the
 # copy probe, and those that return a new N x C array, with the fresh one.
-WRITE_ROWS = {GRAD_ROW, TORCH_BACKWARD}
+WRITE_ROWS = {GRAD_ROW, TORCH_BACKWARD, SOFTMAX_OUT_ROW, LOG_SOFTMAX_OUT_ROW,
+              TORCH_SOFTMAX_OUT, TORCH_LOG_SOFTMAX_OUT}
 FRESH_ROWS = {SOFTMAX_ROW, LOG_SOFTMAX_ROW, TORCH_SOFTMAX, TORCH_LOG_SOFTMAX}
 
 
@@ -240,6 +255,10 @@ def make_rows(shape, thread_counts, torch, rng, dtype=np.float32):
     y = rng.integers(0, c, n, dtype=np.int64)
     grad = np.empty_like(x)
     grad.fill(0.0)                   # touch: np.zeros would map pages lazily
+    # the out= rows' array, shared: each row's result is read right after
+    # its untimed call (calibrate)
+    probs = np.empty_like(x)
+    probs.fill(0.0)
     loss = pysafemax.softmax_loss
     picked = np.arange(n)
 
@@ -260,6 +279,11 @@ def make_rows(shape, thread_counts, torch, rng, dtype=np.float32):
         rows.append(Row(SOFTMAX_ROW, t, lambda t=t: pysafemax.softmax(x, threads=t),
                         mean_nll))
         rows.append(Row(LOG_SOFTMAX_ROW, t, lambda t=t: pysafemax.log_softmax(x, threads=t),
+                        lambda r: mean_nll(r, log=True)))
+        rows.append(Row(SOFTMAX_OUT_ROW, t,
+                        lambda t=t: pysafemax.softmax(x, threads=t, out=probs), mean_nll))
+        rows.append(Row(LOG_SOFTMAX_OUT_ROW, t,
+                        lambda t=t: pysafemax.log_softmax(x, threads=t, out=probs),
                         lambda r: mean_nll(r, log=True)))
         # The probes are timed before the torch rows: torch's OpenMP workers
         # slow a multithreaded call that follows them for longer than the
@@ -302,6 +326,13 @@ def make_rows(shape, thread_counts, torch, rng, dtype=np.float32):
             rows.append(Row(TORCH_SOFTMAX, t, lambda xt=xt: torch.softmax(xt, 1),
                             lambda r: mean_nll(r.numpy()), torch_threads=t))
             rows.append(Row(TORCH_LOG_SOFTMAX, t, lambda xt=xt: torch.log_softmax(xt, 1),
+                            lambda r: mean_nll(r.numpy(), log=True), torch_threads=t))
+            pt = torch.from_numpy(probs)
+            rows.append(Row(TORCH_SOFTMAX_OUT, t,
+                            lambda xt=xt, pt=pt: torch.softmax(xt, 1, out=pt),
+                            lambda r: mean_nll(r.numpy()), torch_threads=t))
+            rows.append(Row(TORCH_LOG_SOFTMAX_OUT, t,
+                            lambda xt=xt, pt=pt: torch.log_softmax(xt, 1, out=pt),
                             lambda r: mean_nll(r.numpy(), log=True), torch_threads=t))
     return x, y, grad, rows
 
@@ -484,9 +515,9 @@ def print_table(shape, records, seconds, itemsize=4):
     print(f"== ({n}, {c}): {elements:,} elements, {elements * itemsize / 1e6:.3g} MB of logits"
           f"{'; reported per call' if latency else ''}  [{seconds:.0f} s]")
     if latency:
-        print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'min-max':>11}{'vs torch':>10}")
+        print(f"{'threads':>7}  {'row':<28}{'per call':>12}{'min-max':>11}{'vs torch':>10}")
     else:
-        print(f"{'threads':>7}  {'row':<24}{'per call':>12}{'min-max':>11}{'G elem/s':>10}"
+        print(f"{'threads':>7}  {'row':<28}{'per call':>12}{'min-max':>11}{'G elem/s':>10}"
               f"{'GB/s':>8}{'vs torch':>10}{'vs probe':>10}{'vs exp':>8}{'vs store':>10}"
               f"{'vs copy':>9}")
     previous = None
@@ -497,7 +528,7 @@ def print_table(shape, records, seconds, itemsize=4):
         ratio = "-" if rec["ratio_to_torch"] is None else f"{rec['ratio_to_torch']:.2f}x"
         spread_text = (f"{rec['seconds_min'] / rec['seconds']:.2f}-"
                        f"{rec['seconds_max'] / rec['seconds']:.2f}")
-        line = (f"{rec['threads']:>7}  {rec['row']:<24}{format_time(rec['seconds']):>12}"
+        line = (f"{rec['threads']:>7}  {rec['row']:<28}{format_time(rec['seconds']):>12}"
                 f"{spread_text:>11}")
         if latency:
             print(f"{line}{ratio:>10}")

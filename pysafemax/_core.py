@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Iterator, Literal, Optional, Tuple, Union, overload
+from typing import Any, Callable, Iterator, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -366,16 +366,11 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
         if count is None:
             count = _env_threads if _num_threads is None else _num_threads
         flags, label_flags = logits.flags, labels.flags
-        if out is not None:
-            out_flags = out.flags
-            plain_out = (out.dtype is logits.dtype and out.shape == logits.shape
-                         and out_flags.c_contiguous and out_flags.aligned
-                         and out_flags.writeable and not np.may_share_memory(out, logits)
-                         and not np.may_share_memory(out, labels))
         if (classes and len(labels) == rows and type(count) is int and count >= 1
                 and flags.c_contiguous and flags.aligned
                 and label_flags.c_contiguous and label_flags.aligned
-                and (out is None or plain_out)):
+                and (out is None or (_plain_out(out, logits)
+                                     and not np.may_share_memory(out, labels)))):
             opts: Optional[_bindings.Options]
             try:
                 opts = _plain_options[method, reduction, count]
@@ -675,8 +670,41 @@ def _compare(what: str, got: Any, expected: Any, tol: float, method: str, width:
         f"{int(position_bad.sum())} position(s) disagree")
 
 
+def _plain_out(out: Any, logits: NDArray[Any]) -> bool:
+    """Whether the kernel may write a result shaped like `logits` straight
+    into `out`, checked cheaply (the common call's fast paths run it): an
+    array of their dtype and shape, C-contiguous, aligned and writeable,
+    that shares no memory with them."""
+    if type(out) is not np.ndarray or out.dtype is not logits.dtype:
+        return False
+    flags = out.flags
+    return (out.shape == logits.shape and flags.c_contiguous and flags.aligned
+            and flags.writeable and not np.may_share_memory(out, logits))
+
+
+def _rows_into(x: _validation.Logits, out: Optional[FloatArray],
+               fill: Callable[[NDArray[Any]], None]) -> FloatArray:
+    """A result shaped like the logits x, which fill(into) writes into
+    `into` (x.array's dtype and shape, C-contiguous): a new array in the
+    logits' dtype for out None, else `out`, checked, written in place when
+    the kernel can, else through a temporary (another dtype or layout, or
+    memory the kernel still reads: ``out=logits``)."""
+    if out is not None:
+        out = _validation.probabilities_out(out, x)
+        if _plain_out(out, x.array):
+            fill(out)
+            return out
+    into = np.empty_like(x.array)
+    fill(into)
+    if out is None:
+        return x.in_result_dtype(into)
+    out[...] = x.in_result_dtype(into)
+    return out
+
+
 def softmax(logits: ArrayLike, *, axis: Integer = 1, method: str = "stable",
-            threads: Optional[Integer] = None) -> FloatArray:
+            threads: Optional[Integer] = None,
+            out: Optional[FloatArray] = None) -> FloatArray:
     """Softmax probabilities of `logits` along the class axis, by method.
 
     Parameters
@@ -694,19 +722,27 @@ def softmax(logits: ArrayLike, *, axis: Integer = 1, method: str = "stable",
     threads : int, optional
         How many threads (None: get_num_threads()); small inputs use one,
         and every count gives the same bits.
+    out : ndarray, optional
+        A writeable array of the logits' shape and dtype to write the
+        probabilities into (and return), so that repeated calls need not
+        allocate.  Written in place when C-contiguous and apart from the
+        logits; otherwise (another layout, or ``out=logits``) through a
+        temporary, with the same result.
 
     Returns
     -------
     ndarray
-        The probabilities, in the logits' shape and dtype.
+        The probabilities, in the logits' shape and dtype (`out` itself
+        when given).
 
     Raises
     ------
     TypeError
-        If the logits are not float16/32/64 (or a masked array), or `method`
-        is not a str.
+        If the logits are not float16/32/64 (or a masked array), `method`
+        is not a str, or `out` is not an array of the logits' dtype.
     ValueError
-        For an unknown method, an axis out of range, or no classes.
+        For an unknown method, an axis out of range, no classes, or an
+        `out` of another shape or read-only.
 
     Examples
     --------
@@ -728,20 +764,22 @@ def softmax(logits: ArrayLike, *, axis: Integer = 1, method: str = "stable",
             count = _env_threads if _num_threads is None else _num_threads
         flags = logits.flags
         if (classes and type(count) is int and count >= 1
-                and flags.c_contiguous and flags.aligned):
-            out = np.empty((rows, classes), logits.dtype)
+                and flags.c_contiguous and flags.aligned
+                and (out is None or _plain_out(out, logits))):
+            if out is None:
+                out = np.empty((rows, classes), logits.dtype)
             _bindings.softmax(logits, rows, classes, 1, method, count, out)
             return out
     x = _validation.logits_array(logits, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
-    out = np.empty_like(x.array)
-    _bindings.softmax(x.array, x.outer, x.classes, x.inner, method, threads, out)
-    return x.in_result_dtype(out)
+    return _rows_into(x, out, lambda into: _bindings.softmax(
+        x.array, x.outer, x.classes, x.inner, method, threads, into))
 
 
 def log_softmax(logits: ArrayLike, *, axis: Integer = 1,
-                threads: Optional[Integer] = None) -> FloatArray:
+                threads: Optional[Integer] = None,
+                out: Optional[FloatArray] = None) -> FloatArray:
     """Log-softmax of `logits` along the class axis, in the log domain (exact).
 
     Parameters
@@ -753,19 +791,25 @@ def log_softmax(logits: ArrayLike, *, axis: Integer = 1,
     threads : int, optional
         How many threads (None: get_num_threads()); small inputs use one,
         and every count gives the same bits.
+    out : ndarray, optional
+        As in softmax: an array of the logits' shape and dtype to write
+        into (and return).
 
     Returns
     -------
     ndarray
         ``x - max - log(sum(exp(x - max)))`` per position, in the logits'
-        shape and dtype: finite where softmax's probability underflows to 0.
+        shape and dtype: finite where softmax's probability underflows to 0
+        (`out` itself when given).
 
     Raises
     ------
     TypeError
-        If the logits are not float16/32/64 (or a masked array).
+        If the logits are not float16/32/64 (or a masked array), or `out`
+        is not an array of the logits' dtype.
     ValueError
-        For an axis out of range, or no classes.
+        For an axis out of range, no classes, or an `out` of another shape
+        or read-only.
 
     Examples
     --------
@@ -783,15 +827,16 @@ def log_softmax(logits: ArrayLike, *, axis: Integer = 1,
             count = _env_threads if _num_threads is None else _num_threads
         flags = logits.flags
         if (classes and type(count) is int and count >= 1
-                and flags.c_contiguous and flags.aligned):
-            out = np.empty((rows, classes), logits.dtype)
+                and flags.c_contiguous and flags.aligned
+                and (out is None or _plain_out(out, logits))):
+            if out is None:
+                out = np.empty((rows, classes), logits.dtype)
             _bindings.log_softmax(logits, rows, classes, 1, count, out)
             return out
     x = _validation.logits_array(logits, axis)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)
-    out = np.empty_like(x.array)
-    _bindings.log_softmax(x.array, x.outer, x.classes, x.inner, threads, out)
-    return x.in_result_dtype(out)
+    return _rows_into(x, out, lambda into: _bindings.log_softmax(
+        x.array, x.outer, x.classes, x.inner, threads, into))
 
 
 def logsumexp(a: ArrayLike, axis: Optional[Integer] = -1, keepdims: bool = False, *,

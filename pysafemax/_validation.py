@@ -421,13 +421,10 @@ def same_array(a: Any, b: NDArray[Any]) -> bool:
             and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
-def gradient_out(out: Any, logits: Logits, return_grad: bool,
-                 inputs: Sequence[Tuple[str, Any]]) -> NDArray[Any]:
-    """Check `out`, the caller's buffer for the gradient, against the logits
-    and every input array ((name, array) pairs: each as given, and as
-    converted): the kernel writes the gradient while it still reads them."""
-    if not return_grad:
-        raise ValueError("out receives the gradient: pass return_grad=True with it")
+def logits_shaped_out(out: Any, logits: Logits) -> NDArray[Any]:
+    """Check `out`, a caller's array for a result shaped like the logits: a
+    numpy array of the logits' shape and (result) dtype.  Its layout and
+    overlap are the caller's to check or work around."""
     if type(out) is not np.ndarray:
         no_mask(out, "out")
         if not isinstance(out, np.ndarray):
@@ -438,6 +435,28 @@ def gradient_out(out: Any, logits: Logits, return_grad: bool,
     if out.shape != logits.array.shape:
         raise ValueError(f"out must have the logits' shape {logits.array.shape}, "
                          f"got {out.shape}")
+    return out
+
+
+def probabilities_out(out: Any, logits: Logits) -> NDArray[Any]:
+    """Check `out` for softmax or log_softmax: logits_shaped_out, and
+    writeable.  Any layout, and overlap with the logits, is allowed: the
+    caller writes through a buffer where the kernel cannot write in place,
+    as numpy's ufuncs do."""
+    out = logits_shaped_out(out, logits)
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    return out
+
+
+def gradient_out(out: Any, logits: Logits, return_grad: bool,
+                 inputs: Sequence[Tuple[str, Any]]) -> NDArray[Any]:
+    """Check `out`, the caller's buffer for the gradient, against the logits
+    and every input array ((name, array) pairs: each as given, and as
+    converted): the kernel writes the gradient while it still reads them."""
+    if not return_grad:
+        raise ValueError("out receives the gradient: pass return_grad=True with it")
+    out = logits_shaped_out(out, logits)
     flags = out.flags
     if not (flags.c_contiguous and flags.aligned and flags.writeable):
         raise ValueError("out must be C-contiguous, aligned and writeable")

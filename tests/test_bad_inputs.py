@@ -566,6 +566,22 @@ for _id, _value, _kwargs, _exc, _match in (
          r"^out is a masked array; pysafemax does not read masks")):
     TABLE += _row(f"out-{_id}", "softmax_loss", (X, Y), {"out": _value, **_kwargs},
                   _exc, _match, "out", modules=("kernel",))
+# softmax's and log_softmax's out: any layout, and any overlap with the
+# logits, is written through a temporary (tests/test_softmax_out.py).
+for _id, _value, _exc, _match in (
+        ("list", [[0.0] * C] * N, TypeError, r"^out must be a numpy array, got list$"),
+        ("float64", np.empty((N, C)), TypeError,
+         r"^out must have the logits' dtype float32, got float64$"),
+        ("shape", np.empty((C, N), np.float32), ValueError,
+         rf"^out must have the logits' shape {_shape((N, C))}, got {_shape((C, N))}$"),
+        ("positions-only", np.empty(N, np.float32), ValueError,
+         rf"^out must have the logits' shape {_shape((N, C))}, got {_shape((N,))}$"),
+        ("read-only", _READ_ONLY, ValueError, r"^out must be writeable$"),
+        ("masked", np.ma.masked_array(np.empty((N, C), np.float32)), TypeError,
+         r"^out is a masked array; pysafemax does not read masks")):
+    for _function in ("softmax", "log_softmax"):
+        TABLE += _row(f"out-{_id}", _function, (X,), {"out": _value}, _exc, _match, "out",
+                      modules=("kernel",))
 # out=logits itself is the gradient written over the logits
 # (tests/test_inplace.py); any other overlap with them is refused.
 _LOGITS_BUFFER = np.zeros(N * C + 1, np.float32)

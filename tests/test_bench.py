@@ -14,22 +14,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 PYSAFEMAX_ROWS = ["pysafemax naive", "pysafemax maxsub", "pysafemax stable",
-                  "pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax"]
+                  "pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax",
+                  "pysafemax softmax out=", "pysafemax log_softmax out="]
 NUMPY_ROWS = ["numpy naive", "numpy maxsub", "numpy stable"]
 PROBE_ROWS = ["read probe", "exp+sum probe", "exp+store probe", "copy probe",
               "fresh copy probe"]
 TORCH_ROWS = ["torch forward", "torch forward+backward", "torch softmax",
-              "torch log_softmax"]
+              "torch log_softmax", "torch softmax out=", "torch log_softmax out="]
 # the rows that write N x C floats, compared with the exp+store and copy
 # probes too
 WRITE_ROWS = {"pysafemax stable+grad", "pysafemax softmax", "pysafemax log_softmax",
-              "torch forward+backward", "torch softmax", "torch log_softmax"}
+              "pysafemax softmax out=", "pysafemax log_softmax out=",
+              "torch forward+backward", "torch softmax", "torch log_softmax",
+              "torch softmax out=", "torch log_softmax out="}
 # the torch row each row's "vs torch" compares with (else torch forward)
 BASELINES = {"pysafemax stable+grad": "torch forward+backward",
              "torch forward+backward": "torch forward+backward",
              "pysafemax softmax": "torch softmax", "torch softmax": "torch softmax",
              "pysafemax log_softmax": "torch log_softmax",
-             "torch log_softmax": "torch log_softmax"}
+             "torch log_softmax": "torch log_softmax",
+             "pysafemax softmax out=": "torch softmax out=",
+             "torch softmax out=": "torch softmax out=",
+             "pysafemax log_softmax out=": "torch log_softmax out=",
+             "torch log_softmax out=": "torch log_softmax out="}
 FIELDS = {"shape", "elements", "logits_bytes", "threads", "row", "seconds",
           "seconds_all", "loops", "rounds", "g_elements_per_s", "gb_per_s",
           "torch_baseline", "ratio_to_torch", "ratio_to_probe",
