@@ -56,7 +56,11 @@ time), the speed against torch at the same thread count (torch's best time
 over the rounds / the row's median: torch's own time moves with its
 allocator's state, so it is warmed up and given its best; +grad rows
 against torch forward+backward, softmax and log_softmax against torch's
-own) and against the probes (probe time / row time): the read probe (the
+own), what that ratio would be at the row's floor probe's speed ("floor":
+torch's best time / the probe's median; the exp+store probe for a
+pysafemax row that writes N x C floats, else the exp+sum probe: a target
+above it asks for more than the probe itself reaches), and against the
+probes (probe time / row time): the read probe (the
 share of the read bandwidth reached), the exp+sum probe (every row but that
 probe), the exp+store probe (every row that writes N x C floats), the copy
 probe (the rows that write into a given buffer: +grad and out=) and the
@@ -214,12 +218,15 @@ def print_header(info):
           "best time / row time at the same thread count (+grad and forward+backward "
           "rows: against torch forward+backward; softmax and log_softmax: against "
           "torch's);")
+    print("floor = vs torch at the speed of the row's floor probe (exp+store for the "
+          "pysafemax rows that write N x C floats, else exp+sum): torch's best time / "
+          "the probe's;")
     print("vs probe = read-probe time / row time (G elem/s of the row over the probe's); "
           "vs exp = the same against the exp+sum probe;")
     print("vs store = against the exp+store probe, for every row that writes N x C "
           "floats;")
     print("vs copy = against the copy probe for the rows that write N x C floats into "
-          "a buffer (+grad), against the fresh copy probe for those that return a new "
+          "a buffer (+grad, out=), against the fresh copy probe for those that return a new "
           "array (softmax, log_softmax). numpy rows run on one thread and appear once.")
 
 
@@ -465,6 +472,9 @@ def summarise(shape, rows, itemsize=4):
         store_seconds = median.get((EXP_STORE_PROBE, row.threads))
         copy_seconds = median.get((COPY_PROBE, row.threads))
         fresh_seconds = median.get((FRESH_PROBE, row.threads))
+        # the cost floor of this row's work: exp+store for a row that writes
+        # N x C floats, else exp+sum
+        floor_seconds = store_seconds if row.name in WRITE_ROWS | FRESH_ROWS else exp_seconds
         records.append({
             "shape": [n, c],
             "elements": elements,
@@ -481,6 +491,11 @@ def summarise(shape, rows, itemsize=4):
             "gb_per_s": nbytes / seconds / 1e9,
             "torch_baseline": baseline if torch_seconds is not None else None,
             "ratio_to_torch": torch_seconds / seconds if torch_seconds is not None else None,
+            # what "vs torch" would be at the floor probe's speed
+            "floor_ratio_to_torch": (torch_seconds / floor_seconds
+                                     if torch_seconds is not None
+                                     and floor_seconds is not None
+                                     and row.name.startswith("pysafemax") else None),
             "ratio_to_probe": (probe_seconds / seconds
                                if probe_seconds is not None and row.name != PROBE else None),
             "ratio_to_exp_probe": (exp_seconds / seconds
@@ -518,8 +533,8 @@ def print_table(shape, records, seconds, itemsize=4):
         print(f"{'threads':>7}  {'row':<28}{'per call':>12}{'min-max':>11}{'vs torch':>10}")
     else:
         print(f"{'threads':>7}  {'row':<28}{'per call':>12}{'min-max':>11}{'G elem/s':>10}"
-              f"{'GB/s':>8}{'vs torch':>10}{'vs probe':>10}{'vs exp':>8}{'vs store':>10}"
-              f"{'vs copy':>9}")
+              f"{'GB/s':>8}{'vs torch':>10}{'floor':>8}{'vs probe':>10}{'vs exp':>8}"
+              f"{'vs store':>10}{'vs copy':>9}")
     previous = None
     for rec in records:
         if previous is not None and rec["threads"] != previous:
@@ -537,8 +552,10 @@ def print_table(shape, records, seconds, itemsize=4):
                                    for key in ("ratio_to_probe", "ratio_to_exp_probe",
                                                "ratio_to_exp_store_probe",
                                                "ratio_to_copy_probe"))
+        floor = ("-" if rec["floor_ratio_to_torch"] is None
+                 else f"{rec['floor_ratio_to_torch']:.2f}x")
         print(f"{line}{rec['g_elements_per_s']:>10.3f}{rec['gb_per_s']:>8.2f}"
-              f"{ratio:>10}{probe:>10}{exp:>8}{store:>10}{copy:>9}")
+              f"{ratio:>10}{floor:>8}{probe:>10}{exp:>8}{store:>10}{copy:>9}")
     sys.stdout.flush()
 
 

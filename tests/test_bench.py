@@ -40,7 +40,8 @@ BASELINES = {"pysafemax stable+grad": "torch forward+backward",
 FIELDS = {"shape", "elements", "logits_bytes", "threads", "row", "seconds",
           "seconds_all", "loops", "rounds", "g_elements_per_s", "gb_per_s",
           "torch_baseline", "ratio_to_torch", "ratio_to_probe",
-          "ratio_to_exp_probe", "ratio_to_exp_store_probe", "ratio_to_copy_probe"}
+          "ratio_to_exp_probe", "ratio_to_exp_store_probe", "ratio_to_copy_probe",
+          "floor_ratio_to_torch"}
 
 
 def run(*args):
@@ -93,8 +94,13 @@ def test_quick_benchmark_prints_every_row_and_saves_json(tmp_path):
             expected = BASELINES.get(record["row"], "torch forward")
             assert record["torch_baseline"] == expected
             assert record["ratio_to_torch"] > 0
+            if record["row"].startswith("pysafemax"):
+                assert record["floor_ratio_to_torch"] > 0
+            else:
+                assert record["floor_ratio_to_torch"] is None
         else:
             assert record["ratio_to_torch"] is None
+            assert record["floor_ratio_to_torch"] is None
     assert saved["problems"] == []
 
 
