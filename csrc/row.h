@@ -736,7 +736,9 @@ static void FN(small_softmax_rows)(const REAL *x, int64_t classes, int method, R
         }
     }
 #if SMALL_OUT_ROWS
-    psm_small_softmax_avx2(e, (int)classes, !stable, by, y);
+    /* scale_row's factors of 1 change no bit of a product */
+    const REAL one[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    psm_small_scale_rows_avx2(e, (int)classes, !stable, by, stable ? by : one, one, y);
 #else
     /* scale_row's arithmetic, its factors of 1 left out (they change no
      * bit of a product) */
@@ -1082,6 +1084,51 @@ static int FN(small_stored_exps)(const REAL *x, int64_t classes, int method, int
     return 0;
 }
 
+/* How finish_grad scales a row's stored exps e_j, as scale_row's divide
+ * (naive and maxsub: ((e_j / divisor) * factor) * scale; stable: e_j *
+ * factor), divisor, factor and scale; 0 for a stable row with no softmax
+ * (s NaN), whose gradient is NaN. */
+static int FN(grad_factors)(const FN(row_state) *st, const FN(target) *t, double z_mass,
+                            int method, double scale, REAL *divisor, REAL *factor,
+                            REAL *rscale)
+{
+    double p_mass = FN(plus_z)(t->label_part, z_mass);
+    if (method != PSM_STABLE) {
+        /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
+        *divisor = FN(float_total)(st, method);
+        *factor = (REAL)p_mass;
+        *rscale = (REAL)scale;
+        return 1;
+    }
+    double s = FN(stable_rest)(st);
+    if (isnan(s))
+        return 0;
+    *divisor = 1;
+    *factor = (REAL)(p_mass * scale / (1.0 + s));
+    *rscale = 1;
+    return 1;
+}
+
+/* The label's entry of such a row's gradient (grad_factors gave it one),
+ * from e_y, its exp before scaling; x_y is the label's logit. */
+static REAL FN(label_grad)(const FN(row_state) *st, REAL x_y, REAL e_y, const FN(target) *t,
+                           double z_mass, int method, double scale)
+{
+    double mass = t->label_part, p_mass = FN(plus_z)(mass, z_mass);
+    if (method != PSM_STABLE) {
+        REAL total = FN(float_total)(st, method);
+        REAL rmass = (REAL)p_mass, rscale = (REAL)scale;
+        return ((e_y / total) * rmass - (REAL)t->label_part) * rscale;
+    }
+    double s = FN(stable_rest)(st);
+    double denom = 1.0 + s;
+    double g = p_mass * ((double)e_y / denom) - t->label_part;
+    if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
+        g = s < 1.0 ? FN(plus_z)(-mass * (s / denom), z_mass / denom)
+                    : p_mass / denom - t->label_part;
+    return (REAL)(g * scale);
+}
+
 /* The gradient of a position whose exps stored_exps left in grad, with
  * its state, scaled in place; x_y is its label's logit. */
 static void FN(finish_grad)(const FN(row_state) *st, REAL x_y, int64_t classes,
@@ -1089,29 +1136,14 @@ static void FN(finish_grad)(const FN(row_state) *st, REAL x_y, int64_t classes,
                             double scale, int fast, REAL *grad)
 {
     int64_t y = t->label;
-    REAL e_y = grad[y * stride];
-    double mass = t->label_part, p_mass = FN(plus_z)(mass, z_mass);
-    if (method != PSM_STABLE) {
-        /* Caffe: diff = prob; diff[label] -= 1; diff *= scale; in REAL */
-        REAL total = FN(float_total)(st, method);
-        REAL rmass = (REAL)p_mass, rscale = (REAL)scale;
-        FN(scale_row)(grad, classes, stride, fast, 1, total, rmass, rscale);
-        grad[y * stride] = ((e_y / total) * rmass - (REAL)t->label_part) * rscale;
-        return;
-    }
-    double s = FN(stable_rest)(st);
-    if (isnan(s)) {
+    REAL e_y = grad[y * stride], divisor, factor, rscale;
+    if (!FN(grad_factors)(st, t, z_mass, method, scale, &divisor, &factor, &rscale)) {
         for (int64_t j = 0; j < classes; j++)
             grad[j * stride] = (REAL)NAN;
         return;
     }
-    double denom = 1.0 + s;
-    FN(scale_row)(grad, classes, stride, fast, 0, 1, (REAL)(p_mass * scale / denom), 1);
-    double g = p_mass * ((double)e_y / denom) - t->label_part;
-    if (x_y == st->max)   /* s < 1: the max is unique, and it is y */
-        g = s < 1.0 ? FN(plus_z)(-mass * (s / denom), z_mass / denom)
-                    : p_mass / denom - t->label_part;
-    grad[y * stride] = (REAL)(g * scale);
+    FN(scale_row)(grad, classes, stride, fast, method != PSM_STABLE, divisor, factor, rscale);
+    grad[y * stride] = FN(label_grad)(st, x_y, e_y, t, z_mass, method, scale);
 }
 
 /* The loss of a position whose exps stored_exps left in grad, with its
@@ -1125,6 +1157,95 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
     double loss = FN(position_loss_given)(st, log_norm, x_y, x, classes, stride, t, method);
     FN(finish_grad)(st, x_y, classes, stride, t, z_mass, method, scale, fast, grad);
     return loss;
+}
+
+/* plain_losses8's gradients of eight rows of classes <= PSM_SMALL_CLASSES
+ * on the vector path (fast; else 0, having done nothing), with their
+ * states: the exps as small_stored_exps computes them,
+ * kept a class per vector instead of stored row by row, scaled as
+ * finish_grad scales each row (grad_factors; for float, written by
+ * rows_small_out_avx2.h's writer, not by a scale_row per row, whose per-row
+ * tail dominated a row of ten floats), then each label's entry
+ * (label_grad).  The same bits as stored_exps and finish_grad row by row. */
+static int FN(small_grads)(const REAL *x, int64_t classes, const int64_t y[8],
+                           const REAL x_y[8], int method, double scale, int fast,
+                           REAL *grad, FN(row_state) st[8])
+{
+#if SMALL_ROWS
+    if (!fast || classes > PSM_SMALL_CLASSES)
+        return 0;
+    REAL e[8 * PSM_SMALL_CLASSES], max[8], divisor[8], factor[8], rscale[8];
+    double sum[8], rest[8], ties[8];
+    unsigned no_softmax = 0;
+    VEC(small_exps)(x, (int)classes, method, BIG, e, max, sum, rest, ties);
+    for (int r = 0; r < 8; r++) {
+        if (!FN(exp_state)(max[r], sum[r], method, &st[r]))
+            FN(exact_state)(rest[r], ties[r], &st[r]);
+        FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
+        if (!FN(grad_factors)(&st[r], &t, 0.0, method, scale, &divisor[r], &factor[r],
+                              &rscale[r])) {
+            no_softmax |= 1u << r;
+            divisor[r] = factor[r] = rscale[r] = 1;   /* written over below */
+        }
+    }
+    int divide = method != PSM_STABLE;
+#if SMALL_OUT_ROWS
+    psm_small_scale_rows_avx2(e, (int)classes, divide, divisor, factor, rscale, grad);
+#else
+    for (int r = 0; r < 8; r++)   /* scale_row's arithmetic */
+        for (int64_t j = 0; j < classes; j++) {
+            REAL v = e[j * 8 + r];
+            grad[r * classes + j] = divide ? ((v / divisor[r]) * factor[r]) * rscale[r]
+                                           : v * factor[r];
+        }
+#endif
+    for (int r = 0; r < 8; r++) {
+        REAL *g = grad + r * classes;
+        if (no_softmax >> r & 1) {
+            for (int64_t j = 0; j < classes; j++)
+                g[j] = (REAL)NAN;
+            continue;
+        }
+        FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
+        g[y[r]] = FN(label_grad)(&st[r], x_y[r], e[y[r] * 8 + r], &t, 0.0, method, scale);
+    }
+    return 1;
+#else
+    (void)x;
+    (void)classes;
+    (void)y;
+    (void)x_y;
+    (void)method;
+    (void)scale;
+    (void)fast;
+    (void)grad;
+    (void)st;
+    return 0;
+#endif
+}
+
+/* naive's and maxsub's one_hot_loss of eight positions with a label share
+ * of 1, from their states: clamped_nll's exps, divisions and clamps eight
+ * to a vector where the float loops run (psm_clamped_nll8_avx2), with the
+ * same bits. */
+static void FN(clamped_losses8)(const FN(row_state) st[8], const REAL x_y[8], int method,
+                                int fast, double loss[8])
+{
+#if SMALL_OUT_ROWS
+    if (fast) {
+        REAL shift[8], total[8];
+        for (int r = 0; r < 8; r++) {
+            shift[r] = st[r].max;
+            total[r] = FN(float_total)(&st[r], method);
+        }
+        psm_clamped_nll8_avx2(shift, total, x_y, loss);
+        return;
+    }
+#else
+    (void)fast;
+#endif
+    for (int r = 0; r < 8; r++)
+        loss[r] = FN(one_hot_loss)(&st[r], 0.0, x_y[r], 1.0, method);
 }
 
 /* Eight positions whose targets are plain labels (no weight, no
@@ -1160,21 +1281,23 @@ static void FN(plain_losses8)(const REAL *x, int64_t classes, const int64_t y[8]
         x_y[r] = x[r * classes + y[r]];
     int track_max = method != PSM_NAIVE, exact_rest = method == PSM_STABLE;
     if (grad) {
-        int small = FN(small_stored_exps)(x, classes, method, fast, grad, st);
-        for (int r = 0; r < 8; r++) {
-            FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
-            REAL *g = grad + r * classes;
-            if (!small)
+        if (!FN(small_grads)(x, classes, y, x_y, method, scale, fast, grad, st))
+            for (int r = 0; r < 8; r++) {
+                FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
+                REAL *g = grad + r * classes;
                 FN(stored_exps)(x + r * classes, classes, 1, method, fast, g, &st[r]);
-            FN(finish_grad)(&st[r], x_y[r], classes, 1, &t, 0.0, method, scale, fast, g);
-        }
+                FN(finish_grad)(&st[r], x_y[r], classes, 1, &t, 0.0, method, scale, fast, g);
+            }
     } else if (!FN(small_row_passes)(x, classes, track_max, exact_rest, fast, st)) {
         for (int r = 0; r < 8; r++)
             FN(row_pass)(x + r * classes, classes, 1, track_max, exact_rest, fast, NULL,
                          &st[r]);
     }
-    if (method == PSM_STABLE)
-        FN(log_norms8)(st, fast, log_norm);
+    if (method != PSM_STABLE) {
+        FN(clamped_losses8)(st, x_y, method, fast, loss);
+        return;
+    }
+    FN(log_norms8)(st, fast, log_norm);
     for (int r = 0; r < 8; r++)
         loss[r] = FN(one_hot_loss)(&st[r], log_norm[r], x_y[r], 1.0, method);
 }

@@ -1,6 +1,6 @@
 /*
- * The softmax and log-softmax of 8 rows of at most PSM_SMALL_CLASSES
- * contiguous floats, written out.  rows_small_avx2.h leaves the rows' exps a
+ * The softmax, log-softmax and loss gradient of 8 rows of at most
+ * PSM_SMALL_CLASSES contiguous floats, written out.  rows_small_avx2.h leaves the rows' exps a
  * class per vector (row r in lane r): each such column is scaled by its
  * rows' factors in one operation, and 8 x 8 transposes put the rows back,
  * so that 8 rows cost a few vector stores rather than 8 n scalar ones or 8
@@ -52,18 +52,21 @@ static inline PSM_AVX2 void psm_small_store_rows_avx2(const __m256 *col, int n, 
     }
 }
 
-/* The softmax of 8 rows from their exps e_j of row r at e[j * 8 + r]
- * (psm_small_exps_avx2): y_j = e_j / by[r] with divide, else e_j * by[r],
- * into row r at y + r n.  scale_row's other factors, 1 here, change no bit
- * of a product, so they are not applied. */
-static PSM_AVX2 void psm_small_softmax_avx2(const float *e, int n, int divide,
-                                            const float by[8], float *y)
+/* 8 rows scaled as scale_row scales each (a softmax, or a gradient), from
+ * their exps e_j of row r at e[j * 8 + r] (psm_small_exps_avx2): with
+ * divide y_j = ((e_j / divisor[r]) * factor[r]) * scale[r], else y_j = e_j *
+ * factor[r], into row r at y + r n. */
+static PSM_AVX2 void psm_small_scale_rows_avx2(const float *e, int n, int divide,
+                                               const float divisor[8], const float factor[8],
+                                               const float scale[8], float *y)
 {
     __m256 col[PSM_SMALL_CLASSES];
-    const __m256 f = _mm256_loadu_ps(by);
+    const __m256 d = _mm256_loadu_ps(divisor), f = _mm256_loadu_ps(factor);
+    const __m256 c = _mm256_loadu_ps(scale);
     for (int j = 0; j < n; j++) {
         __m256 v = _mm256_loadu_ps(e + 8 * j);
-        col[j] = divide ? _mm256_div_ps(v, f) : _mm256_mul_ps(v, f);
+        col[j] = divide ? _mm256_mul_ps(_mm256_mul_ps(_mm256_div_ps(v, d), f), c)
+                        : _mm256_mul_ps(v, f);
     }
     psm_small_store_rows_avx2(col, n, y);
 }
