@@ -246,8 +246,15 @@ static PSM_AVX2 void psm_small_stable_losses_avx2(const float *x, int n, const i
     float max[8];
     double rest[8], ties[8], s[8];
     psm_small_rows_avx2(x, n, 1, 1, FLT_MAX, max, rest, ties);
-    for (int r = 0; r < 8; r++)   /* stable_rest */
-        s[r] = isfinite(max[r]) ? rest[r] + (ties[r] - 1.0) : NAN;
+    for (int h = 0; h < 8; h += 4) {   /* stable_rest: NaN where the max is not finite */
+        __m256d m = _mm256_cvtps_pd(_mm_loadu_ps(max + h));
+        __m256d finite = _mm256_cmp_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), m),
+                                       _mm256_set1_pd(DBL_MAX), _CMP_LE_OQ);
+        __m256d rest_h = _mm256_add_pd(_mm256_loadu_pd(rest + h),
+                                       _mm256_sub_pd(_mm256_loadu_pd(ties + h),
+                                                     _mm256_set1_pd(1.0)));
+        _mm256_storeu_pd(s + h, _mm256_blendv_pd(_mm256_set1_pd(NAN), rest_h, finite));
+    }
     psm_log1p4_avx2(s);
     psm_log1p4_avx2(s + 4);
     for (int h = 0; h < 8; h += 4) {
