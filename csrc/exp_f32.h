@@ -92,6 +92,16 @@ static inline float psm_expf(float x)
 #ifdef PSM_HAVE_AVX2
 #include <immintrin.h>
 
+/* psm_expf for the vector path's scalar exps (the online sweep's finish):
+ * compiled for FMA, each fmaf is one instruction rather than the libm call
+ * a portable build makes of it, four an exp; a fused multiply-add is exact
+ * either way, so the bits are psm_expf's. */
+static PSM_AVX2 PSM_NOINLINE float psm_expf_fma(float x)
+{
+    return psm_expf(x);
+}
+
+
 static inline PSM_AVX2 __m256 psm_pow2i_avx2(__m256i k)
 {
     return _mm256_castsi256_ps(
@@ -155,5 +165,17 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_expf_avx2(__m256 x)
         _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(e, 23)));
 }
 #endif
+
+/* psm_expf, by psm_expf_fma where the CPU runs the vector path (fast). */
+static inline float psm_expf_on(int fast, float x)
+{
+#ifdef PSM_HAVE_AVX2
+    if (fast)
+        return psm_expf_fma(x);
+#else
+    (void)fast;
+#endif
+    return psm_expf(x);
+}
 
 #endif /* PYSAFEMAX_EXP_F32_H */

@@ -393,7 +393,7 @@ static int FN(online_pass)(const REAL *x, int64_t classes, int64_t stride, int f
     }
     float m;
     double s;
-    int done = psm_online_finish(&o, &m, &s);
+    int done = psm_online_finish(&o, fast, &m, &s);
     if (done == PSM_ONLINE_EXACT)
         return 0;
     if (done == PSM_ONLINE_DONE) {
@@ -408,7 +408,7 @@ static int FN(online_pass)(const REAL *x, int64_t classes, int64_t stride, int f
     int more;
     int64_t p = FN(find_max)(x, classes, stride, fast, m, &more);
     if (p >= 0 && !more) {
-        s = psm_online_fixed_rest(&o, m, x, classes, stride, p);
+        s = psm_online_fixed_rest(&o, fast, m, x, classes, stride, p);
         if (s >= 0.0) {
             FN(row_state) fixed = {m, s, 1.0, 0.0, 0.0, 0.0, 0};
             *st = fixed;

@@ -111,7 +111,8 @@ static PSM_NOINLINE void psm_online_rescale(psm_online_state *st)
  * (r = 0) is <= -40. */
 enum { PSM_ONLINE_EXACT, PSM_ONLINE_DONE, PSM_ONLINE_CONFIDENT };
 
-static inline int psm_online_finish(const psm_online_state *st, float *m, double *s)
+static inline int psm_online_finish(const psm_online_state *st, int fast, float *m,
+                                    double *s)
 {
     float max = psm_online_max(st);
     if (st->special || !(fabsf(max) <= FLT_MAX) || !(max > st->ref + PSM_ONLINE_LOWEST))
@@ -122,7 +123,8 @@ static inline int psm_online_finish(const psm_online_state *st, float *m, double
     if (isnan(sum))
         return PSM_ONLINE_EXACT;
     *m = max;
-    *s = (sum - (double)psm_expf(max - st->ref)) * exp((double)st->ref - (double)max);
+    *s = (sum - (double)psm_expf_on(fast, max - st->ref)) *
+         exp((double)st->ref - (double)max);
     return *s >= PSM_ONLINE_MIN_REST ? PSM_ONLINE_DONE : PSM_ONLINE_CONFIDENT;
 }
 
@@ -136,7 +138,7 @@ static inline int psm_online_finish(const psm_online_state *st, float *m, double
  * takes 2 per group, and the last sums 2 more).  Returns s, or -1 when
  * that absolute error, (C/16 + 4) 2^-52 for s < 1, could exceed 2^-26 s,
  * a quarter of the float's relative rounding: s >= (C/8 + 8) 2^-27. */
-static inline double psm_online_fixed_rest(const psm_online_state *st, float m,
+static inline double psm_online_fixed_rest(const psm_online_state *st, int fast, float m,
                                            const float *x, int64_t n, int64_t stride,
                                            int64_t p)
 {
@@ -146,7 +148,7 @@ static inline double psm_online_fixed_rest(const psm_online_state *st, float m,
     for (int i = 0; i < 4; i++) {
         int64_t k = group + 8 * i + lane;
         float d = k < n ? x[k * stride] - st->ref : 0.0f;
-        e[i] = k < n ? psm_expf(PSM_ONLINE_FLOOR > d ? PSM_ONLINE_FLOOR : d) : 0.0f;
+        e[i] = k < n ? psm_expf_on(fast, PSM_ONLINE_FLOOR > d ? PSM_ONLINE_FLOOR : d) : 0.0f;
         if (k != p)
             others += (double)e[i];
     }

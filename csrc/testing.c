@@ -174,16 +174,15 @@ static PSM_AVX2 void psm_copy_avx2(const float *x, int64_t n, float *out)
 
 void psm_exp_f32(const float *in, int64_t n, int portable, float *out)
 {
+    int simd = psm_simd_level();
 #ifdef PSM_HAVE_AVX2
-    if (!portable && psm_simd_level()) {
+    if (!portable && simd) {
         psm_exp_array_avx2(in, n, out);
         return;
     }
-#else
-    (void)portable;
 #endif
     for (int64_t j = 0; j < n; j++)
-        out[j] = psm_expf(in[j]);
+        out[j] = psm_expf_on(portable == 2 && simd, in[j]);
 }
 
 void psm_exp_f64(const double *in, int64_t n, int portable, double *out)

@@ -30,7 +30,9 @@ void psm_testing_set_portable(int portable);
 int psm_testing_portable(void);
 
 /* The kernel's own float exp of each element (for tests and the exhaustive
- * accuracy check in bench/check_exp_ulp.py); portable 1: the scalar twin.
+ * accuracy check in bench/check_exp_ulp.py); portable 1: the scalar twin;
+ * portable 2: that scalar exp compiled for FMA, as the vector path's scalar
+ * exps take it (psm_expf_fma; the twin on a CPU without the vector path).
  * This and the probe take their path from their argument alone, not from
  * psm_testing_set_portable's flag. */
 void psm_exp_f32(const float *in, int64_t n, int portable, float *out);

@@ -268,7 +268,9 @@ def portable():
 
 
 def exp_f32(x, portable):
-    """The kernel's float exp of each element of a float32 array."""
+    """The kernel's float exp of each element of a float32 array; portable
+    0: the vector path, 1: the scalar twin, 2: the scalar exp compiled for
+    FMA (psm_exp_f32)."""
     out = np.empty_like(x)
     lib.psm_exp_f32(_in(x, "float[]"), x.size, int(portable), _out(out, "float[]"))
     return out
