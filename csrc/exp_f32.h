@@ -94,13 +94,12 @@ static inline float psm_expf(float x)
 
 /* psm_expf for the vector path's scalar exps (the online sweep's finish):
  * compiled for FMA, each fmaf is one instruction rather than the libm call
- * a portable build makes of it, four an exp; a fused multiply-add is exact
- * either way, so the bits are psm_expf's. */
+ * a portable build makes of it, seven an exp; a fused multiply-add is
+ * exact either way, so the bits are psm_expf's. */
 static PSM_AVX2 PSM_NOINLINE float psm_expf_fma(float x)
 {
     return psm_expf(x);
 }
-
 
 static inline PSM_AVX2 __m256 psm_pow2i_avx2(__m256i k)
 {
