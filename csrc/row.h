@@ -1053,24 +1053,36 @@ static void FN(stored_exps)(const REAL *x, int64_t classes, int64_t stride, int 
     FN(exact_state)(rest, ties, st);
 }
 
+#if SMALL_ROWS
+/* The exps of eight contiguous rows of classes <= PSM_SMALL_CLASSES, e_j
+ * of row r at e[j * 8 + r] (VEC(small_exps)), and the states stored_exps
+ * gives each row. */
+static void FN(small_exp_states)(const REAL *x, int64_t classes, int method, REAL *e,
+                                 FN(row_state) st[8])
+{
+    REAL max[8];
+    double sum[8], rest[8], ties[8];
+    VEC(small_exps)(x, (int)classes, method, BIG, e, max, sum, rest, ties);
+    for (int r = 0; r < 8; r++)
+        if (!FN(exp_state)(max[r], sum[r], method, &st[r]))
+            FN(exact_state)(rest[r], ties[r], &st[r]);
+}
+#endif
+
 /* Eight rows' stored_exps at once: rows x, x + classes, ..., x + 7 classes,
  * contiguous, classes <= PSM_SMALL_CLASSES, their exps stored to the rows
- * of grad alike, on the vector path (VEC(small_exps)), with the same bits
+ * of grad alike, on the vector path (small_exp_states), with the same bits
  * and states.  Returns 0 where there is no such path. */
 static int FN(small_stored_exps)(const REAL *x, int64_t classes, int method, int fast,
                                  REAL *grad, FN(row_state) st[8])
 {
 #if SMALL_ROWS
     if (fast && classes <= PSM_SMALL_CLASSES) {
-        REAL e[8 * PSM_SMALL_CLASSES], max[8];
-        double sum[8], rest[8], ties[8];
-        VEC(small_exps)(x, (int)classes, method, BIG, e, max, sum, rest, ties);
-        for (int r = 0; r < 8; r++) {
+        REAL e[8 * PSM_SMALL_CLASSES];
+        FN(small_exp_states)(x, classes, method, e, st);
+        for (int r = 0; r < 8; r++)
             for (int64_t j = 0; j < classes; j++)
                 grad[r * classes + j] = e[j * 8 + r];
-            if (!FN(exp_state)(max[r], sum[r], method, &st[r]))
-                FN(exact_state)(rest[r], ties[r], &st[r]);
-        }
         return 1;
     }
 #else
@@ -1161,8 +1173,8 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
 
 /* plain_losses8's gradients of eight rows of classes <= PSM_SMALL_CLASSES
  * on the vector path (fast; else 0, having done nothing), with their
- * states: the exps as small_stored_exps computes them,
- * kept a class per vector instead of stored row by row, scaled as
+ * states: the exps and states of small_exp_states, kept a class per vector
+ * instead of stored row by row as small_stored_exps stores them, scaled as
  * finish_grad scales each row (grad_factors; for float, written by
  * rows_small_out_avx2.h's writer, not by a scale_row per row, whose per-row
  * tail dominated a row of ten floats), then each label's entry
@@ -1174,13 +1186,10 @@ static int FN(small_grads)(const REAL *x, int64_t classes, const int64_t y[8],
 #if SMALL_ROWS
     if (!fast || classes > PSM_SMALL_CLASSES)
         return 0;
-    REAL e[8 * PSM_SMALL_CLASSES], max[8], divisor[8], factor[8], rscale[8];
-    double sum[8], rest[8], ties[8];
+    REAL e[8 * PSM_SMALL_CLASSES], divisor[8], factor[8], rscale[8];
     unsigned no_softmax = 0;
-    VEC(small_exps)(x, (int)classes, method, BIG, e, max, sum, rest, ties);
+    FN(small_exp_states)(x, classes, method, e, st);
     for (int r = 0; r < 8; r++) {
-        if (!FN(exp_state)(max[r], sum[r], method, &st[r]))
-            FN(exact_state)(rest[r], ties[r], &st[r]);
         FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
         if (!FN(grad_factors)(&st[r], &t, 0.0, method, scale, &divisor[r], &factor[r],
                               &rscale[r])) {
@@ -1259,7 +1268,7 @@ static void FN(clamped_losses8)(const FN(row_state) st[8], const REAL x_y[8], in
  *     sweep; here the eight sweeps run first, then their eight independent
  *     finishes, the log1p four lanes at a time (log_norms8);
  *   - rows of at most PSM_SMALL_CLASSES take one vector sweep for all
- *     eight (small_row_passes, small_stored_exps), and skip the per-position
+ *     eight (small_row_passes, small_grads), and skip the per-position
  *     target and state bookkeeping, which cost twice a row's own arithmetic
  *     at ten classes.
  * With grad, each row's exps are scaled as soon as they are stored, while
