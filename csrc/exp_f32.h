@@ -163,6 +163,24 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_expf_avx2(__m256 x)
     return _mm256_castsi256_ps(
         _mm256_add_epi32(_mm256_castps_si256(y), _mm256_slli_epi32(e, 23)));
 }
+
+/* psm_expf_avx2 for x in [-87, 87], or NaN (which stays NaN), with no range
+ * check: the core's y scaled by 2^e as a float product, exact for these x,
+ * so psm_expf's bits.  (A NaN lane's bits are psm_expf_avx2's too: the same
+ * core carries the NaN, and a product keeps its first operand's NaN, as
+ * the cold path's two products do.)  For loops that know their arguments'
+ * range before they start (the online sweep's clamp, a row's min and
+ * max).  2^e's bits are ((z - (0x4B400000 - 127 * 8)) >> 3) << 23: the
+ * exponent bias folded into the integer that z carries (see
+ * psm_expf_core_bits_avx2). */
+static inline PSM_AVX2 __m256 psm_expf_near_avx2(__m256 x)
+{
+    __m256i z;
+    __m256 y = psm_expf_core_bits_avx2(x, &z);
+    __m256i k = _mm256_sub_epi32(z, _mm256_set1_epi32(0x4B400000 - 127 * 8));
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(
+                                _mm256_slli_epi32(_mm256_srai_epi32(k, 3), 23)));
+}
 #endif
 
 /* psm_expf, by psm_expf_fma where the CPU runs the vector path (fast). */

@@ -24,6 +24,10 @@
  *              rows_small_avx2.h for float, rows_small_avx2_f64.h for double
  *   SMALL_OUT_ROWS 1 where softmax and log-softmax write such rows eight at
  *              a time too (rows_small_out_avx2.h: float on x86-64)
+ *   NEAR_EXPS  1 where the vector path has VEC(block_range) and _near
+ *              variants of VEC(block_sums), VEC(block_total) and
+ *              VEC(exp_store_sum), whose exps skip their range check
+ *              (near_exps: float on x86-64)
  *   ONLINE_ROWS 1 where the stable forward takes the one-pass sweep
  *              (rows_online_avx2.h and its twin: float, on every CPU)
  * and after internal.h (PSM_BLOCK, read_label) and the type's AVX2 loops.
@@ -139,6 +143,46 @@ typedef struct {
     double mass;     /* ... and sum of q_j */
     int cross_inf;   /* ... some q_j > 0 on x_j = -inf: the cross term is +inf */
 } FN(row_state);
+
+#if VECTOR_ROWS
+/* VEC(name), or with near (NEAR_EXPS) its variant whose exps skip their
+ * range check, every argument being known to lie in [-87, 87] or be NaN. */
+#if NEAR_EXPS
+#define VEC_EXPS(name, near) ((near) ? VEC(name##_near) : VEC(name))
+#else
+#define VEC_EXPS(name, near) ((void)(near), VEC(name))
+#endif
+
+/* The max of a contiguous row (VEC(block_max)), +0 for a zero max; with
+ * NEAR_EXPS its min too, from the same pass (VEC(block_range)), else
+ * *low = -inf, which near_exps refuses. */
+static REAL FN(vec_row_max)(const REAL *x, int64_t n, REAL *low)
+{
+#if NEAR_EXPS
+    REAL m = VEC(block_range)(x, n, low);
+#else
+    REAL m = VEC(block_max)(x, n);
+    *low = (REAL)-INFINITY;
+#endif
+    return m == 0 ? 0 : m;
+}
+#endif
+
+/* Whether every exp(x_j - shift) of a row whose x_j other than NaN lie in
+ * [low, max] may skip the range check (NEAR_EXPS): x_j - shift lies in
+ * [low - shift, max - shift], rounding being monotonic, and a NaN bound
+ * fails. */
+static int FN(near_exps)(REAL low, REAL max, REAL shift)
+{
+#if NEAR_EXPS
+    return low - shift >= -PSM_EXP_FAST_LIMIT && max - shift <= PSM_EXP_FAST_LIMIT;
+#else
+    (void)low;
+    (void)max;
+    (void)shift;
+    return 0;
+#endif
+}
 
 /* The max of n logits, NaN skipped; -inf if none. */
 static REAL FN(block_max)(const REAL *x, int64_t n, int64_t stride, int fast)
@@ -451,15 +495,15 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
 #if VECTOR_ROWS
     if (fast && stride == 1 && classes <= PSM_BLOCK && t == NULL) {
         /* one contiguous block: the loop below, without its bookkeeping */
-        if (track_max) {
-            m = VEC(block_max)(x, classes);
-            if (m == 0)
-                m = 0;
-        }
+        REAL low = (REAL)-INFINITY;
+        if (track_max)
+            m = FN(vec_row_max)(x, classes, &low);
+        REAL shift = exact_rest || m != (REAL)-INFINITY ? m : -BIG;
+        int near = FN(near_exps)(low, m, shift);
         if (exact_rest)
-            VEC(block_sums)(x, classes, m, &rest, &ties);
+            VEC_EXPS(block_sums, near)(x, classes, m, &rest, &ties);
         else
-            rest = VEC(block_total)(x, classes, m == (REAL)-INFINITY ? -BIG : m);
+            rest = VEC_EXPS(block_total, near)(x, classes, shift);
         FN(row_state) one = {m, rest, ties, 0.0, 0.0, 0.0, 0};
         *st = one;
         return;
@@ -609,11 +653,11 @@ static PSM_NOINLINE double FN(stored_lane_sum)(const REAL *x, int64_t n, int64_t
  * psm_exp_store_sum_avx2 (on a copy of a strided block), or the same twin.
  * n <= PSM_BLOCK. */
 static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
-                                int fast, REAL *e)
+                                int fast, int near, REAL *e)
 {
 #if VECTOR_ROWS
     if (fast && stride == 1)
-        return VEC(exp_store_sum)(x, n, shift, e);
+        return VEC_EXPS(exp_store_sum, near)(x, n, shift, e);
     /* (n > 0: under -fwrapv, in Python's default CFLAGS, gcc could not
      * otherwise see that copy is written before it is read) */
     if (fast && n > 0) {
@@ -627,6 +671,7 @@ static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL s
     }
 #else
     (void)fast;
+    (void)near;
 #endif
     return FN(stored_lane_sum)(x, n, stride, shift, e);
 }
@@ -634,12 +679,12 @@ static double FN(exp_store_sum)(const REAL *x, int64_t n, int64_t stride, REAL s
 /* The sum of e_j = exp(x_j - shift) over a whole position, each e_j stored
  * to e (the stride of x) once, block by block. */
 static double FN(exp_store_total)(const REAL *x, int64_t classes, int64_t stride,
-                                  REAL shift, int fast, REAL *e)
+                                  REAL shift, int fast, int near, REAL *e)
 {
     double total = 0.0;
     for (int64_t start = 0; start < classes; start += PSM_BLOCK) {
         int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK;
-        total += FN(exp_store_sum)(x + start * stride, len, stride, shift, fast,
+        total += FN(exp_store_sum)(x + start * stride, len, stride, shift, fast, near,
                                    e + start * stride);
     }
     return total;
@@ -676,6 +721,28 @@ static REAL FN(row_shift_max)(const REAL *x, int64_t classes, int64_t stride, in
     return m == 0 ? 0 : m;
 }
 
+/* A row's exps e_j = exp(x_j - shift), stored to e (the stride of x), and
+ * their sum (exp_store_total), with its max *max (row_shift_max): shift is
+ * the max, or for naive and maxsub -BIG for a max of -inf, as row_pass
+ * (exp(-inf) = 0, not NaN).  On the float vector path (NEAR_EXPS) the max
+ * pass takes the row's min as well, and when every x_j - shift then lies
+ * in [-87, 87] (or is NaN) the exps skip their range check: the same bits. */
+static double FN(stored_row_exps)(const REAL *x, int64_t classes, int64_t stride,
+                                  int method, int fast, REAL *e, REAL *max)
+{
+    REAL low = (REAL)-INFINITY, m;   /* -inf: unknown, which near_exps refuses */
+#if VECTOR_ROWS
+    if (fast && stride == 1 && method != PSM_NAIVE)
+        m = FN(vec_row_max)(x, classes, &low);
+    else
+#endif
+        m = FN(row_shift_max)(x, classes, stride, method, fast);
+    REAL shift = method == PSM_STABLE || m != (REAL)-INFINITY ? m : -BIG;
+    *max = m;
+    return FN(exp_store_total)(x, classes, stride, shift, fast, FN(near_exps)(low, m, shift),
+                               e);
+}
+
 /* The softmax of one position into y (the stride of x), one exp per logit:
  * e_j = exp(x_j - shift) is stored while it is summed, then scaled in place.
  *   stable         shift the max m; S the sum of every e_j (the max's own
@@ -689,10 +756,8 @@ static void FN(softmax_row)(const REAL *x, int64_t classes, int64_t stride, int 
                             int fast, REAL *y)
 {
     int stable = method == PSM_STABLE;
-    REAL m = FN(row_shift_max)(x, classes, stride, method, fast);
-    /* naive and maxsub: -BIG for -inf, as row_pass (exp(-inf) = 0, not NaN) */
-    REAL shift = stable || m != (REAL)-INFINITY ? m : -BIG;
-    double sum = FN(exp_store_total)(x, classes, stride, shift, fast, y);
+    REAL m;
+    double sum = FN(stored_row_exps)(x, classes, stride, method, fast, y, &m);
     if (stable) {
         /* no softmax (a +inf logit, no finite one, or a NaN): NaN written,
          * not multiplied in, whose sign would depend on the operand order a
@@ -1038,10 +1103,8 @@ static void FN(exact_state)(double rest, double ties, FN(row_state) *st)
 static void FN(stored_exps)(const REAL *x, int64_t classes, int64_t stride, int method,
                             int fast, REAL *grad, FN(row_state) *st)
 {
-    REAL m = FN(row_shift_max)(x, classes, stride, method, fast);
-    /* naive and maxsub: -BIG for -inf, as row_pass (exp(-inf) = 0, not NaN) */
-    REAL shift = method == PSM_STABLE || m != (REAL)-INFINITY ? m : -BIG;
-    double sum = FN(exp_store_total)(x, classes, stride, shift, fast, grad);
+    REAL m;
+    double sum = FN(stored_row_exps)(x, classes, stride, method, fast, grad, &m);
     if (FN(exp_state)(m, sum, method, st))
         return;
     double rest = 0.0, ties = 0.0;

@@ -30,23 +30,60 @@ static inline PSM_AVX2 float psm_hmax_avx2(__m256 v)
     return _mm_cvtss_f32(a);
 }
 
-/* The max of n floats, NaN skipped as `x > max` skips it; -inf if none.
- * max_ps(v, m) returns m when v is NaN. */
-static PSM_AVX2 float psm_block_max_avx2(const float *x, int64_t n)
+static inline PSM_AVX2 float psm_hmin_avx2(__m256 v)
+{
+    __m128 a = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_min_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_min_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+}
+
+/* The max of n floats, NaN skipped as `x > max` skips it; -inf if none;
+ * with low (not NULL) also their min, NaN skipped alike; +inf if none.
+ * max_ps(v, m) and min_ps(v, m) return m when v is NaN. */
+static PSM_ALWAYS_INLINE PSM_AVX2 float psm_block_extremes_avx2(const float *x, int64_t n,
+                                                              float *low)
 {
     __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    __m256 l0 = _mm256_set1_ps(INFINITY), l1 = l0;
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
-        m0 = _mm256_max_ps(_mm256_loadu_ps(x + j), m0);
-        m1 = _mm256_max_ps(_mm256_loadu_ps(x + j + 8), m1);
+        __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+        m0 = _mm256_max_ps(v0, m0);
+        m1 = _mm256_max_ps(v1, m1);
+        if (low) {
+            l0 = _mm256_min_ps(v0, l0);
+            l1 = _mm256_min_ps(v1, l1);
+        }
     }
-    for (; j + 8 <= n; j += 8)
-        m0 = _mm256_max_ps(_mm256_loadu_ps(x + j), m0);
+    for (; j + 8 <= n; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        m0 = _mm256_max_ps(v, m0);
+        if (low)
+            l0 = _mm256_min_ps(v, l0);
+    }
     float m = psm_hmax_avx2(_mm256_max_ps(m0, m1));
-    for (; j < n; j++)
+    float l = low ? psm_hmin_avx2(_mm256_min_ps(l0, l1)) : 0.0f;
+    for (; j < n; j++) {
         if (x[j] > m)
             m = x[j];
+        if (low && x[j] < l)
+            l = x[j];
+    }
+    if (low)
+        *low = l;
     return m;
+}
+
+static PSM_AVX2 float psm_block_max_avx2(const float *x, int64_t n)
+{
+    return psm_block_extremes_avx2(x, n, NULL);
+}
+
+/* psm_block_max_avx2, and the min in *low. */
+static PSM_AVX2 float psm_block_range_avx2(const float *x, int64_t n, float *low)
+{
+    return psm_block_extremes_avx2(x, n, low);
 }
 
 /* All ones in the lanes below count (0..8). */
@@ -96,10 +133,22 @@ static inline PSM_AVX2 __m256 psm_tie_avx2(__m256 v, __m256 m, __m256i *ties)
     return tie;
 }
 
-/* exp(v - m) where v != m, else 0; counts the v == m lanes into ties. */
-static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties)
+/* exp(v - shift) for the loops below: with near, every v - shift is known
+ * to be in [-87, 87] or NaN, and psm_expf_near_avx2 gives the same bits
+ * with no check per vector (whose branch cost the loop about 9% on
+ * (8192, 1000) with the gradient). */
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_shifted_exp_avx2(__m256 v, __m256 shift,
+                                                             int near)
 {
-    return _mm256_andnot_ps(psm_tie_avx2(v, m, ties), psm_expf_avx2(_mm256_sub_ps(v, m)));
+    __m256 d = _mm256_sub_ps(v, shift);
+    return near ? psm_expf_near_avx2(d) : psm_expf_avx2(d);
+}
+
+/* exp(v - m) where v != m, else 0; counts the v == m lanes into ties. */
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties,
+                                                      int near)
+{
+    return _mm256_andnot_ps(psm_tie_avx2(v, m, ties), psm_shifted_exp_avx2(v, m, near));
 }
 
 /* The sum of exp(x_j - shift) over n floats: per lane, groups of 4 terms
@@ -110,7 +159,7 @@ static inline PSM_AVX2 __m256 psm_term_avx2(__m256 v, __m256 m, __m256i *ties)
  * stores only its new lanes).  Always inlined, so that block_total's NULL e
  * folds away. */
 static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n,
-                                                          float shift, float *e)
+                                                          float shift, float *e, int near)
 {
     const __m256 sv = _mm256_set1_ps(shift);
     __m256d acc = _mm256_setzero_pd();
@@ -121,10 +170,10 @@ static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_
          * even past the end of the array. */
         _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
         _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
-        __m256 e0 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
-        __m256 e1 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), sv));
-        __m256 e2 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 16), sv));
-        __m256 e3 = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j + 24), sv));
+        __m256 e0 = psm_shifted_exp_avx2(_mm256_loadu_ps(x + j), sv, near);
+        __m256 e1 = psm_shifted_exp_avx2(_mm256_loadu_ps(x + j + 8), sv, near);
+        __m256 e2 = psm_shifted_exp_avx2(_mm256_loadu_ps(x + j + 16), sv, near);
+        __m256 e3 = psm_shifted_exp_avx2(_mm256_loadu_ps(x + j + 24), sv, near);
         if (e) {
             _mm256_storeu_ps(e + j, e0);
             _mm256_storeu_ps(e + j + 8, e1);
@@ -135,7 +184,7 @@ static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_
                                                    _mm256_add_ps(e2, e3)));
     }
     for (; j + 8 <= n; j += 8) {
-        __m256 ex = psm_expf_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), sv));
+        __m256 ex = psm_shifted_exp_avx2(_mm256_loadu_ps(x + j), sv, near);
         if (e)
             _mm256_storeu_ps(e + j, ex);
         acc = psm_add_wide_avx2(acc, ex);
@@ -143,7 +192,7 @@ static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_
     if (j < n) {
         __m256 valid;
         __m256 v = psm_load_tail_avx2(x, n, j, shift, &valid);
-        __m256 ex = psm_expf_avx2(_mm256_sub_ps(v, sv));
+        __m256 ex = psm_shifted_exp_avx2(v, sv, near);
         acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, ex));
         if (e) {
             /* the lanes psm_load_tail_avx2 placed: the block's last 8, or
@@ -160,14 +209,23 @@ static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_
 
 static PSM_AVX2 double psm_block_total_avx2(const float *x, int64_t n, float shift)
 {
-    return psm_exp_sum_avx2(x, n, shift, NULL);
+    return psm_exp_sum_avx2(x, n, shift, NULL, 0);
+}
+
+/* psm_block_total_avx2 where every x_j - shift is in [-87, 87] or NaN, as
+ * the caller has checked (row.h's row_pass). */
+static PSM_AVX2 double psm_block_total_near_avx2(const float *x, int64_t n, float shift)
+{
+    return psm_exp_sum_avx2(x, n, shift, NULL, 1);
 }
 
 /* Adds the sum of exp(x_j - m) over x_j != m to *rest and the count of
  * x_j == m to *ties, in the same order as psm_block_total_avx2: the stable
- * method's sum without the max's own terms, exact however small. */
-static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
-                                         double *rest, double *ties)
+ * method's sum without the max's own terms, exact however small.  With
+ * near, as psm_exp_sum_avx2's. */
+static PSM_ALWAYS_INLINE PSM_AVX2 void psm_block_sums_in_avx2(const float *x, int64_t n,
+                                                             float m, double *rest,
+                                                             double *ties, int near)
 {
     const __m256 mv = _mm256_set1_ps(m);
     __m256d acc = _mm256_setzero_pd();
@@ -176,25 +234,40 @@ static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m,
     for (; j + 32 <= n; j += 32) {
         _mm_prefetch((const char *)(x + j + PSM_BLOCK), _MM_HINT_T0);
         _mm_prefetch((const char *)(x + j + PSM_BLOCK + 16), _MM_HINT_T0);
-        __m256 e0 = psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count);
-        __m256 e1 = psm_term_avx2(_mm256_loadu_ps(x + j + 8), mv, &tie_count);
-        __m256 e2 = psm_term_avx2(_mm256_loadu_ps(x + j + 16), mv, &tie_count);
-        __m256 e3 = psm_term_avx2(_mm256_loadu_ps(x + j + 24), mv, &tie_count);
+        __m256 e0 = psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count, near);
+        __m256 e1 = psm_term_avx2(_mm256_loadu_ps(x + j + 8), mv, &tie_count, near);
+        __m256 e2 = psm_term_avx2(_mm256_loadu_ps(x + j + 16), mv, &tie_count, near);
+        __m256 e3 = psm_term_avx2(_mm256_loadu_ps(x + j + 24), mv, &tie_count, near);
         acc = psm_add_wide_avx2(acc, _mm256_add_ps(_mm256_add_ps(e0, e1),
                                                    _mm256_add_ps(e2, e3)));
     }
     for (; j + 8 <= n; j += 8)
-        acc = psm_add_wide_avx2(acc, psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count));
+        acc = psm_add_wide_avx2(acc, psm_term_avx2(_mm256_loadu_ps(x + j), mv, &tie_count,
+                                                   near));
     if (j < n) {
         __m256 valid;
         __m256 v = psm_load_tail_avx2(x, n, j, m, &valid);
         __m256 tie = _mm256_and_ps(_mm256_cmp_ps(v, mv, _CMP_EQ_OQ), valid);
         tie_count = _mm256_sub_epi32(tie_count, _mm256_castps_si256(tie));
-        __m256 e = _mm256_andnot_ps(tie, psm_expf_avx2(_mm256_sub_ps(v, mv)));
+        __m256 e = _mm256_andnot_ps(tie, psm_shifted_exp_avx2(v, mv, near));
         acc = psm_add_wide_avx2(acc, _mm256_and_ps(valid, e));
     }
     *rest += psm_hsum_pd_avx2(acc);
     *ties += psm_hsum_epi32_avx2(tie_count);
+}
+
+static PSM_AVX2 void psm_block_sums_avx2(const float *x, int64_t n, float m, double *rest,
+                                         double *ties)
+{
+    psm_block_sums_in_avx2(x, n, m, rest, ties, 0);
+}
+
+/* psm_block_sums_avx2 where every x_j - m is in [-87, 87] or NaN, as the
+ * caller has checked (row.h's row_pass). */
+static PSM_AVX2 void psm_block_sums_near_avx2(const float *x, int64_t n, float m,
+                                              double *rest, double *ties)
+{
+    psm_block_sums_in_avx2(x, n, m, rest, ties, 1);
 }
 
 /* psm_block_sums_avx2 on exps already computed: e_j = exp(x_j - m), as
@@ -236,7 +309,15 @@ static PSM_AVX2 void psm_stored_sums_avx2(const float *x, const float *e, int64_
 static PSM_AVX2 double psm_exp_store_sum_avx2(const float *x, int64_t n, float shift,
                                               float *e)
 {
-    return psm_exp_sum_avx2(x, n, shift, e);
+    return psm_exp_sum_avx2(x, n, shift, e, 0);
+}
+
+/* psm_exp_store_sum_avx2 where every x_j - shift is in [-87, 87] or NaN,
+ * as the caller has checked (row.h's near_exps). */
+static PSM_AVX2 double psm_exp_store_sum_near_avx2(const float *x, int64_t n, float shift,
+                                                   float *e)
+{
+    return psm_exp_sum_avx2(x, n, shift, e, 1);
 }
 
 /* g_j = ((g_j / divisor) * factor) * scale with divide, else g_j * factor,

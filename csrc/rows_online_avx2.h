@@ -161,19 +161,6 @@ static inline double psm_online_fixed_rest(const psm_online_state *st, int fast,
 
 #ifdef PSM_HAVE_AVX2
 
-/* psm_expf for x in [-87, 87], or NaN (which stays NaN): the core's y scaled
- * by 2^e as a float product, exact for these x, so psm_expf's bits.  2^e's
- * bits are ((z - (0x4B400000 - 127 * 8)) >> 3) << 23: the exponent bias
- * folded into the integer that z carries (see psm_expf_core_bits_avx2). */
-static inline PSM_AVX2 __m256 psm_expf_near_avx2(__m256 x)
-{
-    __m256i z;
-    __m256 y = psm_expf_core_bits_avx2(x, &z);
-    __m256i k = _mm256_sub_epi32(z, _mm256_set1_epi32(0x4B400000 - 127 * 8));
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(
-                                _mm256_slli_epi32(_mm256_srai_epi32(k, 3), 23)));
-}
-
 /* One group's terms: exp(max(-87, v - r)) (max_ps returns its second
  * operand when one is NaN: a NaN v - r passes). */
 static inline PSM_AVX2 __m256 psm_online_term_avx2(__m256 v, __m256 rv, __m256 lo)

@@ -27,10 +27,12 @@
 #define VEC(name) psm_##name##_avx2
 #define SMALL_ROWS 1
 #define SMALL_OUT_ROWS 1
+#define NEAR_EXPS 1
 #else
 #define VECTOR_ROWS 0
 #define SMALL_ROWS 0
 #define SMALL_OUT_ROWS 0
+#define NEAR_EXPS 0
 #endif
 #define LANE_SUMS 1
 #define ONLINE_ROWS 1

@@ -31,6 +31,7 @@
 #define SMALL_ROWS 0
 #define SMALL_OUT_ROWS 0
 #endif
+#define NEAR_EXPS 0
 #define LANE_SUMS 0
 #define ONLINE_ROWS 0
 

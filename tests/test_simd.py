@@ -305,6 +305,46 @@ def test_softmax_vector_path_gives_the_portable_bits(dtype, method, classes):
         assert_same_bits_any_dtype(fast, [np.ascontiguousarray(a.T) for a in strided])
 
 
+@needs_simd
+@pytest.mark.parametrize("method", ["stable", "maxsub"])
+@pytest.mark.parametrize("classes", [17, 40, 1000, 2049, 6151])
+def test_rows_at_the_edge_of_the_exps_unchecked_range_give_the_portable_bits(method,
+                                                                           classes):
+    # The exps of a row's sums and stored exps (the forward of rows up to
+    # 2048 classes, softmax, log_softmax, the gradient) skip their range
+    # check where the row's min and max put every x_j - max within
+    # [-87, 87]: rows just inside and just outside that range, with a NaN,
+    # -inf or +inf among them, must give the portable loops' bits.
+    rng = np.random.default_rng(classes)
+    inside = np.float32(-87.0)
+    outside = np.nextafter(inside, np.float32(-np.inf))
+    rows = []
+    for top in (0.0, 10.0, -50.0):
+        for low in (inside, outside, np.float32(-100.0)):
+            row = (rng.random(classes) * (-low) + low + top).astype(np.float32)
+            row[rng.integers(classes)] = low + np.float32(top)
+            row[rng.integers(classes)] = top
+            rows.append(row)
+    rows = np.array(rows)
+    for special in (np.nan, -np.inf, np.inf):
+        row = rows[0].copy()
+        row[classes // 3] = special
+        rows = np.vstack([rows, row])
+    y = rng.integers(0, classes, len(rows))
+    def outputs():
+        return (pysafemax.softmax_loss(rows, y, method=method, reduction="none",
+                                       return_grad=True)
+                + (pysafemax.softmax_loss(rows, y, method=method, reduction="none"),
+                   pysafemax.softmax(rows, method=method), pysafemax.log_softmax(rows)))
+    fast = outputs()
+    with _bindings.portable_code():
+        portable = outputs()
+    assert_same_bits(fast, portable)
+    # the softmax far below the max is the exact path's subnormals and zeros
+    softmax = fast[3][~np.isnan(fast[3])]
+    assert np.count_nonzero(softmax < np.finfo(np.float32).tiny) > 0
+
+
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 @pytest.mark.parametrize("shape", [(4500, 1000), (40, 100001), (1300000, 7)])
 def test_softmax_every_thread_count_gives_the_same_bits(method, shape):
