@@ -105,21 +105,22 @@ static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_sum *total)
     const FN(call) *c = &job->call;
     const psm_options *opt = c->opt;
     int64_t y[8];
-    for (int r = 0; r < 8; r++) {
+    for (int r = 0; r < 8; r++)
         y[r] = read_label(c->labels, pos + r);
-        if ((opt->use_ignore_index && y[r] == opt->ignore_index) || y[r] < 0 ||
-            y[r] >= c->classes)
+    if (psm_labels_outside(y, 8, c->classes))
+        return 0;
+    for (int r = 0; opt->use_ignore_index && r < 8; r++)
+        if (y[r] == opt->ignore_index)
             return 0;
-    }
     double loss[8];
     int64_t base = pos * c->classes;
     FN(plain_losses8)(c->logits + base, c->classes, y, opt->method, job->scale, c->fast,
                       job->grad ? job->grad + base : NULL, loss);
-    for (int r = 0; r < 8; r++) {
-        if (job->losses)
-            job->losses[pos + r] = (REAL)loss[r];
+    REAL *losses = job->losses;
+    for (int r = 0; losses && r < 8; r++)
+        losses[pos + r] = (REAL)loss[r];
+    for (int r = 0; r < 8; r++)
         psm_sum_add(total, loss[r]);
-    }
     return 1;
 }
 

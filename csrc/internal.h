@@ -87,6 +87,19 @@ static inline int64_t read_label(const int64_t *labels, int64_t pos)
     return ((const volatile int64_t *)labels)[pos];
 }
 
+/* Nonzero if some of n labels lies outside [0, classes): the sign bit of
+ * y | (classes - 1 - y), in unsigned arithmetic, OR-ed over them.  No
+ * branch per label, so the loop vectorizes: psm_label_summary's labels,
+ * and plain_batch's eight (driver.h), which read each label once into an
+ * array of their own before they pass it here. */
+static inline int psm_labels_outside(const int64_t *labels, int64_t n, int64_t classes)
+{
+    uint64_t last = (uint64_t)classes - 1, any = 0;
+    for (int64_t pos = 0; pos < n; pos++)
+        any |= (uint64_t)labels[pos] | (last - (uint64_t)labels[pos]);
+    return (int)(any >> 63);
+}
+
 /* A sum of doubles with Neumaier's compensation: psm_sum_value is the sum
  * of every term added to within about one rounding, however many terms, so
  * that the same losses summed in other groups (one call's chunks, or its

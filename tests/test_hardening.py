@@ -472,3 +472,30 @@ def test_a_label_found_bad_in_a_later_block_is_named_in_the_whole_batch(monkeypa
     first_block = calls[0][0]
     assert str(error.value).startswith(f"labels[{first_block + 1}] was out of range when "
                                        f"it was read, and is {y[first_block + 1]} now")
+
+
+# --- the label summary's scan ---------------------------------------------------
+
+@pytest.mark.parametrize("positions", [1, 7, 8, 9, 33, 1000])
+@pytest.mark.parametrize("bad", [-1, 10, -2**63, 2**63 - 1, -2**62, 2**62])
+def test_label_summary_names_the_first_bad_label_wherever_it_is(positions, bad):
+    # Without ignore_index or weights, psm_label_summary scans the labels
+    # with no branch per label, then looks for the first bad one only if
+    # that scan saw one: it must still name the first, and count all.
+    classes = 10
+    opts = _bindings.options("stable", "mean", 1)
+    labels = np.arange(positions, dtype=np.int64) % classes
+    assert _bindings.label_summary(labels, positions, classes, opts) == (positions,
+                                                                         float(positions))
+    for first in sorted({0, positions // 2, positions - 1}):
+        spoiled = labels.copy()
+        spoiled[first] = bad
+        spoiled[first + 1:][::3] = -5        # later bad labels do not matter
+        with pytest.raises(_bindings.BadLabel) as caught:
+            _bindings.label_summary(spoiled, positions, classes, opts)
+        assert caught.value.position == first
+    # the last class and class 0 are in range; one class is only 0
+    edge = np.where(np.arange(positions) % 2 == 0, classes - 1, 0).astype(np.int64)
+    assert _bindings.label_summary(edge, positions, classes, opts)[0] == positions
+    assert _bindings.label_summary(np.zeros(positions, np.int64), positions, 1,
+                                   opts)[0] == positions
