@@ -305,18 +305,19 @@ static PSM_ALWAYS_INLINE double FN(lane_sum)(const REAL *x, int64_t n,
 /* The sum of exp(x_j - shift) over n logits, or with ties, over the x_j !=
  * shift, counting those into *ties: the vector loops, or their twin. */
 static double FN(block_sum)(const REAL *x, int64_t n, int64_t stride, REAL shift,
-                            int fast, double *ties)
+                            int fast, int near, double *ties)
 {
 #if VECTOR_ROWS
     if (fast && stride == 1) {
         if (!ties)
-            return VEC(block_total)(x, n, shift);
+            return VEC_EXPS(block_total, near)(x, n, shift);
         double rest = 0.0;
-        VEC(block_sums)(x, n, shift, &rest, ties);
+        VEC_EXPS(block_sums, near)(x, n, shift, &rest, ties);
         return rest;
     }
 #else
     (void)fast;
+    (void)near;
 #endif
     return FN(lane_sum)(x, n, stride, shift, ties, NULL);
 }
@@ -465,7 +466,7 @@ static int FN(online_pass)(const REAL *x, int64_t classes, int64_t stride, int f
         int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK, step;
         const REAL *values = FN(block_values)(x + start * stride, len, stride, fast, copy,
                                               &step);
-        rest += FN(block_sum)(values, len, step, m, fast, &ties);
+        rest += FN(block_sum)(values, len, step, m, fast, 0, &ties);
     }
     FN(row_state) exact = {m, rest, ties, 0.0, 0.0, 0.0, 0};
     *st = exact;
@@ -514,8 +515,15 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
         int64_t len = classes - start < PSM_BLOCK ? classes - start : PSM_BLOCK, step;
         const REAL *b = x + start * stride;
         const REAL *values = FN(block_values)(b, len, stride, fast, copy, &step);
+        REAL low = (REAL)-INFINITY;   /* the block's min, where known */
         if (track_max) {
-            REAL block_max = FN(block_max)(values, len, step, fast);
+            REAL block_max;
+#if VECTOR_ROWS
+            if (fast && step == 1)
+                block_max = FN(vec_row_max)(values, len, &low);
+            else
+#endif
+                block_max = FN(block_max)(values, len, step, fast);
             if (block_max == 0)
                 block_max = 0;   /* +0, whichever zero the lanes kept */
             if (block_max > m) {
@@ -529,16 +537,18 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
                 m = block_max;
             }
         }
+        /* naive, maxsub: shifted by -BIG instead of -inf, a -inf logit gives
+         * exp(-inf) = 0 rather than NaN while no finite logit has come */
+        REAL shift = exact_rest || m != (REAL)-INFINITY ? m : -BIG;
+        /* the block's values lie in [low, m] */
+        int near = FN(near_exps)(low, m, shift);
         if (exact_rest)
             /* stable: the max's own terms are counted, not summed, so that the
              * sum of the others keeps its relative precision however small */
-            rest += FN(block_sum)(values, len, step, m, fast, &ties);
+            rest += FN(block_sum)(values, len, step, m, fast, near, &ties);
         else
-            /* naive, maxsub: only the total matters.  Shifted by -BIG instead
-             * of -inf, a -inf logit gives exp(-inf) = 0 rather than NaN while
-             * no finite logit has come. */
-            rest += FN(block_sum)(values, len, step, m == (REAL)-INFINITY ? -BIG : m,
-                                  fast, NULL);
+            /* naive, maxsub: only the total matters */
+            rest += FN(block_sum)(values, len, step, shift, fast, near, NULL);
         for (int64_t j = 0; t && j < len; j++) {
             double q = FN(target_mass)(t, start + j, stride);
             if (q != 0.0) {  /* NaN passes, and poisons the loss */
@@ -1062,7 +1072,7 @@ static void FN(stored_sums)(const REAL *x, const REAL *e, int64_t n, int64_t str
     REAL copy[PSM_BLOCK];
     int64_t step;
     const REAL *b = FN(block_values)(x, n, stride, fast, copy, &step);
-    *rest += FN(block_sum)(b, n, step, m, fast, ties);
+    *rest += FN(block_sum)(b, n, step, m, fast, 0, ties);
 }
 
 /* A one-hot loss with its gradient, with one exp per logit: the max
