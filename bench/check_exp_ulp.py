@@ -4,7 +4,9 @@ By default every float32 bit pattern in [-104, 89] (about 2.24e9 inputs) goes
 through the SIMD path, in chunks of 2**24 patterns spread over worker
 processes, and a random sample checks that the portable twin, and the scalar
 exp compiled for FMA that the SIMD path's scalar exps use, give the same
-bits.  --portable checks the portable twin exhaustively instead; --sample N
+bits; so must the SIMD exp without its range check (which loops take where
+a row's min and max bound every argument) on every float32 in [-87, 87] and
+every NaN.  --portable checks the portable twin exhaustively instead; --sample N
 checks N random inputs of the range only (seconds; the test suite uses it);
 --all-bits covers all 2**32 patterns (beyond the range exp must be inf or 0).
 NaNs, infinities and a few directed inputs are checked in every mode.
@@ -42,6 +44,10 @@ def _bits(value):
 # -0 .. -104 (the sign bit set; magnitude grows with the pattern).
 RANGE = [(0, _bits(HIGH) + 1), (0x80000000, _bits(LOW) + 1)]
 ALL_BITS = [(0, 2 ** 32)]
+# [-87, 87], where the vector exp may skip its range check (psm_expf_near_avx2,
+# portable 3): it must give the checked vector exp's bits there.
+NEAR_LIMIT = 87.0
+NEAR_RANGE = [(0, _bits(NEAR_LIMIT) + 1), (0x80000000, _bits(-NEAR_LIMIT) + 1)]
 
 
 def kernel_exp(x, portable):
@@ -127,6 +133,15 @@ def check_bit_range(args):
     start, stop, portable = args
     bits = np.arange(start, stop, dtype=np.uint32)
     return check(bits.view(np.float32), portable)
+
+
+def near_differences(args):
+    """How many float32 of the bit patterns [start, stop) the unchecked
+    vector exp (3) gives other bits than the checked one (0)."""
+    start, stop = args
+    x = np.arange(start, stop, dtype=np.uint32).view(np.float32)
+    return int(np.count_nonzero(kernel_exp(x, 3).view(np.uint32)
+                                != kernel_exp(x, 0).view(np.uint32)))
 
 
 def chunks_of(ranges):
@@ -243,6 +258,32 @@ def main(argv=None):
         differ += path_differ
         print(f"{path} and {other} paths: {path_differ} of {twin_x.size:,} inputs give "
               f"different bits{' (both run the portable code on this CPU)' if not simd else ''}")
+
+    # The vector exp without its range check, where it serves: every float
+    # of [-87, 87] (a sample with --sample), and NaN, whose bits it keeps
+    # as the checked exp's cold path does.
+    if simd and not portable:
+        start = time.perf_counter()
+        if args.sample is None:
+            work = list(chunks_of(NEAR_RANGE))
+            if args.jobs > 1:
+                with ProcessPoolExecutor(args.jobs) as pool:
+                    near_differ = sum(pool.map(near_differences, work))
+            else:
+                near_differ = sum(map(near_differences, work))
+            near_what = "every float32 in [-87, 87]"
+        else:
+            near_x = twin_x[~(np.abs(twin_x) > NEAR_LIMIT)]
+            near_differ = int(np.count_nonzero(kernel_exp(near_x, 3).view(np.uint32)
+                                               != kernel_exp(near_x, 0).view(np.uint32)))
+            near_what = f"{near_x.size:,} sampled inputs in [-87, 87]"
+        nan_x = directed_inputs()
+        nan_x = nan_x[np.isnan(nan_x)]
+        near_differ += int(np.count_nonzero(kernel_exp(nan_x, 3).view(np.uint32)
+                                            != kernel_exp(nan_x, 0).view(np.uint32)))
+        print(f"avx2+fma and its unchecked exp: {near_differ} of {near_what} and "
+              f"{nan_x.size:,} NaNs give different bits ({time.perf_counter() - start:.1f} s)")
+        differ += near_differ
 
     failures = []
     for name, s in (("range", stats), ("directed", directed)):

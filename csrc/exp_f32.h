@@ -168,11 +168,12 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_expf_avx2(__m256 x)
  * check: the core's y scaled by 2^e as a float product, exact for these x,
  * so psm_expf's bits.  (A NaN lane's bits are psm_expf_avx2's too: the same
  * core carries the NaN, and a product keeps its first operand's NaN, as
- * the cold path's two products do.)  For loops that know their arguments'
- * range before they start (the online sweep's clamp, a row's min and
- * max).  2^e's bits are ((z - (0x4B400000 - 127 * 8)) >> 3) << 23: the
- * exponent bias folded into the integer that z carries (see
- * psm_expf_core_bits_avx2). */
+ * the cold path's two products do.  bench/check_exp_ulp.py compares the
+ * two on every float in [-87, 87] and every NaN: no bit differs.)  For
+ * loops that know their arguments' range before they start (the online
+ * sweep's clamp, a row's min and max).  2^e's bits are
+ * ((z - (0x4B400000 - 127 * 8)) >> 3) << 23: the exponent bias folded into
+ * the integer that z carries (see psm_expf_core_bits_avx2). */
 static inline PSM_AVX2 __m256 psm_expf_near_avx2(__m256 x)
 {
     __m256i z;

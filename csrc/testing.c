@@ -62,6 +62,23 @@ static PSM_AVX2 void psm_exp_array_avx2(const float *in, int64_t n, float *out)
         out[j] = psm_expf(in[j]);
 }
 
+/* psm_expf_near_avx2, the exp with no range check, of every element (the
+ * last n % 8 through a padded copy): only for inputs in [-87, 87] or NaN. */
+static PSM_AVX2 void psm_exp_near_array_avx2(const float *in, int64_t n, float *out)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(out + j, psm_expf_near_avx2(_mm256_loadu_ps(in + j)));
+    if (j < n) {
+        float lanes[8] = {0};
+        for (int64_t k = j; k < n; k++)
+            lanes[k - j] = in[k];
+        _mm256_storeu_ps(lanes, psm_expf_near_avx2(_mm256_loadu_ps(lanes)));
+        for (int64_t k = j; k < n; k++)
+            out[k] = lanes[k - j];
+    }
+}
+
 /* The last n % 4 through a masked load and store: every element takes the
  * vector exp, and nothing past the array is touched. */
 static PSM_AVX2 void psm_exp_array_f64_avx2(const double *in, int64_t n, double *out)
@@ -176,8 +193,8 @@ void psm_exp_f32(const float *in, int64_t n, int portable, float *out)
 {
     int simd = psm_simd_level();
 #ifdef PSM_HAVE_AVX2
-    if (!portable && simd) {
-        psm_exp_array_avx2(in, n, out);
+    if ((!portable || portable == 3) && simd) {
+        (portable ? psm_exp_near_array_avx2 : psm_exp_array_avx2)(in, n, out);
         return;
     }
 #endif

@@ -32,8 +32,10 @@ int psm_testing_portable(void);
 /* The kernel's own float exp of each element (for tests and the exhaustive
  * accuracy check in bench/check_exp_ulp.py); portable 1: the scalar twin;
  * portable 2: that scalar exp compiled for FMA, as the vector path's scalar
- * exps take it (psm_expf_fma; the twin on a CPU without the vector path).
- * This and the probe take their path from their argument alone, not from
+ * exps take it (psm_expf_fma; the twin on a CPU without the vector path);
+ * portable 3: the vector exp without its range check (psm_expf_near_avx2),
+ * defined only for inputs in [-87, 87] or NaN (the scalar twin on a CPU
+ * without the vector path).  This and the probe take their path from their argument alone, not from
  * psm_testing_set_portable's flag. */
 void psm_exp_f32(const float *in, int64_t n, int portable, float *out);
 /* The same for the kernel's double exp (exp_f64.h; bench/check_exp_f64_ulp.py). */

@@ -270,7 +270,8 @@ def portable():
 def exp_f32(x, portable):
     """The kernel's float exp of each element of a float32 array; portable
     0: the vector path, 1: the scalar twin, 2: the scalar exp compiled for
-    FMA (psm_exp_f32)."""
+    FMA, 3: the vector exp without its range check, for inputs in [-87, 87]
+    or NaN only (psm_exp_f32)."""
     out = np.empty_like(x)
     lib.psm_exp_f32(_in(x, "float[]"), x.size, int(portable), _out(out, "float[]"))
     return out
