@@ -168,6 +168,14 @@ static REAL FN(vec_row_max)(const REAL *x, int64_t n, REAL *low)
 }
 #endif
 
+/* The shift of a row's exps: its max m, or for naive and maxsub (not
+ * stable) -BIG for a max of -inf, so that a -inf logit gives exp(-inf) = 0
+ * rather than NaN while no finite logit has come. */
+static REAL FN(exp_shift)(REAL m, int stable)
+{
+    return stable || m != (REAL)-INFINITY ? m : -BIG;
+}
+
 /* Whether every exp(x_j - shift) of a row whose x_j other than NaN lie in
  * [low, max] may skip the range check (NEAR_EXPS): x_j - shift lies in
  * [low - shift, max - shift], rounding being monotonic, and a NaN bound
@@ -499,7 +507,7 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
         REAL low = (REAL)-INFINITY;
         if (track_max)
             m = FN(vec_row_max)(x, classes, &low);
-        REAL shift = exact_rest || m != (REAL)-INFINITY ? m : -BIG;
+        REAL shift = FN(exp_shift)(m, exact_rest);
         int near = FN(near_exps)(low, m, shift);
         if (exact_rest)
             VEC_EXPS(block_sums, near)(x, classes, m, &rest, &ties);
@@ -537,9 +545,7 @@ static void FN(row_pass)(const REAL *x, int64_t classes, int64_t stride,
                 m = block_max;
             }
         }
-        /* naive, maxsub: shifted by -BIG instead of -inf, a -inf logit gives
-         * exp(-inf) = 0 rather than NaN while no finite logit has come */
-        REAL shift = exact_rest || m != (REAL)-INFINITY ? m : -BIG;
+        REAL shift = FN(exp_shift)(m, exact_rest);
         /* the block's values lie in [low, m] */
         int near = FN(near_exps)(low, m, shift);
         if (exact_rest)
@@ -732,11 +738,11 @@ static REAL FN(row_shift_max)(const REAL *x, int64_t classes, int64_t stride, in
 }
 
 /* A row's exps e_j = exp(x_j - shift), stored to e (the stride of x), and
- * their sum (exp_store_total), with its max *max (row_shift_max): shift is
- * the max, or for naive and maxsub -BIG for a max of -inf, as row_pass
- * (exp(-inf) = 0, not NaN).  On the float vector path (NEAR_EXPS) the max
- * pass takes the row's min as well, and when every x_j - shift then lies
- * in [-87, 87] (or is NaN) the exps skip their range check: the same bits. */
+ * their sum (exp_store_total), with its max *max (row_shift_max), shifted
+ * as row_pass shifts them (exp_shift).  On the float vector path
+ * (NEAR_EXPS) the max pass takes the row's min as well, and when every
+ * x_j - shift then lies in [-87, 87] (or is NaN) the exps skip their range
+ * check: the same bits. */
 static double FN(stored_row_exps)(const REAL *x, int64_t classes, int64_t stride,
                                   int method, int fast, REAL *e, REAL *max)
 {
@@ -747,7 +753,7 @@ static double FN(stored_row_exps)(const REAL *x, int64_t classes, int64_t stride
     else
 #endif
         m = FN(row_shift_max)(x, classes, stride, method, fast);
-    REAL shift = method == PSM_STABLE || m != (REAL)-INFINITY ? m : -BIG;
+    REAL shift = FN(exp_shift)(m, method == PSM_STABLE);
     *max = m;
     return FN(exp_store_total)(x, classes, stride, shift, fast, FN(near_exps)(low, m, shift),
                                e);
