@@ -66,6 +66,11 @@ def check_tolerance(dtype: DTypeLike, classes: int) -> float:
 
 _num_threads = None   # set_num_threads(); None: the default
 
+# Defaults the common calls' fast paths test by identity, before the type
+# and value tests that a caller's own 1 or 0.0 takes.
+_CLASS_AXIS = 1
+_ZERO = 0.0
+
 
 def simd_level() -> str:
     """The kernel's code path on this CPU.
@@ -219,11 +224,11 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
                                              Tuple[Loss, FloatArray, FloatArray]]: ...
 
 
-def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
+def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = _CLASS_AXIS,
                  method: str = "stable", reduction: str = "mean",
                  weight: Optional[ArrayLike] = None,
-                 ignore_index: Optional[Integer] = None, label_smoothing: float = 0.0,
-                 z_loss: float = 0.0, return_grad: bool = False, return_lse: bool = False,
+                 ignore_index: Optional[Integer] = None, label_smoothing: float = _ZERO,
+                 z_loss: float = _ZERO, return_grad: bool = False, return_lse: bool = False,
                  loss_dtype: Optional[DTypeLike] = None,
                  out: Optional[FloatArray] = None, threads: Optional[Integer] = None,
                  check: bool = False) -> Union[Loss, Tuple[Loss, FloatArray],
@@ -347,49 +352,52 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = 1,
     # buffer that is plainly fine (the logits' dtype and shape, C-contiguous,
     # writeable, sharing no memory with the inputs).  A (32, 10) call spends
     # more time here than in the kernel, so this is written out without
-    # helper calls.  Anything else, every bad input included, falls through
-    # to the general path, which checks everything.
-    if (weight is None and ignore_index is None and check is False
-            and (out is None or (type(out) is np.ndarray and return_grad is True))
+    # helper calls, the cheapest tests first: the defaults by identity (a
+    # caller's own 0.0 or 1 takes the type test after it), then one dict
+    # lookup for method, reduction and thread count together.  Anything
+    # else, every bad input included, falls through to the general path,
+    # which checks everything.
+    if (type(logits) is np.ndarray and type(labels) is np.ndarray
+            and weight is None and ignore_index is None and check is False
             and return_lse is False and loss_dtype is None
-            and (type(z_loss) is float or type(z_loss) is int)
-            and z_loss == 0
-            and type(logits) is np.ndarray and type(labels) is np.ndarray
-            and type(axis) is int and axis == 1
-            and (type(label_smoothing) is float or type(label_smoothing) is int)
-            and label_smoothing == 0.0 and (return_grad is False or return_grad is True)
+            and (return_grad is False or return_grad is True)
+            and (out is None or (return_grad is True and type(out) is np.ndarray))
+            and (axis is _CLASS_AXIS or (type(axis) is int and axis == 1))
+            and (label_smoothing is _ZERO
+                 or ((type(label_smoothing) is float or type(label_smoothing) is int)
+                     and label_smoothing == 0))
+            and (z_loss is _ZERO
+                 or ((type(z_loss) is float or type(z_loss) is int) and z_loss == 0))
             and type(method) is str and type(reduction) is str
             and logits.ndim == 2 and labels.ndim == 1
             and labels.dtype is _validation.INT64 and logits.dtype in _bindings.KERNELS):
-        rows, classes = logits.shape
         count = threads
         if count is None:
             count = _env_threads if _num_threads is None else _num_threads
+        opts = (_plain_options.get((method, reduction, count))
+                if type(count) is int else None)
+        if opts is None and type(count) is int:
+            opts = _new_plain_options(method, reduction, count)
+        rows, classes = logits.shape
         flags, label_flags = logits.flags, labels.flags
-        if (classes and len(labels) == rows and type(count) is int and count >= 1
+        if (opts is not None and classes and len(labels) == rows
                 and flags.c_contiguous and flags.aligned
                 and label_flags.c_contiguous and label_flags.aligned
                 and (out is None or (_plain_out(out, logits)
                                      and not np.may_share_memory(out, labels)))):
-            opts: Optional[_bindings.Options]
+            losses = np.empty(rows, logits.dtype) if reduction == "none" else None
+            grad = (out if out is not None else np.empty((rows, classes), logits.dtype)
+                    if return_grad else None)
             try:
-                opts = _plain_options[method, reduction, count]
-            except KeyError:
-                opts = _new_plain_options(method, reduction, count)
-            if opts is not None:
-                losses = np.empty(rows, logits.dtype) if reduction == "none" else None
-                grad = (out if out is not None else np.empty((rows, classes), logits.dtype)
-                        if return_grad else None)
-                try:
-                    loss = _bindings.softmax_loss(logits, rows, classes, 1, labels, None,
-                                                  opts, losses, grad)
-                except _bindings.BadLabel as bad:
-                    raise _validation.label_out_of_range(labels, bad.position,
-                                                         classes) from None
-                if losses is not None:
-                    loss = losses
-                # grad is an array when return_grad (mypy cannot tell)
-                return (loss, grad) if return_grad else loss  # type: ignore[return-value]
+                loss = _bindings.softmax_loss(logits, rows, classes, 1, labels, None,
+                                              opts, losses, grad)
+            except _bindings.BadLabel as bad:
+                raise _validation.label_out_of_range(labels, bad.position,
+                                                     classes) from None
+            if losses is not None:
+                loss = losses
+            # grad is an array when return_grad (mypy cannot tell)
+            return (loss, grad) if return_grad else loss  # type: ignore[return-value]
     x = _validation.logits_array(logits, axis, convert=False)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing, convert=False)
@@ -590,12 +598,13 @@ _plain_options: dict[tuple[str, str, int], _bindings.Options] = {}
 def _new_plain_options(method: str, reduction: str,
                        threads: int) -> Optional[_bindings.Options]:
     """The options of a cheap call, made and kept; None for an unknown
-    method or reduction (the general path's error to raise).  Counts above
-    MAX_THREADS share MAX_THREADS's options, so that the cache stays small."""
-    if method not in _bindings.METHOD_IDS or reduction not in _bindings.REDUCTION_IDS:
+    method or reduction, or a thread count below 1 (the general path's
+    error to raise).  Counts above MAX_THREADS share MAX_THREADS's options,
+    so that the cache stays small."""
+    if (method not in _bindings.METHOD_IDS or reduction not in _bindings.REDUCTION_IDS
+            or threads < 1):
         return None
-    threads = min(threads, _bindings.MAX_THREADS)
-    key = (method, reduction, threads)
+    key = (method, reduction, min(threads, _bindings.MAX_THREADS))
     opts = _plain_options.get(key)
     if opts is None:
         opts = _plain_options[key] = _bindings.options(method, reduction, threads)
