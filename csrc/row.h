@@ -887,12 +887,16 @@ static void FN(small_log_softmax_rows)(const REAL *x, int64_t classes, REAL *y)
     REAL max[8];
     double rest[8], ties[8], log_norm[8];
     VEC(small_rows)(x, (int)classes, 1, 1, BIG, max, rest, ties);
+#if SMALL_OUT_ROWS
+    psm_small_log_norms_avx2(max, rest, ties, log_norm);
+#else
     for (int r = 0; r < 8; r++) {
         FN(row_state) st = {max[r], rest[r], ties[r], 0.0, 0.0, 0.0, 0};
         log_norm[r] = FN(stable_rest)(&st);
     }
     psm_log1p4_avx2(log_norm);
     psm_log1p4_avx2(log_norm + 4);
+#endif
 #if SMALL_OUT_ROWS
     psm_small_log_softmax_avx2(x, (int)classes, max, log_norm, y);
 #else

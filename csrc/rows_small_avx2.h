@@ -234,6 +234,26 @@ static PSM_AVX2 void psm_small_exps_avx2(const float *x, int n, int method, floa
     }
 }
 
+/* row.h's log_norm of 8 rows from their psm_small_rows_avx2 states, four
+ * rows a vector: log1p(rest + (ties - 1)) in double, NaN where the max is
+ * not finite (stable_rest). */
+static inline PSM_AVX2 void psm_small_log_norms_avx2(const float max[8], const double rest[8],
+                                                    const double ties[8], double log_norm[8])
+{
+    for (int h = 0; h < 8; h += 4) {
+        __m256d m = _mm256_cvtps_pd(_mm_loadu_ps(max + h));
+        __m256d finite = _mm256_cmp_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), m),
+                                       _mm256_set1_pd(DBL_MAX), _CMP_LE_OQ);
+        __m256d rest_h = _mm256_add_pd(_mm256_loadu_pd(rest + h),
+                                       _mm256_sub_pd(_mm256_loadu_pd(ties + h),
+                                                     _mm256_set1_pd(1.0)));
+        _mm256_storeu_pd(log_norm + h,
+                         _mm256_blendv_pd(_mm256_set1_pd(NAN), rest_h, finite));
+    }
+    psm_log1p4_avx2(log_norm);
+    psm_log1p4_avx2(log_norm + 4);
+}
+
 /* The stable losses of 8 rows of n <= PSM_SMALL_CLASSES floats whose
  * labels y[r] are plain (in [0, n), a share of 1): each row's one_hot_loss
  * (row.h), (m - x_y) + log1p(s) in double with a NaN written as +NaN, from
@@ -246,17 +266,7 @@ static PSM_AVX2 void psm_small_stable_losses_avx2(const float *x, int n, const i
     float max[8];
     double rest[8], ties[8], s[8];
     psm_small_rows_avx2(x, n, 1, 1, FLT_MAX, max, rest, ties);
-    for (int h = 0; h < 8; h += 4) {   /* stable_rest: NaN where the max is not finite */
-        __m256d m = _mm256_cvtps_pd(_mm_loadu_ps(max + h));
-        __m256d finite = _mm256_cmp_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), m),
-                                       _mm256_set1_pd(DBL_MAX), _CMP_LE_OQ);
-        __m256d rest_h = _mm256_add_pd(_mm256_loadu_pd(rest + h),
-                                       _mm256_sub_pd(_mm256_loadu_pd(ties + h),
-                                                     _mm256_set1_pd(1.0)));
-        _mm256_storeu_pd(s + h, _mm256_blendv_pd(_mm256_set1_pd(NAN), rest_h, finite));
-    }
-    psm_log1p4_avx2(s);
-    psm_log1p4_avx2(s + 4);
+    psm_small_log_norms_avx2(max, rest, ties, s);
     for (int h = 0; h < 8; h += 4) {
         __m256d m = _mm256_cvtps_pd(_mm_loadu_ps(max + h));
         __m256d x_y = _mm256_setr_pd(x[h * n + y[h]], x[(h + 1) * n + y[h + 1]],
