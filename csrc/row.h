@@ -1353,7 +1353,9 @@ static void FN(clamped_losses8)(const FN(row_state) st[8], const REAL x_y[8], in
  *   - rows of at most PSM_SMALL_CLASSES take one vector sweep for all
  *     eight (small_row_passes, small_grads), and skip the per-position
  *     target and state bookkeeping, which cost twice a row's own arithmetic
- *     at ten classes.
+ *     at ten classes; for float, stable's finish, loss and gradient, runs
+ *     four rows a vector too (psm_small_stable_losses_avx2,
+ *     psm_small_stable_grads_avx2).
  * With grad, each row's exps are scaled as soon as they are stored, while
  * they are in cache; only the losses wait for the eight. */
 static void FN(plain_losses8)(const REAL *x, int64_t classes, const int64_t y[8],
@@ -1361,8 +1363,11 @@ static void FN(plain_losses8)(const REAL *x, int64_t classes, const int64_t y[8]
                               double loss[8])
 {
 #if SMALL_OUT_ROWS
-    if (!grad && method == PSM_STABLE && fast && classes <= PSM_SMALL_CLASSES) {
-        psm_small_stable_losses_avx2(x, (int)classes, y, loss);
+    if (method == PSM_STABLE && fast && classes <= PSM_SMALL_CLASSES) {
+        if (grad)
+            psm_small_stable_grads_avx2(x, (int)classes, y, scale, grad, loss);
+        else
+            psm_small_stable_losses_avx2(x, (int)classes, y, loss);
         return;
     }
 #endif
