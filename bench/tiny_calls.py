@@ -14,8 +14,13 @@ The calls, on float32 logits (random normal * 4) and random int64 labels:
   loss none (32,10)     softmax_loss(x, y, reduction="none")
                                                        torch: reduction="none"
   softmax (32,10)       softmax(x)                     torch.softmax(x, 1)
+  softmax out= (32,10)  softmax(x, out=probs)          torch.softmax(x, 1, out=probs)
   log_softmax (32,10)   log_softmax(x)                 torch.log_softmax(x, 1)
   loss (1,10)           softmax_loss(x, y)             F.cross_entropy(x, y)
+  cffi floor (32,10)    the loss's kernel entry point called straight
+                        through cffi, its two input buffers made per call
+                        and nothing checked: what any cffi binding pays,
+                        the floor under "loss (32,10)"
 
 pysafemax runs at its default thread count (its tiny calls use one thread),
 torch at --torch-threads, 1 unless told (0: torch's default): on a shared
@@ -50,7 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 
 CASES = ["loss (32,10)", "loss+grad (32,10)", "loss+grad out= (32,10)",
-         "loss none (32,10)", "softmax (32,10)", "log_softmax (32,10)", "loss (1,10)"]
+         "loss none (32,10)", "softmax (32,10)", "softmax out= (32,10)",
+         "log_softmax (32,10)", "loss (1,10)", "cffi floor (32,10)"]
 
 
 def inputs(np):
@@ -71,21 +77,42 @@ def pysafemax_calls(sources):
     if loaded != os.path.abspath(sources):
         raise SystemExit(f"pysafemax came from {loaded}, not {sources}")
     x, y, x1, y1 = inputs(np)
-    grad = np.empty_like(x)
+    grad, probs = np.empty_like(x), np.empty_like(x)
     loss = pysafemax.softmax_loss
+    floor = cffi_floor(pysafemax, x, y)
     calls = {
         "loss (32,10)": lambda: loss(x, y),
         "loss+grad (32,10)": lambda: loss(x, y, return_grad=True),
         "loss+grad out= (32,10)": lambda: loss(x, y, return_grad=True, out=grad),
         "loss none (32,10)": lambda: loss(x, y, reduction="none"),
         "softmax (32,10)": lambda: pysafemax.softmax(x),
+        "softmax out= (32,10)": lambda: pysafemax.softmax(x, out=probs),
         "log_softmax (32,10)": lambda: pysafemax.log_softmax(x),
         "loss (1,10)": lambda: loss(x1, y1),
+        "cffi floor (32,10)": floor,
     }
     about = {"pysafemax": pysafemax.__version__, "simd": pysafemax.simd_level(),
              "threads": pysafemax.get_num_threads(), "numpy": np.__version__,
              "python_layer": loaded}
     return calls, about
+
+
+def cffi_floor(pysafemax, x, y):
+    """The stable mean loss of x, y by psm_softmax_loss_lse_f32 called
+    straight through cffi, on one thread: the buffers made per call, as
+    any binding must make them, and nothing checked."""
+    from pysafemax import _bindings
+    from pysafemax._kernel import ffi, lib
+    opts = _bindings.options("stable", "mean", 1).struct
+    buffer, floats, int64s = ffi.from_buffer, ffi.typeof("float[]"), ffi.typeof("int64_t[]")
+    kernel, null, cell = lib.psm_softmax_loss_lse_f32, ffi.NULL, ffi.new("double *")
+    rows, classes = x.shape
+
+    def call():
+        kernel(buffer(floats, x), rows, classes, 1, buffer(int64s, y), null, opts, null,
+               cell, null, null)
+        return cell[0]
+    return call
 
 
 def torch_calls(threads):
@@ -96,6 +123,7 @@ def torch_calls(threads):
         torch.set_num_threads(threads)
     x, y, x1, y1 = (torch.from_numpy(a) for a in inputs(np))
     xg = x.clone().requires_grad_(True)
+    probs = torch.empty_like(x)
 
     def forward_backward():
         value = F.cross_entropy(xg, y)
@@ -106,6 +134,7 @@ def torch_calls(threads):
         "loss+grad (32,10)": forward_backward,
         "loss none (32,10)": lambda: F.cross_entropy(x, y, reduction="none"),
         "softmax (32,10)": lambda: torch.softmax(x, 1),
+        "softmax out= (32,10)": lambda: torch.softmax(x, 1, out=probs),
         "log_softmax (32,10)": lambda: torch.log_softmax(x, 1),
         "loss (1,10)": lambda: F.cross_entropy(x1, y1),
     }
