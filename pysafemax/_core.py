@@ -695,8 +695,9 @@ def _plain_out(out: Any, logits: NDArray[Any],
 def _apart(out: NDArray[Any], out_owns_data: bool, other: NDArray[Any]) -> bool:
     """Whether two arrays share no memory.  Two that each own their data
     (numpy allocated it for them) are separate allocations unless they are
-    one array, which costs a tenth of numpy's bounds test that decides the
-    rest (on the (32, 10) out= call, two such tests cost 0.6 us of 5.5)."""
+    one array: a flag read (about 0.07 us) rather than numpy's bounds test
+    (about 0.3 us), which decides the rest; on the (32, 10) out= call two
+    such tests were 0.6 us of 5.5."""
     if out is other:
         return False
     return (out_owns_data and other.flags.owndata) or not np.may_share_memory(out, other)
