@@ -374,10 +374,11 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = _CLASS
         count = threads
         if count is None:
             count = _env_threads if _num_threads is None else _num_threads
-        opts = (_plain_options.get((method, reduction, count))
-                if type(count) is int else None)
-        if opts is None and type(count) is int:
-            opts = _new_plain_options(method, reduction, count)
+        opts = None
+        if type(count) is int:
+            opts = _plain_options.get((method, reduction, count))
+            if opts is None:
+                opts = _new_plain_options(method, reduction, count)
         rows, classes = logits.shape
         flags, label_flags = logits.flags, labels.flags
         if (opts is not None and classes and len(labels) == rows
