@@ -889,6 +889,7 @@ static void FN(small_log_softmax_rows)(const REAL *x, int64_t classes, REAL *y)
     VEC(small_rows)(x, (int)classes, 1, 1, BIG, max, rest, ties);
 #if SMALL_OUT_ROWS
     psm_small_log_norms_avx2(max, rest, ties, log_norm);
+    psm_small_log_softmax_avx2(x, (int)classes, max, log_norm, y);
 #else
     for (int r = 0; r < 8; r++) {
         FN(row_state) st = {max[r], rest[r], ties[r], 0.0, 0.0, 0.0, 0};
@@ -896,10 +897,6 @@ static void FN(small_log_softmax_rows)(const REAL *x, int64_t classes, REAL *y)
     }
     psm_log1p4_avx2(log_norm);
     psm_log1p4_avx2(log_norm + 4);
-#endif
-#if SMALL_OUT_ROWS
-    psm_small_log_softmax_avx2(x, (int)classes, max, log_norm, y);
-#else
     for (int r = 0; r < 8; r++)
         for (int64_t j = 0; j < classes; j++)
             y[r * classes + j] = (REAL)(((double)x[r * classes + j] - (double)max[r]) -

@@ -254,27 +254,39 @@ static inline PSM_AVX2 void psm_small_log_norms_avx2(const float max[8], const d
     psm_log1p4_avx2(log_norm + 4);
 }
 
-/* The stable losses of 8 rows of n <= PSM_SMALL_CLASSES floats whose
- * labels y[r] are plain (in [0, n), a share of 1): each row's one_hot_loss
- * (row.h), (m - x_y) + log1p(s) in double with a NaN written as +NaN, from
- * psm_small_rows_avx2's states, four rows a vector.  The same operations
- * as the row-by-row finish, without its states' round trip through memory:
- * on (65536, 10) that finish took more instructions than the rows' sweep. */
-static PSM_AVX2 void psm_small_stable_losses_avx2(const float *x, int n, const int64_t y[8],
-                                                  double loss[8])
+/* one_hot_loss (row.h) of 8 rows with plain labels (a share of 1), from
+ * their maxima, label logits x_y and log norms: (m - x_y) + log_norm in
+ * double, a NaN written as +NaN. */
+static inline PSM_AVX2 void psm_small_one_hot_losses_avx2(const float max[8],
+                                                         const float x_y[8],
+                                                         const double log_norm[8],
+                                                         double loss[8])
 {
-    float max[8];
-    double rest[8], ties[8], s[8];
-    psm_small_rows_avx2(x, n, 1, 1, FLT_MAX, max, rest, ties);
-    psm_small_log_norms_avx2(max, rest, ties, s);
     for (int h = 0; h < 8; h += 4) {
-        __m256d m = _mm256_cvtps_pd(_mm_loadu_ps(max + h));
-        __m256d x_y = _mm256_setr_pd(x[h * n + y[h]], x[(h + 1) * n + y[h + 1]],
-                                     x[(h + 2) * n + y[h + 2]], x[(h + 3) * n + y[h + 3]]);
-        __m256d l = _mm256_add_pd(_mm256_sub_pd(m, x_y), _mm256_loadu_pd(s + h));
+        __m256d gap = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(max + h)),
+                                    _mm256_cvtps_pd(_mm_loadu_ps(x_y + h)));
+        __m256d l = _mm256_add_pd(gap, _mm256_loadu_pd(log_norm + h));
         __m256d nan = _mm256_cmp_pd(l, l, _CMP_UNORD_Q);
         _mm256_storeu_pd(loss + h, _mm256_blendv_pd(l, _mm256_set1_pd(NAN), nan));
     }
+}
+
+/* The stable losses of 8 rows of n <= PSM_SMALL_CLASSES floats whose
+ * labels y[r] are plain (in [0, n), a share of 1): each row's one_hot_loss
+ * from psm_small_rows_avx2's states, four rows a vector.  The same
+ * operations as the row-by-row finish, without its states' round trip
+ * through memory: on (65536, 10) that finish took more instructions than
+ * the rows' sweep. */
+static PSM_AVX2 void psm_small_stable_losses_avx2(const float *x, int n, const int64_t y[8],
+                                                  double loss[8])
+{
+    float max[8], x_y[8];
+    double rest[8], ties[8], log_norm[8];
+    psm_small_rows_avx2(x, n, 1, 1, FLT_MAX, max, rest, ties);
+    psm_small_log_norms_avx2(max, rest, ties, log_norm);
+    for (int r = 0; r < 8; r++)
+        x_y[r] = x[r * n + y[r]];
+    psm_small_one_hot_losses_avx2(max, x_y, log_norm, loss);
 }
 
 /* Caffe's loss -log(max(exp(x_y - shift) / total, FLT_MIN)), in float,

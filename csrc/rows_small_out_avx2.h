@@ -81,9 +81,11 @@ static PSM_AVX2 void psm_small_scale_rows_avx2(const float *e, int n, int divide
 static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const int64_t y[8],
                                                  double scale, float *grad, double loss[8])
 {
-    float e[8 * PSM_SMALL_CLASSES], max[8], factor[8], label_grad[8];
-    double sum[8], rest[8], ties[8], s[8], cross[8];
+    float e[8 * PSM_SMALL_CLASSES], max[8], x_y[8], factor[8], label_grad[8];
+    double sum[8], rest[8], ties[8], s[8];
     psm_small_exps_avx2(x, n, PSM_STABLE, FLT_MAX, e, max, sum, rest, ties);
+    for (int r = 0; r < 8; r++)
+        x_y[r] = x[r * n + y[r]];
     const __m256d one = _mm256_set1_pd(1.0), scale_v = _mm256_set1_pd(scale);
     unsigned no_softmax = 0;
     for (int h = 0; h < 8; h += 4) {
@@ -107,9 +109,6 @@ static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const in
         _mm_storeu_ps(factor + h, _mm256_cvtpd_ps(_mm256_div_pd(scale_v, denom)));
         /* label_grad: p_mass (e_y / denom) - 1, or where y is the max,
          * -(s / denom) for s < 1 (the max is unique) and 1 / denom - 1 */
-        __m256d x_y = _mm256_cvtps_pd(_mm_setr_ps(x[h * n + y[h]], x[(h + 1) * n + y[h + 1]],
-                                                  x[(h + 2) * n + y[h + 2]],
-                                                  x[(h + 3) * n + y[h + 3]]));
         __m256d e_y = _mm256_cvtps_pd(_mm_setr_ps(e[y[h] * 8 + h], e[y[h + 1] * 8 + h + 1],
                                                   e[y[h + 2] * 8 + h + 2],
                                                   e[y[h + 3] * 8 + h + 3]));
@@ -118,10 +117,9 @@ static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const in
             _mm256_sub_pd(_mm256_div_pd(one, denom), one),
             _mm256_mul_pd(_mm256_set1_pd(-1.0), _mm256_div_pd(s_h, denom)),
             _mm256_cmp_pd(s_h, one, _CMP_LT_OQ));
-        g = _mm256_blendv_pd(g, g_top, _mm256_cmp_pd(x_y, m, _CMP_EQ_OQ));
+        __m256d top = _mm256_cmp_pd(_mm256_cvtps_pd(_mm_loadu_ps(x_y + h)), m, _CMP_EQ_OQ);
+        g = _mm256_blendv_pd(g, g_top, top);
         _mm_storeu_ps(label_grad + h, _mm256_cvtpd_ps(_mm256_mul_pd(g, scale_v)));
-        /* one_hot_loss's cross term, 1 (m - x_y) */
-        _mm256_storeu_pd(cross + h, _mm256_sub_pd(m, x_y));
     }
     psm_small_scale_rows_avx2(e, n, 0, factor, factor, factor, grad);
     for (int r = 0; r < 8; r++) {
@@ -132,13 +130,9 @@ static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const in
         else
             g[y[r]] = label_grad[r];
     }
-    psm_log1p4_avx2(s);
+    psm_log1p4_avx2(s);   /* log_norm */
     psm_log1p4_avx2(s + 4);
-    for (int h = 0; h < 8; h += 4) {   /* one_hot_loss: cross + log_norm, NaN as +NaN */
-        __m256d l = _mm256_add_pd(_mm256_loadu_pd(cross + h), _mm256_loadu_pd(s + h));
-        __m256d nan = _mm256_cmp_pd(l, l, _CMP_UNORD_Q);
-        _mm256_storeu_pd(loss + h, _mm256_blendv_pd(l, _mm256_set1_pd(NAN), nan));
-    }
+    psm_small_one_hot_losses_avx2(max, x_y, s, loss);
 }
 
 /* 8 floats of a log-softmax: (x_j - m) - log_norm in double, rounded. */
