@@ -8,7 +8,10 @@
  *
  * Elementwise: every y_j is rounded as scale_row or log_softmax_row (row.h)
  * rounds it alone, so the portable twins of this file are those loops, and
- * a row's bits do not depend on the batch it lands in.
+ * a row's bits do not depend on the batch it lands in.  The stable loss and
+ * gradient of such rows (psm_small_stable_grads_avx2) also finishes each
+ * row four to a vector, as exp_state, grad_factors, label_grad and
+ * one_hot_loss (row.h, its twins) finish it alone.
  */
 #ifndef PYSAFEMAX_ROWS_SMALL_OUT_AVX2_H
 #define PYSAFEMAX_ROWS_SMALL_OUT_AVX2_H
