@@ -234,21 +234,33 @@ static PSM_AVX2 void psm_small_exps_avx2(const float *x, int n, int method, floa
     }
 }
 
+/* All ones in the lanes of m that are finite. */
+static inline PSM_AVX2 __m256d psm_finite4_avx2(__m256d m)
+{
+    return _mm256_cmp_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), m), _mm256_set1_pd(DBL_MAX),
+                         _CMP_LE_OQ);
+}
+
+/* row.h's stable_rest of four rows: rest + (ties - 1), NaN where the max
+ * is not finite (finite: psm_finite4_avx2 of the maxima). */
+static inline PSM_AVX2 __m256d psm_stable_rest4_avx2(__m256d rest, __m256d ties,
+                                                     __m256d finite)
+{
+    return _mm256_blendv_pd(_mm256_set1_pd(NAN),
+                            _mm256_add_pd(rest, _mm256_sub_pd(ties, _mm256_set1_pd(1.0))),
+                            finite);
+}
+
 /* row.h's log_norm of 8 rows from their psm_small_rows_avx2 states, four
- * rows a vector: log1p(rest + (ties - 1)) in double, NaN where the max is
- * not finite (stable_rest). */
+ * rows a vector: log1p of their stable_rest. */
 static inline PSM_AVX2 void psm_small_log_norms_avx2(const float max[8], const double rest[8],
                                                     const double ties[8], double log_norm[8])
 {
     for (int h = 0; h < 8; h += 4) {
-        __m256d m = _mm256_cvtps_pd(_mm_loadu_ps(max + h));
-        __m256d finite = _mm256_cmp_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), m),
-                                       _mm256_set1_pd(DBL_MAX), _CMP_LE_OQ);
-        __m256d rest_h = _mm256_add_pd(_mm256_loadu_pd(rest + h),
-                                       _mm256_sub_pd(_mm256_loadu_pd(ties + h),
-                                                     _mm256_set1_pd(1.0)));
+        __m256d finite = psm_finite4_avx2(_mm256_cvtps_pd(_mm_loadu_ps(max + h)));
         _mm256_storeu_pd(log_norm + h,
-                         _mm256_blendv_pd(_mm256_set1_pd(NAN), rest_h, finite));
+                         psm_stable_rest4_avx2(_mm256_loadu_pd(rest + h),
+                                               _mm256_loadu_pd(ties + h), finite));
     }
     psm_log1p4_avx2(log_norm);
     psm_log1p4_avx2(log_norm + 4);

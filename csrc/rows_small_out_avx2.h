@@ -93,18 +93,14 @@ static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const in
     unsigned no_softmax = 0;
     for (int h = 0; h < 8; h += 4) {
         __m256d m = _mm256_cvtps_pd(_mm_loadu_ps(max + h));
-        __m256d finite = _mm256_cmp_pd(_mm256_andnot_pd(_mm256_set1_pd(-0.0), m),
-                                       _mm256_set1_pd(DBL_MAX), _CMP_LE_OQ);
+        __m256d finite = psm_finite4_avx2(m);
         /* exp_state: the sum of every exp less the max's own 1, or the
          * exact sums where a finite max leaves less than 1 */
         __m256d one_rest = _mm256_sub_pd(_mm256_loadu_pd(sum + h), one);
         __m256d exact = _mm256_and_pd(finite, _mm256_cmp_pd(one_rest, one, _CMP_LT_OQ));
         __m256d rest_h = _mm256_blendv_pd(one_rest, _mm256_loadu_pd(rest + h), exact);
         __m256d ties_h = _mm256_blendv_pd(one, _mm256_loadu_pd(ties + h), exact);
-        /* stable_rest */
-        __m256d s_h = _mm256_blendv_pd(_mm256_set1_pd(NAN),
-                                       _mm256_add_pd(rest_h, _mm256_sub_pd(ties_h, one)),
-                                       finite);
+        __m256d s_h = psm_stable_rest4_avx2(rest_h, ties_h, finite);
         _mm256_storeu_pd(s + h, s_h);
         no_softmax |= (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(s_h, s_h, _CMP_UNORD_Q)) << h;
         /* grad_factors: (p_mass scale) / (1 + s), p_mass 1 */
