@@ -142,11 +142,18 @@ _loss_cells: list[Any] = []
 def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, grad,
                  lse=None):
     """psm_softmax_loss_lse: the reduced loss; losses, grad and lse (or None)
-    filled.
+    filled."""
+    return softmax_loss_by(KERNELS[logits.dtype], logits, outer, classes, inner, labels,
+                           probs, opts, losses, grad, lse)
+
+
+def softmax_loss_by(k, logits, outer, classes, inner, labels, probs, opts, losses, grad,
+                    lse=None):
+    """softmax_loss by k, the logits' KERNELS entry, which the caller has
+    looked up (the tiny calls' fast paths, which test the dtype with it).
     Written for tiny calls, whose whole cost a few hundred ns of Python can
     double: the buffers are made inline (positional require_writable: the
     keyword alone costs 0.15 us), and the loss cell is reused."""
-    k = KERNELS[logits.dtype]
     ctype, buffer, null = k.ctype, ffi.from_buffer, ffi.NULL
     try:
         cell = _loss_cells.pop()
@@ -167,22 +174,34 @@ def softmax_loss(logits, outer, classes, inner, labels, probs, opts, losses, gra
 
 
 def softmax(logits, outer, classes, inner, method, threads, out):
-    """psm_softmax into out, on at most threads threads (capped at MAX_THREADS).
-    Buffers inline, as in softmax_loss."""
-    k = KERNELS[logits.dtype]
+    """psm_softmax into out, on at most threads threads (capped at MAX_THREADS)."""
+    softmax_by(KERNELS[logits.dtype], logits, outer, classes, inner, METHOD_IDS[method],
+               threads, out)
+
+
+def softmax_by(k, logits, outer, classes, inner, method_id, threads, out):
+    """softmax by k, the logits' KERNELS entry, and the method's METHOD_IDS
+    entry, both looked up by the caller (as in softmax_loss_by).  Buffers
+    inline, as there."""
     ctype, buffer = k.ctype, ffi.from_buffer
-    status = k.softmax(buffer(ctype, logits), outer, classes, inner, METHOD_IDS[method],
-                       min(threads, MAX_THREADS), buffer(ctype, out, True))
+    status = k.softmax(buffer(ctype, logits), outer, classes, inner, method_id,
+                       threads if threads < MAX_THREADS else MAX_THREADS,
+                       buffer(ctype, out, True))
     if status:
         _check(status)
 
 
 def log_softmax(logits, outer, classes, inner, threads, out):
     """psm_log_softmax into out, on at most threads threads."""
-    k = KERNELS[logits.dtype]
+    log_softmax_by(KERNELS[logits.dtype], logits, outer, classes, inner, threads, out)
+
+
+def log_softmax_by(k, logits, outer, classes, inner, threads, out):
+    """log_softmax by k, the logits' KERNELS entry (as in softmax_by)."""
     ctype, buffer = k.ctype, ffi.from_buffer
     status = k.log_softmax(buffer(ctype, logits), outer, classes, inner,
-                           min(threads, MAX_THREADS), buffer(ctype, out, True))
+                           threads if threads < MAX_THREADS else MAX_THREADS,
+                           buffer(ctype, out, True))
     if status:
         _check(status)
 

@@ -370,7 +370,8 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = _CLASS
                  or ((type(z_loss) is float or type(z_loss) is int) and z_loss == 0))
             and type(method) is str and type(reduction) is str
             and logits.ndim == 2 and labels.ndim == 1
-            and labels.dtype is _validation.INT64 and logits.dtype in _bindings.KERNELS):
+            and labels.dtype is _validation.INT64):
+        kernels = _bindings.KERNELS.get(logits.dtype)
         count = threads
         if count is None:
             count = _env_threads if _num_threads is None else _num_threads
@@ -381,7 +382,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = _CLASS
                 opts = _new_plain_options(method, reduction, count)
         rows, classes = logits.shape
         flags, label_flags = logits.flags, labels.flags
-        if (opts is not None and classes and len(labels) == rows
+        if (kernels is not None and opts is not None and classes and len(labels) == rows
                 and flags.c_contiguous and flags.aligned
                 and label_flags.c_contiguous and label_flags.aligned
                 and (out is None or _plain_out(out, logits, labels))):
@@ -389,8 +390,8 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = _CLASS
             grad = (out if out is not None else np.empty((rows, classes), logits.dtype)
                     if return_grad else None)
             try:
-                loss = _bindings.softmax_loss(logits, rows, classes, 1, labels, None,
-                                              opts, losses, grad)
+                loss = _bindings.softmax_loss_by(kernels, logits, rows, classes, 1, labels,
+                                                 None, opts, losses, grad)
             except _bindings.BadLabel as bad:
                 raise _validation.label_out_of_range(labels, bad.position,
                                                      classes) from None
@@ -776,21 +777,24 @@ def softmax(logits: ArrayLike, *, axis: Integer = 1, method: str = "stable",
     >>> pysafemax.softmax(np.array([[1000.0, 0.0]]), method="naive")
     array([[nan,  0.]])
     """
-    # The common call, cheap, as in softmax_loss: plain (N, C) logits.
+    # The common call, cheap, as in softmax_loss: plain (N, C) logits, the
+    # kernels and the method's id each looked up once, the lookup the test.
     if (type(logits) is np.ndarray and type(axis) is int and axis == 1
-            and type(method) is str and method in _validation.METHODS
-            and logits.ndim == 2 and logits.dtype in _bindings.KERNELS):
+            and type(method) is str and logits.ndim == 2):
+        kernels = _bindings.KERNELS.get(logits.dtype)
+        method_id = _bindings.METHOD_IDS.get(method)
         rows, classes = logits.shape
         count = threads
         if count is None:
             count = _env_threads if _num_threads is None else _num_threads
         flags = logits.flags
-        if (classes and type(count) is int and count >= 1
+        if (kernels is not None and method_id is not None and classes
+                and type(count) is int and count >= 1
                 and flags.c_contiguous and flags.aligned
                 and (out is None or _plain_out(out, logits))):
             if out is None:
                 out = np.empty((rows, classes), logits.dtype)
-            _bindings.softmax(logits, rows, classes, 1, method, count, out)
+            _bindings.softmax_by(kernels, logits, rows, classes, 1, method_id, count, out)
             return out
     x = _validation.logits_array(logits, axis)
     method = _validation.choice(method, "method", _validation.METHODS)
@@ -840,20 +844,20 @@ def log_softmax(logits: ArrayLike, *, axis: Integer = 1,
     >>> pysafemax.log_softmax(np.array([[1000.0, 0.0]]))
     array([[    0., -1000.]])
     """
-    # The common call, cheap, as in softmax_loss: plain (N, C) logits.
-    if (type(logits) is np.ndarray and type(axis) is int and axis == 1
-            and logits.ndim == 2 and logits.dtype in _bindings.KERNELS):
+    # The common call, cheap, as in softmax.
+    if type(logits) is np.ndarray and type(axis) is int and axis == 1 and logits.ndim == 2:
+        kernels = _bindings.KERNELS.get(logits.dtype)
         rows, classes = logits.shape
         count = threads
         if count is None:
             count = _env_threads if _num_threads is None else _num_threads
         flags = logits.flags
-        if (classes and type(count) is int and count >= 1
+        if (kernels is not None and classes and type(count) is int and count >= 1
                 and flags.c_contiguous and flags.aligned
                 and (out is None or _plain_out(out, logits))):
             if out is None:
                 out = np.empty((rows, classes), logits.dtype)
-            _bindings.log_softmax(logits, rows, classes, 1, count, out)
+            _bindings.log_softmax_by(kernels, logits, rows, classes, 1, count, out)
             return out
     x = _validation.logits_array(logits, axis)
     threads = get_num_threads() if threads is None else _validation.thread_count(threads)

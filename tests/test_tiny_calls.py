@@ -183,26 +183,27 @@ def test_odd_but_legal_spellings_give_the_general_paths_results():
 
 @pytest.fixture
 def kernel_threads(monkeypatch):
-    """The thread count each call hands to the kernel, in call order."""
+    """The thread count each call hands to the kernel, in call order: the
+    wrappers the fast paths call (through which the general paths' go too)."""
     seen = []
-    real_loss, real_softmax = _bindings.softmax_loss, _bindings.softmax
-    real_log_softmax = _bindings.log_softmax
+    real_loss, real_softmax = _bindings.softmax_loss_by, _bindings.softmax_by
+    real_log_softmax = _bindings.log_softmax_by
 
-    def softmax_loss(*args):
-        seen.append(args[6].struct.threads)
+    def softmax_loss_by(*args):
+        seen.append(args[7].struct.threads)
         return real_loss(*args)
 
-    def softmax(*args):
-        seen.append(min(args[5], _bindings.MAX_THREADS))
+    def softmax_by(*args):
+        seen.append(min(args[6], _bindings.MAX_THREADS))
         return real_softmax(*args)
 
-    def log_softmax(*args):
-        seen.append(min(args[4], _bindings.MAX_THREADS))
+    def log_softmax_by(*args):
+        seen.append(min(args[5], _bindings.MAX_THREADS))
         return real_log_softmax(*args)
 
-    monkeypatch.setattr(_bindings, "softmax_loss", softmax_loss)
-    monkeypatch.setattr(_bindings, "softmax", softmax)
-    monkeypatch.setattr(_bindings, "log_softmax", log_softmax)
+    monkeypatch.setattr(_bindings, "softmax_loss_by", softmax_loss_by)
+    monkeypatch.setattr(_bindings, "softmax_by", softmax_by)
+    monkeypatch.setattr(_bindings, "log_softmax_by", log_softmax_by)
     monkeypatch.setattr(_core, "_num_threads", None)
     yield seen
     pysafemax.set_num_threads(None)
@@ -233,11 +234,11 @@ import numpy as np
 import pysafemax
 from pysafemax import _bindings
 seen = []
-real = _bindings.softmax_loss
+real = _bindings.softmax_loss_by
 def recording(*args):
-    seen.append(args[6].struct.threads)
+    seen.append(args[7].struct.threads)
     return real(*args)
-_bindings.softmax_loss = recording
+_bindings.softmax_loss_by = recording
 x = np.zeros((3, 4), np.float32)
 y = np.array([0, 1, 2])
 pysafemax.softmax_loss(x, y)
@@ -309,7 +310,7 @@ def test_a_call_nested_at_any_point_of_another_keeps_both_losses():
     # function does so here at every line of the wrapper.
     problems, alone = _distinct_problems(2)
     (x, y), (inner_x, inner_y) = problems
-    wrapper = _bindings.softmax_loss.__code__
+    wrapper = _bindings.softmax_loss_by.__code__
     nested = []
 
     def trace(frame, event, arg):
