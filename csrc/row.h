@@ -807,15 +807,20 @@ static void FN(small_softmax_rows)(const REAL *x, int64_t classes, int method, R
     VEC(small_exps)(x, (int)classes, stable ? PSM_MAXSUB : method, BIG, e, max, sum, rest,
                     ties);
     unsigned no_softmax = 0;
-    for (int r = 0; r < 8; r++) {
-        if (stable) {
-            no_softmax |= (unsigned)(!isfinite(max[r]) || isnan(sum[r])) << r;
-            by[r] = (REAL)(1.0 / sum[r]);
-        } else {
-            FN(row_state) st = {max[r], sum[r], 0.0, 0.0, 0.0, 0.0, 0};
-            by[r] = FN(float_total)(&st, method);
+#if SMALL_OUT_ROWS
+    if (stable)
+        no_softmax = psm_small_softmax_factors_avx2(max, sum, by);
+    else
+#endif
+        for (int r = 0; r < 8; r++) {
+            if (stable) {
+                no_softmax |= (unsigned)(!isfinite(max[r]) || isnan(sum[r])) << r;
+                by[r] = (REAL)(1.0 / sum[r]);
+            } else {
+                FN(row_state) st = {max[r], sum[r], 0.0, 0.0, 0.0, 0.0, 0};
+                by[r] = FN(float_total)(&st, method);
+            }
         }
-    }
 #if SMALL_OUT_ROWS
     /* scale_row's factors of 1 change no bit of a product */
     const REAL one[8] = {1, 1, 1, 1, 1, 1, 1, 1};
