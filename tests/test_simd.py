@@ -671,6 +671,36 @@ def test_a_bad_label_in_a_batch_of_eight_rows_is_named(method, bad, where, dtype
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("classes", list(range(1, 18)) + [31, 33, 1000])
+def test_stable_softmax_writes_positive_nan_where_a_row_has_none(classes, dtype):
+    # A row with no softmax (a NaN logit of either sign, a +inf logit, every
+    # logit -inf) is written +NaN throughout, not multiplied by a NaN factor,
+    # whose sign the NaN read would set: in the eight-row batches (rows 3,
+    # 9, 12 and 14) and in the rows left over after them (rows 17-19), on
+    # the vector and the portable path, at 1 and 2 threads.
+    x = np.random.default_rng(classes).standard_normal((20, classes)).astype(dtype)
+    negative_nan = np.copysign(dtype(np.nan), -1)
+    x[3, classes // 2] = negative_nan
+    x[9, 0] = np.nan
+    x[12, -1] = np.inf
+    x[14, :] = -np.inf
+    x[17, classes - 1] = negative_nan
+    x[18, 0] = np.nan
+    x[19, classes // 3] = np.inf
+    bad = [3, 9, 12, 14, 17, 18, 19]
+    positive_nan = np.array(np.nan, dtype).view(f"u{x.itemsize}")
+    for threads in (1, 2):
+        got = pysafemax.softmax(x, threads=threads)
+        with _bindings.portable_code():
+            twin = pysafemax.softmax(x, threads=threads)
+        for p in (got, twin):
+            assert np.all(p[bad].view(f"u{x.itemsize}") == positive_nan)
+            kept = np.setdiff1d(np.arange(20), bad)
+            assert np.all(np.isfinite(p[kept]))
+        np.testing.assert_array_equal(got.view(f"u{x.itemsize}"), twin.view(f"u{x.itemsize}"))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 @pytest.mark.parametrize("classes", [1, 4, 10, 16, 17, 1000])
 def test_a_nan_loss_reduces_to_positive_nan(method, classes, dtype):
