@@ -3,7 +3,10 @@
 Only this module imports it.  Each C entry point has one thin wrapper here,
 in PyNaCl's way: take arrays the caller has validated (dtype, C-contiguous,
 aligned; outputs writable), make the zero-copy buffers, call, and turn the
-status into an exception.  The wrappers know the C contract
+status into an exception.  (softmax_loss, softmax and log_softmax pick the
+dtype's entry points from KERNELS and pass them to a *_by twin, which the
+tiny calls' fast paths call directly with the entry points their own dtype
+test looked up.)  The wrappers know the C contract
 (csrc/softmax_loss.h) and nothing of the Python API's arguments: a bad label
 found by the kernel comes out as BadLabel(position), which the caller, who
 holds the labels as given, turns into its ValueError.
