@@ -174,7 +174,7 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_expf_avx2(__m256 x)
  * sweep's clamp, a row's min and max).  2^e's bits are
  * ((z - (0x4B400000 - 127 * 8)) >> 3) << 23: the exponent bias folded into
  * the integer that z carries (see psm_expf_core_bits_avx2). */
-static inline PSM_AVX2 __m256 psm_expf_near_avx2(__m256 x)
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_expf_near_avx2(__m256 x)
 {
     __m256i z;
     __m256 y = psm_expf_core_bits_avx2(x, &z);

@@ -104,6 +104,31 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_shift_avx2(__m256 m, float bi
                             _mm256_cmp_ps(m, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ));
 }
 
+/* Whether every x_j - shift of the 8 rows' n columns lies in [-87, 87] or
+ * is NaN, row.h's near_exps for eight rows at once, from the columns' min
+ * and max (hi: the rows' max where the caller has it, else NULL, and it is
+ * taken here): then psm_expf_near_avx2 gives psm_expf_avx2's bits without
+ * its range check.  min_ps and max_ps skip NaN; a row whose bounds are not
+ * finite fails the test, and its batch takes the checked exps. */
+static PSM_ALWAYS_INLINE PSM_AVX2 int psm_small_near_avx2(const __m256 *col, int n,
+                                                        const __m256 *hi, __m256 shift)
+{
+    __m256 lo = _mm256_set1_ps(INFINITY), top = _mm256_set1_ps(-INFINITY);
+    for (int j = 0; j < n; j++) {
+        lo = _mm256_min_ps(col[j], lo);
+        if (!hi)
+            top = _mm256_max_ps(col[j], top);
+    }
+    if (hi)
+        top = *hi;
+    __m256 ok = _mm256_and_ps(
+        _mm256_cmp_ps(_mm256_sub_ps(lo, shift), _mm256_set1_ps(-PSM_EXP_FAST_LIMIT),
+                      _CMP_GE_OQ),
+        _mm256_cmp_ps(_mm256_sub_ps(top, shift), _mm256_set1_ps(PSM_EXP_FAST_LIMIT),
+                      _CMP_LE_OQ));
+    return _mm256_movemask_ps(ok) == 0xFF;
+}
+
 /* The 8 rows' sums of their n terms term[j], into sum[8]: per row, the
  * terms join four double lanes as psm_add_wide_avx2 joins them,
  * acc[k] = (acc[k] + s[k]) + s[k + 4] per group, then (acc0 + acc2) +
@@ -142,6 +167,48 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_untied_avx2(__m256 v, __m256 
     return _mm256_andnot_ps(tie, e);
 }
 
+/* exp(v - shift), unchecked where near (psm_small_near_avx2): the same bits. */
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_exp_avx2(__m256 v, __m256 shift, int near)
+{
+    __m256 d = _mm256_sub_ps(v, shift);
+    return near ? psm_expf_near_avx2(d) : psm_expf_avx2(d);
+}
+
+/* psm_small_rows_n_avx2's terms, in place of the columns: exp(x_j - shift),
+ * without the x_j == m (counted, returned) where exact_rest.  Called with
+ * near a constant, so that each copy has one exp. */
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_terms_avx2(__m256 *col, int n, __m256 m,
+                                                             __m256 shift, int exact_rest,
+                                                             int near)
+{
+    __m256 ties = _mm256_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        __m256 e = psm_small_exp_avx2(col[j], shift, near);
+        col[j] = exact_rest ? psm_small_untied_avx2(col[j], m, e, &ties) : e;
+    }
+    return ties;
+}
+
+/* psm_small_exps_n_avx2's terms: each exp stored to e and left in col,
+ * and for stable (the x_j == m counted, returned) the untied ones; near as
+ * in psm_small_terms_avx2. */
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_stored_terms_avx2(__m256 *col,
+                                                                    __m256 *untied, int n,
+                                                                    __m256 m, __m256 shift,
+                                                                    int stable, float *e,
+                                                                    int near)
+{
+    __m256 ties = _mm256_setzero_ps();
+    for (int j = 0; j < n; j++) {
+        __m256 ex = psm_small_exp_avx2(col[j], shift, near);
+        _mm256_storeu_ps(e + 8 * j, ex);
+        /* written either way, so that no compiler sees it read unset */
+        untied[j] = stable ? psm_small_untied_avx2(col[j], m, ex, &ties) : ex;
+        col[j] = ex;
+    }
+    return ties;
+}
+
 static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_store_ties_avx2(__m256 ties, double out[8])
 {
     _mm256_storeu_pd(out, _mm256_cvtps_pd(_mm256_castps256_ps128(ties)));
@@ -161,11 +228,11 @@ static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_rows_n_avx2(const float *x, int
     __m256 col[PSM_SMALL_CLASSES];
     __m256 m = psm_small_columns_avx2(x, n, track_max, col);
     __m256 shift = exact_rest ? m : psm_small_shift_avx2(m, big);
-    __m256 tie_count = _mm256_setzero_ps();
-    for (int j = 0; j < n; j++) {
-        __m256 e = psm_expf_avx2(_mm256_sub_ps(col[j], shift));
-        col[j] = exact_rest ? psm_small_untied_avx2(col[j], m, e, &tie_count) : e;
-    }
+    /* one copy of the loop for each exp: a choice per exp cost more than
+     * the range checks it saved */
+    __m256 tie_count = psm_small_near_avx2(col, n, track_max ? &m : NULL, shift)
+                           ? psm_small_terms_avx2(col, n, m, shift, exact_rest, 1)
+                           : psm_small_terms_avx2(col, n, m, shift, exact_rest, 0);
     psm_small_sums_avx2(col, n, rest);
     psm_small_store_ties_avx2(tie_count, ties);
     _mm256_storeu_ps(max, m);
@@ -186,14 +253,9 @@ static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_exps_n_avx2(const float *x, int
     __m256 m = psm_small_columns_avx2(x, n, method != PSM_NAIVE, col);
     int stable = method == PSM_STABLE;
     __m256 shift = stable ? m : psm_small_shift_avx2(m, big);
-    __m256 tie_count = _mm256_setzero_ps();
-    for (int j = 0; j < n; j++) {
-        __m256 ex = psm_expf_avx2(_mm256_sub_ps(col[j], shift));
-        _mm256_storeu_ps(e + 8 * j, ex);
-        if (stable)
-            untied[j] = psm_small_untied_avx2(col[j], m, ex, &tie_count);
-        col[j] = ex;
-    }
+    __m256 tie_count = psm_small_near_avx2(col, n, method != PSM_NAIVE ? &m : NULL, shift)
+                           ? psm_small_stored_terms_avx2(col, untied, n, m, shift, stable, e, 1)
+                           : psm_small_stored_terms_avx2(col, untied, n, m, shift, stable, e, 0);
     psm_small_sums_avx2(col, n, sum);
     if (stable) {
         psm_small_sums_avx2(untied, n, rest);
