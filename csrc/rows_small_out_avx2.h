@@ -84,13 +84,14 @@ static PSM_AVX2 void psm_small_scale_rows_avx2(const float *e, int n, int divide
 static PSM_AVX2 unsigned psm_small_softmax_factors_avx2(const float max[8],
                                                         const double sum[8], float by[8])
 {
-    __m256 abs_max = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_loadu_ps(max));
-    unsigned none = (unsigned)_mm256_movemask_ps(
-        _mm256_cmp_ps(abs_max, _mm256_set1_ps(FLT_MAX), _CMP_NLE_UQ));
+    unsigned none = 0;
     for (int h = 0; h < 8; h += 4) {
         __m256d s = _mm256_loadu_pd(sum + h);
         _mm_storeu_ps(by + h, _mm256_cvtpd_ps(_mm256_div_pd(_mm256_set1_pd(1.0), s)));
-        none |= (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(s, s, _CMP_UNORD_Q)) << h;
+        __m256d softmax = _mm256_andnot_pd(_mm256_cmp_pd(s, s, _CMP_UNORD_Q),
+                                           psm_finite4_avx2(_mm256_cvtps_pd(
+                                               _mm_loadu_ps(max + h))));
+        none |= (~(unsigned)_mm256_movemask_pd(softmax) & 0xFu) << h;
     }
     return none;
 }
