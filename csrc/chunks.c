@@ -26,9 +26,10 @@
  *     threads of their own.  Not on Windows, where the process's other
  *     threads are gone by the time a DLL's destructors run, perhaps
  *     leaving the mutex held;
- *   - fork (POSIX): pthread_atfork handlers hold the mutex across the fork,
- *     and the child, which has none of the parent's helpers, forgets them
- *     and starts its own when it needs them.
+ *   - fork (POSIX): pthread_atfork handlers, registered when the library
+ *     is loaded, hold the mutex across the fork, and the child, which has
+ *     none of the parent's helpers, forgets them and starts its own when it
+ *     needs them.
  *
  * A thread that cannot be started leaves its share to the caller.  Without
  * threads (or C11 atomics) the kernel runs on the calling thread, and
@@ -246,6 +247,22 @@ static void register_fork_handlers(void)
 {
     pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 }
+
+#if defined(__GNUC__) || defined(__clang__)
+/* Registered when the library is loaded, before any thread can call it, not
+ * at the pool's first use.  glibc >= 2.36 runs each prepare handler with its
+ * registration lock released and skips, in that fork, the handlers
+ * registered meanwhile.  A thread making the pool's first call while another
+ * thread forked could register these handlers too late for that fork and
+ * hold the mutex as it happened: the child inherited the mutex locked and
+ * hung at its first threaded call (1 run in 20-40 of the fork test under
+ * load; tests/c/fork_at_first_call.c forces it).  Python imports the module
+ * under the GIL, which os.fork holds. */
+__attribute__((constructor)) static void register_fork_handlers_at_load(void)
+{
+    pthread_once(&fork_handlers_once, register_fork_handlers);
+}
+#endif
 #endif /* PSM_HAVE_FORK */
 
 /* Runs r on the pool with up to `helpers` helpers; 0 if another call owns
@@ -253,6 +270,7 @@ static void register_fork_handlers(void)
 static int run_on_pool(run *r, int helpers)
 {
 #ifdef PSM_HAVE_FORK
+    /* done at load where the compiler has constructors */
     pthread_once(&fork_handlers_once, register_fork_handlers);
 #endif
     mutex_lock(&pool.lock);
