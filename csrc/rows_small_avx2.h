@@ -22,6 +22,7 @@
 #include "exp_f32.h"
 #include "internal.h"   /* PSM_SMALL_CLASSES */
 #include "log1p_f64.h"
+#include "rows_avx2.h"      /* psm_tie_avx2 */
 #include "softmax_loss.h"   /* PSM_STABLE, PSM_NAIVE */
 
 #ifdef PSM_HAVE_AVX2
@@ -160,11 +161,9 @@ static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_sums_avx2(const __m256 *term, i
 /* exp(v - m) where v != m, else 0, and the v == m counted into *ties: the
  * terms of psm_block_sums_avx2 from e = exp(v - m). */
 static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_untied_avx2(__m256 v, __m256 m,
-                                                              __m256 e, __m256 *ties)
+                                                              __m256 e, __m256i *ties)
 {
-    __m256 tie = _mm256_cmp_ps(v, m, _CMP_EQ_OQ);
-    *ties = _mm256_add_ps(*ties, _mm256_and_ps(tie, _mm256_set1_ps(1.0f)));
-    return _mm256_andnot_ps(tie, e);
+    return _mm256_andnot_ps(psm_tie_avx2(v, m, ties), e);
 }
 
 /* exp(v - shift), unchecked where near (psm_small_near_avx2): the same bits. */
@@ -177,11 +176,11 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_exp_avx2(__m256 v, __m256 shi
 /* psm_small_rows_n_avx2's terms, in place of the columns: exp(x_j - shift),
  * without the x_j == m (counted, returned) where exact_rest.  Called with
  * near a constant, so that each copy has one exp. */
-static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_terms_avx2(__m256 *col, int n, __m256 m,
-                                                             __m256 shift, int exact_rest,
-                                                             int near)
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256i psm_small_terms_avx2(__m256 *col, int n, __m256 m,
+                                                              __m256 shift, int exact_rest,
+                                                              int near)
 {
-    __m256 ties = _mm256_setzero_ps();
+    __m256i ties = _mm256_setzero_si256();
     for (int j = 0; j < n; j++) {
         __m256 e = psm_small_exp_avx2(col[j], shift, near);
         col[j] = exact_rest ? psm_small_untied_avx2(col[j], m, e, &ties) : e;
@@ -192,13 +191,13 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_terms_avx2(__m256 *col, int n
 /* psm_small_exps_n_avx2's terms: each exp stored to e and left in col,
  * and for stable (the x_j == m counted, returned) the untied ones; near as
  * in psm_small_terms_avx2. */
-static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_stored_terms_avx2(__m256 *col,
-                                                                    __m256 *untied, int n,
-                                                                    __m256 m, __m256 shift,
-                                                                    int stable, float *e,
-                                                                    int near)
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256i psm_small_stored_terms_avx2(__m256 *col,
+                                                                     __m256 *untied, int n,
+                                                                     __m256 m, __m256 shift,
+                                                                     int stable, float *e,
+                                                                     int near)
 {
-    __m256 ties = _mm256_setzero_ps();
+    __m256i ties = _mm256_setzero_si256();
     for (int j = 0; j < n; j++) {
         __m256 ex = psm_small_exp_avx2(col[j], shift, near);
         _mm256_storeu_ps(e + 8 * j, ex);
@@ -209,10 +208,11 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_small_stored_terms_avx2(__m256 *col
     return ties;
 }
 
-static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_store_ties_avx2(__m256 ties, double out[8])
+/* The 8 rows' tie counts (psm_tie_avx2's) as doubles. */
+static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_store_ties_avx2(__m256i ties, double out[8])
 {
-    _mm256_storeu_pd(out, _mm256_cvtps_pd(_mm256_castps256_ps128(ties)));
-    _mm256_storeu_pd(out + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(ties, 1)));
+    _mm256_storeu_pd(out, _mm256_cvtepi32_pd(_mm256_castsi256_si128(ties)));
+    _mm256_storeu_pd(out + 4, _mm256_cvtepi32_pd(_mm256_extracti128_si256(ties, 1)));
 }
 
 /* What row_pass leaves for each of 8 rows of n <= PSM_SMALL_CLASSES
@@ -230,7 +230,7 @@ static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_rows_n_avx2(const float *x, int
     __m256 shift = exact_rest ? m : psm_small_shift_avx2(m, big);
     /* one copy of the loop for each exp: a choice per exp cost more than
      * the range checks it saved */
-    __m256 tie_count = psm_small_near_avx2(col, n, track_max ? &m : NULL, shift)
+    __m256i tie_count = psm_small_near_avx2(col, n, track_max ? &m : NULL, shift)
                            ? psm_small_terms_avx2(col, n, m, shift, exact_rest, 1)
                            : psm_small_terms_avx2(col, n, m, shift, exact_rest, 0);
     psm_small_sums_avx2(col, n, rest);
@@ -253,7 +253,7 @@ static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_exps_n_avx2(const float *x, int
     __m256 m = psm_small_columns_avx2(x, n, method != PSM_NAIVE, col);
     int stable = method == PSM_STABLE;
     __m256 shift = stable ? m : psm_small_shift_avx2(m, big);
-    __m256 tie_count = psm_small_near_avx2(col, n, method != PSM_NAIVE ? &m : NULL, shift)
+    __m256i tie_count = psm_small_near_avx2(col, n, method != PSM_NAIVE ? &m : NULL, shift)
                            ? psm_small_stored_terms_avx2(col, untied, n, m, shift, stable, e, 1)
                            : psm_small_stored_terms_avx2(col, untied, n, m, shift, stable, e, 0);
     psm_small_sums_avx2(col, n, sum);
