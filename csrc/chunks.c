@@ -249,6 +249,7 @@ static void register_fork_handlers(void)
 }
 
 #if defined(__GNUC__) || defined(__clang__)
+#define PSM_FORK_HANDLERS_AT_LOAD 1
 /* Registered when the library is loaded, before any thread can call it, not
  * at the pool's first use.  glibc >= 2.36 runs each prepare handler with its
  * registration lock released and skips, in that fork, the handlers
@@ -269,8 +270,8 @@ __attribute__((constructor)) static void register_fork_handlers_at_load(void)
  * the pool (r untouched). */
 static int run_on_pool(run *r, int helpers)
 {
-#ifdef PSM_HAVE_FORK
-    /* done at load where the compiler has constructors */
+#if defined(PSM_HAVE_FORK) && !defined(PSM_FORK_HANDLERS_AT_LOAD)
+    /* at first use, for a compiler without constructors */
     pthread_once(&fork_handlers_once, register_fork_handlers);
 #endif
     mutex_lock(&pool.lock);
