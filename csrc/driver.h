@@ -442,6 +442,17 @@ int64_t FN(psm_softmax_loss_lse)(const REAL *logits, int64_t outer,
     return PSM_OK;
 }
 
+double FN(psm_softmax_loss_value)(const REAL *logits, int64_t outer, int64_t classes,
+                                  const int64_t *labels, const psm_options *opt)
+{
+    double loss;
+    if ((uintptr_t)logits % _Alignof(REAL) != 0 || (uintptr_t)labels % _Alignof(int64_t) != 0 ||
+        FN(psm_softmax_loss_lse)(logits, outer, classes, 1, labels, NULL, opt, NULL, &loss,
+                                 NULL, NULL) != PSM_OK)
+        return NAN;
+    return loss;
+}
+
 /* The partials' checks past the arguments: a state exists for these
  * options, and the labels (checked against total_classes) give what the
  * reduction divides by. */

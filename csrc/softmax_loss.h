@@ -169,6 +169,19 @@ int64_t psm_softmax_loss_lse_f64(const double *logits, int64_t outer,
                                  double *loss, double *grad, double *lse);
 
 /*
+ * The reduced loss of (outer, classes) logits in rows and their labels, as
+ * psm_softmax_loss_lse computes it (inner 1, no probabilities, nothing but
+ * the loss written), returned rather than stored: a caller making many
+ * small calls passes five arguments and reads no cell.  NaN stands for the
+ * loss NaN and for every status but PSM_OK, and for logits or labels not
+ * aligned for their type; psm_softmax_loss_lse then gives the status.
+ */
+double psm_softmax_loss_value_f32(const float *logits, int64_t outer, int64_t classes,
+                                  const int64_t *labels, const psm_options *options);
+double psm_softmax_loss_value_f64(const double *logits, int64_t outer, int64_t classes,
+                                  const int64_t *labels, const psm_options *options);
+
+/*
  * Class-sharded logits.  A position's classes may be split into blocks, each
  * read by its own call, possibly on another machine:
  *   psm_softmax_partials  the partial state of every position over one block

@@ -44,6 +44,7 @@ class _Kernels(NamedTuple):
     """One dtype's entry points."""
     ctype: Any              # the cffi array type of its buffers
     softmax_loss: Any       # psm_softmax_loss_lse (lse NULL: psm_softmax_loss)
+    softmax_loss_value: Any
     softmax: Any
     log_softmax: Any
     partials: Any
@@ -56,11 +57,13 @@ class _Kernels(NamedTuple):
 _INT64_ARRAY = ffi.typeof("int64_t[]")
 KERNELS = {
     np.dtype(np.float32): _Kernels(
-        ffi.typeof("float[]"), lib.psm_softmax_loss_lse_f32, lib.psm_softmax_f32,
+        ffi.typeof("float[]"), lib.psm_softmax_loss_lse_f32,
+        lib.psm_softmax_loss_value_f32, lib.psm_softmax_f32,
         lib.psm_log_softmax_f32, lib.psm_softmax_partials_f32,
         lib.psm_loss_from_partials_f32, lib.psm_grad_from_partials_f32),
     np.dtype(np.float64): _Kernels(
-        ffi.typeof("double[]"), lib.psm_softmax_loss_lse_f64, lib.psm_softmax_f64,
+        ffi.typeof("double[]"), lib.psm_softmax_loss_lse_f64,
+        lib.psm_softmax_loss_value_f64, lib.psm_softmax_f64,
         lib.psm_log_softmax_f64, lib.psm_softmax_partials_f64,
         lib.psm_loss_from_partials_f64, lib.psm_grad_from_partials_f64),
 }
@@ -174,6 +177,22 @@ def softmax_loss_by(k, logits, outer, classes, inner, labels, probs, opts, losse
     if status:
         _check(status)
     return loss
+
+
+def softmax_loss_value(k, logits, outer, classes, labels, opts):
+    """The reduced loss of (outer, classes) logits and (outer,) int64 labels
+    by psm_softmax_loss_value (k the logits' KERNELS entry, opts a reducing
+    one), or None where it cannot be had so: either array not C-contiguous
+    (ffi.from_buffer takes no other: the buffer protocol gives only those
+    without strides), or not aligned, a bad label, a NaN loss.  The tiny
+    calls' fast path then takes the general one, which copies such arrays,
+    or finds what went wrong; its caller checks no layout itself."""
+    try:
+        loss = k.softmax_loss_value(ffi.from_buffer(k.ctype, logits), outer, classes,
+                                    ffi.from_buffer(_INT64_ARRAY, labels), opts.struct)
+    except ValueError:   # not C-contiguous
+        return None
+    return loss if loss == loss else None
 
 
 def softmax(logits, outer, classes, inner, method, threads, out):

@@ -70,6 +70,8 @@ _num_threads = None   # set_num_threads(); None: the default
 # and value tests that a caller's own 1 or 0.0 takes.
 _CLASS_AXIS = 1
 _ZERO = 0.0
+_STABLE = "stable"
+_MEAN = "mean"
 
 
 def simd_level() -> str:
@@ -225,7 +227,7 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = ...,
 
 
 def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = _CLASS_AXIS,
-                 method: str = "stable", reduction: str = "mean",
+                 method: str = _STABLE, reduction: str = _MEAN,
                  weight: Optional[ArrayLike] = None,
                  ignore_index: Optional[Integer] = None, label_smoothing: float = _ZERO,
                  z_loss: float = _ZERO, return_grad: bool = False, return_lse: bool = False,
@@ -353,10 +355,13 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = _CLASS
     # writeable, sharing no memory with the inputs).  A (32, 10) call spends
     # more time here than in the kernel, so this is written out without
     # helper calls, the cheapest tests first: the defaults by identity (a
-    # caller's own 0.0 or 1 takes the type test after it), then one dict
-    # lookup for method, reduction and thread count together.  Anything
-    # else, every bad input included, falls through to the general path,
-    # which checks everything.
+    # caller's own 0.0 or 1 takes the type test after it), then the options
+    # of a call that leaves method, reduction and threads to their defaults,
+    # else one dict lookup for the three together.  A reduced loss without a
+    # gradient comes back from the kernel by value, and the binding leaves
+    # the layout to ffi.from_buffer and the kernel (None: take the general
+    # path).  Anything else, every bad input included, falls through to the
+    # general path, which checks everything.
     if (type(logits) is np.ndarray and type(labels) is np.ndarray
             and weight is None and ignore_index is None and check is False
             and return_lse is False and loss_dtype is None
@@ -368,37 +373,47 @@ def softmax_loss(logits: ArrayLike, labels: ArrayLike, *, axis: Integer = _CLASS
                      and label_smoothing == 0))
             and (z_loss is _ZERO
                  or ((type(z_loss) is float or type(z_loss) is int) and z_loss == 0))
-            and type(method) is str and type(reduction) is str
             and logits.ndim == 2 and labels.ndim == 1
             and labels.dtype is _validation.INT64):
         kernels = _bindings.KERNELS.get(logits.dtype)
-        count = threads
-        if count is None:
-            count = _env_threads if _num_threads is None else _num_threads
-        opts = None
-        if type(count) is int:
-            opts = _plain_options.get((method, reduction, count))
-            if opts is None:
-                opts = _new_plain_options(method, reduction, count)
+        if (method is _STABLE and reduction is _MEAN and threads is None
+                and _num_threads is None):
+            opts = _default_options
+        else:
+            count = threads
+            if count is None:
+                count = _env_threads if _num_threads is None else _num_threads
+            opts = None
+            if type(count) is int and type(method) is str and type(reduction) is str:
+                opts = _plain_options.get((method, reduction, count))
+                if opts is None:
+                    opts = _new_plain_options(method, reduction, count)
         rows, classes = logits.shape
-        flags, label_flags = logits.flags, labels.flags
-        if (kernels is not None and opts is not None and classes and len(labels) == rows
-                and flags.c_contiguous and flags.aligned
-                and label_flags.c_contiguous and label_flags.aligned
-                and (out is None or _plain_out(out, logits, labels))):
-            losses = np.empty(rows, logits.dtype) if reduction == "none" else None
-            grad = (out if out is not None else np.empty((rows, classes), logits.dtype)
-                    if return_grad else None)
-            try:
-                loss = _bindings.softmax_loss_by(kernels, logits, rows, classes, 1, labels,
-                                                 None, opts, losses, grad)
-            except _bindings.BadLabel as bad:
-                raise _validation.label_out_of_range(labels, bad.position,
-                                                     classes) from None
-            if losses is not None:
-                loss = losses
-            # grad is an array when return_grad (mypy cannot tell)
-            return (loss, grad) if return_grad else loss  # type: ignore[return-value]
+        if kernels is not None and opts is not None and classes and len(labels) == rows:
+            if return_grad is False and reduction != "none":
+                value = _bindings.softmax_loss_value(kernels, logits, rows, classes, labels,
+                                                     opts)
+                if value is not None:
+                    return value
+            else:
+                flags, label_flags = logits.flags, labels.flags
+                if (flags.c_contiguous and flags.aligned
+                        and label_flags.c_contiguous and label_flags.aligned
+                        and (out is None or _plain_out(out, logits, labels))):
+                    losses = np.empty(rows, logits.dtype) if reduction == "none" else None
+                    grad = (out if out is not None
+                            else np.empty((rows, classes), logits.dtype)
+                            if return_grad else None)
+                    try:
+                        loss = _bindings.softmax_loss_by(kernels, logits, rows, classes, 1,
+                                                         labels, None, opts, losses, grad)
+                    except _bindings.BadLabel as bad:
+                        raise _validation.label_out_of_range(labels, bad.position,
+                                                             classes) from None
+                    if losses is not None:
+                        loss = losses
+                    # grad is an array when return_grad (mypy cannot tell)
+                    return (loss, grad) if return_grad else loss  # type: ignore[return-value]
     x = _validation.logits_array(logits, axis, convert=False)
     t = _validation.targets(labels, x, weight=weight, ignore_index=ignore_index,
                             label_smoothing=label_smoothing, convert=False)
@@ -610,6 +625,11 @@ def _new_plain_options(method: str, reduction: str,
     if opts is None:
         opts = _plain_options[key] = _bindings.options(method, reduction, threads)
     return opts
+
+
+# The options of the commonest call: method, reduction and threads all
+# left to their defaults (PYSAFEMAX_NUM_THREADS is read once, at import).
+_default_options = _new_plain_options(_STABLE, _MEAN, _env_threads)
 
 
 def _check_against_reference(logits: NDArray[Any], targets: NDArray[Any],

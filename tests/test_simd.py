@@ -370,6 +370,8 @@ def read_environment(monkeypatch, value):
     else:
         monkeypatch.setenv("PYSAFEMAX_NUM_THREADS", value)
     monkeypatch.setattr(_core, "_env_threads", _core._threads_from_environment())
+    monkeypatch.setattr(_core, "_default_options",
+                        _core._new_plain_options("stable", "mean", _core._env_threads))
 
 
 def test_set_num_threads_and_the_environment(monkeypatch):

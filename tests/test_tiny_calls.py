@@ -69,6 +69,73 @@ def test_the_cheap_loss_gives_the_general_paths_results(dtype, method, return_gr
                      pysafemax.softmax_loss(x, y, axis=-1, **kwargs))
 
 
+def finite_logits(shape, dtype, seed=0, huge=None):
+    """Logits whose losses are numbers or +inf (a label on -inf), so that
+    the cheap loss keeps the kernel's value rather than falling back; huge
+    (by default a quarter of the dtype's max) must be one whose exp the
+    method can sum, and no logit exceeds it."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 20).astype(dtype)
+    if huge is not None:
+        x = np.minimum(x, dtype(huge))
+    if x.size > 8:
+        x.reshape(-1)[::7] = -np.inf
+        x.reshape(-1)[3::11] = np.finfo(dtype).max / 4 if huge is None else huge
+        x.reshape(-1)[5::13] = np.finfo(dtype).tiny
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+def test_the_loss_by_value_gives_the_general_paths_bits(dtype, method):
+    rng = np.random.default_rng(6)
+    for shape in [(1, 1), (1, 10), (9, 3), (32, 10), (17, 17), (7, 1000), (3, 4099),
+                  (40000, 2)]:
+        # naive's exp overflows past 88 (float) and its sum is NaN
+        x = finite_logits(shape, dtype, huge=80 if method == "naive" else None)
+        y = rng.integers(0, shape[1], shape[0])
+        for reduction in ("mean", "sum", "valid", "full", "batch_size"):
+            for threads in (None, 1, 2):
+                kwargs = dict(method=method, reduction=reduction, threads=threads)
+                value = _bindings.softmax_loss_value(
+                    _bindings.KERNELS[x.dtype], x, shape[0], shape[1], y,
+                    _bindings.options(method, reduction, threads or 1))
+                assert value is not None and not np.isnan(value), (shape, kwargs)
+                same(pysafemax.softmax_loss(x, y, **kwargs),
+                     pysafemax.softmax_loss(x, y, axis=-1, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_loss_by_value_refuses_what_it_cannot_take(dtype):
+    # the binding takes no layout on trust: it gives None, and the cheap
+    # path then the general one, for every array the kernel cannot read
+    k = _bindings.KERNELS[np.dtype(dtype)]
+    opts = _bindings.options("stable", "mean", 1)
+    x = finite_logits((6, 5), dtype)
+    y = np.array([0, 4, 1, 2, 3, 0])
+    assert _bindings.softmax_loss_value(k, x, 6, 5, y, opts) == \
+        pysafemax.softmax_loss(x, y, axis=-1)
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    misaligned = np.frombuffer(raw.data, dtype, count=x.size, offset=1).reshape(6, 5)
+    misaligned[...] = x
+    raw_labels = np.zeros(y.nbytes + 4, np.uint8)
+    misaligned_labels = np.frombuffer(raw_labels.data, np.int64, count=6, offset=4)
+    misaligned_labels[...] = y
+    for logits_, labels_ in [(np.asfortranarray(x), y), (x[:, ::-1], y),
+                             (np.broadcast_to(x[:1], (6, 5)), y),
+                             (misaligned, y), (x, misaligned_labels),
+                             (x, np.repeat(y, 2)[::2]), (x, _with_label(1, 5)[:6]),
+                             (np.where(x == x.max(), np.nan, x), y)]:
+        assert _bindings.softmax_loss_value(k, logits_, 6, 5, labels_, opts) is None
+        if labels_.max() >= 5:
+            with pytest.raises(ValueError, match=r"^labels\[1\] = 5 is out of range"):
+                pysafemax.softmax_loss(logits_, labels_)
+        else:
+            same(pysafemax.softmax_loss(logits_, labels_),
+                 pysafemax.softmax_loss(np.ascontiguousarray(logits_),
+                                        np.ascontiguousarray(labels_), axis=-1))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
 def test_a_plain_out_buffer_takes_the_cheap_path_with_the_general_paths_results(dtype,
@@ -182,26 +249,33 @@ def test_odd_but_legal_spellings_give_the_general_paths_results():
 # --- thread counts ---------------------------------------------------------------
 
 @pytest.fixture
-def kernel_threads(monkeypatch):
-    """The thread count each call hands to the kernel, in call order: the
-    wrappers the fast paths call (through which the general paths' go too)."""
+def kernel_calls(monkeypatch):
+    """(wrapper, thread count) of each call into the kernel, in call order:
+    the wrappers the fast paths call (through which the general paths' go
+    too)."""
     seen = []
     real_loss, real_softmax = _bindings.softmax_loss_by, _bindings.softmax_by
     real_log_softmax = _bindings.log_softmax_by
+    real_value = _bindings.softmax_loss_value
 
     def softmax_loss_by(*args):
-        seen.append(args[7].struct.threads)
+        seen.append(("softmax_loss_by", args[7].struct.threads))
         return real_loss(*args)
 
+    def softmax_loss_value(*args):
+        seen.append(("softmax_loss_value", args[5].struct.threads))
+        return real_value(*args)
+
     def softmax_by(*args):
-        seen.append(min(args[6], _bindings.MAX_THREADS))
+        seen.append(("softmax_by", min(args[6], _bindings.MAX_THREADS)))
         return real_softmax(*args)
 
     def log_softmax_by(*args):
-        seen.append(min(args[5], _bindings.MAX_THREADS))
+        seen.append(("log_softmax_by", min(args[5], _bindings.MAX_THREADS)))
         return real_log_softmax(*args)
 
     monkeypatch.setattr(_bindings, "softmax_loss_by", softmax_loss_by)
+    monkeypatch.setattr(_bindings, "softmax_loss_value", softmax_loss_value)
     monkeypatch.setattr(_bindings, "softmax_by", softmax_by)
     monkeypatch.setattr(_bindings, "log_softmax_by", log_softmax_by)
     monkeypatch.setattr(_core, "_num_threads", None)
@@ -209,24 +283,49 @@ def kernel_threads(monkeypatch):
     pysafemax.set_num_threads(None)
 
 
+# Finite logits, whose losses are numbers: X's NaN loss takes the general
+# path after the kernel's reduced loss, a second call.
+FINITE_X = np.random.default_rng(5).standard_normal((6, 4)).astype(np.float32)
+CHEAP_CALLS = [  # (kwargs, the wrapper the call goes through)
+    ({}, "softmax_loss_value"),
+    ({"reduction": "sum", "method": "naive"}, "softmax_loss_value"),
+    ({"return_grad": True}, "softmax_loss_by"),
+    ({"reduction": "none"}, "softmax_loss_by"),
+]
+
+
 def _every_cheap_call(**kwargs):
-    pysafemax.softmax_loss(X, Y, **kwargs)
-    pysafemax.softmax_loss(X, Y, return_grad=True, **kwargs)
-    pysafemax.softmax_loss(X, Y, reduction="none", **kwargs)
-    pysafemax.softmax(X, **kwargs)
-    pysafemax.log_softmax(X, **kwargs)
+    for extra, _ in CHEAP_CALLS:
+        pysafemax.softmax_loss(FINITE_X, Y, **extra, **kwargs)
+    pysafemax.softmax(FINITE_X, **kwargs)
+    pysafemax.log_softmax(FINITE_X, **kwargs)
 
 
-def test_cheap_calls_follow_set_num_threads_and_threads(kernel_threads):
+def test_cheap_calls_follow_set_num_threads_and_threads(kernel_calls):
     default = pysafemax.get_num_threads()
+    wrappers = [name for _, name in CHEAP_CALLS] + ["softmax_by", "log_softmax_by"]
     for setting, threads, expected in [(3, None, 3), (1, None, 1), (5, 2, 2),
                                        (None, None, default), (None, 7, 7),
                                        (None, 2**40, 256), (2**31, None, 256),
                                        (4, None, 4)]:
         pysafemax.set_num_threads(setting)
-        kernel_threads.clear()
+        kernel_calls.clear()
         _every_cheap_call(threads=threads)
-        assert kernel_threads == [expected] * 5, (setting, threads)
+        assert kernel_calls == [(name, expected) for name in wrappers], (setting, threads)
+
+
+def test_a_loss_the_kernel_cannot_give_by_value_takes_the_general_path(kernel_calls):
+    # NaN stands for every failure as well as for a NaN loss: the general
+    # path then finds which, with one more kernel call
+    threads = pysafemax.get_num_threads()
+    nan_x = FINITE_X.copy()
+    nan_x[2, 1] = np.nan
+    assert np.isnan(pysafemax.softmax_loss(nan_x, Y))
+    assert kernel_calls == [("softmax_loss_value", threads), ("softmax_loss_by", threads)]
+    kernel_calls.clear()
+    with pytest.raises(ValueError, match=r"^labels\[4\] = 9 is out of range"):
+        pysafemax.softmax_loss(FINITE_X, _with_label(4, 9))
+    assert kernel_calls == [("softmax_loss_value", threads), ("softmax_loss_by", threads)]
 
 
 ENVIRONMENT_THREADS = """
@@ -234,11 +333,15 @@ import numpy as np
 import pysafemax
 from pysafemax import _bindings
 seen = []
-real = _bindings.softmax_loss_by
+real, real_value = _bindings.softmax_loss_by, _bindings.softmax_loss_value
 def recording(*args):
     seen.append(args[7].struct.threads)
     return real(*args)
+def recording_value(*args):
+    seen.append(args[5].struct.threads)
+    return real_value(*args)
 _bindings.softmax_loss_by = recording
+_bindings.softmax_loss_value = recording_value
 x = np.zeros((3, 4), np.float32)
 y = np.array([0, 1, 2])
 pysafemax.softmax_loss(x, y)

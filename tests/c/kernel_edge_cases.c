@@ -112,6 +112,18 @@ static void shape_sweep(int64_t outer, int64_t classes, int64_t inner)
                 for (int64_t k = 0; k < n; k++)
                     CHECK(agree(grad[k], grad_d[k], 1e-6));
             }
+            if (inner == 1) {   /* the loss alone, by value: its bits */
+                double plain, plain_d;
+                CHECK(psm_softmax_loss_f32(x, outer, classes, 1, y, NULL, &o, NULL, &plain,
+                                           NULL) == PSM_OK);
+                CHECK(psm_softmax_loss_f64(xd, outer, classes, 1, y, NULL, &o, NULL, &plain_d,
+                                           NULL) == PSM_OK);
+                double value = psm_softmax_loss_value_f32(x, outer, classes, y, &o);
+                double value_d = psm_softmax_loss_value_f64(xd, outer, classes, y, &o);
+                CHECK(isnan(plain) ? isnan(value) : memcmp(&value, &plain, sizeof plain) == 0);
+                CHECK(isnan(plain_d) ? isnan(value_d)
+                                     : memcmp(&value_d, &plain_d, sizeof plain_d) == 0);
+            }
             /* every option at once, and probability targets */
             o.class_weight = weight;
             o.label_smoothing = 0.25;
@@ -166,6 +178,31 @@ static void special_values(void)
         CHECK(isnan(lse[1]) && lse[2] == INFINITY && lse[4] == -INFINITY);
         CHECK(lse[3] == 1.0f);
     }
+}
+
+/* psm_softmax_loss_value's NaN for every failure: a bad label, bad
+ * arguments, logits or labels not aligned for their type. */
+static void loss_by_value_failures(void)
+{
+    static float x[3 * 2 + 1] = {1, 2, 3, 4, 5, 6, 7};
+    static double xd[3 * 2 + 1] = {1, 2, 3, 4, 5, 6, 7};
+    static int64_t y[3 + 1] = {0, 1, 1, 0};
+    psm_options o = options(PSM_STABLE, PSM_MEAN);
+    CHECK(!isnan(psm_softmax_loss_value_f32(x, 3, 2, y, &o)));
+    CHECK(!isnan(psm_softmax_loss_value_f64(xd, 3, 2, y, &o)));
+    CHECK(isnan(psm_softmax_loss_value_f32((const float *)((const char *)x + 1), 3, 2, y, &o)));
+    CHECK(isnan(psm_softmax_loss_value_f64((const double *)((const char *)xd + 4), 3, 2, y,
+                                           &o)));
+    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 2, (const int64_t *)((const char *)y + 4),
+                                           &o)));
+    y[2] = 2;
+    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 2, y, &o)));
+    CHECK(isnan(psm_softmax_loss_value_f64(xd, 3, 2, y, &o)));
+    y[2] = 1;
+    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 0, y, &o)));
+    CHECK(isnan(psm_softmax_loss_value_f32(NULL, 3, 2, y, &o)));
+    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 2, NULL, &o)));
+    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 2, y, NULL)));
 }
 
 static void bad_arguments(void)
@@ -540,6 +577,7 @@ int main(void)
         shape_sweep(17, classes[b], 1);
     special_values();
     bad_arguments();
+    loss_by_value_failures();
     threads_and_twins();
     portable_flag_is_per_thread();
     pool_runs_two_threads_at_once();
