@@ -87,13 +87,15 @@ def finite_logits(shape, dtype, seed=0, huge=None):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", pysafemax.METHODS)
-def test_the_loss_by_value_gives_the_general_paths_bits(dtype, method):
+@pytest.mark.parametrize("writeable", [True, False], ids=["writeable", "readonly"])
+def test_the_loss_by_value_gives_the_general_paths_bits(dtype, method, writeable):
     rng = np.random.default_rng(6)
     for shape in [(1, 1), (1, 10), (9, 3), (32, 10), (17, 17), (7, 1000), (3, 4099),
                   (40000, 2)]:
         # naive's exp overflows past 88 (float) and its sum is NaN
         x = finite_logits(shape, dtype, huge=80 if method == "naive" else None)
         y = rng.integers(0, shape[1], shape[0])
+        x.flags.writeable = y.flags.writeable = writeable
         for reduction in ("mean", "sum", "valid", "full", "batch_size"):
             for threads in (None, 1, 2):
                 kwargs = dict(method=method, reduction=reduction, threads=threads)
