@@ -446,10 +446,12 @@ double FN(psm_softmax_loss_value)(const REAL *logits, int64_t outer, int64_t cla
                                   const int64_t *labels, const psm_options *opt)
 {
     double loss;
-    if ((uintptr_t)logits % _Alignof(REAL) != 0 || (uintptr_t)labels % _Alignof(int64_t) != 0 ||
+    if (opt == NULL || opt->class_weight || opt->use_ignore_index ||
+        opt->label_smoothing != 0.0 || opt->z_loss != 0.0 || opt->has_normalizer ||
+        (uintptr_t)logits % _Alignof(REAL) != 0 || (uintptr_t)labels % _Alignof(int64_t) != 0 ||
         FN(psm_softmax_loss_lse)(logits, outer, classes, 1, labels, NULL, opt, NULL, &loss,
                                  NULL, NULL) != PSM_OK)
-        return NAN;
+        return -INFINITY;
     return loss;
 }
 

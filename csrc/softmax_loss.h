@@ -172,9 +172,12 @@ int64_t psm_softmax_loss_lse_f64(const double *logits, int64_t outer,
  * The reduced loss of (outer, classes) logits in rows and their labels, as
  * psm_softmax_loss_lse computes it (inner 1, no probabilities, nothing but
  * the loss written), returned rather than stored: a caller making many
- * small calls passes five arguments and reads no cell.  NaN stands for the
- * loss NaN and for every status but PSM_OK, and for logits or labels not
- * aligned for their type; psm_softmax_loss_lse then gives the status.
+ * small calls passes five arguments and reads no cell.  Only options of
+ * method, reduction and threads are taken, under which no loss is -inf
+ * (each position's is >= 0, or NaN): -inf stands for any other options
+ * (class weights, ignore_index, label smoothing, a z-loss, a normalizer),
+ * for every status but PSM_OK, and for logits or labels not aligned for
+ * their type; psm_softmax_loss_lse then gives the status.
  */
 double psm_softmax_loss_value_f32(const float *logits, int64_t outer, int64_t classes,
                                   const int64_t *labels, const psm_options *options);

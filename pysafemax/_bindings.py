@@ -55,6 +55,8 @@ class _Kernels(NamedTuple):
 # The array types are looked up once: ffi.from_buffer takes them faster than
 # their names.
 _INT64_ARRAY = ffi.typeof("int64_t[]")
+# What psm_softmax_loss_value returns for no loss: never one of its losses.
+_NO_VALUE = float("-inf")
 KERNELS = {
     np.dtype(np.float32): _Kernels(
         ffi.typeof("float[]"), lib.psm_softmax_loss_lse_f32,
@@ -182,17 +184,18 @@ def softmax_loss_by(k, logits, outer, classes, inner, labels, probs, opts, losse
 def softmax_loss_value(k, logits, outer, classes, labels, opts):
     """The reduced loss of (outer, classes) logits and (outer,) int64 labels
     by psm_softmax_loss_value (k the logits' KERNELS entry, opts a reducing
-    one), or None where it cannot be had so: either array not C-contiguous
-    (ffi.from_buffer takes no other: the buffer protocol gives only those
-    without strides), or not aligned, a bad label, a NaN loss.  The tiny
-    calls' fast path then takes the general one, which copies such arrays,
-    or finds what went wrong; its caller checks no layout itself."""
+    one of method, reduction and threads alone), or None where it cannot be
+    had so: either array not C-contiguous (ffi.from_buffer takes no other:
+    the buffer protocol gives only those without strides), or not aligned,
+    a bad label.  The tiny calls' fast path then takes the general one,
+    which copies such arrays, or finds what went wrong; its caller checks no
+    layout itself."""
     try:
         loss = k.softmax_loss_value(ffi.from_buffer(k.ctype, logits), outer, classes,
                                     ffi.from_buffer(_INT64_ARRAY, labels), opts.struct)
     except ValueError:   # not C-contiguous
         return None
-    return loss if loss == loss else None
+    return None if loss == _NO_VALUE else loss
 
 
 def softmax(logits, outer, classes, inner, method, threads, out):

@@ -180,29 +180,55 @@ static void special_values(void)
     }
 }
 
-/* psm_softmax_loss_value's NaN for every failure: a bad label, bad
- * arguments, logits or labels not aligned for their type. */
+/* psm_softmax_loss_value's -inf for every failure: a bad label, bad
+ * arguments, logits or labels not aligned for their type, options beyond
+ * method, reduction and threads; and its NaN loss, which is a loss. */
 static void loss_by_value_failures(void)
 {
     static float x[3 * 2 + 1] = {1, 2, 3, 4, 5, 6, 7};
     static double xd[3 * 2 + 1] = {1, 2, 3, 4, 5, 6, 7};
     static int64_t y[3 + 1] = {0, 1, 1, 0};
+    static const double weight[2] = {1.0, 2.0};
     psm_options o = options(PSM_STABLE, PSM_MEAN);
-    CHECK(!isnan(psm_softmax_loss_value_f32(x, 3, 2, y, &o)));
-    CHECK(!isnan(psm_softmax_loss_value_f64(xd, 3, 2, y, &o)));
-    CHECK(isnan(psm_softmax_loss_value_f32((const float *)((const char *)x + 1), 3, 2, y, &o)));
-    CHECK(isnan(psm_softmax_loss_value_f64((const double *)((const char *)xd + 4), 3, 2, y,
-                                           &o)));
-    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 2, (const int64_t *)((const char *)y + 4),
-                                           &o)));
+    CHECK(isfinite(psm_softmax_loss_value_f32(x, 3, 2, y, &o)));
+    CHECK(isfinite(psm_softmax_loss_value_f64(xd, 3, 2, y, &o)));
+    CHECK(psm_softmax_loss_value_f32((const float *)((const char *)x + 1), 3, 2, y, &o) ==
+          -INFINITY);
+    CHECK(psm_softmax_loss_value_f64((const double *)((const char *)xd + 4), 3, 2, y, &o) ==
+          -INFINITY);
+    CHECK(psm_softmax_loss_value_f32(x, 3, 2, (const int64_t *)((const char *)y + 4), &o) ==
+          -INFINITY);
     y[2] = 2;
+    CHECK(psm_softmax_loss_value_f32(x, 3, 2, y, &o) == -INFINITY);
+    CHECK(psm_softmax_loss_value_f64(xd, 3, 2, y, &o) == -INFINITY);
+    y[2] = 1;
+    CHECK(psm_softmax_loss_value_f32(x, 3, 0, y, &o) == -INFINITY);
+    CHECK(psm_softmax_loss_value_f32(NULL, 3, 2, y, &o) == -INFINITY);
+    CHECK(psm_softmax_loss_value_f32(x, 3, 2, NULL, &o) == -INFINITY);
+    CHECK(psm_softmax_loss_value_f32(x, 3, 2, y, NULL) == -INFINITY);
+    for (int option = 0; option < 5; option++) {
+        psm_options more = o;
+        if (option == 0)
+            more.class_weight = weight;
+        else if (option == 1)
+            more.use_ignore_index = 1;
+        else if (option == 2)
+            more.label_smoothing = 0.5;
+        else if (option == 3)
+            more.z_loss = 0.5;
+        else {
+            more.has_normalizer = 1;
+            more.normalizer = 2.0;
+        }
+        CHECK(psm_softmax_loss_value_f32(x, 3, 2, y, &more) == -INFINITY);
+        CHECK(psm_softmax_loss_value_f64(xd, 3, 2, y, &more) == -INFINITY);
+    }
+    x[2] = NAN;
+    xd[2] = NAN;
     CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 2, y, &o)));
     CHECK(isnan(psm_softmax_loss_value_f64(xd, 3, 2, y, &o)));
-    y[2] = 1;
-    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 0, y, &o)));
-    CHECK(isnan(psm_softmax_loss_value_f32(NULL, 3, 2, y, &o)));
-    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 2, NULL, &o)));
-    CHECK(isnan(psm_softmax_loss_value_f32(x, 3, 2, y, NULL)));
+    x[2] = 3;
+    xd[2] = 3;
 }
 
 static void bad_arguments(void)
