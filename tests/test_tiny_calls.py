@@ -37,13 +37,14 @@ def same(got, expected):
         assert np.asarray(got).tobytes() == np.asarray(expected).tobytes()
 
 
-def logits(shape, dtype, seed=0):
+def logits(shape, dtype, seed=0, specials=(np.inf, -np.inf, np.nan), cap=np.inf):
+    """Random logits no larger than cap, and beyond 8 of them, the three
+    special values at every 7th, 11th and 13th place."""
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 20).astype(dtype)
+    x = np.minimum(rng.standard_normal(shape) * 20, cap).astype(dtype)
     if x.size > 8:
-        x.reshape(-1)[::7] = np.inf
-        x.reshape(-1)[3::11] = -np.inf
-        x.reshape(-1)[5::13] = np.nan
+        for start, step, value in zip((0, 3, 5), (7, 11, 13), specials):
+            x.reshape(-1)[start::step] = value
     return x
 
 
@@ -74,15 +75,10 @@ def finite_logits(shape, dtype, seed=0, huge=None):
     the cheap loss keeps the kernel's value rather than falling back; huge
     (by default a quarter of the dtype's max) must be one whose exp the
     method can sum, and no logit exceeds it."""
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 20).astype(dtype)
-    if huge is not None:
-        x = np.minimum(x, dtype(huge))
-    if x.size > 8:
-        x.reshape(-1)[::7] = -np.inf
-        x.reshape(-1)[3::11] = np.finfo(dtype).max / 4 if huge is None else huge
-        x.reshape(-1)[5::13] = np.finfo(dtype).tiny
-    return x
+    if huge is None:
+        return logits(shape, dtype, seed, (-np.inf, np.finfo(dtype).max / 4,
+                                           np.finfo(dtype).tiny))
+    return logits(shape, dtype, seed, (-np.inf, huge, np.finfo(dtype).tiny), cap=huge)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
