@@ -7,6 +7,8 @@ checkout's pysafemax against another checkout's Python layer and PyTorch.
 The calls, on float32 logits (random normal * 4) and random int64 labels:
 
   loss (32,10)          softmax_loss(x, y)             torch: F.cross_entropy(x, y)
+  loss method= (32,10)  softmax_loss(x, y, method="stable", threads=1), as
+                        bench/run.py calls it          torch: F.cross_entropy(x, y)
   loss+grad (32,10)     softmax_loss(x, y, return_grad=True)
                                                        torch: cross_entropy, then
                                                        torch.autograd.grad of it
@@ -54,7 +56,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 
-CASES = ["loss (32,10)", "loss+grad (32,10)", "loss+grad out= (32,10)",
+CASES = ["loss (32,10)", "loss method= (32,10)", "loss+grad (32,10)", "loss+grad out= (32,10)",
          "loss none (32,10)", "softmax (32,10)", "softmax out= (32,10)",
          "log_softmax (32,10)", "loss (1,10)", "cffi floor (32,10)"]
 
@@ -82,6 +84,7 @@ def pysafemax_calls(sources):
     floor = cffi_floor(pysafemax, x, y)
     calls = {
         "loss (32,10)": lambda: loss(x, y),
+        "loss method= (32,10)": lambda: loss(x, y, method="stable", threads=1),
         "loss+grad (32,10)": lambda: loss(x, y, return_grad=True),
         "loss+grad out= (32,10)": lambda: loss(x, y, return_grad=True, out=grad),
         "loss none (32,10)": lambda: loss(x, y, reduction="none"),
@@ -131,6 +134,7 @@ def torch_calls(threads):
 
     calls = {
         "loss (32,10)": lambda: F.cross_entropy(x, y),
+        "loss method= (32,10)": lambda: F.cross_entropy(x, y),
         "loss+grad (32,10)": forward_backward,
         "loss none (32,10)": lambda: F.cross_entropy(x, y, reduction="none"),
         "softmax (32,10)": lambda: torch.softmax(x, 1),
