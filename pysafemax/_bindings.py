@@ -6,7 +6,7 @@ aligned; outputs writable), make the zero-copy buffers, call, and turn the
 status into an exception.  (softmax_loss, softmax and log_softmax pick the
 dtype's entry points from KERNELS and pass them to a *_by twin, which the
 tiny calls' fast paths call directly with the entry points their own dtype
-test looked up.)  The wrappers know the C contract
+test looked up; the reduced loss by value has its wrapper in KERNELS.)  The wrappers know the C contract
 (csrc/softmax_loss.h) and nothing of the Python API's arguments: a bad label
 found by the kernel comes out as BadLabel(position), which the caller, who
 holds the labels as given, turns into its ValueError.
@@ -44,7 +44,7 @@ class _Kernels(NamedTuple):
     """One dtype's entry points."""
     ctype: Any              # the cffi array type of its buffers
     softmax_loss: Any       # psm_softmax_loss_lse (lse NULL: psm_softmax_loss)
-    softmax_loss_value: Any
+    loss_value: Any         # psm_softmax_loss_value's wrapper (_loss_value_of)
     softmax: Any
     log_softmax: Any
     partials: Any
@@ -57,15 +57,45 @@ class _Kernels(NamedTuple):
 _INT64_ARRAY = ffi.typeof("int64_t[]")
 # What psm_softmax_loss_value returns for no loss: never one of its losses.
 _NO_VALUE = float("-inf")
+
+
+def _loss_value_of(kernel, ctype):
+    """The wrapper of one dtype's psm_softmax_loss_value (kernel, its
+    buffers of ctype).  It is made once, a closure over what it calls, and
+    called through KERNELS: a (32, 10) call takes about 2.5 us, and a
+    module-level wrapper's lookups (the entry point and array type in the
+    caller's KERNELS entry, ffi.from_buffer twice, two globals) and sixth
+    argument cost 0.2 us of it."""
+    buffer, int64s, no_value = ffi.from_buffer, _INT64_ARRAY, _NO_VALUE
+
+    def loss_value(logits, outer, classes, labels, opts):
+        """The reduced loss of (outer, classes) logits and (outer,) int64
+        labels (opts a reducing one of method, reduction and threads
+        alone), or None where it cannot be had so: either array not
+        C-contiguous (ffi.from_buffer takes no other: the buffer protocol
+        gives only those without strides), or not aligned, a bad label.
+        The tiny calls' fast path then takes the general one, which copies
+        such arrays, or finds what went wrong; its caller checks no layout
+        itself."""
+        try:
+            loss = kernel(buffer(ctype, logits), outer, classes, buffer(int64s, labels),
+                          opts.struct)
+        except ValueError:   # not C-contiguous
+            return None
+        return None if loss == no_value else loss
+    return loss_value
+
+
+_FLOATS, _DOUBLES = ffi.typeof("float[]"), ffi.typeof("double[]")
 KERNELS = {
     np.dtype(np.float32): _Kernels(
-        ffi.typeof("float[]"), lib.psm_softmax_loss_lse_f32,
-        lib.psm_softmax_loss_value_f32, lib.psm_softmax_f32,
+        _FLOATS, lib.psm_softmax_loss_lse_f32,
+        _loss_value_of(lib.psm_softmax_loss_value_f32, _FLOATS), lib.psm_softmax_f32,
         lib.psm_log_softmax_f32, lib.psm_softmax_partials_f32,
         lib.psm_loss_from_partials_f32, lib.psm_grad_from_partials_f32),
     np.dtype(np.float64): _Kernels(
-        ffi.typeof("double[]"), lib.psm_softmax_loss_lse_f64,
-        lib.psm_softmax_loss_value_f64, lib.psm_softmax_f64,
+        _DOUBLES, lib.psm_softmax_loss_lse_f64,
+        _loss_value_of(lib.psm_softmax_loss_value_f64, _DOUBLES), lib.psm_softmax_f64,
         lib.psm_log_softmax_f64, lib.psm_softmax_partials_f64,
         lib.psm_loss_from_partials_f64, lib.psm_grad_from_partials_f64),
 }
@@ -179,23 +209,6 @@ def softmax_loss_by(k, logits, outer, classes, inner, labels, probs, opts, losse
     if status:
         _check(status)
     return loss
-
-
-def softmax_loss_value(k, logits, outer, classes, labels, opts):
-    """The reduced loss of (outer, classes) logits and (outer,) int64 labels
-    by psm_softmax_loss_value (k the logits' KERNELS entry, opts a reducing
-    one of method, reduction and threads alone), or None where it cannot be
-    had so: either array not C-contiguous (ffi.from_buffer takes no other:
-    the buffer protocol gives only those without strides), or not aligned,
-    a bad label.  The tiny calls' fast path then takes the general one,
-    which copies such arrays, or finds what went wrong; its caller checks no
-    layout itself."""
-    try:
-        loss = k.softmax_loss_value(ffi.from_buffer(k.ctype, logits), outer, classes,
-                                    ffi.from_buffer(_INT64_ARRAY, labels), opts.struct)
-    except ValueError:   # not C-contiguous
-        return None
-    return None if loss == _NO_VALUE else loss
 
 
 def softmax(logits, outer, classes, inner, method, threads, out):

@@ -8,10 +8,12 @@ set_num_threads, threads= and PYSAFEMAX_NUM_THREADS choose, and never let two
 calls share the cell the kernel writes the reduced loss into: not two
 threads, and not a call nested inside another on one thread.
 """
+import inspect
 import os
 import subprocess
 import sys
 import threading
+import typing
 
 import numpy as np
 import pytest
@@ -95,9 +97,8 @@ def test_the_loss_by_value_gives_the_general_paths_bits(dtype, method, writeable
         for reduction in ("mean", "sum", "valid", "full", "batch_size"):
             for threads in (None, 1, 2):
                 kwargs = dict(method=method, reduction=reduction, threads=threads)
-                value = _bindings.softmax_loss_value(
-                    _bindings.KERNELS[x.dtype], x, shape[0], shape[1], y,
-                    _bindings.options(method, reduction, threads or 1))
+                value = _bindings.KERNELS[x.dtype].loss_value(
+                    x, shape[0], shape[1], y, _bindings.options(method, reduction, threads or 1))
                 assert value is not None and not np.isnan(value), (shape, kwargs)
                 # the general path's, checked against the numpy reference
                 same(pysafemax.softmax_loss(x, y, **kwargs),
@@ -112,11 +113,10 @@ def test_the_loss_by_value_refuses_what_it_cannot_take(dtype):
     opts = _bindings.options("stable", "mean", 1)
     x = finite_logits((6, 5), dtype)
     y = np.array([0, 4, 1, 2, 3, 0])
-    assert _bindings.softmax_loss_value(k, x, 6, 5, y, opts) == \
+    assert k.loss_value(x, 6, 5, y, opts) == \
         pysafemax.softmax_loss(x, y, axis=-1)
     # a NaN loss is a value: -inf, never a loss, stands for none
-    nan_loss = _bindings.softmax_loss_value(k, np.where(x == x.max(), np.nan, x), 6, 5, y,
-                                            opts)
+    nan_loss = k.loss_value(np.where(x == x.max(), np.nan, x), 6, 5, y, opts)
     assert nan_loss is not None and np.isnan(nan_loss)
     raw = np.zeros(x.nbytes + 1, np.uint8)
     misaligned = np.frombuffer(raw.data, dtype, count=x.size, offset=1).reshape(6, 5)
@@ -128,7 +128,7 @@ def test_the_loss_by_value_refuses_what_it_cannot_take(dtype):
                              (np.broadcast_to(x[:1], (6, 5)), y),
                              (misaligned, y), (x, misaligned_labels),
                              (x, np.repeat(y, 2)[::2]), (x, _with_label(1, 5)[:6])]:
-        assert _bindings.softmax_loss_value(k, logits_, 6, 5, labels_, opts) is None
+        assert k.loss_value(logits_, 6, 5, labels_, opts) is None
         if labels_.max() >= 5:
             with pytest.raises(ValueError, match=r"^labels\[1\] = 5 is out of range"):
                 pysafemax.softmax_loss(logits_, labels_)
@@ -248,6 +248,36 @@ def test_odd_but_legal_spellings_give_the_general_paths_results():
         same(pysafemax.softmax(X, **kwargs), pysafemax.softmax(X, axis=-1, **kwargs))
 
 
+def test_softmax_loss_shows_and_enforces_its_whole_signature():
+    # softmax_loss names only the cheap path's options and takes the rest as
+    # **options: callers must still see every option, keyword-only and
+    # annotated, and get a TypeError naming softmax_loss for a call that
+    # signature does not allow
+    signature = inspect.signature(pysafemax.softmax_loss)
+    assert list(signature.parameters) == [
+        "logits", "labels", "axis", "method", "reduction", "weight", "ignore_index",
+        "label_smoothing", "z_loss", "return_grad", "return_lse", "loss_dtype", "out",
+        "threads", "check"]
+    options = {name: p for name, p in signature.parameters.items()
+               if name not in ("logits", "labels")}
+    assert all(p.kind is p.KEYWORD_ONLY for p in options.values())
+    assert set(typing.get_type_hints(pysafemax.softmax_loss)) == \
+        set(signature.parameters) | {"return"}
+    for args, kwargs, message in [
+            ((X, Y), {"methd": "naive"}, "got an unexpected keyword argument 'methd'"),
+            ((X, Y, "naive"), {}, "takes 2 positional arguments but 3 were given"),
+            ((X, Y), {"logits": X}, "got multiple values for argument 'logits'"),
+            ((X,), {}, "missing 1 required positional argument: 'labels'")]:
+        with pytest.raises(TypeError, match=rf"^softmax_loss\(\) {message}$"):
+            pysafemax.softmax_loss(*args, **kwargs)
+    # every option spelt out at its default: the general path, the same bits
+    x = finite_logits((32, 10), np.float32)
+    y = np.arange(32) % 10
+    defaults = {name: p.default for name, p in options.items()}
+    same(pysafemax.softmax_loss(x, y, **defaults), pysafemax.softmax_loss(x, y))
+    same(pysafemax.softmax_loss(logits=x, labels=y), pysafemax.softmax_loss(x, y))
+
+
 # --- thread counts ---------------------------------------------------------------
 
 @pytest.fixture
@@ -258,15 +288,16 @@ def kernel_calls(monkeypatch):
     seen = []
     real_loss, real_softmax = _bindings.softmax_loss_by, _bindings.softmax_by
     real_log_softmax = _bindings.log_softmax_by
-    real_value = _bindings.softmax_loss_value
 
     def softmax_loss_by(*args):
         seen.append(("softmax_loss_by", args[7].struct.threads))
         return real_loss(*args)
 
-    def softmax_loss_value(*args):
-        seen.append(("softmax_loss_value", args[5].struct.threads))
-        return real_value(*args)
+    def recording_loss_value(real):
+        def loss_value(*args):
+            seen.append(("loss_value", args[4].struct.threads))
+            return real(*args)
+        return loss_value
 
     def softmax_by(*args):
         seen.append(("softmax_by", min(args[6], _bindings.MAX_THREADS)))
@@ -277,7 +308,9 @@ def kernel_calls(monkeypatch):
         return real_log_softmax(*args)
 
     monkeypatch.setattr(_bindings, "softmax_loss_by", softmax_loss_by)
-    monkeypatch.setattr(_bindings, "softmax_loss_value", softmax_loss_value)
+    for dtype, k in list(_bindings.KERNELS.items()):
+        monkeypatch.setitem(_bindings.KERNELS, dtype,
+                            k._replace(loss_value=recording_loss_value(k.loss_value)))
     monkeypatch.setattr(_bindings, "softmax_by", softmax_by)
     monkeypatch.setattr(_bindings, "log_softmax_by", log_softmax_by)
     monkeypatch.setattr(_core, "_num_threads", None)
@@ -286,8 +319,8 @@ def kernel_calls(monkeypatch):
 
 
 CHEAP_CALLS = [  # (kwargs, the wrapper the call goes through)
-    ({}, "softmax_loss_value"),
-    ({"reduction": "sum", "method": "naive"}, "softmax_loss_value"),
+    ({}, "loss_value"),
+    ({"reduction": "sum", "method": "naive"}, "loss_value"),
     ({"return_grad": True}, "softmax_loss_by"),
     ({"reduction": "none"}, "softmax_loss_by"),
 ]
@@ -319,11 +352,11 @@ def test_a_nan_loss_comes_by_value_and_a_bad_label_takes_the_general_path(kernel
     # which label it was
     threads = pysafemax.get_num_threads()
     assert np.isnan(pysafemax.softmax_loss(X, Y))
-    assert kernel_calls == [("softmax_loss_value", threads)]
+    assert kernel_calls == [("loss_value", threads)]
     kernel_calls.clear()
     with pytest.raises(ValueError, match=r"^labels\[4\] = 9 is out of range"):
         pysafemax.softmax_loss(X, _with_label(4, 9))
-    assert kernel_calls == [("softmax_loss_value", threads), ("softmax_loss_by", threads)]
+    assert kernel_calls == [("loss_value", threads), ("softmax_loss_by", threads)]
 
 
 ENVIRONMENT_THREADS = """
@@ -331,15 +364,18 @@ import numpy as np
 import pysafemax
 from pysafemax import _bindings
 seen = []
-real, real_value = _bindings.softmax_loss_by, _bindings.softmax_loss_value
+real = _bindings.softmax_loss_by
 def recording(*args):
     seen.append(args[7].struct.threads)
     return real(*args)
-def recording_value(*args):
-    seen.append(args[5].struct.threads)
-    return real_value(*args)
+def recording_value(real_value):
+    def loss_value(*args):
+        seen.append(args[4].struct.threads)
+        return real_value(*args)
+    return loss_value
 _bindings.softmax_loss_by = recording
-_bindings.softmax_loss_value = recording_value
+k = _bindings.KERNELS[np.dtype(np.float32)]
+_bindings.KERNELS[np.dtype(np.float32)] = k._replace(loss_value=recording_value(k.loss_value))
 x = np.zeros((3, 4), np.float32)
 y = np.array([0, 1, 2])
 pysafemax.softmax_loss(x, y)
