@@ -100,7 +100,7 @@ static int FN(position)(const FN(call) *c, int64_t chunk, int64_t pos, int64_t *
  * (plain_losses8), stored and added to *total in order.  Returns 0, having
  * done nothing, if some label is ignored or out of range: those positions
  * take the general path, which records a bad label. */
-static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_sum *total)
+static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_lanes *total)
 {
     const FN(call) *c = &job->call;
     const psm_options *opt = c->opt;
@@ -119,13 +119,18 @@ static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_sum *total)
     REAL *losses = job->losses;
     for (int r = 0; losses && r < 8; r++)
         losses[pos + r] = (REAL)loss[r];
-    for (int r = 0; r < 8; r++)
-        psm_sum_add(total, loss[r]);
+#ifdef PSM_HAVE_AVX2
+    if (c->fast && total->next == 0) {
+        psm_lanes_add8_avx2(total, loss);
+        return 1;
+    }
+#endif
+    psm_lanes_add8(total, loss);
     return 1;
 }
 
 /* A chunk of a loss job, summing its losses in order (compensated:
- * psm_sum) into chunk_loss[chunk]. */
+ * psm_lanes) into chunk_loss[chunk]. */
 static void FN(loss_chunk)(const void *job_, int64_t chunk)
 {
     const FN(loss_job) *job = job_;
@@ -133,7 +138,7 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
     int method = c->opt->method;
     int64_t classes = c->classes, inner = c->inner, first, last;
     FN(chunk_span)(c, chunk, &first, &last);
-    psm_sum total = {0.0, 0.0};
+    psm_lanes total = {{0.0}, {0.0}, 0, 0};
     /* rows of a few classes: eight at once, [batch, batch + 8), their
      * row_pass (no gradient) or stored_exps (a one-hot gradient) */
     FN(row_state) batch_state[8] = {{0}};
@@ -245,9 +250,9 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
             job->lse[pos] = (REAL)lse;
         if (job->losses)
             job->losses[pos] = (REAL)loss;
-        psm_sum_add(&total, loss);
+        psm_lanes_add(&total, loss);
     }
-    job->chunk_loss[chunk] = psm_sum_value(&total);
+    job->chunk_loss[chunk] = psm_lanes_value(&total);
 }
 
 /* A chunk of a partials job: each position's state over the block. */
@@ -542,11 +547,12 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
         return status;
     /* summed as psm_softmax_loss sums: by chunks, in order */
     int64_t chunk_positions = psm_chunk_positions(total_classes);
-    psm_sum total = {0.0, 0.0}, chunk_total = {0.0, 0.0};
+    psm_sum total = {0.0, 0.0};
+    psm_lanes chunk_total = {{0.0}, {0.0}, 0, 0};
     for (int64_t pos = 0; pos < outer * inner; pos++) {
         if (pos % chunk_positions == 0) {
-            psm_sum_add(&total, psm_sum_value(&chunk_total));
-            chunk_total.sum = chunk_total.comp = 0.0;
+            psm_sum_add(&total, psm_lanes_value(&chunk_total));
+            chunk_total = (psm_lanes){{0.0}, {0.0}, 0, 0};
         }
         const psm_partial *p = &state[pos];
         REAL x_y = 0;
@@ -573,9 +579,9 @@ int64_t FN(psm_loss_from_partials)(const psm_partial *state, int64_t outer,
             l += FN(z_term)(&t, FN(summed_lse)(&st, opt->method), &z_mass);
         if (losses)
             losses[pos] = (REAL)l;
-        psm_sum_add(&chunk_total, l);
+        psm_lanes_add(&chunk_total, l);
     }
-    psm_sum_add(&total, psm_sum_value(&chunk_total));
+    psm_sum_add(&total, psm_lanes_value(&chunk_total));
     *loss = psm_reduce(opt->reduction, psm_sum_value(&total), normalizer);
     return PSM_OK;
 }

@@ -5,6 +5,8 @@ The AVX2 loops and their portable twins perform the same float operations in
 the same order, so results must match bit for bit; the kernel's exps must stay
 within the errors stated in csrc/exp_f32.h and csrc/exp_f64.h.
 """
+import math
+
 import numpy as np
 import pytest
 
@@ -726,3 +728,34 @@ def test_a_nan_loss_reduces_to_positive_nan(method, classes, dtype):
                     twin = pysafemax.softmax_loss(x, y, method=method, reduction=reduction,
                                                   threads=threads)
                 assert np.float64(twin).view(np.uint64) == positive_nan
+
+
+@pytest.mark.parametrize("classes", [2, 10, 16, 17, 100])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_the_reduced_loss_keeps_what_each_lane_of_its_sum_rounds_off(classes, offset):
+    # A chunk's losses join eight compensated lanes (internal.h's psm_lanes;
+    # eight rows of a batch in one vector step where the CPU allows).  Eight
+    # losses of 1e16 (whose ulp is 2), one in each lane, then thousands of
+    # ln 2: a plain sum of each lane would round every ln 2 away.  offset
+    # puts a few rows of ln 2 first, so that the batches start mid-lane.
+    rows = offset + 8 + 8 * 700
+    x = np.zeros((rows, classes))
+    x[offset:offset + 8, 1] = -1e16
+    y = np.zeros(rows, np.int64)
+    y[offset:offset + 8] = 1
+    for dtype in (np.float64, np.float32):
+        # the losses: 1e16 (as the dtype has it) + ln(classes - 1), and
+        # ln(classes); float64's per-position losses are the terms summed
+        logits = x.astype(dtype)
+        exact = math.fsum([float(dtype(1e16)) + math.log(classes - 1)] * 8
+                          + [math.log(classes)] * (rows - 8))
+        if dtype == np.float64:
+            terms = pysafemax.softmax_loss(logits, y, reduction="none").tolist()
+            assert math.fsum(terms) == pytest.approx(exact, rel=2**-52, abs=0)
+            exact = math.fsum(terms)
+        for threads in (1, 2):
+            got = pysafemax.softmax_loss(logits, y, reduction="sum", threads=threads)
+            assert got == pytest.approx(exact, rel=2**-52, abs=0), (dtype, threads)
+            with _bindings.portable_code():
+                twin = pysafemax.softmax_loss(logits, y, reduction="sum", threads=threads)
+            assert np.float64(got).view(np.uint64) == np.float64(twin).view(np.uint64)
