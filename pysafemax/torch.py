@@ -47,6 +47,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # torch's default ignore_index, which probability targets accept (any other
 # value is refused for them, as torch refuses it).
 _TORCH_IGNORE_INDEX = -100
+# The options cross_entropy passes on, with softmax_loss's defaults.
+_DEFAULT_OPTIONS = (("weight", None), ("ignore_index", None), ("label_smoothing", 0.0),
+                    ("z_loss", 0.0))
 
 
 def cross_entropy(input: torch.Tensor, target: torch.Tensor,
@@ -150,6 +153,13 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor,
         # and a plain (N, C) call takes softmax_loss's cheap path (20 us less
         # on (32, 10)).  Other values are left for softmax_loss to check.
         options["ignore_index"] = None
+    # Leave out the options at softmax_loss's defaults: any option it is
+    # given but method, reduction, return_grad, out and threads sends the
+    # call past its cheap path.
+    for name, default in _DEFAULT_OPTIONS:
+        value = options[name]
+        if value is default or (type(value) in (int, float) and value == default):
+            del options[name]
     if recording and input.requires_grad:
         return _CrossEntropy.apply(input, logits, labels, reduction, options)
     # no graph to record: the loss alone, without a gradient to compute

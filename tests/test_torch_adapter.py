@@ -276,6 +276,42 @@ def test_no_gradient_needed_computes_the_loss_only(monkeypatch):
     assert calls[-1] is True and recorded.requires_grad
 
 
+def test_plain_calls_pass_no_option_that_would_skip_the_cheap_path(monkeypatch):
+    # softmax_loss's cheap path takes method, reduction, return_grad, out and
+    # threads alone: cross_entropy leaves out the options at their defaults
+    # (torch's ignore_index of -100 where no label is -100), and passes on
+    # the others, with their values
+    passed = []
+
+    def recording(*args, **kwargs):
+        passed.append(dict(kwargs))
+        return pysafemax.softmax_loss(*args, **kwargs)
+
+    monkeypatch.setattr(psm_torch, "softmax_loss", recording)
+    x = torch.randn(6, 5, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3, 4, 0])
+    weight = torch.rand(5) + 0.5
+    for kwargs, extra in [({}, {}), ({"label_smoothing": 0}, {}),
+                          ({"label_smoothing": 0.0, "ignore_index": 7}, {}),
+                          ({"reduction": "sum"}, {}),
+                          ({"label_smoothing": 0.25}, {"label_smoothing": 0.25}),
+                          ({"ignore_index": 3}, {"ignore_index": 3}),
+                          ({"z_loss": 1e-4}, {"z_loss": 1e-4})]:
+        for grad_enabled in (True, False):
+            passed.clear()
+            with torch.set_grad_enabled(grad_enabled):
+                got = cross_entropy(x, target, **kwargs)
+            cheap = {"reduction": kwargs.get("reduction", "mean")}
+            if grad_enabled:
+                cheap["return_grad"] = True
+            assert passed == [{**cheap, **extra}], (kwargs, grad_enabled)
+            if "z_loss" not in kwargs:
+                torch.testing.assert_close(got, F.cross_entropy(x, target, **kwargs))
+    passed.clear()
+    cross_entropy(x, target, weight=weight)
+    assert list(passed[0]) == ["reduction", "return_grad", "weight"]
+
+
 # -- layouts and the caller's tensors ----------------------------------------
 
 def test_non_contiguous_tensors_work_and_are_left_unchanged():
