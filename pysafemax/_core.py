@@ -466,10 +466,13 @@ def _softmax_loss_general(logits: ArrayLike, labels: ArrayLike, *, axis: Integer
 
 # softmax_loss answers to its general path's signature (inspect.signature
 # follows __wrapped__) and annotations, and the general path to its name, so
-# that a misspelt keyword's TypeError names the function the caller called.
+# that a misspelt keyword's TypeError names the function the caller called:
+# Python 3.10 and later take that name from __qualname__, 3.9 from the
+# code object's co_name (which tracebacks show too).
 functools.update_wrapper(softmax_loss, _softmax_loss_general, assigned=("__annotations__",),
                          updated=())
 _softmax_loss_general.__name__ = _softmax_loss_general.__qualname__ = "softmax_loss"
+_softmax_loss_general.__code__ = _softmax_loss_general.__code__.replace(co_name="softmax_loss")
 
 
 def _call_blocks(x: _validation.Logits, probs: Optional[NDArray[Any]],
