@@ -125,7 +125,8 @@ static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_lanes *tota
         return 1;
     }
 #endif
-    psm_lanes_add8(total, loss);
+    for (int r = 0; r < 8; r++)
+        psm_lanes_add(total, loss[r]);
     return 1;
 }
 

@@ -132,11 +132,11 @@ static inline double psm_sum_value(const psm_sum *s)
  * lane k % 8 as psm_sum_add would, and psm_lanes_value joins the lanes
  * used: their sums in one psm_sum, their compensations (each a few
  * roundings of its lane's sum) added to its compensation.  Still within
- * about one rounding of the exact sum, as psm_sum is; but eight losses that start at lane 0 (a
- * batch of small rows) join their lanes in one step the compiler
- * vectorizes, where a single psm_sum's eight dependent additions took more
- * instructions than the eight rows' log-sum-exps (about 20 a row of 123 on
- * (65536, 10)).  Every path of a call sums through these, in position
+ * about one rounding of the exact sum, as psm_sum is; but eight losses
+ * that start at lane 0 (a batch of small rows) join their lanes in one
+ * vector step (psm_lanes_add8_avx2), where a single psm_sum's eight
+ * dependent additions took about 20 instructions a row of 123 on
+ * (65536, 10).  Every path of a call sums through these, in position
  * order, so that the lanes, like the losses, are the same whichever path,
  * CPU or thread count computes them. */
 #define PSM_LANES 8
@@ -146,10 +146,10 @@ typedef struct {
     int used;   /* how many lanes a loss has joined */
 } psm_lanes;
 
-/* psm_sum_add of x to one lane, written without a branch (the compensation
- * of a sum that is not finite is skipped by adding +0: a zero compensation
- * of either sign leaves every later sum alike) so that eight lanes
- * vectorize. */
+/* psm_sum_add of x to one lane, written without a branch as the vector
+ * step computes it (the compensation of a sum that is not finite is skipped
+ * by adding +0: a zero compensation of either sign leaves every later sum
+ * alike). */
 static inline void psm_lane_add(double *sum, double *comp, double x)
 {
     double s = *sum, t = s + x;
@@ -166,24 +166,12 @@ static inline void psm_lanes_add(psm_lanes *l, double x)
         l->used++;
 }
 
-/* Eight losses in order: the same lanes as eight psm_lanes_add. */
-static inline void psm_lanes_add8(psm_lanes *l, const double x[PSM_LANES])
-{
-    if (l->next == 0) {
-        for (int k = 0; k < PSM_LANES; k++)
-            psm_lane_add(&l->sum[k], &l->comp[k], x[k]);
-        l->used = PSM_LANES;
-    } else {
-        for (int k = 0; k < PSM_LANES; k++)
-            psm_lanes_add(l, x[k]);
-    }
-}
-
 #ifdef PSM_HAVE_AVX2
 #include <immintrin.h>
 
-/* psm_lane_add of x[k] to lane k, four lanes a vector: the same operations
- * in the same order, so the same bits. */
+/* Eight losses that start at lane 0 (l->next == 0): psm_lane_add of x[k]
+ * to lane k, four lanes a vector, the same operations in the same order, so
+ * the same bits as eight psm_lanes_add. */
 static inline PSM_AVX2 void psm_lanes_add8_avx2(psm_lanes *l, const double x[PSM_LANES])
 {
     const __m256d sign = _mm256_set1_pd(-0.0), big = _mm256_set1_pd(DBL_MAX);
