@@ -6,10 +6,11 @@ aligned; outputs writable), make the zero-copy buffers, call, and turn the
 status into an exception.  (softmax_loss, softmax and log_softmax pick the
 dtype's entry points from KERNELS and pass them to a *_by twin, which the
 tiny calls' fast paths call directly with the entry points their own dtype
-test looked up; the reduced loss by value has its wrapper in KERNELS.)  The wrappers know the C contract
-(csrc/softmax_loss.h) and nothing of the Python API's arguments: a bad label
-found by the kernel comes out as BadLabel(position), which the caller, who
-holds the labels as given, turns into its ValueError.
+test looked up; the reduced loss by value has its wrapper in KERNELS.)  The
+wrappers know the C contract (csrc/softmax_loss.h) and nothing of the
+Python API's arguments: a bad label found by the kernel comes out as
+BadLabel(position), which the caller, who holds the labels as given, turns
+into its ValueError.
 
 cffi releases the GIL around each call and the kernel's only state shared
 between calls is its thread pool, which is thread-safe and fork-safe, so
