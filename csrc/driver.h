@@ -95,39 +95,54 @@ static int FN(position)(const FN(call) *c, int64_t chunk, int64_t pos, int64_t *
     return counts;
 }
 
-/* Positions [pos, pos + 8) of a loss job whose targets are plain labels
- * (loss_chunk's plain): their losses (and gradients) in one batch
- * (plain_losses8), stored and added to *total in order.  Returns 0, having
- * done nothing, if some label is ignored or out of range: those positions
- * take the general path, which records a bad label. */
-static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, psm_lanes *total)
+/* Whether n labels are all plain: in range and not ignored. */
+static int FN(plain_labels)(const FN(call) *c, const int64_t *y, int n)
+{
+    if (psm_labels_outside(y, n, c->classes))
+        return 0;
+    for (int r = 0; c->opt->use_ignore_index && r < n; r++)
+        if (y[r] == c->opt->ignore_index)
+            return 0;
+    return 1;
+}
+
+/* Positions from pos, pos + 8 <= last, of a loss job whose targets are
+ * plain labels (loss_chunk's plain): PSM_FINISH_ROWS of them where the
+ * chunk has that many and their labels are all plain, else 8 where the
+ * first 8 are.  Their losses (and gradients) in one batch (plain_losses),
+ * stored and added to *total in order.  Returns how many positions it
+ * took, or 0, having done nothing, if some label of the first 8 is ignored
+ * or out of range: those positions take the general path, which records a
+ * bad label. */
+static int FN(plain_batch)(const FN(loss_job) *job, int64_t pos, int64_t last,
+                           psm_lanes *total)
 {
     const FN(call) *c = &job->call;
-    const psm_options *opt = c->opt;
-    int64_t y[8];
-    for (int r = 0; r < 8; r++)
+    int rows = pos + PSM_FINISH_ROWS <= last ? PSM_FINISH_ROWS : 8;
+    int64_t y[PSM_FINISH_ROWS];
+    for (int r = 0; r < rows; r++)
         y[r] = read_label(c->labels, pos + r);
-    if (psm_labels_outside(y, 8, c->classes))
+    if (!FN(plain_labels)(c, y, 8))
         return 0;
-    for (int r = 0; opt->use_ignore_index && r < 8; r++)
-        if (y[r] == opt->ignore_index)
-            return 0;
-    double loss[8];
+    if (rows > 8 && !FN(plain_labels)(c, y + 8, rows - 8))
+        rows = 8;
+    double loss[PSM_FINISH_ROWS];
     int64_t base = pos * c->classes;
-    FN(plain_losses8)(c->logits + base, c->classes, y, opt->method, job->scale, c->fast,
-                      job->grad ? job->grad + base : NULL, loss);
+    FN(plain_losses)(c->logits + base, c->classes, rows, y, c->opt->method, job->scale,
+                     c->fast, job->grad ? job->grad + base : NULL, loss);
     REAL *losses = job->losses;
-    for (int r = 0; losses && r < 8; r++)
+    for (int r = 0; losses && r < rows; r++)
         losses[pos + r] = (REAL)loss[r];
 #ifdef PSM_HAVE_AVX2
     if (c->fast && total->next == 0) {
-        psm_lanes_add8_avx2(total, loss);
-        return 1;
+        for (int b = 0; b < rows; b += PSM_LANES)
+            psm_lanes_add8_avx2(total, loss + b);
+        return rows;
     }
 #endif
-    for (int r = 0; r < 8; r++)
+    for (int r = 0; r < rows; r++)
         psm_lanes_add(total, loss[r]);
-    return 1;
+    return rows;
 }
 
 /* A chunk of a loss job, summing its losses in order (compensated:
@@ -151,8 +166,9 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 !c->opt->class_weight && c->opt->label_smoothing == 0.0 &&
                 c->class_offset == 0 && c->total_classes == classes;
     for (int64_t pos = first; pos < last; pos++) {
-        if (plain && pos + 8 <= last && FN(plain_batch)(job, pos, &total)) {
-            pos += 7;
+        int rows = plain && pos + 8 <= last ? FN(plain_batch)(job, pos, last, &total) : 0;
+        if (rows) {
+            pos += rows - 1;
             continue;
         }
         int64_t base;
@@ -179,7 +195,7 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                 FN(small_stored_exps)(x, classes, method, c->fast, g, batch_state)) {
                 batch = pos;
                 if (method == PSM_STABLE)
-                    FN(log_norms8)(batch_state, c->fast, batch_log_norm);
+                    FN(log_norms)(batch_state, 8, c->fast, batch_log_norm);
             }
             FN(row_state) own;
             const FN(row_state) *st = &own;
@@ -223,7 +239,7 @@ static void FN(loss_chunk)(const void *job_, int64_t chunk)
                                      c->fast, batch_state)) {
                 batch = pos;
                 if (method == PSM_STABLE)
-                    FN(log_norms8)(batch_state, c->fast, batch_log_norm);
+                    FN(log_norms)(batch_state, 8, c->fast, batch_log_norm);
             }
             double log_norm;
             if (!want_cross && pos < batch + 8) {
@@ -316,14 +332,17 @@ static void FN(softmax_chunk)(const void *job_, int64_t chunk)
     FN(chunk_span)(c, chunk, &first, &last);
     int64_t pos = first;
 #if SMALL_ROWS
-    /* rows of a few classes: eight at once, the chunk's last
-     * (last - first) % 8 one by one below */
+    /* rows of a few classes: eight at once (log-softmax sixteen, whose
+     * finish is a log1p: PSM_FINISH_ROWS), the chunk's last (last - first)
+     * % 8 one by one below */
+    int rows = 8;
     for (; c->fast && inner == 1 && classes <= PSM_SMALL_CLASSES && pos + 8 <= last;
-         pos += 8) {
+         pos += rows) {
         const REAL *x = c->logits + pos * classes;
         REAL *y = job->out + pos * classes;
+        rows = job->method < 0 && pos + PSM_FINISH_ROWS <= last ? PSM_FINISH_ROWS : 8;
         if (job->method < 0)
-            FN(small_log_softmax_rows)(x, classes, y);
+            FN(small_log_softmax_rows)(x, classes, rows, y);
         else
             FN(small_softmax_rows)(x, classes, job->method, y);
     }

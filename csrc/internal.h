@@ -63,9 +63,20 @@
     call(1) call(2) call(3) call(4) call(5) call(6) call(7) call(8) \
     call(9) call(10) call(11) call(12) call(13) call(14) call(15) call(16)
 
+/* Rows of a few classes are swept eight at a time, and finished (their
+ * log1p, divisions and losses) up to this many at a time, two sweeps'
+ * worth: a finish is a chain of dependent steps (a log1p is two divisions
+ * and a seven-step polynomial) longer than the out-of-order window reaches
+ * past, and the finishes of sixteen rows overlap.  On (65536, 10), stable
+ * forward, 1 thread, C harness best of 400: 711 us against 846 finishing
+ * eight at a time, 750 and 736 for 24 and 32 rows; 600 with no log1p at
+ * all. */
+#define PSM_FINISH_ROWS 16
+
 /* Positions with plain labels and rows of at most this many classes are
- * finished eight at a time (plain_losses8 in row.h).  Thread CPU time, 1
- * thread, best of 7, against finishing each row after its sweep: 100
+ * finished together (plain_losses in row.h; measured at eight a time).
+ * Thread CPU time, 1 thread, best of 7, against finishing each row after
+ * its sweep: 100
  * classes 17% faster forward and 20% with the gradient, 250 even and 8%,
  * 500 9% slower forward and even, 1000 5% slower forward. */
 #define PSM_PLAIN_BATCH_CLASSES 256

@@ -110,18 +110,26 @@ static inline PSM_AVX2 __m256d psm_log1p_core_avx2(__m256d s)
                          _mm256_sub_pd(_mm256_sub_pd(hfsq, inner), f));
 }
 
-/* psm_log1p of 4 doubles, in place. */
-static inline PSM_AVX2 void psm_log1p4_avx2(double *s)
+/* psm_log1p of count doubles (a multiple of 4), in place: every lane's
+ * range checked first, then the vectors' cores, which depend on none of
+ * each other, so that their chains (two divisions and a seven-step
+ * polynomial each) overlap (see PSM_FINISH_ROWS). */
+static inline PSM_AVX2 void psm_log1p_avx2(double *s, int count)
 {
-    __m256d v = _mm256_loadu_pd(s);
-    __m256d in = _mm256_and_pd(_mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_GE_OQ),
-                               _mm256_cmp_pd(v, _mm256_set1_pd(PSM_LOG1P_MAX), _CMP_LE_OQ));
+    __m256d in = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+    for (int h = 0; h < count; h += 4) {
+        __m256d v = _mm256_loadu_pd(s + h);
+        in = _mm256_and_pd(in, _mm256_and_pd(
+                                   _mm256_cmp_pd(v, _mm256_setzero_pd(), _CMP_GE_OQ),
+                                   _mm256_cmp_pd(v, _mm256_set1_pd(PSM_LOG1P_MAX), _CMP_LE_OQ)));
+    }
     if (__builtin_expect(_mm256_movemask_pd(in) != 0xF, 0)) {
-        for (int l = 0; l < 4; l++)
+        for (int l = 0; l < count; l++)
             s[l] = psm_log1p(s[l]);
         return;
     }
-    _mm256_storeu_pd(s, psm_log1p_core_avx2(v));
+    for (int h = 0; h < count; h += 4)
+        _mm256_storeu_pd(s + h, psm_log1p_core_avx2(_mm256_loadu_pd(s + h)));
 }
 #endif
 

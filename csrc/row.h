@@ -846,21 +846,21 @@ static double FN(log_norm)(const FN(row_state) *st)
     return psm_log1p(FN(stable_rest)(st));
 }
 
-/* log_norm of eight rows: four at a time where the vector path runs. */
-static void FN(log_norms8)(const FN(row_state) st[8], int fast, double out[8])
+/* log_norm of `rows` rows (8 or PSM_FINISH_ROWS): four at a time where the
+ * vector path runs. */
+static void FN(log_norms)(const FN(row_state) *st, int rows, int fast, double *out)
 {
-    for (int r = 0; r < 8; r++)
+    for (int r = 0; r < rows; r++)
         out[r] = FN(stable_rest)(&st[r]);
 #if VECTOR_ROWS
     if (fast) {
-        psm_log1p4_avx2(out);
-        psm_log1p4_avx2(out + 4);
+        psm_log1p_avx2(out, rows);
         return;
     }
 #else
     (void)fast;
 #endif
-    for (int r = 0; r < 8; r++)
+    for (int r = 0; r < rows; r++)
         out[r] = psm_log1p(out[r]);
 }
 
@@ -883,30 +883,45 @@ static void FN(log_softmax_row)(const REAL *x, int64_t classes, int64_t stride, 
 }
 
 #if SMALL_ROWS
-/* Eight rows' log_softmax_row at once, as small_softmax_rows: their
- * row_pass states (VEC(small_rows), as small_row_passes) and log_norms (as
- * log_norms8, without the states' round trip through memory), then y
- * written row by row with log_softmax_row's arithmetic. */
-static void FN(small_log_softmax_rows)(const REAL *x, int64_t classes, REAL *y)
+/* `rows` rows' (8 or PSM_FINISH_ROWS) log_softmax_row at once, as
+ * small_softmax_rows: their row_pass states (VEC(small_rows), as
+ * small_row_passes, eight at a time) and log_norms (as log_norms, without
+ * the states' round trip through memory), then y written row by row with
+ * log_softmax_row's arithmetic. */
+static PSM_ALWAYS_INLINE void FN(small_log_softmax_rows_n)(const REAL *x, int64_t classes,
+                                                          int rows, REAL *y)
 {
-    REAL max[8];
-    double rest[8], ties[8], log_norm[8];
-    VEC(small_rows)(x, (int)classes, 1, 1, BIG, max, rest, ties);
+    REAL max[PSM_FINISH_ROWS];
+    double rest[PSM_FINISH_ROWS], ties[PSM_FINISH_ROWS], log_norm[PSM_FINISH_ROWS];
+    for (int b = 0; b < rows; b += 8)
+        VEC(small_rows)(x + b * classes, (int)classes, 1, 1, BIG, max + b, rest + b, ties + b);
 #if SMALL_OUT_ROWS
-    psm_small_log_norms_avx2(max, rest, ties, log_norm);
-    psm_small_log_softmax_avx2(x, (int)classes, max, log_norm, y);
+    psm_small_log_norms_avx2(max, rest, ties, rows, log_norm);
+    for (int b = 0; b < rows; b += 8)
+        psm_small_log_softmax_avx2(x + b * classes, (int)classes, max + b, log_norm + b,
+                                   y + b * classes);
 #else
-    for (int r = 0; r < 8; r++) {
+    for (int r = 0; r < rows; r++) {
         FN(row_state) st = {max[r], rest[r], ties[r], 0.0, 0.0, 0.0, 0};
         log_norm[r] = FN(stable_rest)(&st);
     }
-    psm_log1p4_avx2(log_norm);
-    psm_log1p4_avx2(log_norm + 4);
-    for (int r = 0; r < 8; r++)
+    psm_log1p_avx2(log_norm, rows);
+    for (int r = 0; r < rows; r++)
         for (int64_t j = 0; j < classes; j++)
             y[r * classes + j] = (REAL)(((double)x[r * classes + j] - (double)max[r]) -
                                         log_norm[r]);
 #endif
+}
+
+/* small_log_softmax_rows_n, a copy for each row count, whose loops then
+ * unroll (as psm_small_stable_losses_avx2; (65536, 10), C harness: 797
+ * against 812 us with one copy). */
+static void FN(small_log_softmax_rows)(const REAL *x, int64_t classes, int rows, REAL *y)
+{
+    if (rows == PSM_FINISH_ROWS)
+        FN(small_log_softmax_rows_n)(x, classes, PSM_FINISH_ROWS, y);
+    else
+        FN(small_log_softmax_rows_n)(x, classes, 8, y);
 }
 #endif
 
@@ -1256,7 +1271,7 @@ static double FN(finish_loss_grad)(const FN(row_state) *st, double log_norm,
     return loss;
 }
 
-/* plain_losses8's gradients of eight rows of classes <= PSM_SMALL_CLASSES
+/* plain_losses's gradients of eight rows of classes <= PSM_SMALL_CLASSES
  * on the vector path (fast; else 0, having done nothing), with their
  * states: the exps and states of small_exp_states, kept a class per vector
  * instead of stored row by row as small_stored_exps stores them, scaled as
@@ -1342,62 +1357,69 @@ static void FN(clamped_losses8)(const FN(row_state) st[8], const REAL x_y[8], in
         loss[r] = FN(one_hot_loss)(&st[r], 0.0, x_y[r], 1.0, method);
 }
 
-/* Eight positions whose targets are plain labels (no weight, no
- * smoothing), contiguous rows x, x + classes, ..., x + 7 classes, label
- * y[r] in [0, classes): their losses, and with grad (8 rows alike) their
+/* `rows` positions (8 or PSM_FINISH_ROWS) whose targets are plain labels
+ * (no weight, no smoothing), contiguous rows x, x + classes, ..., label
+ * y[r] in [0, classes): their losses, and with grad (rows alike) their
  * gradients, each with the bits the position-by-position path gives it,
- * a label share of 1.  Eight at once, for rows of up to
+ * a label share of 1.  Many at once, for rows of up to
  * PSM_PLAIN_BATCH_CLASSES, for two reasons:
  *   - a row's finish (its horizontal sums, log1p and loss) is a chain of
  *     dependent steps which, on a short row, costs about as much as the
- *     sweep; here the eight sweeps run first, then their eight independent
- *     finishes, the log1p four lanes at a time (log_norms8);
- *   - rows of at most PSM_SMALL_CLASSES take one vector sweep for all
- *     eight (small_row_passes, small_grads), and skip the per-position
- *     target and state bookkeeping, which cost twice a row's own arithmetic
- *     at ten classes; for float, stable's finish, loss and gradient, runs
- *     four rows a vector too (psm_small_stable_losses_avx2,
+ *     sweep; here the sweeps run first, then their independent finishes,
+ *     the log1p four lanes at a time (log_norms), sixteen rows' chains
+ *     overlapping (PSM_FINISH_ROWS);
+ *   - rows of at most PSM_SMALL_CLASSES take one vector sweep for eight
+ *     (small_row_passes, small_grads), and skip the per-position target
+ *     and state bookkeeping, which cost twice a row's own arithmetic at ten
+ *     classes; for float, stable's finish, loss and gradient, runs four
+ *     rows a vector too (psm_small_stable_losses_avx2,
  *     psm_small_stable_grads_avx2).
  * With grad, each row's exps are scaled as soon as they are stored, while
- * they are in cache; only the losses wait for the eight. */
-static void FN(plain_losses8)(const REAL *x, int64_t classes, const int64_t y[8],
-                              int method, double scale, int fast, REAL *grad,
-                              double loss[8])
+ * they are in cache; only the losses wait for the rest. */
+static void FN(plain_losses)(const REAL *x, int64_t classes, int rows, const int64_t *y,
+                             int method, double scale, int fast, REAL *grad, double *loss)
 {
 #if SMALL_OUT_ROWS
     if (method == PSM_STABLE && fast && classes <= PSM_SMALL_CLASSES) {
         if (grad)
-            psm_small_stable_grads_avx2(x, (int)classes, y, scale, grad, loss);
+            psm_small_stable_grads_avx2(x, (int)classes, rows, y, scale, grad, loss);
         else
-            psm_small_stable_losses_avx2(x, (int)classes, y, loss);
+            psm_small_stable_losses_avx2(x, (int)classes, rows, y, loss);
         return;
     }
 #endif
-    FN(row_state) st[8];
-    double log_norm[8] = {0};
-    REAL x_y[8];
-    for (int r = 0; r < 8; r++)
+    FN(row_state) st[PSM_FINISH_ROWS];
+    double log_norm[PSM_FINISH_ROWS];
+    REAL x_y[PSM_FINISH_ROWS];
+    for (int r = 0; r < rows; r++)
         x_y[r] = x[r * classes + y[r]];
     int track_max = method != PSM_NAIVE, exact_rest = method == PSM_STABLE;
-    if (grad) {
-        if (!FN(small_grads)(x, classes, y, x_y, method, scale, fast, grad, st))
-            for (int r = 0; r < 8; r++) {
-                FN(target) t = {NULL, NULL, y[r], 1.0, 1.0, 0.0, 0.0};
-                REAL *g = grad + r * classes;
-                FN(stored_exps)(x + r * classes, classes, 1, method, fast, g, &st[r]);
-                FN(finish_grad)(&st[r], x_y[r], classes, 1, &t, 0.0, method, scale, fast, g);
-            }
-    } else if (!FN(small_row_passes)(x, classes, track_max, exact_rest, fast, st)) {
-        for (int r = 0; r < 8; r++)
-            FN(row_pass)(x + r * classes, classes, 1, track_max, exact_rest, fast, NULL,
-                         &st[r]);
+    for (int b = 0; b < rows; b += 8) {   /* eight rows' sweeps */
+        const REAL *xb = x + b * classes;
+        REAL *gb = grad ? grad + b * classes : NULL;
+        if (grad) {
+            if (!FN(small_grads)(xb, classes, y + b, x_y + b, method, scale, fast, gb, st + b))
+                for (int r = 0; r < 8; r++) {
+                    FN(target) t = {NULL, NULL, y[b + r], 1.0, 1.0, 0.0, 0.0};
+                    REAL *g = gb + r * classes;
+                    FN(stored_exps)(xb + r * classes, classes, 1, method, fast, g,
+                                    &st[b + r]);
+                    FN(finish_grad)(&st[b + r], x_y[b + r], classes, 1, &t, 0.0, method,
+                                    scale, fast, g);
+                }
+        } else if (!FN(small_row_passes)(xb, classes, track_max, exact_rest, fast, st + b)) {
+            for (int r = 0; r < 8; r++)
+                FN(row_pass)(xb + r * classes, classes, 1, track_max, exact_rest, fast, NULL,
+                             &st[b + r]);
+        }
     }
     if (method != PSM_STABLE) {
-        FN(clamped_losses8)(st, x_y, method, fast, loss);
+        for (int b = 0; b < rows; b += 8)
+            FN(clamped_losses8)(st + b, x_y + b, method, fast, loss + b);
         return;
     }
-    FN(log_norms8)(st, fast, log_norm);
-    for (int r = 0; r < 8; r++)
+    FN(log_norms)(st, rows, fast, log_norm);
+    for (int r = 0; r < rows; r++)
         loss[r] = FN(one_hot_loss)(&st[r], log_norm[r], x_y[r], 1.0, method);
 }
 

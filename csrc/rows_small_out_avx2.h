@@ -19,7 +19,7 @@
 #include <float.h>
 #include <string.h>
 
-#include "internal.h"   /* PSM_SMALL_CLASSES */
+#include "internal.h"   /* PSM_SMALL_CLASSES, PSM_FINISH_ROWS */
 #include "rows_small_avx2.h"   /* psm_transpose8_avx2 */
 
 #ifdef PSM_HAVE_AVX2
@@ -96,24 +96,37 @@ static PSM_AVX2 unsigned psm_small_softmax_factors_avx2(const float max[8],
     return none;
 }
 
-/* The stable losses and gradients of 8 rows of n <= PSM_SMALL_CLASSES
- * floats, row r at x + r n, whose labels y[r] are plain (in [0, n), a share
- * of 1, no z-loss), the gradient scaled by `scale` into row r at grad + r n:
- * row.h's exp_state, grad_factors, label_grad and one_hot_loss of each row,
- * four rows a vector in double, the same operations in the same order and
- * so the same bits.  Row by row those took more instructions than the
- * rows' exps (callgrind, (65536, 10): 100 of 267 a row). */
-static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const int64_t y[8],
-                                                 double scale, float *grad, double loss[8])
+/* The stable losses and gradients of `rows` rows (8 or PSM_FINISH_ROWS) of
+ * n <= PSM_SMALL_CLASSES floats, row r at x + r n, whose labels y[r] are
+ * plain (in [0, n), a share of 1, no z-loss), the gradient scaled by
+ * `scale` into row r at grad + r n: row.h's exp_state, grad_factors,
+ * label_grad and one_hot_loss of each row, four rows a vector in double,
+ * the same operations in the same order and so the same bits, after every
+ * row's exps.  Row by row those took more instructions than the rows' exps
+ * (callgrind, (65536, 10): 100 of 267 a row). */
+static PSM_ALWAYS_INLINE PSM_AVX2 void psm_small_stable_grads_n_avx2(const float *x, int n,
+                                                                    int rows,
+                                                                    const int64_t *y,
+                                                                    double scale,
+                                                                    float *grad, double *loss)
 {
-    float e[8 * PSM_SMALL_CLASSES], max[8], x_y[8], factor[8], label_grad[8];
-    double sum[8], rest[8], ties[8], s[8];
-    psm_small_exps_avx2(x, n, PSM_STABLE, FLT_MAX, e, max, sum, rest, ties);
-    for (int r = 0; r < 8; r++)
+    /* the exps of rows b to b + 7, e_j of row b + r at e[8 b n + 8 j + r] */
+    float e[PSM_FINISH_ROWS * PSM_SMALL_CLASSES];
+    float max[PSM_FINISH_ROWS], x_y[PSM_FINISH_ROWS], factor[PSM_FINISH_ROWS];
+    float label_grad[PSM_FINISH_ROWS];
+    double sum[PSM_FINISH_ROWS], rest[PSM_FINISH_ROWS], ties[PSM_FINISH_ROWS];
+    double s[PSM_FINISH_ROWS];
+    for (int b = 0; b < rows; b += 8)
+        psm_small_exps_avx2(x + b * n, n, PSM_STABLE, FLT_MAX, e + b * n, max + b, sum + b,
+                            rest + b, ties + b);
+    float e_y[PSM_FINISH_ROWS];
+    for (int r = 0; r < rows; r++) {
         x_y[r] = x[r * n + y[r]];
+        e_y[r] = e[(r & ~7) * n + y[r] * 8 + (r & 7)];
+    }
     const __m256d one = _mm256_set1_pd(1.0), scale_v = _mm256_set1_pd(scale);
     unsigned no_softmax = 0;
-    for (int h = 0; h < 8; h += 4) {
+    for (int h = 0; h < rows; h += 4) {
         __m256d m = _mm256_cvtps_pd(_mm_loadu_ps(max + h));
         __m256d finite = psm_finite4_avx2(m);
         /* exp_state: the sum of every exp less the max's own 1, or the
@@ -130,10 +143,8 @@ static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const in
         _mm_storeu_ps(factor + h, _mm256_cvtpd_ps(_mm256_div_pd(scale_v, denom)));
         /* label_grad: p_mass (e_y / denom) - 1, or where y is the max,
          * -(s / denom) for s < 1 (the max is unique) and 1 / denom - 1 */
-        __m256d e_y = _mm256_cvtps_pd(_mm_setr_ps(e[y[h] * 8 + h], e[y[h + 1] * 8 + h + 1],
-                                                  e[y[h + 2] * 8 + h + 2],
-                                                  e[y[h + 3] * 8 + h + 3]));
-        __m256d g = _mm256_sub_pd(_mm256_div_pd(e_y, denom), one);
+        __m256d g = _mm256_sub_pd(_mm256_div_pd(_mm256_cvtps_pd(_mm_loadu_ps(e_y + h)), denom),
+                                  one);
         __m256d g_top = _mm256_blendv_pd(
             _mm256_sub_pd(_mm256_div_pd(one, denom), one),
             _mm256_mul_pd(_mm256_set1_pd(-1.0), _mm256_div_pd(s_h, denom)),
@@ -142,8 +153,10 @@ static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const in
         g = _mm256_blendv_pd(g, g_top, top);
         _mm_storeu_ps(label_grad + h, _mm256_cvtpd_ps(_mm256_mul_pd(g, scale_v)));
     }
-    psm_small_scale_rows_avx2(e, n, 0, factor, factor, factor, grad);
-    for (int r = 0; r < 8; r++) {
+    for (int b = 0; b < rows; b += 8)
+        psm_small_scale_rows_avx2(e + b * n, n, 0, factor + b, factor + b, factor + b,
+                                  grad + b * n);
+    for (int r = 0; r < rows; r++) {
         float *g = grad + r * n;
         if (no_softmax >> r & 1)
             for (int j = 0; j < n; j++)
@@ -151,9 +164,20 @@ static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, const in
         else
             g[y[r]] = label_grad[r];
     }
-    psm_log1p4_avx2(s);   /* log_norm */
-    psm_log1p4_avx2(s + 4);
-    psm_small_one_hot_losses_avx2(max, x_y, s, loss);
+    psm_log1p_avx2(s, rows);   /* log_norm */
+    psm_small_one_hot_losses_avx2(max, x_y, s, rows, loss);
+}
+
+/* psm_small_stable_grads_n_avx2, a copy for each row count (as
+ * psm_small_stable_losses_avx2). */
+static PSM_AVX2 void psm_small_stable_grads_avx2(const float *x, int n, int rows,
+                                                 const int64_t *y, double scale, float *grad,
+                                                 double *loss)
+{
+    if (rows == PSM_FINISH_ROWS)
+        psm_small_stable_grads_n_avx2(x, n, PSM_FINISH_ROWS, y, scale, grad, loss);
+    else
+        psm_small_stable_grads_n_avx2(x, n, 8, y, scale, grad, loss);
 }
 
 /* 8 floats of a log-softmax: (x_j - m) - log_norm in double, rounded. */

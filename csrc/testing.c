@@ -384,11 +384,15 @@ void psm_log1p_f64(const double *in, int64_t n, int portable, double *out)
     int64_t j = 0;
 #ifdef PSM_HAVE_AVX2
     if (!portable && psm_simd_level())
-        for (; j + 4 <= n; j += 4) {
-            double lanes[4] = {in[j], in[j + 1], in[j + 2], in[j + 3]};
-            psm_log1p4_avx2(lanes);
-            for (int l = 0; l < 4; l++)
-                out[j + l] = lanes[l];
+        while (j + 4 <= n) {
+            /* as many as a finish takes at once (one lane out of range
+             * sends them all to the scalar path), else one vector */
+            int count = n - j >= PSM_FINISH_ROWS ? PSM_FINISH_ROWS : 4;
+            double lanes[PSM_FINISH_ROWS];
+            memcpy(lanes, in + j, sizeof(double) * (size_t)count);
+            psm_log1p_avx2(lanes, count);
+            memcpy(out + j, lanes, sizeof(double) * (size_t)count);
+            j += count;
         }
 #else
     (void)portable;

@@ -5,6 +5,7 @@ The AVX2 loops and their portable twins perform the same float operations in
 the same order, so results must match bit for bit; the kernel's exps must stay
 within the errors stated in csrc/exp_f32.h and csrc/exp_f64.h.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -554,6 +555,50 @@ def test_rows_of_few_classes_read_eight_at_a_time_give_each_row_its_own_bits(cla
             np.testing.assert_array_equal(got, np.concatenate(alone), err_msg=str(options))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("classes", [2, 10, 16, 100])
+@pytest.mark.parametrize("method", pysafemax.METHODS)
+def test_an_ignored_label_anywhere_in_a_run_of_plain_rows_keeps_every_rows_bits(classes,
+                                                                                method,
+                                                                                dtype):
+    """Plain rows are finished sixteen at a time where the next sixteen
+    labels are all plain, else eight, else one by one: an ignored label at
+    each position of 40 rows (in either half of a sixteen, in an eight, in
+    the remainder) gives every other row the loss and gradient it has alone,
+    and the ignored one zeros, on the vector and the portable path."""
+    rng = np.random.default_rng(classes)
+    rows = 40
+    x = (rng.standard_normal((rows, classes)) * 4).astype(dtype)
+    y = rng.integers(1, classes, rows)   # label 0 is the one ignored below
+    bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
+
+    def alone(**options):
+        return [pysafemax.softmax_loss(x[i:i + 1], y[i:i + 1], method=method,
+                                       reduction="none", **options) for i in range(rows)]
+
+    # a forward-only row's loss may differ from its loss with the gradient
+    # in the last bit (row.h), so each is checked against its own kind
+    alone_forward = np.concatenate(alone())
+    with_grad = alone(return_grad=True)
+    alone_loss = np.concatenate([a[0] for a in with_grad])
+    alone_grad = np.concatenate([a[1] for a in with_grad])
+    for where in range(rows):
+        labels = y.copy()
+        labels[where] = 0
+        expect = [alone_forward.copy(), alone_loss.copy(), alone_grad.copy()]
+        for e in expect:
+            e[where] = 0
+        for portable in (False, True):
+            with _bindings.portable_code() if portable else contextlib.nullcontext():
+                forward = pysafemax.softmax_loss(x, labels, method=method, ignore_index=0,
+                                                 reduction="none")
+                loss, grad = pysafemax.softmax_loss(x, labels, method=method, ignore_index=0,
+                                                    reduction="none", return_grad=True)
+            for got, e in zip([forward, loss, grad], expect):
+                np.testing.assert_array_equal(got.view(bits), e.view(bits),
+                                              err_msg=f"ignored at {where}")
+
+
 def _few_class_rows(rng, classes, rows, dtype=np.float32):
     """Rows of random scale, among them one of each special kind, placed in
     random rows so that each kind lands in another lane of the eight-row
@@ -598,7 +643,9 @@ def test_softmax_of_rows_of_few_classes_read_eight_at_a_time_gives_each_row_its_
 
     rng = np.random.default_rng(classes)
     bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
-    for rows in (8, 8 * 4 + 5):   # one batch; four and a remainder
+    # one batch; a sixteen, an eight (log_softmax finishes sixteen rows at
+    # once where it can) and a remainder; two sixteens and a remainder
+    for rows in (8, 8 * 3 + 5, 8 * 4 + 5):
         for _ in range(3):
             x = _few_class_rows(rng, classes, rows, dtype)
             got = result(x).view(bits)
@@ -650,8 +697,12 @@ def test_log1p_within_its_stated_error_on_a_sample():
 @needs_simd
 def test_vector_and_portable_log1p_agree_bit_for_bit():
     rng = np.random.default_rng(3)
-    s = np.concatenate([np.exp2(rng.uniform(-80, 60, 2 ** 16)),
-                        [np.nan, np.inf, -0.0, -0.5, 2.0 ** 1001, 0.0, 1.0]])
+    s = np.exp2(rng.uniform(-80, 60, 2 ** 16 + 7))
+    # the specials among ordinary values: the vector path takes sixteen at a
+    # time, and one out of its range sends all sixteen to the scalar one
+    s[rng.choice(s.size - 7, 7, replace=False)] = [np.nan, np.inf, -0.0, -0.5, 2.0 ** 1001,
+                                                   0.0, 1.0]
+    s[-7:] = [np.nan, np.inf, -0.0, -0.5, 2.0 ** 1001, 0.0, 1.0]
     vector = _bindings.log1p_f64(s, 0)
     np.testing.assert_array_equal(vector.view(np.uint64),
                                   _bindings.log1p_f64(s, 1).view(np.uint64))
