@@ -68,9 +68,9 @@
  * worth: a finish is a chain of dependent steps (a log1p is two divisions
  * and a seven-step polynomial) longer than the out-of-order window reaches
  * past, and the finishes of sixteen rows overlap.  On (65536, 10), stable
- * forward, 1 thread, C harness best of 400: 711 us against 846 finishing
- * eight at a time, 750 and 736 for 24 and 32 rows; 600 with no log1p at
- * all. */
+ * forward, 1 thread, C harness best of 300-400: 735-739 us against 846
+ * finishing eight at a time (600 with no log1p at all); a first version
+ * took 711 for sixteen rows, 750 for 24 and 736 for 32. */
 #define PSM_FINISH_ROWS 16
 
 /* Positions with plain labels and rows of at most this many classes are
