@@ -159,6 +159,88 @@ static PSM_AVX2 double psm_exp_store_sum_avx2(const float *x, int64_t n, float *
     return psm_exp_sum_avx2(x, n, out);
 }
 
+/* The loops bench/exp_sum_bound.py compares with the exp+sum probe's, on
+ * n floats (a multiple of 16) in [-87, 87]: what a forward pass's exps and
+ * sum could cost if they were written otherwise.  Measurement only: the
+ * kernel uses neither. */
+
+/* exp(x) by a degree-6 polynomial on [-ln2/2, ln2/2] without a table
+ * (Cephes' expf coefficients, about 1 ulp; checked only to 1e-6 relative by
+ * tests/test_bench.py), for x in [-87, 87]. */
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_poly6_expf_avx2(__m256 x)
+{
+    const __m256 shifter = _mm256_set1_ps(PSM_SHIFTER);
+    __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p0f), shifter);
+    __m256 k = _mm256_sub_ps(z, shifter);
+    __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-0.693359375f), x);
+    r = _mm256_fmadd_ps(k, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* z's low bits hold k: add it to y's exponent */
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y),
+                                                _mm256_slli_epi32(_mm256_castps_si256(z), 23)));
+}
+
+/* The exp+sum probe's loop with the exp that skips its range check: each
+ * 32 floats' exps a float tree added to double lanes. */
+static PSM_AVX2 double psm_unchecked_tree_exp_sum_avx2(const float *x, int64_t n)
+{
+    __m256d acc = _mm256_setzero_pd();
+    for (int64_t j = 0; j < n; j += 32) {
+        /* n % 16 == 0: the last step may have 16 floats */
+        __m256 e0 = psm_expf_near_avx2(_mm256_loadu_ps(x + j));
+        __m256 e1 = psm_expf_near_avx2(_mm256_loadu_ps(x + j + 8));
+        __m256 sum = _mm256_add_ps(e0, e1);
+        if (j + 32 <= n)
+            sum = _mm256_add_ps(sum, _mm256_add_ps(psm_expf_near_avx2(_mm256_loadu_ps(x + j + 16)),
+                                                   psm_expf_near_avx2(_mm256_loadu_ps(x + j + 24))));
+        acc = psm_add_wide_avx2(acc, sum);
+    }
+    return psm_hsum_pd_avx2(acc);
+}
+
+/* The sum of exp(x_j), two vectors a step into two float accumulators,
+ * joined into double lanes every 256 floats: the accumulation in float
+ * groups with a double combine that issue 13 proposes.  poly: the
+ * polynomial exp above, else the kernel's exp without its range check. */
+static PSM_ALWAYS_INLINE PSM_AVX2 double psm_float_groups_exp_sum_avx2(const float *x,
+                                                                       int64_t n, int poly)
+{
+    __m256d acc = _mm256_setzero_pd();
+    for (int64_t g = 0; g < n; g += 256) {
+        int64_t end = g + 256 < n ? g + 256 : n;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        for (int64_t j = g; j < end; j += 16) {
+            __m256 v0 = _mm256_loadu_ps(x + j), v1 = _mm256_loadu_ps(x + j + 8);
+            a0 = _mm256_add_ps(a0, poly ? psm_poly6_expf_avx2(v0) : psm_expf_near_avx2(v0));
+            a1 = _mm256_add_ps(a1, poly ? psm_poly6_expf_avx2(v1) : psm_expf_near_avx2(v1));
+        }
+        acc = psm_add_wide_avx2(acc, _mm256_add_ps(a0, a1));
+    }
+    return psm_hsum_pd_avx2(acc);
+}
+
+static PSM_AVX2 double psm_exp_sum_loop_avx2(const float *x, int64_t n, int loop)
+{
+    switch (loop) {
+    case PSM_EXP_SUM_PROBE_LOOP:
+        return psm_exp_sum_only_avx2(x, n);
+    case PSM_EXP_SUM_UNCHECKED:
+        return psm_unchecked_tree_exp_sum_avx2(x, n);
+    case PSM_EXP_SUM_FLOAT_GROUPS:
+        return psm_float_groups_exp_sum_avx2(x, n, 0);
+    case PSM_EXP_SUM_POLY6_FLOAT_GROUPS:
+        return psm_float_groups_exp_sum_avx2(x, n, 1);
+    default:
+        return NAN;
+    }
+}
+
 /* The exp+store probe's second pass: out_j *= factor from cache. */
 static PSM_AVX2 void psm_scale_avx2(float *out, int64_t n, float factor)
 {
@@ -377,6 +459,19 @@ double psm_exp_store_probe_f32(const float *x, int64_t n, float *out, int thread
 double psm_copy_probe_f32(const float *x, int64_t n, float *out, int threads, int portable)
 {
     return run_probe(copy_chunk, x, n, out, threads, portable);
+}
+
+double psm_exp_sum_loop_f32(const float *x, int64_t n, int loop)
+{
+#ifdef PSM_HAVE_AVX2
+    if (psm_simd_level() && n % 16 == 0)
+        return psm_exp_sum_loop_avx2(x, n, loop);
+#else
+    (void)x;
+    (void)loop;
+#endif
+    (void)n;
+    return NAN;
 }
 
 void psm_log1p_f64(const double *in, int64_t n, int portable, double *out)

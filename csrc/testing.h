@@ -68,6 +68,31 @@ double psm_exp_sum_probe_f32(const float *x, int64_t n, int threads, int portabl
 double psm_exp_store_probe_f32(const float *x, int64_t n, float *out, int threads,
                                int portable);
 
+/* The sum of exp(x_j) over n floats in [-87, 87] (n a multiple of 16) on
+ * the calling thread, by one of the loops bench/exp_sum_bound.py times
+ * against each other (NaN without the vector path, for another n, or for
+ * an unknown loop):
+ *   PSM_EXP_SUM_PROBE_LOOP          the exp+sum probe's loop (the kernel's
+ *                                   exp, each 32 floats' exps a float tree
+ *                                   added to double lanes)
+ *   PSM_EXP_SUM_UNCHECKED           the same with the kernel's exp
+ *                                   without its range check (as the
+ *                                   loss's loops take it where a block's
+ *                                   min and max allow)
+ *   PSM_EXP_SUM_FLOAT_GROUPS        the kernel's exp without its range
+ *                                   check, summed in float, each 256 floats'
+ *                                   sum added to double lanes
+ *   PSM_EXP_SUM_POLY6_FLOAT_GROUPS  the same with a degree-6 polynomial exp
+ *                                   without a table (about 1 ulp)
+ * Measurement only: the kernel's sums use none but the first two. */
+enum {
+    PSM_EXP_SUM_PROBE_LOOP = 0,
+    PSM_EXP_SUM_UNCHECKED = 1,
+    PSM_EXP_SUM_FLOAT_GROUPS = 2,
+    PSM_EXP_SUM_POLY6_FLOAT_GROUPS = 3
+};
+double psm_exp_sum_loop_f32(const float *x, int64_t n, int loop);
+
 /* Copies n floats from x to out (not overlapping) with vector loads and
  * stores on the kernel's chunks and threads: the floor of anything that
  * reads the logits and writes an array of their size (a gradient).  Returns

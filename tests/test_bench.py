@@ -5,10 +5,14 @@ checked here (a loaded CI machine would make that flaky); see bench/README.md.
 """
 import importlib.util
 import json
+import math
 import os
 import re
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 from pysafemax import _bindings
 
@@ -158,3 +162,41 @@ def test_matmul_bound_runs_on_a_small_chunk():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "numpy hidden @ weight.T" in done.stdout and "GFLOP/s" in done.stdout
     assert ("best ratio of 4 numpy products" in done.stdout) == HAVE_TORCH
+
+
+@pytest.mark.skipif(not _bindings.simd_level(), reason="no AVX2+FMA here")
+def test_exp_sum_bound_prints_each_loop_against_the_probe_loop():
+    done = run("bench/exp_sum_bound.py", "--floats", "1024", "--rounds", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("probe loop", "unchecked exp", "float groups", "poly6, float groups"):
+        row = re.search(rf"^{re.escape(name)}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x"
+                        r"\s+([\d.e+-]+)$", done.stdout, re.M)
+        assert row, (name, done.stdout)
+        assert float(row[1]) > 0 and float(row[3]) > 0
+        assert float(row[5]) < 1e-6   # the loop's sum against float64's
+    assert re.search(r"^probe loop\s.*\s1\.00x\s", done.stdout, re.M)
+    assert run("bench/exp_sum_bound.py", "--floats", "1000").returncode != 0
+
+
+@pytest.mark.skipif(not _bindings.simd_level(), reason="no AVX2+FMA here")
+def test_exp_sum_loops_sum_the_exps_and_refuse_what_they_do_not_take():
+    """Each loop the bound benchmark times computes the sum of exps (the
+    probe loop to the probe's own value): a loop that skipped its work would
+    not pass."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import exp_sum_bound
+    finally:
+        sys.path.pop(0)
+    for floats in (16, 256, 272, 4096):
+        x = exp_sum_bound.block(floats, seed=floats)
+        exact = float(np.exp(x.astype(np.float64)).sum())
+        got = exp_sum_bound.sums(x)
+        assert got["probe loop"] == _bindings.exp_sum_probe_f32(x, 1, False)
+        for name, value in got.items():
+            assert abs(value - exact) <= 1e-6 * exact, (name, floats)
+    x = exp_sum_bound.block(32)
+    buf = exp_sum_bound.ffi.from_buffer("float[]", x)
+    lib = exp_sum_bound.lib
+    assert math.isnan(lib.psm_exp_sum_loop_f32(buf, 24, lib.PSM_EXP_SUM_PROBE_LOOP))
+    assert math.isnan(lib.psm_exp_sum_loop_f32(buf, 32, 4))
