@@ -111,19 +111,28 @@ static PSM_AVX2 double psm_sum_avx2(const float *x, int64_t n)
         s += x[j];
     return s;
 }
+/* exp(v) for the probe loops: the kernel's, or with unchecked its
+ * unchecked one (psm_expf_near_avx2: the same bits for v in [-87, 87]). */
+static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_probe_exp_avx2(__m256 v, int unchecked)
+{
+    return unchecked ? psm_expf_near_avx2(v) : psm_expf_avx2(v);
+}
+
 /* The exp+sum probe: the loss's exp and its sum, without the max.  With out
  * (non-NULL), each exp is also stored there: the exp+store probe's first
- * pass.  Always inlined, so that the probe without out has no stores. */
+ * pass.  unchecked: the exp without its range check, for x in [-87, 87]
+ * (bench/exp_sum_bound.py's second loop).  Always inlined, so that the
+ * probe without out has no stores. */
 static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_t n,
-                                                          float *out)
+                                                          float *out, int unchecked)
 {
     __m256d acc = _mm256_setzero_pd();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
-        __m256 e0 = psm_expf_avx2(_mm256_loadu_ps(x + j));
-        __m256 e1 = psm_expf_avx2(_mm256_loadu_ps(x + j + 8));
-        __m256 e2 = psm_expf_avx2(_mm256_loadu_ps(x + j + 16));
-        __m256 e3 = psm_expf_avx2(_mm256_loadu_ps(x + j + 24));
+        __m256 e0 = psm_probe_exp_avx2(_mm256_loadu_ps(x + j), unchecked);
+        __m256 e1 = psm_probe_exp_avx2(_mm256_loadu_ps(x + j + 8), unchecked);
+        __m256 e2 = psm_probe_exp_avx2(_mm256_loadu_ps(x + j + 16), unchecked);
+        __m256 e3 = psm_probe_exp_avx2(_mm256_loadu_ps(x + j + 24), unchecked);
         if (out) {
             _mm256_storeu_ps(out + j, e0);
             _mm256_storeu_ps(out + j + 8, e1);
@@ -134,7 +143,7 @@ static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_
                                                          _mm256_add_ps(e2, e3)));
     }
     for (; j + 8 <= n; j += 8) {
-        __m256 e = psm_expf_avx2(_mm256_loadu_ps(x + j));
+        __m256 e = psm_probe_exp_avx2(_mm256_loadu_ps(x + j), unchecked);
         if (out)
             _mm256_storeu_ps(out + j, e);
         acc = psm_add_wide_avx2(acc, e);
@@ -151,18 +160,18 @@ static PSM_ALWAYS_INLINE PSM_AVX2 double psm_exp_sum_avx2(const float *x, int64_
 
 static PSM_AVX2 double psm_exp_sum_only_avx2(const float *x, int64_t n)
 {
-    return psm_exp_sum_avx2(x, n, NULL);
+    return psm_exp_sum_avx2(x, n, NULL, 0);
 }
 
 static PSM_AVX2 double psm_exp_store_sum_avx2(const float *x, int64_t n, float *out)
 {
-    return psm_exp_sum_avx2(x, n, out);
+    return psm_exp_sum_avx2(x, n, out, 0);
 }
 
 /* The loops bench/exp_sum_bound.py compares with the exp+sum probe's, on
  * n floats (a multiple of 16) in [-87, 87]: what a forward pass's exps and
  * sum could cost if they were written otherwise.  Measurement only: the
- * kernel uses neither. */
+ * kernel sums neither in float groups nor with this exp. */
 
 /* exp(x) by a degree-6 polynomial on [-ln2/2, ln2/2] without a table
  * (Cephes' expf coefficients, about 1 ulp; checked only to 1e-6 relative by
@@ -184,24 +193,6 @@ static PSM_ALWAYS_INLINE PSM_AVX2 __m256 psm_poly6_expf_avx2(__m256 x)
     /* z's low bits hold k: add it to y's exponent */
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y),
                                                 _mm256_slli_epi32(_mm256_castps_si256(z), 23)));
-}
-
-/* The exp+sum probe's loop with the exp that skips its range check: each
- * 32 floats' exps a float tree added to double lanes. */
-static PSM_AVX2 double psm_unchecked_tree_exp_sum_avx2(const float *x, int64_t n)
-{
-    __m256d acc = _mm256_setzero_pd();
-    for (int64_t j = 0; j < n; j += 32) {
-        /* n % 16 == 0: the last step may have 16 floats */
-        __m256 e0 = psm_expf_near_avx2(_mm256_loadu_ps(x + j));
-        __m256 e1 = psm_expf_near_avx2(_mm256_loadu_ps(x + j + 8));
-        __m256 sum = _mm256_add_ps(e0, e1);
-        if (j + 32 <= n)
-            sum = _mm256_add_ps(sum, _mm256_add_ps(psm_expf_near_avx2(_mm256_loadu_ps(x + j + 16)),
-                                                   psm_expf_near_avx2(_mm256_loadu_ps(x + j + 24))));
-        acc = psm_add_wide_avx2(acc, sum);
-    }
-    return psm_hsum_pd_avx2(acc);
 }
 
 /* The sum of exp(x_j), two vectors a step into two float accumulators,
@@ -231,7 +222,7 @@ static PSM_AVX2 double psm_exp_sum_loop_avx2(const float *x, int64_t n, int loop
     case PSM_EXP_SUM_PROBE_LOOP:
         return psm_exp_sum_only_avx2(x, n);
     case PSM_EXP_SUM_UNCHECKED:
-        return psm_unchecked_tree_exp_sum_avx2(x, n);
+        return psm_exp_sum_avx2(x, n, NULL, 1);
     case PSM_EXP_SUM_FLOAT_GROUPS:
         return psm_float_groups_exp_sum_avx2(x, n, 0);
     case PSM_EXP_SUM_POLY6_FLOAT_GROUPS:
