@@ -76,9 +76,8 @@
 /* Positions with plain labels and rows of at most this many classes are
  * finished together (plain_losses in row.h; measured at eight a time).
  * Thread CPU time, 1 thread, best of 7, against finishing each row after
- * its sweep: 100
- * classes 17% faster forward and 20% with the gradient, 250 even and 8%,
- * 500 9% slower forward and even, 1000 5% slower forward. */
+ * its sweep: 100 classes 17% faster forward and 20% with the gradient, 250
+ * even and 8%, 500 9% slower forward and even, 1000 5% slower forward. */
 #define PSM_PLAIN_BATCH_CLASSES 256
 
 /* The stable forward takes its one-sweep online loop (rows_online_avx2.h)

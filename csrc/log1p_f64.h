@@ -3,9 +3,9 @@
  * that give bit-identical results (the same additions, multiplications and
  * divisions in the same order; no fma, and the build's -ffp-contract=off
  * keeps the compiler from fusing any): the stable method's log(1 + s), the
- * log of a softmax denominator over exp(max), taken for eight rows at once
- * by the rows of few classes (rows_small_avx2.h) and one at a time
- * elsewhere, with the same bits.
+ * log of a softmax denominator over exp(max), taken for eight or sixteen
+ * rows at once by the rows of few classes (rows_small_avx2.h, PSM_FINISH_ROWS)
+ * and one at a time elsewhere, with the same bits.
  *
  * fdlibm's log1p (Sun Microsystems, 1993), branch-free for s >= 0:
  *   u = 1 + s rounded, c = its rounding error (exact: Fast2Sum, larger
